@@ -1,0 +1,264 @@
+//! Wiring: the [`Config`] in, a [`RunningApp`] out.
+//!
+//! [`start`] is what the binary's `serve` runs and what the integration tests
+//! run (with port 0): it refuses a port that is already served, binds one
+//! `SO_REUSEPORT` listener per core, starts the Redis pipeline thread and the
+//! per-core runtimes, and returns once every core reports its I/O driver.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::mpsc;
+use std::thread;
+
+use socket2::{Domain, Socket, Type};
+use thiserror::Error;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::config::{Config, CoreSelection};
+use crate::http::request::Limits;
+use crate::http::server::{run_core, CoreSettings, CoreSpec, Driver};
+use crate::queue::{spawn_pipeline, PipelineHandle, PipelineSettings};
+
+/// Listen backlog per core.
+const BACKLOG: i32 = 4096;
+
+/// Why the gateway could not start.
+#[derive(Debug, Error)]
+pub enum StartError {
+    /// Another process (perhaps a stale copy of this one) serves the port.
+    /// With `SO_REUSEPORT` we would otherwise silently share it.
+    #[error("{0} is already in use by another process; refusing to share it")]
+    PortInUse(SocketAddr),
+    /// Binding or listening failed.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `CORES` names cores this process may not run on, or more than it has.
+    #[error("CORES: {0}")]
+    Cores(String),
+    /// A thread or runtime could not be started.
+    #[error("cannot start {what}: {source}")]
+    Spawn {
+        /// Which part.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The gateway, running.
+pub struct RunningApp {
+    local_addr: SocketAddr,
+    shutdown: CancellationToken,
+    cores: Vec<thread::JoinHandle<()>>,
+    pipeline: PipelineHandle,
+}
+
+impl RunningApp {
+    /// The address every core listens on (the real port when 0 was asked).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The token that, cancelled, shuts everything down.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Waits until shutdown has completed: cores drained, queued jobs answered.
+    pub fn wait(self) {
+        for core in self.cores {
+            if core.join().is_err() {
+                error!("a core runtime panicked");
+            }
+        }
+        self.pipeline.join();
+        info!("gateway stopped");
+    }
+
+    /// Requests shutdown and waits for it.
+    pub fn stop(self) {
+        self.shutdown.cancel();
+        self.wait();
+    }
+}
+
+/// Starts the gateway.
+///
+/// # Errors
+/// [`StartError`] when the port is taken, the cores are wrong, or a thread
+/// cannot start. Nothing is left running on error.
+pub fn start(config: &Config) -> Result<RunningApp, StartError> {
+    let cpus = select_cores(&config.cores, config.pin_cores)?;
+    let requested = SocketAddr::new(config.host, config.port);
+    let listeners = bind_listeners(requested, cpus.len())?;
+    let local_addr =
+        listeners[0].local_addr().map_err(|source| StartError::Listen { addr: requested, source })?;
+
+    let (enqueuer, pipeline) = spawn_pipeline(PipelineSettings {
+        redis_url: config.redis_url.clone(),
+        stream: config.queue_name.clone(),
+        batch_max: config.batch_max,
+        batch_linger: config.batch_linger,
+        enqueue_timeout: config.enqueue_timeout,
+        channel_capacity: config.channel_capacity,
+    })
+    .map_err(|source| StartError::Spawn { what: "redis pipeline thread", source })?;
+
+    let settings = CoreSettings {
+        limits: Limits { max_head: config.max_header_bytes, max_body: config.max_body_bytes },
+        request_timeout: config.request_timeout,
+        keepalive_timeout: config.keepalive_timeout,
+        retry_after_secs: config.retry_after_secs,
+        max_connections: config.max_connections_per_core,
+        shutdown_timeout: config.shutdown_timeout,
+    };
+    let shutdown = CancellationToken::new();
+    let (started_tx, started_rx) = mpsc::channel::<(usize, Option<usize>, Driver)>();
+    let mut cores = Vec::with_capacity(cpus.len());
+    for (index, (cpu, listener)) in cpus.into_iter().zip(listeners).enumerate() {
+        let spec = CoreSpec {
+            index,
+            cpu,
+            listener,
+            settings: settings.clone(),
+            enqueuer: enqueuer.clone(),
+            shutdown: shutdown.clone(),
+        };
+        let started_tx = started_tx.clone();
+        let token = shutdown.clone();
+        let spawned = thread::Builder::new().name(format!("core-{index}")).spawn(move || {
+            let cpu_id = cpu.map(|c| c.id);
+            if let Err(e) = run_core(spec, move |driver| {
+                let _ = started_tx.send((index, cpu_id, driver));
+            }) {
+                error!(runtime = index, error = %e, "core runtime failed; shutting down");
+                token.cancel();
+            }
+        });
+        match spawned {
+            Ok(handle) => cores.push(handle),
+            Err(source) => {
+                shutdown.cancel();
+                return Err(StartError::Spawn { what: "core runtime thread", source });
+            }
+        }
+    }
+    // The pipeline thread exits when the cores drop their handles.
+    drop(enqueuer);
+    drop(started_tx);
+
+    let mut drivers = Vec::with_capacity(cores.len());
+    while let Ok(report) = started_rx.recv() {
+        drivers.push(report);
+    }
+    drivers.sort_by_key(|(index, ..)| *index);
+    log_started(config, local_addr, &drivers);
+    Ok(RunningApp { local_addr, shutdown, cores, pipeline })
+}
+
+fn log_started(config: &Config, addr: SocketAddr, drivers: &[(usize, Option<usize>, Driver)]) {
+    let mapping: Vec<String> = drivers
+        .iter()
+        .map(|(i, cpu, d)| match cpu {
+            Some(c) => format!("core-{i}→cpu{c}:{}", d.name()),
+            None => format!("core-{i}→unpinned:{}", d.name()),
+        })
+        .collect();
+    let driver = if drivers.iter().all(|(.., d)| *d == Driver::IoUring) { "io_uring" } else { "epoll" };
+    if driver == "epoll" {
+        warn!("io_uring unavailable (kernel, seccomp or io_uring_disabled): using the epoll fallback");
+    }
+    info!(
+        version = env!("CARGO_PKG_VERSION"),
+        driver,
+        runtimes = drivers.len(),
+        pinning = %mapping.join(" "),
+        listen = %addr,
+        redis = %config.redis_url_redacted(),
+        stream = %config.queue_name,
+        batch_max = config.batch_max,
+        batch_linger_us = config.batch_linger.as_micros() as u64,
+        enqueue_timeout_ms = config.enqueue_timeout.as_millis() as u64,
+        max_body_bytes = config.max_body_bytes,
+        "webhook-ingestor serving"
+    );
+}
+
+/// Resolves `CORES` against the cores this process may run on.
+fn select_cores(
+    selection: &CoreSelection,
+    pin: bool,
+) -> Result<Vec<Option<core_affinity::CoreId>>, StartError> {
+    // core_affinity reads sched_getaffinity, so a container cpuset is honoured.
+    let mut allowed = core_affinity::get_core_ids().unwrap_or_default();
+    allowed.sort_by_key(|c| c.id);
+    if allowed.is_empty() {
+        let n = thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let n = match selection {
+            CoreSelection::All => n,
+            CoreSelection::Count(c) => *c,
+            CoreSelection::List(l) => l.len(),
+        };
+        warn!("cannot read this process's CPU set; running {n} unpinned runtimes");
+        return Ok(vec![None; n]);
+    }
+    let chosen: Vec<core_affinity::CoreId> = match selection {
+        CoreSelection::All => allowed,
+        CoreSelection::Count(n) if *n <= allowed.len() => allowed.into_iter().take(*n).collect(),
+        CoreSelection::Count(n) => {
+            return Err(StartError::Cores(format!(
+                "{n} cores asked, this process may use {}",
+                allowed.len()
+            )));
+        }
+        CoreSelection::List(ids) => {
+            let mut chosen = Vec::with_capacity(ids.len());
+            for id in ids {
+                match allowed.iter().find(|c| c.id == *id) {
+                    Some(c) => chosen.push(*c),
+                    None => {
+                        let ids: Vec<usize> = allowed.iter().map(|c| c.id).collect();
+                        return Err(StartError::Cores(format!(
+                            "core {id} is not in this process's CPU set {ids:?}"
+                        )));
+                    }
+                }
+            }
+            chosen
+        }
+    };
+    Ok(chosen.into_iter().map(|c| pin.then_some(c)).collect())
+}
+
+/// Binds `n` listeners on one port with `SO_REUSEPORT`, after checking with
+/// a plain bind that nobody else serves it.
+fn bind_listeners(addr: SocketAddr, n: usize) -> Result<Vec<TcpListener>, StartError> {
+    let listen_err = |source| StartError::Listen { addr, source };
+    // A socket without SO_REUSEPORT cannot bind a port someone listens on,
+    // even one who set SO_REUSEPORT: that is exactly the check we want.
+    let probe = TcpListener::bind(addr).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AddrInUse => StartError::PortInUse(addr),
+        _ => listen_err(e),
+    })?;
+    let addr = probe.local_addr().map_err(listen_err)?;
+    drop(probe);
+    (0..n)
+        .map(|_| {
+            let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+            socket.set_reuse_address(true)?;
+            socket.set_reuse_port(true)?;
+            socket.set_nonblocking(true)?;
+            socket.bind(&addr.into())?;
+            socket.listen(BACKLOG)?;
+            Ok(socket.into())
+        })
+        .collect::<std::io::Result<Vec<TcpListener>>>()
+        .map_err(listen_err)
+}

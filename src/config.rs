@@ -1,0 +1,339 @@
+//! One typed [`Config`], read once at start from the environment (and an
+//! optional `.env`), validated before anything starts.
+//!
+//! Every stage receives the parts it needs from this struct; no stage reads
+//! the environment itself. A bad value stops the start with a [`ConfigError`]
+//! that names the variable, the value and what was expected. The README's
+//! configuration table lists the same variables with the same defaults.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use thiserror::Error;
+
+/// Which cores the per-core HTTP runtimes run on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CoreSelection {
+    /// Every core this process may run on (its `sched_getaffinity` set, which
+    /// honours a container's cpuset).
+    All,
+    /// The first N cores of that set.
+    Count(usize),
+    /// These core ids exactly; each must be in that set.
+    List(Vec<usize>),
+}
+
+/// The whole configuration. Field docs give the variable, unit and default.
+#[derive(Clone)]
+pub struct Config {
+    /// `HOST` (default `0.0.0.0`): the address to listen on.
+    pub host: IpAddr,
+    /// `PORT` (default 3000). `0` picks a free port (tests).
+    pub port: u16,
+    /// `CORES` (default: all allowed): a count (`2`) or a list (`0,2-3`).
+    pub cores: CoreSelection,
+    /// `PIN_CORES` (default true): pin each runtime thread to its core.
+    pub pin_cores: bool,
+    /// `REDIS_URL` (default `redis://127.0.0.1:6379/`). Redacted in logs.
+    pub redis_url: String,
+    /// `DATABASE_URL`: PostgreSQL, used by the workers. Redacted in logs.
+    pub database_url: Option<String>,
+    /// `QUEUE_NAME` (default `webhooks`): the Redis stream jobs are added to.
+    pub queue_name: String,
+    /// `BATCH_MAX` (default 256): most jobs sent in one Redis pipeline.
+    pub batch_max: usize,
+    /// `BATCH_LINGER_US` (default 0): how long the pipeline thread waits for
+    /// more jobs after the first before sending. 0 = send what is queued now;
+    /// jobs that arrive during a round trip form the next batch anyway.
+    pub batch_linger: Duration,
+    /// `ENQUEUE_TIMEOUT_MS` (default 2000): a request with no Redis reply by
+    /// then gets 503. Also the Redis socket read/write timeout.
+    pub enqueue_timeout: Duration,
+    /// `ENQUEUE_CHANNEL_CAPACITY` (default 16384): jobs waiting for the
+    /// pipeline thread; when full, new requests get 503 at once.
+    pub channel_capacity: usize,
+    /// `MAX_BODY_BYTES` (default 1 MiB): larger bodies get 413, unread.
+    pub max_body_bytes: usize,
+    /// `MAX_HEADER_BYTES` (default 16 KiB): a larger request head gets 431.
+    pub max_header_bytes: usize,
+    /// `REQUEST_TIMEOUT_MS` (default 10000): from a request's first byte to
+    /// its last, and for writing its answer; slower clients are cut off.
+    pub request_timeout: Duration,
+    /// `KEEPALIVE_TIMEOUT_MS` (default 30000): an idle connection is closed after this.
+    pub keepalive_timeout: Duration,
+    /// `MAX_CONNECTIONS_PER_CORE` (default 20000): connections beyond it are closed at accept.
+    pub max_connections_per_core: usize,
+    /// `RETRY_AFTER_SECS` (default 1): the `Retry-After` sent with 503.
+    pub retry_after_secs: u32,
+    /// `SHUTDOWN_TIMEOUT_MS` (default 10000): how long in-flight requests may
+    /// take to finish after SIGTERM before their connections are dropped.
+    pub shutdown_timeout: Duration,
+    /// `LOG_LEVEL` (default `info`): a `tracing` filter (`info`, `debug,redis=warn`, …).
+    pub log_level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            host: IpAddr::from([0, 0, 0, 0]),
+            port: 3000,
+            cores: CoreSelection::All,
+            pin_cores: true,
+            redis_url: "redis://127.0.0.1:6379/".into(),
+            database_url: None,
+            queue_name: "webhooks".into(),
+            batch_max: 256,
+            batch_linger: Duration::ZERO,
+            enqueue_timeout: Duration::from_millis(2000),
+            channel_capacity: 16384,
+            max_body_bytes: 1024 * 1024,
+            max_header_bytes: 16 * 1024,
+            request_timeout: Duration::from_millis(10_000),
+            keepalive_timeout: Duration::from_millis(30_000),
+            max_connections_per_core: 20_000,
+            retry_after_secs: 1,
+            shutdown_timeout: Duration::from_millis(10_000),
+            log_level: "info".into(),
+        }
+    }
+}
+
+/// A variable that could not be used, and why.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("{var}={value:?}: {expected}")]
+pub struct ConfigError {
+    /// The environment variable's name.
+    pub var: &'static str,
+    /// The value found.
+    pub value: String,
+    /// What a valid value looks like.
+    pub expected: String,
+}
+
+impl Config {
+    /// Reads `.env` (if present; real environment variables win) and then the
+    /// environment.
+    ///
+    /// # Errors
+    /// The first variable whose value is invalid.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        // A missing .env is normal; a malformed one is reported by the lookup
+        // below only if it leaves a variable invalid, which is what matters.
+        let _ = dotenvy::dotenv();
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Builds the configuration from any variable source (tests pass a map).
+    ///
+    /// # Errors
+    /// The first variable whose value is invalid.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let d = Self::default();
+        let var = |name: &'static str| Var { name, value: get(name).filter(|v| !v.trim().is_empty()) };
+        let cfg = Self {
+            host: var("HOST").parse_or(d.host, "an IP address such as 0.0.0.0 or 127.0.0.1")?,
+            port: var("PORT").parse_or(d.port, "a port number from 0 to 65535")?,
+            cores: var("CORES").map_or(d.cores, parse_cores)?,
+            pin_cores: var("PIN_CORES").map_or(d.pin_cores, parse_bool)?,
+            redis_url: var("REDIS_URL").map_or(d.redis_url, |v| {
+                redis::Client::open(v).map(|_| v.to_string()).map_err(|e| format!("a redis:// URL ({e})"))
+            })?,
+            database_url: var("DATABASE_URL").map_or(None, |v| {
+                if v.starts_with("postgres://") || v.starts_with("postgresql://") || v.contains('=') {
+                    Ok(Some(v.to_string()))
+                } else {
+                    Err("a postgres:// URL or a key=value connection string".into())
+                }
+            })?,
+            queue_name: var("QUEUE_NAME").map_or(d.queue_name, |v| {
+                if v.len() <= 200 && !v.contains(char::is_whitespace) {
+                    Ok(v.to_string())
+                } else {
+                    Err("a stream name without spaces, at most 200 bytes".into())
+                }
+            })?,
+            batch_max: var("BATCH_MAX").in_range(d.batch_max, 1, 100_000)?,
+            batch_linger: Duration::from_micros(var("BATCH_LINGER_US").in_range(0, 0, 1_000_000)?),
+            enqueue_timeout: millis(var("ENQUEUE_TIMEOUT_MS").in_range(2000, 10, 600_000)?),
+            channel_capacity: var("ENQUEUE_CHANNEL_CAPACITY").in_range(d.channel_capacity, 1, 10_000_000)?,
+            max_body_bytes: var("MAX_BODY_BYTES").in_range(d.max_body_bytes, 64, 1 << 30)?,
+            max_header_bytes: var("MAX_HEADER_BYTES").in_range(d.max_header_bytes, 1024, 1 << 20)?,
+            request_timeout: millis(var("REQUEST_TIMEOUT_MS").in_range(10_000, 10, 3_600_000)?),
+            keepalive_timeout: millis(var("KEEPALIVE_TIMEOUT_MS").in_range(30_000, 10, 3_600_000)?),
+            max_connections_per_core: var("MAX_CONNECTIONS_PER_CORE").in_range(
+                d.max_connections_per_core,
+                1,
+                10_000_000,
+            )?,
+            retry_after_secs: var("RETRY_AFTER_SECS").in_range(d.retry_after_secs, 0, 86_400)?,
+            shutdown_timeout: millis(var("SHUTDOWN_TIMEOUT_MS").in_range(10_000, 0, 3_600_000)?),
+            log_level: var("LOG_LEVEL").map_or(d.log_level, |v| {
+                tracing_subscriber::EnvFilter::try_new(v)
+                    .map(|_| v.to_string())
+                    .map_err(|e| format!("a tracing filter such as `info` or `debug,redis=warn` ({e})"))
+            })?,
+        };
+        Ok(cfg)
+    }
+
+    /// `REDIS_URL` with any password replaced by `***`, for logs.
+    pub fn redis_url_redacted(&self) -> String {
+        redact_url(&self.redis_url)
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("cores", &self.cores)
+            .field("pin_cores", &self.pin_cores)
+            .field("redis_url", &self.redis_url_redacted())
+            .field("database_url", &self.database_url.as_deref().map(redact_url))
+            .field("queue_name", &self.queue_name)
+            .field("batch_max", &self.batch_max)
+            .field("batch_linger", &self.batch_linger)
+            .field("enqueue_timeout", &self.enqueue_timeout)
+            .field("channel_capacity", &self.channel_capacity)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_header_bytes", &self.max_header_bytes)
+            .field("request_timeout", &self.request_timeout)
+            .field("keepalive_timeout", &self.keepalive_timeout)
+            .field("max_connections_per_core", &self.max_connections_per_core)
+            .field("retry_after_secs", &self.retry_after_secs)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("log_level", &self.log_level)
+            .finish()
+    }
+}
+
+/// Replaces the password of `scheme://user:password@host/…` with `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else { return url.to_string() };
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let userinfo = &rest[..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            let redacted = if userinfo.contains(':') { format!("{user}:***") } else { "***".to_string() };
+            format!("{}{}{}", &url[..scheme_end], redacted, &rest[at..])
+        }
+        None => url.to_string(),
+    }
+}
+
+/// One variable as found in the environment (blank counts as unset).
+struct Var {
+    name: &'static str,
+    value: Option<String>,
+}
+
+impl Var {
+    fn map_or<T>(self, default: T, parse: impl FnOnce(&str) -> Result<T, String>) -> Result<T, ConfigError> {
+        match self.value {
+            None => Ok(default),
+            Some(v) => parse(v.trim()).map_err(|expected| ConfigError { var: self.name, value: v, expected }),
+        }
+    }
+
+    fn parse_or<T: std::str::FromStr>(self, default: T, expected: &str) -> Result<T, ConfigError> {
+        self.map_or(default, |v| v.parse().map_err(|_| expected.to_string()))
+    }
+
+    fn in_range<T>(self, default: T, min: T, max: T) -> Result<T, ConfigError>
+    where
+        T: std::str::FromStr + PartialOrd + fmt::Display + Copy,
+    {
+        self.map_or(default, |v| match v.parse::<T>() {
+            Ok(n) if n >= min && n <= max => Ok(n),
+            _ => Err(format!("a whole number from {min} to {max}")),
+        })
+    }
+}
+
+fn millis(ms: u64) -> Duration {
+    Duration::from_millis(ms)
+}
+
+fn parse_bool(v: &str) -> Result<bool, String> {
+    match v.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err("true or false".into()),
+    }
+}
+
+/// `CORES`: `all`, a count (`2`), or a list of ids and ranges (`0,2-3`).
+fn parse_cores(v: &str) -> Result<CoreSelection, String> {
+    const EXPECTED: &str = "`all`, a count such as 2, or a core list such as 0,2-3";
+    if v.eq_ignore_ascii_case("all") {
+        return Ok(CoreSelection::All);
+    }
+    if let Ok(n) = v.parse::<usize>() {
+        return if n == 0 { Err(EXPECTED.into()) } else { Ok(CoreSelection::Count(n)) };
+    }
+    let mut ids = Vec::new();
+    for part in v.split(',').map(str::trim) {
+        let (lo, hi) = part.split_once('-').unwrap_or((part, part));
+        let (lo, hi) = match (lo.trim().parse::<usize>(), hi.trim().parse::<usize>()) {
+            (Ok(lo), Ok(hi)) if lo <= hi && hi < 4096 => (lo, hi),
+            _ => return Err(EXPECTED.into()),
+        };
+        ids.extend(lo..=hi);
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(CoreSelection::List(ids))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn load(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> =
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_apply_when_nothing_is_set() {
+        let c = load(&[]).unwrap();
+        assert_eq!(c.port, 3000);
+        assert_eq!(c.queue_name, "webhooks");
+        assert_eq!(c.max_body_bytes, 1 << 20);
+        assert_eq!(c.cores, CoreSelection::All);
+    }
+
+    #[test]
+    fn a_bad_value_names_its_variable() {
+        let e = load(&[("PORT", "70000")]).unwrap_err();
+        assert_eq!(e.var, "PORT");
+        assert!(e.to_string().starts_with("PORT=\"70000\""), "{e}");
+        assert_eq!(load(&[("BATCH_MAX", "0")]).unwrap_err().var, "BATCH_MAX");
+        assert_eq!(load(&[("REDIS_URL", "http://x")]).unwrap_err().var, "REDIS_URL");
+        assert_eq!(load(&[("PIN_CORES", "maybe")]).unwrap_err().var, "PIN_CORES");
+        assert_eq!(load(&[("CORES", "1-x")]).unwrap_err().var, "CORES");
+        assert_eq!(load(&[("LOG_LEVEL", "info,=[")]).unwrap_err().var, "LOG_LEVEL");
+    }
+
+    #[test]
+    fn cores_take_a_count_or_a_list() {
+        assert_eq!(load(&[("CORES", "2")]).unwrap().cores, CoreSelection::Count(2));
+        assert_eq!(load(&[("CORES", "3,0-1")]).unwrap().cores, CoreSelection::List(vec![0, 1, 3]));
+        assert!(load(&[("CORES", "0")]).is_err());
+    }
+
+    #[test]
+    fn passwords_never_reach_the_logs() {
+        assert_eq!(redact_url("redis://:s3cret@h:6379/0"), "redis://:***@h:6379/0");
+        assert_eq!(redact_url("postgres://u:p@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact_url("redis://h:6379/"), "redis://h:6379/");
+        let c = load(&[("REDIS_URL", "redis://:s3cret@127.0.0.1:1/")]).unwrap();
+        assert!(!format!("{c:?}").contains("s3cret"));
+    }
+}

@@ -1,0 +1,377 @@
+//! One HTTP/1.1 connection: read → frame → dispatch → answer, until the
+//! client leaves, misbehaves, idles too long, or the core shuts down.
+//!
+//! Bytes are read by appending to one buffer (monoio's rent API hands the
+//! buffer to the kernel and back). Requests already buffered are answered
+//! before the next read, and all their answers go out in one write, which is
+//! what makes pipelining cheap. Every wait is bounded: `KEEPALIVE_TIMEOUT_MS`
+//! between requests, `REQUEST_TIMEOUT_MS` from a request's first byte to its
+//! last and for writing its answer.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime};
+
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use super::chunked::{ChunkError, ChunkedDecoder};
+use super::request::{parse_head, BodyFraming, ContentType, HeadError, Limits, Method, RequestHead};
+use super::response::{Message, Response, Status, CONTINUE};
+use super::router::{Route, WEBHOOK_ALLOW};
+use crate::ingest::Ingestor;
+use crate::queue::{EnqueueError, Enqueuer};
+
+/// Smallest free space kept at the end of the read buffer before a read.
+const READ_CHUNK: usize = 4096;
+/// After a response that closes the connection, how long (and how much) we
+/// keep reading and discarding, so the client receives the answer instead of
+/// a reset caused by unread bytes.
+const LINGER_TIME: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 256 * 1024;
+
+/// Everything a connection needs from its core; one per core, shared by `Rc`.
+pub(crate) struct CoreContext {
+    pub(crate) limits: Limits,
+    pub(crate) request_timeout: Duration,
+    pub(crate) keepalive_timeout: Duration,
+    pub(crate) retry_after_secs: u32,
+    pub(crate) enqueuer: Enqueuer,
+    pub(crate) ingestor: RefCell<Ingestor>,
+    pub(crate) shutdown: CancellationToken,
+}
+
+/// Why a connection ended early; only for debug logs.
+#[derive(Debug)]
+enum End {
+    /// The peer closed, idled out, or we were asked to shut down.
+    Quiet,
+    /// A socket error.
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for End {
+    fn from(e: std::io::Error) -> Self {
+        End::Io(e)
+    }
+}
+
+/// Serves one accepted connection to completion.
+pub(crate) async fn serve(stream: TcpStream, ctx: Rc<CoreContext>) {
+    let mut conn =
+        Conn { stream, rbuf: Vec::with_capacity(READ_CHUNK * 2), start: 0, wbuf: Vec::with_capacity(512) };
+    if let Err(End::Io(e)) = conn.run(&ctx).await {
+        tracing::debug!(error = %e, "connection ended by an I/O error");
+    }
+}
+
+struct Conn {
+    stream: TcpStream,
+    /// Received bytes; `rbuf[start..]` is not yet consumed.
+    rbuf: Vec<u8>,
+    start: usize,
+    /// Answers not yet written.
+    wbuf: Vec<u8>,
+}
+
+/// How a read waits.
+#[derive(Clone, Copy)]
+enum Wait {
+    /// Between requests: up to the keep-alive timeout, and shutdown ends it.
+    Idle,
+    /// Inside a request: until its deadline.
+    Until(Instant),
+}
+
+impl Conn {
+    async fn run(&mut self, ctx: &CoreContext) -> Result<(), End> {
+        loop {
+            // Set when the first byte of this request is seen.
+            let mut deadline = None;
+            let head = loop {
+                match parse_head(&self.rbuf[self.start..], &ctx.limits) {
+                    Ok(Some(head)) => break head,
+                    Ok(None) => {
+                        let wait = if self.start == self.rbuf.len() {
+                            // Nothing of the next request yet: answers to
+                            // pipelined requests go out before we wait.
+                            self.flush(ctx).await?;
+                            Wait::Idle
+                        } else {
+                            Wait::Until(*deadline.get_or_insert_with(|| Instant::now() + ctx.request_timeout))
+                        };
+                        self.fill(ctx, wait).await?;
+                    }
+                    Err(e) => return self.close_with(ctx, head_error_response(&e), false).await,
+                }
+            };
+            let deadline = deadline.unwrap_or_else(|| Instant::now() + ctx.request_timeout);
+            let refusal = precheck(&head);
+            if let (Some(resp), true) = (&refusal, head.expect_continue && head.body != BodyFraming::Empty) {
+                // The client is waiting for our word before sending the body:
+                // answer now and never read it (RFC 9110 §10.1.1).
+                return self.close_with(ctx, resp.clone().closing(), head.http10).await;
+            }
+            let body = match self.read_body(ctx, &head, deadline).await? {
+                Ok(body) => body,
+                Err(resp) => return self.close_with(ctx, resp, head.http10).await,
+            };
+            let mut resp = match refusal {
+                Some(resp) => resp,
+                None => self.dispatch(ctx, &head, &body).await,
+            };
+            if ctx.shutdown.is_cancelled() {
+                resp = resp.closing();
+            }
+            resp.encode(head.http10, head.keep_alive, &mut self.wbuf);
+            if !head.keep_alive || resp.closes() {
+                self.flush(ctx).await?;
+                return Ok(());
+            }
+        }
+    }
+
+    /// Reads the body of `head` (whose head starts at `self.start`) and
+    /// consumes the whole request from the buffer. `Err(response)` refuses it.
+    ///
+    /// Positions are kept relative to `self.start`, because `fill` may move
+    /// the unconsumed bytes to the front of the buffer.
+    async fn read_body(
+        &mut self,
+        ctx: &CoreContext,
+        head: &RequestHead,
+        deadline: Instant,
+    ) -> Result<Result<Body, Response>, End> {
+        let off = head.head_len;
+        let buffered = self.rbuf.len() - self.start - off;
+        let needs_more = match head.body {
+            BodyFraming::Empty => false,
+            BodyFraming::Length(n) => buffered < n,
+            BodyFraming::Chunked => true,
+        };
+        if head.expect_continue && needs_more {
+            self.flush(ctx).await?;
+            self.write_raw(ctx, CONTINUE).await?;
+        }
+        match head.body {
+            BodyFraming::Empty => {
+                self.start += off;
+                Ok(Ok(Body::Buffered(self.start..self.start)))
+            }
+            BodyFraming::Length(n) => {
+                self.rbuf.reserve((self.start + off + n).saturating_sub(self.rbuf.len()));
+                while self.rbuf.len() - self.start - off < n {
+                    self.fill(ctx, Wait::Until(deadline)).await?;
+                }
+                let body = self.start + off;
+                self.start = body + n;
+                Ok(Ok(Body::Buffered(body..body + n)))
+            }
+            BodyFraming::Chunked => {
+                let mut decoder = ChunkedDecoder::new(ctx.limits.max_body);
+                let mut body = Vec::new();
+                let mut pos = off;
+                loop {
+                    match decoder.decode(&self.rbuf[self.start + pos..], &mut body) {
+                        Ok((used, true)) => {
+                            pos += used;
+                            break;
+                        }
+                        Ok((_, false)) => {}
+                        Err(ChunkError::TooLarge(limit)) => return Ok(Err(too_large(limit))),
+                        Err(ChunkError::Malformed) => {
+                            return Ok(Err(bad_request("malformed chunked body").closing()));
+                        }
+                    }
+                    // Everything after the head is decoded into `body`: drop it
+                    // so a long chunked body does not sit in memory twice.
+                    self.rbuf.truncate(self.start + off);
+                    pos = off;
+                    self.fill(ctx, Wait::Until(deadline)).await?;
+                }
+                self.start += pos;
+                Ok(Ok(Body::Owned(body)))
+            }
+        }
+    }
+
+    /// Runs the webhook route: ingest, then enqueue and wait for Redis.
+    async fn dispatch(&self, ctx: &CoreContext, head: &RequestHead, body: &Body) -> Response {
+        let Route::Webhook { provider } = &head.route else {
+            unreachable!("precheck lets only the webhook route through")
+        };
+        let bytes = match body {
+            Body::Buffered(range) => &self.rbuf[range.clone()],
+            Body::Owned(v) => &v[..],
+        };
+        let job = match ctx.ingestor.borrow_mut().ingest(provider, bytes, now_us()) {
+            Ok(job) => job,
+            Err(e) => return Response::error(Status::BadRequest, Message::Many(e.messages())),
+        };
+        match ctx.enqueuer.enqueue(job).await {
+            Ok(id) => Response::accepted(id),
+            Err(e) => Response::unavailable(unavailable_message(&e), ctx.retry_after_secs),
+        }
+    }
+
+    /// Reads more bytes. Returns `Ok(true)` when bytes arrived; ends the
+    /// connection on EOF, timeout, or (while idle) shutdown.
+    async fn fill(&mut self, ctx: &CoreContext, wait: Wait) -> Result<bool, End> {
+        if self.start == self.rbuf.len() {
+            self.rbuf.clear();
+            self.start = 0;
+        } else if self.start > 0 && self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK {
+            self.rbuf.drain(..self.start);
+            self.start = 0;
+        }
+        if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK {
+            self.rbuf.reserve(READ_CHUNK);
+        }
+        let len = self.rbuf.len();
+        let buf = std::mem::take(&mut self.rbuf);
+        let read = self.stream.read(buf.slice_mut(len..));
+        let (res, slice) = match wait {
+            Wait::Idle => monoio::select! {
+                r = monoio::time::timeout(ctx.keepalive_timeout, read) => match r {
+                    Ok(r) => r,
+                    Err(_) => return Err(End::Quiet),
+                },
+                _ = ctx.shutdown.cancelled() => return Err(End::Quiet),
+            },
+            Wait::Until(deadline) => {
+                match monoio::time::timeout(deadline.saturating_duration_since(Instant::now()), read).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        let resp = Response::error(
+                            Status::RequestTimeout,
+                            Message::One("request not received in time".into()),
+                        );
+                        // The buffer went with the cancelled read; answer anyway.
+                        resp.closing().encode(false, false, &mut self.wbuf);
+                        let _ = self.flush(ctx).await;
+                        return Err(End::Quiet);
+                    }
+                }
+            }
+        };
+        self.rbuf = slice.into_inner();
+        match res? {
+            0 => Err(End::Quiet),
+            _ => Ok(true),
+        }
+    }
+
+    /// Writes the pending answers.
+    async fn flush(&mut self, ctx: &CoreContext) -> Result<(), End> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        let buf = std::mem::take(&mut self.wbuf);
+        match monoio::time::timeout(ctx.request_timeout, self.stream.write_all(buf)).await {
+            Ok((res, mut buf)) => {
+                res?;
+                buf.clear();
+                self.wbuf = buf;
+                Ok(())
+            }
+            // A client that does not read its answers is dropped.
+            Err(_) => Err(End::Quiet),
+        }
+    }
+
+    async fn write_raw(&mut self, ctx: &CoreContext, bytes: &'static [u8]) -> Result<(), End> {
+        match monoio::time::timeout(ctx.request_timeout, self.stream.write_all(bytes)).await {
+            Ok((res, _)) => res.map(|_| ()).map_err(End::Io),
+            Err(_) => Err(End::Quiet),
+        }
+    }
+
+    /// Sends `resp` (after any answers still pending) and closes the
+    /// connection, reading and discarding for a moment so that bytes the
+    /// client already sent do not turn our answer into a reset.
+    async fn close_with(&mut self, ctx: &CoreContext, resp: Response, http10: bool) -> Result<(), End> {
+        resp.closing().encode(http10, false, &mut self.wbuf);
+        self.flush(ctx).await?;
+        self.stream.shutdown().await?;
+        let until = Instant::now() + LINGER_TIME;
+        let mut discarded = 0;
+        let mut buf = std::mem::take(&mut self.rbuf);
+        while discarded < LINGER_BYTES {
+            buf.clear();
+            buf.reserve(READ_CHUNK);
+            let left = until.saturating_duration_since(Instant::now());
+            match monoio::time::timeout(left, self.stream.read(buf)).await {
+                Ok((Ok(n), b)) if n > 0 => {
+                    discarded += n;
+                    buf = b;
+                }
+                _ => break,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where a request's body lives: in the read buffer, or decoded from chunks.
+enum Body {
+    Buffered(std::ops::Range<usize>),
+    Owned(Vec<u8>),
+}
+
+/// Refusals decided by the head alone (route, method, content type).
+fn precheck(head: &RequestHead) -> Option<Response> {
+    match &head.route {
+        Route::NotFound => {
+            Some(Response::error(Status::NotFound, Message::One("Cannot find the requested route".into())))
+        }
+        Route::BadProvider | Route::Webhook { .. } if head.method != Method::Post => Some(
+            Response::error(
+                Status::MethodNotAllowed,
+                Message::One("only POST is allowed on /webhooks/:provider".into()),
+            )
+            .with_allow(WEBHOOK_ALLOW),
+        ),
+        Route::BadProvider => Some(bad_request("provider must match ^[a-z0-9_-]{1,64}$")),
+        Route::Webhook { .. } if head.content_type != ContentType::Json => Some(Response::error(
+            Status::UnsupportedMediaType,
+            Message::One("Content-Type must be application/json".into()),
+        )),
+        Route::Webhook { .. } => None,
+    }
+}
+
+fn head_error_response(e: &HeadError) -> Response {
+    match e {
+        HeadError::Malformed(_) | HeadError::Framing(_) => bad_request(&e.to_string()),
+        HeadError::UnsupportedEncoding => {
+            Response::error(Status::NotImplemented, Message::One(e.to_string()))
+        }
+        HeadError::HeadTooLarge => Response::error(Status::HeaderFieldsTooLarge, Message::One(e.to_string())),
+        HeadError::BodyTooLarge { limit } => too_large(*limit),
+    }
+}
+
+fn bad_request(message: &str) -> Response {
+    Response::error(Status::BadRequest, Message::Many(vec![message.to_owned()]))
+}
+
+fn too_large(limit: usize) -> Response {
+    Response::error(Status::PayloadTooLarge, Message::One(format!("request body larger than {limit} bytes")))
+        .closing()
+}
+
+fn unavailable_message(e: &EnqueueError) -> &'static str {
+    match e {
+        EnqueueError::Saturated => "queue is saturated, retry later",
+        EnqueueError::Unavailable(_) => "queue is unavailable, retry later",
+        EnqueueError::TimedOut => "queue did not answer in time, retry later",
+        EnqueueError::Closed => "server is shutting down, retry later",
+    }
+}
+
+/// Microseconds since the Unix epoch, from the system clock.
+fn now_us() -> i64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
+}

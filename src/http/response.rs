@@ -1,0 +1,216 @@
+//! Responses, encoded straight into the connection's write buffer.
+//!
+//! Error bodies use NestJS's shape (`{"statusCode":…,"error":…,"message":…}`)
+//! so clients of the NestJS design see no change. The 202 body is written by
+//! hand: it is the hot path and its only variable part, a Redis stream id,
+//! never needs escaping.
+
+use std::io::Write;
+
+use serde::Serialize;
+
+/// The status codes the gateway sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// 202: the job is in Redis.
+    Accepted,
+    /// 400: malformed request or invalid body.
+    BadRequest,
+    /// 404: unknown path.
+    NotFound,
+    /// 405: known path, other method.
+    MethodNotAllowed,
+    /// 408: the request did not arrive within `REQUEST_TIMEOUT_MS`.
+    RequestTimeout,
+    /// 413: body over `MAX_BODY_BYTES`.
+    PayloadTooLarge,
+    /// 415: body not JSON.
+    UnsupportedMediaType,
+    /// 431: head over `MAX_HEADER_BYTES`.
+    HeaderFieldsTooLarge,
+    /// 501: a transfer coding the gateway does not implement.
+    NotImplemented,
+    /// 503: Redis unavailable, slow, or the hand-off channel full.
+    ServiceUnavailable,
+}
+
+impl Status {
+    /// The numeric code.
+    pub fn code(self) -> u16 {
+        match self {
+            Self::Accepted => 202,
+            Self::BadRequest => 400,
+            Self::NotFound => 404,
+            Self::MethodNotAllowed => 405,
+            Self::RequestTimeout => 408,
+            Self::PayloadTooLarge => 413,
+            Self::UnsupportedMediaType => 415,
+            Self::HeaderFieldsTooLarge => 431,
+            Self::NotImplemented => 501,
+            Self::ServiceUnavailable => 503,
+        }
+    }
+
+    /// The reason phrase, also the `error` field of error bodies.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Accepted => "Accepted",
+            Self::BadRequest => "Bad Request",
+            Self::NotFound => "Not Found",
+            Self::MethodNotAllowed => "Method Not Allowed",
+            Self::RequestTimeout => "Request Timeout",
+            Self::PayloadTooLarge => "Payload Too Large",
+            Self::UnsupportedMediaType => "Unsupported Media Type",
+            Self::HeaderFieldsTooLarge => "Request Header Fields Too Large",
+            Self::NotImplemented => "Not Implemented",
+            Self::ServiceUnavailable => "Service Unavailable",
+        }
+    }
+}
+
+/// The `message` of an error body: a list for validation, a sentence otherwise.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Message {
+    /// One sentence.
+    One(String),
+    /// One entry per failed rule.
+    Many(Vec<String>),
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    #[serde(rename = "statusCode")]
+    status_code: u16,
+    error: &'static str,
+    message: &'a Message,
+}
+
+/// What to send for one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    status: Status,
+    job_id: Option<String>,
+    message: Option<Message>,
+    retry_after: Option<u32>,
+    allow: Option<&'static str>,
+    close: bool,
+}
+
+impl Response {
+    /// 202 `{"accepted":true,"jobId":…}`.
+    pub fn accepted(job_id: String) -> Self {
+        Self {
+            status: Status::Accepted,
+            job_id: Some(job_id),
+            message: None,
+            retry_after: None,
+            allow: None,
+            close: false,
+        }
+    }
+
+    /// An error in NestJS's shape.
+    pub fn error(status: Status, message: Message) -> Self {
+        Self { status, job_id: None, message: Some(message), retry_after: None, allow: None, close: false }
+    }
+
+    /// 503 with `Retry-After`.
+    pub fn unavailable(message: impl Into<String>, retry_after_secs: u32) -> Self {
+        Self {
+            retry_after: Some(retry_after_secs),
+            ..Self::error(Status::ServiceUnavailable, Message::One(message.into()))
+        }
+    }
+
+    /// Adds an `Allow` header (405).
+    pub fn with_allow(mut self, allow: &'static str) -> Self {
+        self.allow = Some(allow);
+        self
+    }
+
+    /// Marks the connection to be closed after this response.
+    pub fn closing(mut self) -> Self {
+        self.close = true;
+        self
+    }
+
+    /// The status.
+    pub fn status(&self) -> Status {
+        self.status
+    }
+
+    /// Whether the connection closes after this response.
+    pub fn closes(&self) -> bool {
+        self.close
+    }
+
+    /// Appends the encoded response. `keep_alive` is what the request asked
+    /// for; the connection stays open only if that and `!self.close` hold.
+    pub fn encode(&self, http10: bool, keep_alive: bool, out: &mut Vec<u8>) {
+        let mut body = Vec::new();
+        if let Some(id) = &self.job_id {
+            body.extend_from_slice(b"{\"accepted\":true,\"jobId\":\"");
+            body.extend_from_slice(id.as_bytes());
+            body.extend_from_slice(b"\"}");
+        } else if let Some(message) = &self.message {
+            let e = ErrorBody { status_code: self.status.code(), error: self.status.reason(), message };
+            serde_json::to_writer(&mut body, &e).expect("serialising to a Vec cannot fail");
+        }
+        let version = if http10 { "HTTP/1.0" } else { "HTTP/1.1" };
+        let _ = write!(
+            out,
+            "{version} {} {}\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: {}\r\n",
+            self.status.code(),
+            self.status.reason(),
+            body.len()
+        );
+        if let Some(secs) = self.retry_after {
+            let _ = write!(out, "retry-after: {secs}\r\n");
+        }
+        if let Some(allow) = self.allow {
+            let _ = write!(out, "allow: {allow}\r\n");
+        }
+        match (keep_alive && !self.close, http10) {
+            (false, _) => out.extend_from_slice(b"connection: close\r\n"),
+            (true, true) => out.extend_from_slice(b"connection: keep-alive\r\n"),
+            (true, false) => {}
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&body);
+    }
+}
+
+/// The interim response to `Expect: 100-continue`.
+pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(r: &Response, http10: bool, keep_alive: bool) -> String {
+        let mut out = Vec::new();
+        r.encode(http10, keep_alive, &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn accepted_has_the_job_id() {
+        let t = text(&Response::accepted("1-0".into()), false, true);
+        assert!(t.starts_with("HTTP/1.1 202 Accepted\r\n"));
+        assert!(t.contains("content-length: 31\r\n"));
+        assert!(t.ends_with("\r\n\r\n{\"accepted\":true,\"jobId\":\"1-0\"}"));
+        assert!(!t.contains("connection:"));
+    }
+
+    #[test]
+    fn errors_use_the_nestjs_shape() {
+        let r = Response::error(Status::BadRequest, Message::Many(vec!["a \"b\"".into()]));
+        let t = text(&r, false, true);
+        assert!(t.ends_with(r#"{"statusCode":400,"error":"Bad Request","message":["a \"b\""]}"#), "{t}");
+        let t = text(&Response::unavailable("down", 3).closing(), true, true);
+        assert!(t.starts_with("HTTP/1.0 503 Service Unavailable\r\n"));
+        assert!(t.contains("retry-after: 3\r\n") && t.contains("connection: close\r\n"));
+        assert!(t.ends_with(r#"{"statusCode":503,"error":"Service Unavailable","message":"down"}"#));
+    }
+}

@@ -1,0 +1,157 @@
+//! One core: a pinned thread running a monoio runtime (io_uring, or epoll
+//! where the kernel refuses io_uring) that accepts on its own listener and
+//! serves each connection as a local task.
+//!
+//! Nothing here is shared between cores but the [`Enqueuer`] handle and the
+//! shutdown token; the parser scratch space and connection count are local.
+
+use std::cell::{Cell, RefCell};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_core::Stream;
+use monoio::net::TcpListener;
+use monoio::{FusionDriver, FusionRuntime, RuntimeBuilder};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::conn::{serve, CoreContext};
+use super::request::Limits;
+use crate::ingest::Ingestor;
+use crate::queue::Enqueuer;
+
+/// io_uring submission queue size per core.
+const URING_ENTRIES: u32 = 4096;
+
+/// Which I/O driver a core's runtime ended up with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Driver {
+    /// io_uring.
+    IoUring,
+    /// The epoll fallback (io_uring refused: old kernel, seccomp, sysctl).
+    Epoll,
+}
+
+impl Driver {
+    /// `io_uring` or `epoll`, as logged.
+    pub fn name(self) -> &'static str {
+        match self {
+            Driver::IoUring => "io_uring",
+            Driver::Epoll => "epoll",
+        }
+    }
+}
+
+/// What one core runs with.
+pub struct CoreSpec {
+    /// Runtime index, 0-based.
+    pub index: usize,
+    /// The CPU to pin to, if pinning.
+    pub cpu: Option<core_affinity::CoreId>,
+    /// This core's listener (SO_REUSEPORT, already bound and listening).
+    pub listener: std::net::TcpListener,
+    /// Request limits and timeouts.
+    pub settings: CoreSettings,
+    /// The hand-off to the Redis pipeline thread.
+    pub enqueuer: Enqueuer,
+    /// Cancelled to stop accepting and drain.
+    pub shutdown: CancellationToken,
+}
+
+/// Per-core HTTP settings, taken from [`crate::config::Config`].
+#[derive(Debug, Clone)]
+pub struct CoreSettings {
+    /// Header and body limits.
+    pub limits: Limits,
+    /// `REQUEST_TIMEOUT_MS`.
+    pub request_timeout: Duration,
+    /// `KEEPALIVE_TIMEOUT_MS`.
+    pub keepalive_timeout: Duration,
+    /// `RETRY_AFTER_SECS`.
+    pub retry_after_secs: u32,
+    /// `MAX_CONNECTIONS_PER_CORE`.
+    pub max_connections: usize,
+    /// `SHUTDOWN_TIMEOUT_MS`.
+    pub shutdown_timeout: Duration,
+}
+
+/// Runs one core until shutdown has drained it. Reports the driver in use
+/// through `started` once the runtime is up (before serving).
+///
+/// # Errors
+/// The runtime could not be built or the listener not adopted.
+pub fn run_core(spec: CoreSpec, started: impl FnOnce(Driver)) -> std::io::Result<()> {
+    if let Some(cpu) = spec.cpu {
+        if !core_affinity::set_for_current(cpu) {
+            warn!(runtime = spec.index, cpu = cpu.id, "could not pin runtime thread to its core");
+        }
+    }
+    let mut rt = RuntimeBuilder::<FusionDriver>::new().with_entries(URING_ENTRIES).enable_timer().build()?;
+    let driver = match &rt {
+        FusionRuntime::Uring(_) => Driver::IoUring,
+        FusionRuntime::Legacy(_) => Driver::Epoll,
+    };
+    started(driver);
+    rt.block_on(accept_loop(spec))
+}
+
+async fn accept_loop(spec: CoreSpec) -> std::io::Result<()> {
+    // Adopted inside the runtime: monoio registers sockets with the current driver.
+    let listener = TcpListener::from_std(spec.listener)?;
+    let settings = spec.settings;
+    let ctx = Rc::new(CoreContext {
+        limits: settings.limits,
+        request_timeout: settings.request_timeout,
+        keepalive_timeout: settings.keepalive_timeout,
+        retry_after_secs: settings.retry_after_secs,
+        enqueuer: spec.enqueuer,
+        ingestor: RefCell::new(Ingestor::default()),
+        shutdown: spec.shutdown.clone(),
+    });
+    let open = Rc::new(Cell::new(0usize));
+    // Each connection task holds a sender; when the last is dropped the
+    // receiver ends, which is how draining knows all connections are done.
+    let (done_tx, mut done_rx) = futures_channel::mpsc::channel::<()>(0);
+    let mut accept_backoff = Duration::from_millis(5);
+    loop {
+        let accepted = monoio::select! {
+            r = listener.accept() => r,
+            _ = spec.shutdown.cancelled() => break,
+        };
+        match accepted {
+            Ok((stream, _peer)) => {
+                accept_backoff = Duration::from_millis(5);
+                if open.get() >= settings.max_connections {
+                    // Over the bound: refuse rather than let one core drown.
+                    drop(stream);
+                    continue;
+                }
+                let _ = stream.set_nodelay(true);
+                open.set(open.get() + 1);
+                let (ctx, open, guard) = (ctx.clone(), open.clone(), done_tx.clone());
+                monoio::spawn(async move {
+                    serve(stream, ctx).await;
+                    open.set(open.get() - 1);
+                    drop(guard);
+                });
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning on accept.
+                warn!(runtime = spec.index, error = %e, "accept failed; backing off");
+                monoio::time::sleep(accept_backoff).await;
+                accept_backoff = (accept_backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+    drop(listener);
+    drop(done_tx);
+    let in_flight = open.get();
+    let drained = std::future::poll_fn(|cx| Pin::new(&mut done_rx).poll_next(cx));
+    if monoio::time::timeout(settings.shutdown_timeout, drained).await.is_err() {
+        warn!(runtime = spec.index, connections = open.get(), "shutdown timeout: dropping connections");
+    } else {
+        info!(runtime = spec.index, drained_connections = in_flight, "runtime drained");
+    }
+    Ok(())
+}

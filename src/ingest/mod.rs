@@ -1,0 +1,211 @@
+//! Stage 2: body → [`WebhookJob`], or the list of reasons it is not one.
+//!
+//! Input: the `:provider` path segment (already checked against
+//! `[a-z0-9_-]{1,64}` by `http/`), the raw body, and the accept time.
+//! Output: a job carrying the body **byte for byte** (never re-serialised),
+//! or an [`IngestError`] that `http/` turns into a 400 with every message.
+//!
+//! Parsing reads only the four contract fields and skips the rest without
+//! allocating (see [`envelope`]). Which JSON parser runs is decided by
+//! measurement (`benches/ingest.rs`, figures in `tuning.md`): both are kept
+//! behind [`JsonParser`] so the choice stays measurable.
+
+pub mod envelope;
+mod validate;
+
+use thiserror::Error;
+
+pub use validate::{parse_iso8601_us, MAX_EVENT_ID_BYTES};
+
+use crate::job::WebhookJob;
+use envelope::Envelope;
+
+/// Why a body is not a job. Both variants are the client's fault (400).
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum IngestError {
+    /// The body is not well-formed JSON (or not UTF-8).
+    #[error("body is not valid JSON: {0}")]
+    Json(String),
+    /// Well-formed JSON that breaks the contract; one message per failed rule.
+    #[error("body failed validation: {}", .0.join("; "))]
+    Invalid(Vec<String>),
+}
+
+impl IngestError {
+    /// The messages of the 400 answer, in class-validator's style.
+    pub fn messages(&self) -> Vec<String> {
+        match self {
+            Self::Json(detail) => vec![format!("body must be valid JSON ({detail})")],
+            Self::Invalid(messages) => messages.clone(),
+        }
+    }
+}
+
+/// The two JSON parsers, both reading the same [`Envelope`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JsonParser {
+    /// `simd-json`'s serde front end on a scratch copy (it parses in place).
+    Simd,
+    /// `serde_json` straight from the received bytes.
+    Serde,
+}
+
+/// Per-core parsing state: reused scratch buffers, so the hot path does not
+/// allocate for the parse itself.
+pub struct Ingestor {
+    parser: JsonParser,
+    scratch: Vec<u8>,
+    buffers: simd_json::Buffers,
+}
+
+impl Ingestor {
+    /// Parser chosen by `benches/ingest.rs` (see `tuning.md`): serde_json into
+    /// borrowed fields beats simd-json at every body size senders post.
+    pub const DEFAULT_PARSER: JsonParser = JsonParser::Serde;
+
+    /// A fresh ingestor using `parser`.
+    pub fn new(parser: JsonParser) -> Self {
+        Self { parser, scratch: Vec::new(), buffers: simd_json::Buffers::new(4096) }
+    }
+
+    /// Parses and validates `body` posted to `/webhooks/{provider}`.
+    ///
+    /// # Errors
+    /// [`IngestError::Json`] for malformed JSON, [`IngestError::Invalid`] with
+    /// every failed rule otherwise.
+    pub fn ingest(
+        &mut self,
+        provider: &str,
+        body: &[u8],
+        received_at_us: i64,
+    ) -> Result<WebhookJob, IngestError> {
+        let (event_id, event_timestamp_us) = match self.parser {
+            JsonParser::Serde => {
+                let env: Envelope<'_> =
+                    serde_json::from_slice(body).map_err(|e| IngestError::Json(e.to_string()))?;
+                extract(provider, &env)?
+            }
+            JsonParser::Simd => {
+                // simd-json unescapes in place; the job must keep the original bytes.
+                self.scratch.clear();
+                self.scratch.extend_from_slice(body);
+                let env: Envelope<'_> =
+                    simd_json::serde::from_slice_with_buffers(&mut self.scratch, &mut self.buffers)
+                        .map_err(|e| IngestError::Json(e.to_string()))?;
+                extract(provider, &env)?
+            }
+        };
+        Ok(WebhookJob {
+            provider: provider.to_owned(),
+            event_id,
+            event_timestamp_us,
+            received_at_us,
+            payload: body.to_vec(),
+        })
+    }
+}
+
+impl Default for Ingestor {
+    fn default() -> Self {
+        Self::new(Self::DEFAULT_PARSER)
+    }
+}
+
+fn extract(provider: &str, env: &Envelope<'_>) -> Result<(String, i64), IngestError> {
+    let valid = validate::validate(provider, env).map_err(IngestError::Invalid)?;
+    Ok((valid.event_id.to_owned(), valid.event_timestamp_us))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEED: &[u8] = br#"{"provider":"stripe","eventId":"evt_abc","timestamp":"2026-11-22T21:35:25.123Z","data":{"amount":1,"currency":"brl"},"extra":[1,2]}"#;
+
+    fn both(provider: &str, body: &[u8]) -> Result<WebhookJob, IngestError> {
+        let serde = Ingestor::new(JsonParser::Serde).ingest(provider, body, 7);
+        let simd = Ingestor::new(JsonParser::Simd).ingest(provider, body, 7);
+        match (&serde, &simd) {
+            (Ok(a), Ok(b)) => assert_eq!(a, b),
+            (Err(IngestError::Invalid(a)), Err(IngestError::Invalid(b))) => assert_eq!(a, b),
+            (Err(IngestError::Json(_)), Err(IngestError::Json(_))) => {}
+            _ => panic!("parsers disagree on {:?}: {serde:?} vs {simd:?}", String::from_utf8_lossy(body)),
+        }
+        serde
+    }
+
+    fn messages(provider: &str, body: &str) -> Vec<String> {
+        both(provider, body.as_bytes()).unwrap_err().messages()
+    }
+
+    #[test]
+    fn the_seed_payload_becomes_a_job_with_the_raw_body() {
+        let job = both("stripe", SEED).unwrap();
+        assert_eq!(job.provider, "stripe");
+        assert_eq!(job.event_id, "evt_abc");
+        assert_eq!(job.event_timestamp_us, 1_795_469_725_123_000);
+        assert_eq!(job.received_at_us, 7);
+        assert_eq!(job.payload, SEED);
+    }
+
+    #[test]
+    fn escaped_keys_and_values_are_read_after_unescaping() {
+        let body = r#"{"provider":"str\u0069pe","event\u0049d":"evt\"1","timestamp":"2026-01-01","data":{}}"#;
+        let job = both("stripe", body.as_bytes()).unwrap();
+        assert_eq!(job.event_id, "evt\"1");
+        assert_eq!(job.payload, body.as_bytes());
+    }
+
+    #[test]
+    fn every_failed_rule_is_listed() {
+        assert_eq!(
+            messages("stripe", "{}"),
+            [
+                "provider should not be empty",
+                "provider must be a string",
+                "eventId should not be empty",
+                "eventId must be a string",
+                "timestamp should not be empty",
+                "timestamp must be a valid ISO 8601 date string",
+                "data should not be empty",
+                "data must be an object",
+            ]
+        );
+        assert_eq!(
+            messages("stripe", r#"{"provider":"github","eventId":"","timestamp":"soon","data":[]}"#),
+            [
+                "provider must be equal to the path parameter (stripe)",
+                "eventId should not be empty",
+                "timestamp must be a valid ISO 8601 date string",
+                "data must be an object",
+            ]
+        );
+        let long = "x".repeat(256);
+        let body = format!(r#"{{"provider":"s","eventId":"{long}","timestamp":"2026-01-01","data":{{}}}}"#);
+        assert_eq!(messages("s", &body), ["eventId must be shorter than or equal to 255 bytes"]);
+        let ok = "x".repeat(255);
+        let body = format!(r#"{{"provider":"s","eventId":"{ok}","timestamp":"2026-01-01","data":{{}}}}"#);
+        assert!(both("s", body.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn non_objects_and_broken_json_are_told_apart() {
+        assert_eq!(messages("s", "[1,2]"), ["body must be a JSON object"]);
+        assert_eq!(messages("s", "null"), ["body must be a JSON object"]);
+        assert_eq!(messages("s", "\"x\""), ["body must be a JSON object"]);
+        for bad in [&b""[..], b"{", br#"{"a":1,}"#, b"{} x", b"{\"a\":\"\xff\"}", b"nul"] {
+            let e = both("s", bad).unwrap_err();
+            assert!(matches!(e, IngestError::Json(_)), "{bad:?} gave {e:?}");
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_crash() {
+        let deep = format!(
+            r#"{{"provider":"s","eventId":"e","timestamp":"2026-01-01","data":{}{}}}"#,
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        assert!(matches!(both("s", deep.as_bytes()), Err(IngestError::Json(_))));
+    }
+}

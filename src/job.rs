@@ -1,0 +1,166 @@
+//! The one data contract: [`WebhookJob`], produced by `ingest/`, carried by
+//! `queue/` into Redis, and (next) consumed by the workers.
+//!
+//! In Redis a job is one stream entry with short field names, listed in
+//! [`fields`]. The entry carries a format version ([`fields::VERSION`] =
+//! [`FORMAT_VERSION`]) so the layout can change without a flag day: a reader
+//! rejects versions it does not know instead of guessing.
+
+use std::collections::HashMap;
+
+use thiserror::Error;
+
+/// Version written in every stream entry; bump it when the field layout changes.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Field names of a job's stream entry. Short, because they are repeated in
+/// every entry and Redis stores them per entry (unless the stream's listpack
+/// can share them).
+pub mod fields {
+    /// Entry format version ([`super::FORMAT_VERSION`]).
+    pub const VERSION: &str = "v";
+    /// `provider` from the path, `[a-z0-9_-]{1,64}`.
+    pub const PROVIDER: &str = "p";
+    /// `eventId` from the body, 1..=255 bytes of UTF-8.
+    pub const EVENT_ID: &str = "e";
+    /// Body `timestamp`, normalised to microseconds since the Unix epoch (UTC).
+    pub const EVENT_TIMESTAMP: &str = "t";
+    /// Gateway clock when the request was accepted, microseconds since the epoch.
+    pub const RECEIVED_AT: &str = "r";
+    /// The raw request body, byte for byte as received.
+    pub const PAYLOAD: &str = "b";
+}
+
+/// A validated webhook, the unit that crosses every stage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookJob {
+    /// The `:provider` path segment (equal to the body's `provider`).
+    pub provider: String,
+    /// The body's `eventId`; with `provider`, the idempotency key.
+    pub event_id: String,
+    /// The body's `timestamp`, parsed from ISO 8601, in µs since the Unix epoch.
+    pub event_timestamp_us: i64,
+    /// When the gateway accepted the request, in µs since the Unix epoch.
+    pub received_at_us: i64,
+    /// The request body exactly as received (kept for audit and re-verification).
+    pub payload: Vec<u8>,
+}
+
+/// Why a stream entry could not be read back as a [`WebhookJob`].
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum JobDecodeError {
+    /// A required field is absent from the entry.
+    #[error("stream entry has no `{0}` field")]
+    MissingField(&'static str),
+    /// The entry was written by a format this build does not know.
+    #[error("stream entry has format version {0:?}, this build reads {FORMAT_VERSION}")]
+    UnknownVersion(String),
+    /// A field is present but does not hold what the format says.
+    #[error("stream entry field `{0}` is malformed")]
+    Malformed(&'static str),
+}
+
+impl WebhookJob {
+    /// Appends this job's entry fields to an `XADD` command (after the id).
+    pub fn write_stream_fields(&self, cmd: &mut redis::Cmd) {
+        cmd.arg(fields::VERSION)
+            .arg(FORMAT_VERSION)
+            .arg(fields::PROVIDER)
+            .arg(&self.provider)
+            .arg(fields::EVENT_ID)
+            .arg(&self.event_id)
+            .arg(fields::EVENT_TIMESTAMP)
+            .arg(self.event_timestamp_us)
+            .arg(fields::RECEIVED_AT)
+            .arg(self.received_at_us)
+            .arg(fields::PAYLOAD)
+            .arg(&self.payload[..]);
+    }
+
+    /// Reads a job back from a stream entry's field map.
+    ///
+    /// # Errors
+    /// [`JobDecodeError`] when a field is missing or malformed, or the entry's
+    /// version is unknown.
+    pub fn from_stream_fields(map: &HashMap<String, redis::Value>) -> Result<Self, JobDecodeError> {
+        let version = text(map, fields::VERSION)?;
+        if version != FORMAT_VERSION.to_string() {
+            return Err(JobDecodeError::UnknownVersion(version));
+        }
+        let provider = text(map, fields::PROVIDER)?;
+        let event_id = text(map, fields::EVENT_ID)?;
+        let event_timestamp_us = int(map, fields::EVENT_TIMESTAMP)?;
+        let received_at_us = int(map, fields::RECEIVED_AT)?;
+        let payload = bytes(map, fields::PAYLOAD)?.to_vec();
+        Ok(Self { provider, event_id, event_timestamp_us, received_at_us, payload })
+    }
+}
+
+fn bytes<'m>(
+    map: &'m HashMap<String, redis::Value>,
+    field: &'static str,
+) -> Result<&'m [u8], JobDecodeError> {
+    match map.get(field) {
+        Some(redis::Value::BulkString(b)) => Ok(b),
+        Some(_) => Err(JobDecodeError::Malformed(field)),
+        None => Err(JobDecodeError::MissingField(field)),
+    }
+}
+
+fn text(map: &HashMap<String, redis::Value>, field: &'static str) -> Result<String, JobDecodeError> {
+    let b = bytes(map, field)?;
+    String::from_utf8(b.to_vec()).map_err(|_| JobDecodeError::Malformed(field))
+}
+
+fn int(map: &HashMap<String, redis::Value>, field: &'static str) -> Result<i64, JobDecodeError> {
+    text(map, field)?.parse().map_err(|_| JobDecodeError::Malformed(field))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry_of(job: &WebhookJob) -> HashMap<String, redis::Value> {
+        let mut cmd = redis::cmd("XADD");
+        job.write_stream_fields(&mut cmd);
+        let args: Vec<Vec<u8>> = cmd
+            .args_iter()
+            .map(|a| match a {
+                redis::Arg::Simple(b) => b.to_vec(),
+                redis::Arg::Cursor => unreachable!("no cursor in XADD"),
+            })
+            .collect();
+        args.chunks(2)
+            .map(|kv| (String::from_utf8(kv[0].clone()).unwrap(), redis::Value::BulkString(kv[1].clone())))
+            .collect()
+    }
+
+    #[test]
+    fn a_job_survives_the_round_trip_through_its_stream_fields() {
+        let job = WebhookJob {
+            provider: "stripe".into(),
+            event_id: "evt_1".into(),
+            event_timestamp_us: 1_700_000_000_123_456,
+            received_at_us: -5,
+            payload: b"{\"x\":\"\xff\"}".to_vec(),
+        };
+        assert_eq!(WebhookJob::from_stream_fields(&entry_of(&job)).unwrap(), job);
+    }
+
+    #[test]
+    fn an_unknown_version_is_refused_not_guessed() {
+        let job = WebhookJob {
+            provider: "p".into(),
+            event_id: "e".into(),
+            event_timestamp_us: 0,
+            received_at_us: 0,
+            payload: vec![],
+        };
+        let mut map = entry_of(&job);
+        map.insert("v".into(), redis::Value::BulkString(b"2".to_vec()));
+        assert_eq!(WebhookJob::from_stream_fields(&map), Err(JobDecodeError::UnknownVersion("2".into())));
+        map.remove("p");
+        map.insert("v".into(), redis::Value::BulkString(b"1".to_vec()));
+        assert_eq!(WebhookJob::from_stream_fields(&map), Err(JobDecodeError::MissingField("p")));
+    }
+}

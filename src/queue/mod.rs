@@ -1,0 +1,122 @@
+//! Stage 3: jobs from every core → one Redis pipeline thread → the stream.
+//!
+//! # Structures
+//! * [`Enqueuer`]: a cheap clone per core. It puts `(WebhookJob, reply)` on a
+//!   bounded `crossbeam` channel (`ENQUEUE_CHANNEL_CAPACITY`) and awaits the
+//!   reply, a `futures` oneshot whose waker crosses threads (monoio's `sync`
+//!   feature makes that wake safe).
+//! * The pipeline thread ([`pipeline`]): a plain thread with one blocking
+//!   Redis connection. It takes the first waiting job, then whatever else is
+//!   queued (up to `BATCH_MAX`, waiting at most `BATCH_LINGER_US` for more),
+//!   sends **one** pipeline of `XADD`s and answers every job with its stream id.
+//!
+//! # Redis keys
+//! * the stream `QUEUE_NAME` (default [`DEFAULT_STREAM`]), one entry per job,
+//!   fields per [`crate::job::fields`]; never trimmed (`MAXLEN` would drop
+//!   jobs not yet stored), entries are deleted by the workers after commit;
+//! * the consumer group [`GROUP`], created with the stream (`MKSTREAM`, from
+//!   id 0) on every (re)connect so a Redis restarted empty is repaired.
+//!
+//! # Guarantees
+//! A job's reply is `Ok(id)` only after Redis answered its `XADD`, so a 202 is
+//! never sent for a job Redis does not have. Everything else is an
+//! [`EnqueueError`] (503): the channel full, Redis unreachable or erroring,
+//! no reply within `ENQUEUE_TIMEOUT_MS`, or the gateway shutting down. A job
+//! whose caller has already given up (timed out) is not sent, so a 503 is
+//! rarely followed by a stored duplicate; when it is (the reply was lost in
+//! flight), the sender's retry is deduplicated downstream by `(provider, eventId)`.
+//!
+//! # Failure
+//! On a connection error the thread fails the batch in hand, drops the
+//! connection and reconnects with capped exponential backoff; while Redis is
+//! down jobs fail at once (fast 503s) instead of piling up. Each state change
+//! is logged once, never per request.
+
+mod pipeline;
+
+use std::time::Duration;
+
+use futures_channel::oneshot;
+use thiserror::Error;
+
+use crate::job::WebhookJob;
+
+pub use pipeline::{spawn_pipeline, PipelineHandle, PipelineSettings};
+
+/// Default stream name (`QUEUE_NAME`).
+pub const DEFAULT_STREAM: &str = "webhooks";
+/// The consumer group the workers read with.
+pub const GROUP: &str = "ingest";
+
+/// Why a job was not enqueued. Every variant maps to 503 + `Retry-After`.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum EnqueueError {
+    /// The hand-off channel is full: the pipeline thread is behind.
+    #[error("enqueue channel full")]
+    Saturated,
+    /// Redis could not be reached or failed the command.
+    #[error("redis unavailable: {0}")]
+    Unavailable(String),
+    /// No reply within `ENQUEUE_TIMEOUT_MS`.
+    #[error("no reply from redis in time")]
+    TimedOut,
+    /// The pipeline thread has stopped (shutdown).
+    #[error("enqueue pipeline stopped")]
+    Closed,
+}
+
+/// The stream id Redis gave a job (`<ms>-<seq>`).
+pub type StreamId = String;
+
+/// A job on its way to the pipeline thread, with the way back.
+pub struct Pending {
+    /// The job.
+    pub job: WebhookJob,
+    /// Where the pipeline thread sends the outcome.
+    pub reply: oneshot::Sender<Result<StreamId, EnqueueError>>,
+}
+
+/// The per-core handle for enqueuing jobs. Cloning is cheap.
+#[derive(Clone)]
+pub struct Enqueuer {
+    tx: crossbeam_channel::Sender<Pending>,
+    timeout: Duration,
+}
+
+impl Enqueuer {
+    /// Hands `job` to the pipeline thread and waits (asynchronously, inside a
+    /// monoio runtime with timers enabled) for Redis's answer.
+    ///
+    /// # Errors
+    /// [`EnqueueError`] whenever the job is not known to be in Redis.
+    pub async fn enqueue(&self, job: WebhookJob) -> Result<StreamId, EnqueueError> {
+        let rx = self.submit(job)?;
+        match monoio::time::timeout(self.timeout, rx).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(oneshot::Canceled)) => Err(EnqueueError::Closed),
+            Err(_elapsed) => Err(EnqueueError::TimedOut),
+        }
+    }
+
+    /// Puts `job` on the channel without waiting; the receiver yields the outcome.
+    ///
+    /// # Errors
+    /// [`EnqueueError::Saturated`] when the channel is full,
+    /// [`EnqueueError::Closed`] when the pipeline thread has stopped.
+    pub fn submit(
+        &self,
+        job: WebhookJob,
+    ) -> Result<oneshot::Receiver<Result<StreamId, EnqueueError>>, EnqueueError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.try_send(Pending { job, reply }).map_err(|e| match e {
+            crossbeam_channel::TrySendError::Full(_) => EnqueueError::Saturated,
+            crossbeam_channel::TrySendError::Disconnected(_) => EnqueueError::Closed,
+        })?;
+        Ok(rx)
+    }
+
+    /// Jobs waiting in the channel now.
+    pub fn backlog(&self) -> usize {
+        self.tx.len()
+    }
+}

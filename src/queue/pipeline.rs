@@ -1,0 +1,252 @@
+//! The Redis pipeline thread: batches `XADD`s and answers each job.
+//! See the module docs of [`crate::queue`] for the contract.
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use tracing::{error, info, warn};
+
+use super::{EnqueueError, Enqueuer, Pending, StreamId, GROUP};
+
+/// First reconnect delay; doubles up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+/// Longest wait between reconnect attempts, so recovery after Redis returns
+/// takes at most this long.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// What the pipeline thread needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct PipelineSettings {
+    /// `REDIS_URL`.
+    pub redis_url: String,
+    /// `QUEUE_NAME`.
+    pub stream: String,
+    /// `BATCH_MAX`.
+    pub batch_max: usize,
+    /// `BATCH_LINGER_US`.
+    pub batch_linger: Duration,
+    /// `ENQUEUE_TIMEOUT_MS`: the callers' patience, also the socket timeout.
+    pub enqueue_timeout: Duration,
+    /// `ENQUEUE_CHANNEL_CAPACITY`.
+    pub channel_capacity: usize,
+}
+
+/// The running pipeline thread.
+pub struct PipelineHandle {
+    thread: thread::JoinHandle<()>,
+}
+
+impl PipelineHandle {
+    /// Waits for the thread. It exits once every [`Enqueuer`] is dropped and
+    /// the jobs already queued have been answered.
+    pub fn join(self) {
+        if self.thread.join().is_err() {
+            error!("redis pipeline thread panicked");
+        }
+    }
+}
+
+/// Starts the pipeline thread and returns the handle cores enqueue through.
+///
+/// # Errors
+/// The `REDIS_URL` cannot be parsed, or the thread cannot be spawned.
+pub fn spawn_pipeline(settings: PipelineSettings) -> std::io::Result<(Enqueuer, PipelineHandle)> {
+    let client = redis::Client::open(settings.redis_url.as_str())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let (tx, rx) = crossbeam_channel::bounded(settings.channel_capacity);
+    let enqueuer = Enqueuer { tx, timeout: settings.enqueue_timeout };
+    let thread = thread::Builder::new()
+        .name("redis-pipeline".into())
+        .spawn(move || Pipeline::new(client, settings).run(rx))?;
+    Ok((enqueuer, PipelineHandle { thread }))
+}
+
+/// Connection state, kept so each change is logged once.
+enum Link {
+    Up(redis::Connection),
+    /// Down since the last failure; no attempt before `retry_at`.
+    Down {
+        retry_at: Instant,
+        backoff: Duration,
+        reason: String,
+    },
+}
+
+struct Pipeline {
+    client: redis::Client,
+    settings: PipelineSettings,
+    link: Link,
+    batch: Vec<Pending>,
+    pipe: redis::Pipeline,
+}
+
+impl Pipeline {
+    fn new(client: redis::Client, settings: PipelineSettings) -> Self {
+        let batch = Vec::with_capacity(settings.batch_max);
+        let link =
+            Link::Down { retry_at: Instant::now(), backoff: MIN_BACKOFF, reason: "not yet connected".into() };
+        // Per-command errors (say, OOM under `noeviction`) fail only their own
+        // job; only a connection-level error fails the whole batch.
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        Self { client, settings, link, batch, pipe }
+    }
+
+    fn run(mut self, rx: Receiver<Pending>) {
+        info!(stream = %self.settings.stream, batch_max = self.settings.batch_max,
+              linger_us = self.settings.batch_linger.as_micros() as u64, "redis pipeline thread started");
+        // Connect eagerly so start-up logs say whether Redis is there.
+        self.ensure_link();
+        while self.fill_batch(&rx) {
+            self.flush();
+        }
+        info!("redis pipeline thread stopped: every core has let go of the queue");
+    }
+
+    /// Blocks for the first job, then takes what else is queued. Returns false
+    /// once the channel is closed and empty.
+    fn fill_batch(&mut self, rx: &Receiver<Pending>) -> bool {
+        match rx.recv() {
+            Ok(p) => self.batch.push(p),
+            Err(_) => return false,
+        }
+        let deadline = Instant::now() + self.settings.batch_linger;
+        while self.batch.len() < self.settings.batch_max {
+            let next = if self.settings.batch_linger.is_zero() {
+                rx.try_recv().map_err(|_| RecvTimeoutError::Timeout)
+            } else {
+                rx.recv_deadline(deadline)
+            };
+            match next {
+                Ok(p) => self.batch.push(p),
+                Err(_) => break,
+            }
+        }
+        true
+    }
+
+    /// Sends the batch as one pipeline and answers every job in it.
+    fn flush(&mut self) {
+        // A caller that gave up has already answered 503; storing its job now
+        // would only make a duplicate for the sender's retry to collide with.
+        self.batch.retain(|p| !p.reply.is_canceled());
+        if self.batch.is_empty() {
+            return;
+        }
+        self.pipe.clear();
+        for p in &self.batch {
+            let mut cmd = redis::cmd("XADD");
+            cmd.arg(&self.settings.stream).arg("*");
+            p.job.write_stream_fields(&mut cmd);
+            self.pipe.add_command(cmd);
+        }
+        self.ensure_link();
+        let outcome = match &mut self.link {
+            Link::Up(con) => self.pipe.query::<Vec<redis::RedisResult<StreamId>>>(con),
+            Link::Down { .. } => Err(redis::RedisError::from((redis::ErrorKind::Io, "redis is down"))),
+        };
+        match outcome {
+            Ok(ids) => {
+                for (p, id) in self.batch.drain(..).zip(ids) {
+                    let _ = p.reply.send(id.map_err(|e| EnqueueError::Unavailable(e.to_string())));
+                }
+            }
+            Err(e) => {
+                if matches!(self.link, Link::Up(_)) {
+                    self.mark_down(e.to_string());
+                }
+                let reason = self.down_reason();
+                for p in self.batch.drain(..) {
+                    let _ = p.reply.send(Err(EnqueueError::Unavailable(reason.clone())));
+                }
+            }
+        }
+        // Any entry the pipeline did not answer (a short reply) must not
+        // be left hanging: its reply sender drops here and the caller sees 503.
+        self.batch.clear();
+    }
+
+    /// Reconnects if the link is down and the backoff allows.
+    fn ensure_link(&mut self) {
+        let Link::Down { retry_at, backoff, .. } = &self.link else { return };
+        if Instant::now() < *retry_at {
+            return;
+        }
+        let backoff = *backoff;
+        match self.connect() {
+            Ok(con) => {
+                info!(redis = %crate::config::redact_url(&self.settings.redis_url), "redis connected");
+                self.link = Link::Up(con);
+            }
+            Err(e) => self.fail_connect(e.to_string(), backoff),
+        }
+    }
+
+    fn connect(&self) -> redis::RedisResult<redis::Connection> {
+        let timeout = self.settings.enqueue_timeout;
+        let mut con = self.client.get_connection_with_timeout(timeout.min(Duration::from_secs(1)))?;
+        con.set_read_timeout(Some(timeout))?;
+        con.set_write_timeout(Some(timeout))?;
+        prepare_stream(&mut con, &self.settings.stream)?;
+        check_durability(&mut con);
+        Ok(con)
+    }
+
+    fn fail_connect(&mut self, reason: String, backoff: Duration) {
+        let first = match &self.link {
+            Link::Down { reason: old, .. } => old != &reason,
+            Link::Up(_) => true,
+        };
+        if first {
+            warn!(error = %reason, redis = %crate::config::redact_url(&self.settings.redis_url),
+                  "redis unreachable; requests get 503 until it is back");
+        }
+        let next = (backoff * 2).min(MAX_BACKOFF);
+        self.link = Link::Down { retry_at: Instant::now() + backoff, backoff: next, reason };
+    }
+
+    fn mark_down(&mut self, reason: String) {
+        error!(error = %reason, "redis connection lost; reconnecting with backoff");
+        self.link = Link::Down { retry_at: Instant::now() + MIN_BACKOFF, backoff: MIN_BACKOFF * 2, reason };
+    }
+
+    fn down_reason(&self) -> String {
+        match &self.link {
+            Link::Down { reason, .. } => reason.clone(),
+            Link::Up(_) => "redis error".into(),
+        }
+    }
+}
+
+/// Creates the stream and the consumer group if either is missing.
+fn prepare_stream(con: &mut redis::Connection, stream: &str) -> redis::RedisResult<()> {
+    let created: redis::RedisResult<()> =
+        redis::cmd("XGROUP").arg("CREATE").arg(stream).arg(GROUP).arg("0").arg("MKSTREAM").query(con);
+    match created {
+        Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+        other => other,
+    }
+}
+
+/// Warns when Redis is set up so that an acknowledged job could be lost.
+fn check_durability(con: &mut redis::Connection) {
+    let get = |con: &mut redis::Connection, key: &str| -> Option<String> {
+        let pair: Vec<String> = redis::cmd("CONFIG").arg("GET").arg(key).query(con).ok()?;
+        pair.get(1).cloned()
+    };
+    match (get(con, "appendonly"), get(con, "maxmemory-policy")) {
+        (Some(aof), Some(policy)) => {
+            if aof != "yes" {
+                warn!(appendonly = %aof, "redis has no AOF: accepted jobs are lost if Redis restarts");
+            }
+            if policy != "noeviction" {
+                warn!(maxmemory_policy = %policy,
+                      "redis may evict keys under memory pressure: set maxmemory-policy noeviction");
+            }
+        }
+        _ => warn!(
+            "could not read redis CONFIG (disabled?): check appendonly=yes and maxmemory-policy=noeviction"
+        ),
+    }
+}
