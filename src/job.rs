@@ -125,9 +125,10 @@ mod tests {
         job.write_stream_fields(&mut cmd);
         let args: Vec<Vec<u8>> = cmd
             .args_iter()
+            .skip(1) // the command name
             .map(|a| match a {
                 redis::Arg::Simple(b) => b.to_vec(),
-                redis::Arg::Cursor => unreachable!("no cursor in XADD"),
+                _ => unreachable!("XADD has only plain arguments"),
             })
             .collect();
         args.chunks(2)

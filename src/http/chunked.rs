@@ -198,7 +198,7 @@ mod tests {
     #[test]
     fn partial_input_is_not_done() {
         let (n, done, out) = decode_all(b"5\r\nhel", 100).unwrap();
-        assert_eq!((n, done, &out[..]), (8, false, &b"hel"[..]));
+        assert_eq!((n, done, &out[..]), (6, false, &b"hel"[..]));
     }
 
     #[test]

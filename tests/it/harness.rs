@@ -1,0 +1,281 @@
+//! Test harness: a private `redis-server` per test (random port, temp dir,
+//! stopped by pid), the gateway started in-process on port 0, and a raw
+//! HTTP/1.1 client that shows exactly what went over the wire.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use webhook_ingestor::app::{self, RunningApp};
+use webhook_ingestor::config::{Config, CoreSelection};
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A `redis-server` child process with AOF on, like production.
+pub struct RedisServer {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        let mut server = Self { port: free_port(), dir: tempfile::tempdir().unwrap(), child: None };
+        server.launch();
+        server
+    }
+
+    fn launch(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", "yes", "--appendfsync", "everysec", "--maxmemory-policy", "noeviction"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server not found on PATH: run scripts/test, which installs it");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(mut con) = redis::Client::open(self.url()).unwrap().get_connection() {
+                if redis::cmd("PING").query::<String>(&mut con).is_ok() {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server on port {} did not come up", self.port);
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub fn con(&self) -> redis::Connection {
+        redis::Client::open(self.url()).unwrap().get_connection().unwrap()
+    }
+
+    /// Stops the server (SIGKILL by pid, like a crash) and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open, nothing answers.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaws a paused server (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("redis is running").id().to_string();
+        assert!(Command::new("kill").args([sig, &pid]).status().unwrap().success());
+    }
+
+    /// Starts it again on the same port and data directory (AOF replayed).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.launch();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The gateway under test with its own Redis.
+pub struct TestApp {
+    pub redis: RedisServer,
+    pub addr: SocketAddr,
+    pub config: Config,
+    app: Option<RunningApp>,
+}
+
+impl TestApp {
+    /// Default test configuration: loopback, port 0, two unpinned runtimes.
+    pub fn spawn() -> Self {
+        Self::spawn_with(|_| {})
+    }
+
+    pub fn spawn_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        let redis = RedisServer::start();
+        let mut config = Config {
+            host: [127, 0, 0, 1].into(),
+            port: 0,
+            cores: CoreSelection::Count(2),
+            pin_cores: false,
+            redis_url: redis.url(),
+            ..Config::default()
+        };
+        tweak(&mut config);
+        let app = app::start(&config).expect("gateway starts");
+        Self { addr: app.local_addr(), redis, config, app: Some(app) }
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(self.addr)
+    }
+
+    /// One POST on a fresh connection.
+    pub fn post(&self, provider: &str, body: &str) -> Response {
+        self.client().post(provider, body)
+    }
+
+    pub fn stream_len(&self) -> usize {
+        redis::cmd("XLEN").arg(&self.config.queue_name).query(&mut self.redis.con()).unwrap()
+    }
+
+    /// Every entry of the stream, oldest first: `(id, fields)`.
+    pub fn stream_entries(&self) -> Vec<(String, HashMap<String, redis::Value>)> {
+        let reply: redis::streams::StreamRangeReply =
+            redis::cmd("XRANGE").arg(&self.config.queue_name).arg("-").arg("+").query(&mut self.redis.con()).unwrap();
+        reply.ids.into_iter().map(|e| (e.id, e.map)).collect()
+    }
+
+    pub fn shutdown_token(&self) -> tokio_util::sync::CancellationToken {
+        self.app.as_ref().expect("running").shutdown_token()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(app) = self.app.take() {
+            app.stop();
+        }
+    }
+}
+
+/// A webhook body in the seed's shape.
+pub fn event(provider: &str, event_id: &str) -> String {
+    format!(
+        r#"{{"provider":"{provider}","eventId":"{event_id}","timestamp":"2026-11-22T21:35:25.123Z","data":{{"amount":4200,"currency":"brl","customer_id":"cus_x","status":"succeeded"}}}}"#
+    )
+}
+
+/// A parsed HTTP response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// The `message` array of a 400, as strings.
+    pub fn messages(&self) -> Vec<String> {
+        let v = self.json();
+        v["message"].as_array().unwrap_or_else(|| panic!("no message array in {v}")).iter().map(|m| m.as_str().unwrap().to_string()).collect()
+    }
+
+    pub fn job_id(&self) -> String {
+        assert_eq!(self.status, 202, "{}", String::from_utf8_lossy(&self.body));
+        self.json()["jobId"].as_str().unwrap().to_string()
+    }
+}
+
+/// A raw HTTP/1.1 client over one TCP connection.
+pub struct Client {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Self { stream, buf: Vec::new() }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// Like `send`, but a peer that already closed is not a failure.
+    pub fn try_send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
+    pub fn post(&mut self, provider: &str, body: &str) -> Response {
+        self.send(&post_request(provider, body));
+        self.read_response().expect("a response")
+    }
+
+    /// Reads one response; `None` if the server closed first.
+    pub fn read_response(&mut self) -> Option<Response> {
+        loop {
+            if let Some((resp, used)) = parse_response(&self.buf) {
+                self.buf.drain(..used);
+                return Some(resp);
+            }
+            let mut chunk = [0u8; 16384];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+                Err(e) => panic!("read failed: {e}"),
+            }
+        }
+    }
+
+    /// True when the server has closed the connection (EOF or reset).
+    pub fn is_closed(&mut self) -> bool {
+        let mut b = [0u8; 1];
+        matches!(self.stream.read(&mut b), Ok(0) | Err(_))
+    }
+}
+
+/// A `POST /webhooks/{provider}` request with a JSON body.
+pub fn post_request(provider: &str, body: &str) -> Vec<u8> {
+    format!(
+        "POST /webhooks/{provider} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+fn parse_response(buf: &[u8]) -> Option<(Response, usize)> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut resp = httparse::Response::new(&mut headers);
+    let head_len = match resp.parse(buf).expect("valid response head") {
+        httparse::Status::Complete(n) => n,
+        httparse::Status::Partial => return None,
+    };
+    let status = resp.code.unwrap();
+    let headers: Vec<(String, String)> = resp
+        .headers
+        .iter()
+        .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into_owned()))
+        .collect();
+    if status == 100 {
+        return Some((Response { status, headers, body: vec![] }, head_len));
+    }
+    let len: usize = headers.iter().find(|(n, _)| n == "content-length").map(|(_, v)| v.parse().unwrap()).unwrap_or(0);
+    if buf.len() < head_len + len {
+        return None;
+    }
+    Some((Response { status, headers, body: buf[head_len..head_len + len].to_vec() }, head_len + len))
+}

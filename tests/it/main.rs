@@ -1,0 +1,10 @@
+//! Integration tests: the real gateway against a real `redis-server`,
+//! one private Redis per test. Files follow the request's path: accepted
+//! requests, refused ones, HTTP framing, Redis failures, concurrency.
+
+mod accept;
+mod concurrency;
+mod errors;
+mod harness;
+mod outage;
+mod protocol;

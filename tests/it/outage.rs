@@ -1,0 +1,98 @@
+//! Redis failures: never a 202 for a job Redis does not have, never a hang,
+//! and recovery without restarting the gateway.
+
+use std::time::{Duration, Instant};
+
+use crate::harness::{event, TestApp};
+
+const ENQUEUE_TIMEOUT: Duration = Duration::from_millis(500);
+
+fn post_until_status(app: &TestApp, status: u16, within: Duration) -> Duration {
+    let started = Instant::now();
+    let mut i = 0;
+    loop {
+        i += 1;
+        let resp = app.post("stripe", &event("stripe", &format!("evt_probe_{i}")));
+        if resp.status == status {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < within, "no {status} within {within:?}; last was {}", resp.status);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn redis_down_gives_503_with_retry_after_and_recovers_without_a_restart() {
+    let mut app = TestApp::spawn_with(|c| c.enqueue_timeout = ENQUEUE_TIMEOUT);
+    assert_eq!(app.post("stripe", &event("stripe", "evt_before")).status, 202);
+
+    app.redis.kill();
+    let started = Instant::now();
+    let resp = app.post("stripe", &event("stripe", "evt_during"));
+    let took = started.elapsed();
+    assert_eq!(resp.status, 503, "{}", String::from_utf8_lossy(&resp.body));
+    assert_eq!(resp.header("retry-after"), Some("1"));
+    assert_eq!(resp.json()["statusCode"], 503);
+    assert!(took < ENQUEUE_TIMEOUT + Duration::from_secs(1), "503 took {took:?}");
+    // Later requests fail fast too (no reconnect storm, no hang).
+    for i in 0..20 {
+        assert_eq!(app.post("stripe", &event("stripe", &format!("evt_down_{i}"))).status, 503);
+    }
+
+    app.redis.restart();
+    post_until_status(&app, 202, Duration::from_secs(5));
+    let entries = app.stream_entries();
+    let ids: Vec<String> = entries
+        .iter()
+        .map(|(_, f)| webhook_ingestor::job::WebhookJob::from_stream_fields(f).unwrap().event_id)
+        .collect();
+    assert!(ids.iter().all(|id| !id.starts_with("evt_down_") && id != "evt_during"), "a 503'd job was stored: {ids:?}");
+}
+
+#[test]
+fn a_frozen_redis_gives_503_in_time_and_recovers_when_thawed() {
+    let app = TestApp::spawn_with(|c| c.enqueue_timeout = ENQUEUE_TIMEOUT);
+    assert_eq!(app.post("stripe", &event("stripe", "evt_before")).status, 202);
+
+    app.redis.pause();
+    let started = Instant::now();
+    let resp = app.post("stripe", &event("stripe", "evt_frozen"));
+    let took = started.elapsed();
+    assert_eq!(resp.status, 503);
+    assert!(resp.header("retry-after").is_some());
+    assert!(took >= ENQUEUE_TIMEOUT / 2 && took < ENQUEUE_TIMEOUT + Duration::from_secs(1), "503 took {took:?}");
+
+    app.redis.resume();
+    post_until_status(&app, 202, Duration::from_secs(10));
+}
+
+#[test]
+fn a_full_hand_off_channel_answers_503_at_once() {
+    let app = TestApp::spawn_with(|c| {
+        c.channel_capacity = 1;
+        c.batch_max = 1;
+        c.enqueue_timeout = Duration::from_secs(3);
+    });
+    app.redis.pause();
+    // One job blocks the pipeline thread on the frozen Redis, one fills the
+    // channel; from then on, requests must be refused without waiting.
+    let addr = app.addr;
+    let waiting: Vec<_> = (0..2)
+        .map(|i| {
+            std::thread::spawn(move || {
+                crate::harness::Client::connect(addr).post("stripe", &event("stripe", &format!("evt_wait_{i}")))
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let resp = app.post("stripe", &event("stripe", "evt_overflow"));
+    assert_eq!(resp.status, 503);
+    assert!(started.elapsed() < Duration::from_secs(1), "a full channel must not wait for Redis");
+    assert!(resp.json()["message"].as_str().unwrap().contains("saturated"));
+    app.redis.resume();
+    for w in waiting {
+        let status = w.join().unwrap().status;
+        assert!(status == 202 || status == 503, "{status}");
+    }
+}
