@@ -66,6 +66,11 @@ impl RunningApp {
         self.local_addr
     }
 
+    /// Jobs handed off by the cores and not yet taken by the Redis pipeline thread.
+    pub fn queue_backlog(&self) -> usize {
+        self.pipeline.backlog()
+    }
+
     /// The token that, cancelled, shuts everything down.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()

@@ -85,7 +85,8 @@ impl Ingestor {
                 // the stored payload must be valid UTF-8 for jsonb: check it all.
                 let text = std::str::from_utf8(body)
                     .map_err(|e| IngestError::Json(format!("invalid UTF-8 at byte {}", e.valid_up_to())))?;
-                let env: Envelope<'_> = serde_json::from_str(text).map_err(|e| IngestError::Json(e.to_string()))?;
+                let env: Envelope<'_> =
+                    serde_json::from_str(text).map_err(|e| IngestError::Json(e.to_string()))?;
                 extract(provider, &env)?
             }
             JsonParser::Simd => {
@@ -132,7 +133,10 @@ mod tests {
             (Ok(a), Ok(b)) => assert_eq!(a, b),
             (Err(IngestError::Invalid(a)), Err(IngestError::Invalid(b))) => assert_eq!(a, b),
             (Err(IngestError::Json(_)), Err(IngestError::Json(_))) => {}
-            _ => panic!("parsers disagree on {:.200?}: {serde:.200?} vs {simd:.200?}", String::from_utf8_lossy(body)),
+            _ => panic!(
+                "parsers disagree on {:.200?}: {serde:.200?} vs {simd:.200?}",
+                String::from_utf8_lossy(body)
+            ),
         }
         serde
     }

@@ -35,9 +35,17 @@ pub struct PipelineSettings {
 /// The running pipeline thread.
 pub struct PipelineHandle {
     thread: thread::JoinHandle<()>,
+    /// A second receiver, only for reading the backlog; receivers do not keep
+    /// the channel open, so it does not delay the thread's exit.
+    backlog: Receiver<Pending>,
 }
 
 impl PipelineHandle {
+    /// Jobs waiting in the hand-off channel now.
+    pub fn backlog(&self) -> usize {
+        self.backlog.len()
+    }
+
     /// Waits for the thread. It exits once every [`Enqueuer`] is dropped and
     /// the jobs already queued have been answered.
     pub fn join(self) {
@@ -56,10 +64,11 @@ pub fn spawn_pipeline(settings: PipelineSettings) -> std::io::Result<(Enqueuer, 
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let (tx, rx) = crossbeam_channel::bounded(settings.channel_capacity);
     let enqueuer = Enqueuer { tx, timeout: settings.enqueue_timeout };
+    let backlog = rx.clone();
     let thread = thread::Builder::new()
         .name("redis-pipeline".into())
         .spawn(move || Pipeline::new(client, settings).run(rx))?;
-    Ok((enqueuer, PipelineHandle { thread }))
+    Ok((enqueuer, PipelineHandle { thread, backlog }))
 }
 
 /// Connection state, kept so each change is logged once.

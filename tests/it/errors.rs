@@ -32,22 +32,79 @@ fn invalid_bodies_get_400_with_every_failed_rule() {
         ("[]".into(), &["body must be a JSON object"]),
         ("null".into(), &["body must be a JSON object"]),
         ("42".into(), &["body must be a JSON object"]),
-        ("{}".into(), &["provider should not be empty", "eventId should not be empty", "timestamp should not be empty", "data must be an object"]),
-        (format!(r#"{{"eventId":"e","timestamp":"{TS}","data":{{}}}}"#), &["provider should not be empty", "provider must be a string"]),
-        (format!(r#"{{"provider":"github","eventId":"e","timestamp":"{TS}","data":{{}}}}"#), &["provider must be equal to the path parameter (stripe)"]),
-        (format!(r#"{{"provider":7,"eventId":"e","timestamp":"{TS}","data":{{}}}}"#), &["provider must be a string"]),
-        (format!(r#"{{"provider":"stripe","eventId":"","timestamp":"{TS}","data":{{}}}}"#), &["eventId should not be empty"]),
-        (format!(r#"{{"provider":"stripe","eventId":null,"timestamp":"{TS}","data":{{}}}}"#), &["eventId should not be empty", "eventId must be a string"]),
-        (format!(r#"{{"provider":"stripe","eventId":123,"timestamp":"{TS}","data":{{}}}}"#), &["eventId must be a string"]),
-        (format!(r#"{{"provider":"stripe","eventId":["e"],"timestamp":"{TS}","data":{{}}}}"#), &["eventId must be a string"]),
-        (format!(r#"{{"provider":"stripe","eventId":"{long_id}","timestamp":"{TS}","data":{{}}}}"#), &["eventId must be shorter than or equal to 255 bytes"]),
-        (r#"{"provider":"stripe","eventId":"e","timestamp":"yesterday","data":{}}"#.into(), &["timestamp must be a valid ISO 8601 date string"]),
-        (r#"{"provider":"stripe","eventId":"e","timestamp":1700000000,"data":{}}"#.into(), &["timestamp must be a valid ISO 8601 date string"]),
-        (r#"{"provider":"stripe","eventId":"e","timestamp":"2026-02-30T00:00:00Z","data":{}}"#.into(), &["timestamp must be a valid ISO 8601 date string"]),
-        (format!(r#"{{"provider":"stripe","eventId":"e","timestamp":"{TS}"}}"#), &["data should not be empty", "data must be an object"]),
-        (format!(r#"{{"provider":"stripe","eventId":"e","timestamp":"{TS}","data":[1]}}"#), &["data must be an object"]),
-        (format!(r#"{{"provider":"stripe","eventId":"e","timestamp":"{TS}","data":"x"}}"#), &["data must be an object"]),
-        (format!(r#"{{"provider":"stripe","eventId":"e","timestamp":"{TS}","data":{}1{}}}"#, "[".repeat(5000), "]".repeat(5000)), &["data must be an object"]),
+        (
+            "{}".into(),
+            &[
+                "provider should not be empty",
+                "eventId should not be empty",
+                "timestamp should not be empty",
+                "data must be an object",
+            ],
+        ),
+        (
+            format!(r#"{{"eventId":"e","timestamp":"{TS}","data":{{}}}}"#),
+            &["provider should not be empty", "provider must be a string"],
+        ),
+        (
+            format!(r#"{{"provider":"github","eventId":"e","timestamp":"{TS}","data":{{}}}}"#),
+            &["provider must be equal to the path parameter (stripe)"],
+        ),
+        (
+            format!(r#"{{"provider":7,"eventId":"e","timestamp":"{TS}","data":{{}}}}"#),
+            &["provider must be a string"],
+        ),
+        (
+            format!(r#"{{"provider":"stripe","eventId":"","timestamp":"{TS}","data":{{}}}}"#),
+            &["eventId should not be empty"],
+        ),
+        (
+            format!(r#"{{"provider":"stripe","eventId":null,"timestamp":"{TS}","data":{{}}}}"#),
+            &["eventId should not be empty", "eventId must be a string"],
+        ),
+        (
+            format!(r#"{{"provider":"stripe","eventId":123,"timestamp":"{TS}","data":{{}}}}"#),
+            &["eventId must be a string"],
+        ),
+        (
+            format!(r#"{{"provider":"stripe","eventId":["e"],"timestamp":"{TS}","data":{{}}}}"#),
+            &["eventId must be a string"],
+        ),
+        (
+            format!(r#"{{"provider":"stripe","eventId":"{long_id}","timestamp":"{TS}","data":{{}}}}"#),
+            &["eventId must be shorter than or equal to 255 bytes"],
+        ),
+        (
+            r#"{"provider":"stripe","eventId":"e","timestamp":"yesterday","data":{}}"#.into(),
+            &["timestamp must be a valid ISO 8601 date string"],
+        ),
+        (
+            r#"{"provider":"stripe","eventId":"e","timestamp":1700000000,"data":{}}"#.into(),
+            &["timestamp must be a valid ISO 8601 date string"],
+        ),
+        (
+            r#"{"provider":"stripe","eventId":"e","timestamp":"2026-02-30T00:00:00Z","data":{}}"#.into(),
+            &["timestamp must be a valid ISO 8601 date string"],
+        ),
+        (
+            format!(r#"{{"provider":"stripe","eventId":"e","timestamp":"{TS}"}}"#),
+            &["data should not be empty", "data must be an object"],
+        ),
+        (
+            format!(r#"{{"provider":"stripe","eventId":"e","timestamp":"{TS}","data":[1]}}"#),
+            &["data must be an object"],
+        ),
+        (
+            format!(r#"{{"provider":"stripe","eventId":"e","timestamp":"{TS}","data":"x"}}"#),
+            &["data must be an object"],
+        ),
+        (
+            format!(
+                r#"{{"provider":"stripe","eventId":"e","timestamp":"{TS}","data":{}1{}}}"#,
+                "[".repeat(5000),
+                "]".repeat(5000)
+            ),
+            &["data must be an object"],
+        ),
     ];
     assert!(cases.len() >= 20);
     let mut client = app.client();
@@ -63,7 +120,11 @@ fn invalid_bodies_get_400_with_every_failed_rule() {
     let mut raw = br#"{"provider":"stripe","eventId":"e"#.to_vec();
     raw.extend_from_slice(b"\xff\xfe");
     raw.extend_from_slice(format!(r#"","timestamp":"{TS}","data":{{}}}}"#).as_bytes());
-    let mut req = format!("POST /webhooks/stripe HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", raw.len()).into_bytes();
+    let mut req = format!(
+        "POST /webhooks/stripe HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        raw.len()
+    )
+    .into_bytes();
     req.extend_from_slice(&raw);
     client.send(&req);
     let resp = client.read_response().unwrap();
@@ -78,7 +139,12 @@ fn unknown_paths_get_404_and_other_methods_405_with_allow() {
     let app = TestApp::spawn();
     let mut client = app.client();
     for path in ["/", "/webhooks", "/webhooks/", "/webhooks/a/b", "/webhook/stripe"] {
-        client.send(format!("POST {path} HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}").as_bytes());
+        client.send(
+            format!(
+                "POST {path} HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}"
+            )
+            .as_bytes(),
+        );
         assert_error(&client.read_response().unwrap(), 404);
     }
     for method in ["GET", "PUT", "DELETE", "PATCH"] {
@@ -107,7 +173,10 @@ fn non_json_content_types_get_415() {
     let body = event("stripe", "evt");
     let mut client = app.client();
     for ct in ["Content-Type: text/plain\r\n", "Content-Type: application/x-www-form-urlencoded\r\n", ""] {
-        client.send(format!("POST /webhooks/stripe HTTP/1.1\r\n{ct}Content-Length: {}\r\n\r\n{body}", body.len()).as_bytes());
+        client.send(
+            format!("POST /webhooks/stripe HTTP/1.1\r\n{ct}Content-Length: {}\r\n\r\n{body}", body.len())
+                .as_bytes(),
+        );
         assert_error(&client.read_response().unwrap(), 415);
     }
     assert_still_serves(&app, 0);
@@ -143,7 +212,8 @@ fn oversized_bodies_get_413_before_they_are_read() {
 fn an_oversized_head_gets_431() {
     let app = TestApp::spawn_with(|c| c.max_header_bytes = 2048);
     let mut client = app.client();
-    let _ = client.try_send(format!("POST /webhooks/stripe HTTP/1.1\r\nX-Big: {}\r\n", "a".repeat(4096)).as_bytes());
+    let _ = client
+        .try_send(format!("POST /webhooks/stripe HTTP/1.1\r\nX-Big: {}\r\n", "a".repeat(4096)).as_bytes());
     assert_error(&client.read_response().unwrap(), 431);
     assert_still_serves(&app, 0);
 }
@@ -161,7 +231,9 @@ fn garbage_and_ambiguous_framing_get_400_and_a_closed_connection() {
     for raw in requests {
         let mut client = Client::connect(app.addr);
         client.send(raw);
-        let resp = client.read_response().unwrap_or_else(|| panic!("no answer to {:?}", String::from_utf8_lossy(raw)));
+        let resp = client
+            .read_response()
+            .unwrap_or_else(|| panic!("no answer to {:?}", String::from_utf8_lossy(raw)));
         assert_error(&resp, 400);
         assert!(client.is_closed(), "connection must close after {:?}", String::from_utf8_lossy(raw));
     }

@@ -141,9 +141,17 @@ impl TestApp {
 
     /// Every entry of the stream, oldest first: `(id, fields)`.
     pub fn stream_entries(&self) -> Vec<(String, HashMap<String, redis::Value>)> {
-        let reply: redis::streams::StreamRangeReply =
-            redis::cmd("XRANGE").arg(&self.config.queue_name).arg("-").arg("+").query(&mut self.redis.con()).unwrap();
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(&self.config.queue_name)
+            .arg("-")
+            .arg("+")
+            .query(&mut self.redis.con())
+            .unwrap();
         reply.ids.into_iter().map(|e| (e.id, e.map)).collect()
+    }
+
+    pub fn queue_backlog(&self) -> usize {
+        self.app.as_ref().expect("running").queue_backlog()
     }
 
     pub fn shutdown_token(&self) -> tokio_util::sync::CancellationToken {
@@ -187,7 +195,12 @@ impl Response {
     /// The `message` array of a 400, as strings.
     pub fn messages(&self) -> Vec<String> {
         let v = self.json();
-        v["message"].as_array().unwrap_or_else(|| panic!("no message array in {v}")).iter().map(|m| m.as_str().unwrap().to_string()).collect()
+        v["message"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no message array in {v}"))
+            .iter()
+            .map(|m| m.as_str().unwrap().to_string())
+            .collect()
     }
 
     pub fn job_id(&self) -> String {
@@ -273,7 +286,8 @@ fn parse_response(buf: &[u8]) -> Option<(Response, usize)> {
     if status == 100 {
         return Some((Response { status, headers, body: vec![] }, head_len));
     }
-    let len: usize = headers.iter().find(|(n, _)| n == "content-length").map(|(_, v)| v.parse().unwrap()).unwrap_or(0);
+    let len: usize =
+        headers.iter().find(|(n, _)| n == "content-length").map(|(_, v)| v.parse().unwrap()).unwrap_or(0);
     if buf.len() < head_len + len {
         return None;
     }

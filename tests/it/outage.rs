@@ -46,7 +46,10 @@ fn redis_down_gives_503_with_retry_after_and_recovers_without_a_restart() {
         .iter()
         .map(|(_, f)| webhook_ingestor::job::WebhookJob::from_stream_fields(f).unwrap().event_id)
         .collect();
-    assert!(ids.iter().all(|id| !id.starts_with("evt_down_") && id != "evt_during"), "a 503'd job was stored: {ids:?}");
+    assert!(
+        ids.iter().all(|id| !id.starts_with("evt_down_") && id != "evt_during"),
+        "a 503'd job was stored: {ids:?}"
+    );
 }
 
 #[test]
@@ -60,7 +63,10 @@ fn a_frozen_redis_gives_503_in_time_and_recovers_when_thawed() {
     let took = started.elapsed();
     assert_eq!(resp.status, 503);
     assert!(resp.header("retry-after").is_some());
-    assert!(took >= ENQUEUE_TIMEOUT / 2 && took < ENQUEUE_TIMEOUT + Duration::from_secs(1), "503 took {took:?}");
+    assert!(
+        took >= ENQUEUE_TIMEOUT / 2 && took < ENQUEUE_TIMEOUT + Duration::from_secs(1),
+        "503 took {took:?}"
+    );
 
     app.redis.resume();
     post_until_status(&app, 202, Duration::from_secs(10));
@@ -73,18 +79,33 @@ fn a_full_hand_off_channel_answers_503_at_once() {
         c.batch_max = 1;
         c.enqueue_timeout = Duration::from_secs(3);
     });
+    assert_eq!(app.post("stripe", &event("stripe", "evt_link_up")).status, 202);
     app.redis.pause();
     // One job blocks the pipeline thread on the frozen Redis, one fills the
-    // channel; from then on, requests must be refused without waiting.
+    // channel; from then on, requests must be refused without waiting. Jobs
+    // are added until the channel has stayed full for a while, which proves
+    // the pipeline thread is stuck on Redis rather than about to take it.
     let addr = app.addr;
-    let waiting: Vec<_> = (0..2)
-        .map(|i| {
-            std::thread::spawn(move || {
-                crate::harness::Client::connect(addr).post("stripe", &event("stripe", &format!("evt_wait_{i}")))
-            })
-        })
-        .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    let mut waiting = Vec::new();
+    let mut full_since: Option<Instant> = None;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(Instant::now() < deadline, "the channel never stayed full");
+        if app.queue_backlog() >= 1 {
+            if full_since.get_or_insert_with(Instant::now).elapsed() >= Duration::from_millis(200) {
+                break;
+            }
+        } else {
+            full_since = None;
+            let i = waiting.len();
+            waiting.push(std::thread::spawn(move || {
+                crate::harness::Client::connect(addr)
+                    .post("stripe", &event("stripe", &format!("evt_wait_{i}")))
+            }));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let started = Instant::now();
     let resp = app.post("stripe", &event("stripe", "evt_overflow"));
     assert_eq!(resp.status, 503);
