@@ -1,1 +1,122 @@
-fn main() {}
+//! Per-request CPU costs of the ingest path, without I/O:
+//!
+//! * `parse_validate/*`: body → `WebhookJob` with each JSON parser, on the
+//!   seed's k6 payload (~230 B) and a real-world Stripe
+//!   `payment_intent.succeeded` event (~3.9 KiB). Decides `Ingestor::DEFAULT_PARSER`.
+//! * `handoff/*`: the cross-thread hop a request makes to the Redis pipeline
+//!   thread and back (crossbeam channel → std thread → oneshot → waker), with
+//!   64 requests in flight on one monoio runtime, against the same work done
+//!   without leaving the core.
+//!
+//! Run: `cargo bench --bench ingest` (figures in `tuning.md`).
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use monoio::{FusionDriver, RuntimeBuilder};
+use webhook_ingestor::ingest::{Ingestor, JsonParser};
+use webhook_ingestor::job::WebhookJob;
+use webhook_ingestor::queue::Enqueuer;
+
+const SEED: &str = r#"{"provider":"stripe","eventId":"evt_a1B2c3D4e5F6","timestamp":"2026-11-22T21:35:25.123Z","data":{"amount":4200,"currency":"brl","customer_id":"cus_x1Y2z3W4","status":"succeeded"}}"#;
+const STRIPE: &str = include_str!("fixtures/stripe_payment_intent_succeeded.json");
+
+fn parse_validate(c: &mut Criterion) {
+    let mut group = c.benchmark_group("parse_validate");
+    for (name, body) in [("seed_230B", SEED.trim()), ("stripe_3.9KiB", STRIPE.trim())] {
+        group.throughput(Throughput::Bytes(body.len() as u64));
+        for parser in [JsonParser::Serde, JsonParser::Simd] {
+            let mut ingestor = Ingestor::new(parser);
+            assert!(ingestor.ingest("stripe", body.as_bytes(), 0).is_ok(), "{name} must be valid");
+            group.bench_with_input(BenchmarkId::new(format!("{parser:?}"), name), body, |b, body| {
+                b.iter(|| ingestor.ingest(black_box("stripe"), black_box(body.as_bytes()), 0).unwrap())
+            });
+        }
+    }
+    group.finish();
+}
+
+/// Concurrent requests per runtime in the hand-off bench.
+const IN_FLIGHT: u64 = 64;
+
+fn job() -> WebhookJob {
+    WebhookJob {
+        provider: "stripe".into(),
+        event_id: "evt_1".into(),
+        event_timestamp_us: 0,
+        received_at_us: 0,
+        payload: SEED.as_bytes().to_vec(),
+    }
+}
+
+fn handoff(c: &mut Criterion) {
+    let mut group = c.benchmark_group("handoff");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("cross_thread_round_trip", |b| {
+        b.iter_custom(|iters| {
+            let (enqueuer, rx) = Enqueuer::bounded(65_536, Duration::from_secs(10));
+            // Stands in for the Redis thread: answers in batches, like the pipeline does.
+            let answerer = std::thread::spawn(move || {
+                let mut batch = Vec::with_capacity(256);
+                while let Ok(first) = rx.recv() {
+                    batch.push(first);
+                    batch.extend(rx.try_iter().take(255));
+                    for p in batch.drain(..) {
+                        let _ = p.reply.send(Ok("1-0".to_string()));
+                    }
+                }
+            });
+            let elapsed = run_tasks(iters, move |_| {
+                let enqueuer = enqueuer.clone();
+                async move { enqueuer.enqueue(job()).await.unwrap() }
+            });
+            answerer.join().unwrap();
+            elapsed
+        })
+    });
+    group.bench_function("same_core_baseline", |b| {
+        b.iter_custom(|iters| {
+            run_tasks(iters, |_| async move {
+                // The same allocations and oneshot, answered on the core.
+                let (tx, rx) = futures_channel::oneshot::channel::<Result<String, ()>>();
+                let j = black_box(job());
+                let _ = tx.send(Ok("1-0".to_string()));
+                drop(j);
+                rx.await.unwrap().unwrap()
+            })
+        })
+    });
+    group.finish();
+}
+
+/// Runs `iters` requests as `IN_FLIGHT` concurrent tasks on one runtime and
+/// returns the wall time.
+fn run_tasks<F, Fut>(iters: u64, make: F) -> Duration
+where
+    F: Fn(u64) -> Fut + Clone + 'static,
+    Fut: std::future::Future<Output = String> + 'static,
+{
+    let mut rt = RuntimeBuilder::<FusionDriver>::new().enable_timer().build().unwrap();
+    rt.block_on(async move {
+        let start = Instant::now();
+        let per_task = iters.div_ceil(IN_FLIGHT);
+        let tasks: Vec<_> = (0..IN_FLIGHT)
+            .map(|t| {
+                let make = make.clone();
+                monoio::spawn(async move {
+                    for i in 0..per_task {
+                        black_box(make(t * per_task + i).await);
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await;
+        }
+        start.elapsed()
+    })
+}
+
+criterion_group!(benches, parse_validate, handoff);
+criterion_main!(benches);

@@ -123,6 +123,7 @@ pub fn start(config: &Config) -> Result<RunningApp, StartError> {
         retry_after_secs: config.retry_after_secs,
         max_connections: config.max_connections_per_core,
         shutdown_timeout: config.shutdown_timeout,
+        json_parser: config.json_parser,
     };
     let shutdown = CancellationToken::new();
     let (started_tx, started_rx) = mpsc::channel::<(usize, Option<usize>, Driver)>();
@@ -134,7 +135,9 @@ pub fn start(config: &Config) -> Result<RunningApp, StartError> {
             listener,
             settings: settings.clone(),
             enqueuer: enqueuer.clone(),
-            shutdown: shutdown.clone(),
+            // A child per core: waiting on it registers in that core's own
+            // list, so idle connections on different cores share no lock.
+            shutdown: shutdown.child_token(),
         };
         let started_tx = started_tx.clone();
         let token = shutdown.clone();
@@ -192,6 +195,7 @@ fn log_started(config: &Config, addr: SocketAddr, drivers: &[(usize, Option<usiz
         batch_linger_us = config.batch_linger.as_micros() as u64,
         enqueue_timeout_ms = config.enqueue_timeout.as_millis() as u64,
         max_body_bytes = config.max_body_bytes,
+        json_parser = ?config.json_parser,
         "webhook-ingestor serving"
     );
 }

@@ -69,6 +69,9 @@ pub struct Config {
     /// `SHUTDOWN_TIMEOUT_MS` (default 10000): how long in-flight requests may
     /// take to finish after SIGTERM before their connections are dropped.
     pub shutdown_timeout: Duration,
+    /// `JSON_PARSER` (default `serde`): `serde` (serde_json into borrowed
+    /// fields) or `simd` (simd-json). Measured in `benches/ingest.rs`.
+    pub json_parser: crate::ingest::JsonParser,
     /// `LOG_LEVEL` (default `info`): a `tracing` filter (`info`, `debug,redis=warn`, …).
     pub log_level: String,
 }
@@ -94,6 +97,7 @@ impl Default for Config {
             max_connections_per_core: 20_000,
             retry_after_secs: 1,
             shutdown_timeout: Duration::from_millis(10_000),
+            json_parser: crate::ingest::Ingestor::DEFAULT_PARSER,
             log_level: "info".into(),
         }
     }
@@ -168,6 +172,13 @@ impl Config {
             )?,
             retry_after_secs: var("RETRY_AFTER_SECS").in_range(d.retry_after_secs, 0, 86_400)?,
             shutdown_timeout: millis(var("SHUTDOWN_TIMEOUT_MS").in_range(10_000, 0, 3_600_000)?),
+            json_parser: var("JSON_PARSER").map_or(d.json_parser, |v| {
+                match v.to_ascii_lowercase().as_str() {
+                    "serde" => Ok(crate::ingest::JsonParser::Serde),
+                    "simd" => Ok(crate::ingest::JsonParser::Simd),
+                    _ => Err("`serde` or `simd`".into()),
+                }
+            })?,
             log_level: var("LOG_LEVEL").map_or(d.log_level, |v| {
                 tracing_subscriber::EnvFilter::try_new(v)
                     .map(|_| v.to_string())
@@ -204,6 +215,7 @@ impl fmt::Debug for Config {
             .field("max_connections_per_core", &self.max_connections_per_core)
             .field("retry_after_secs", &self.retry_after_secs)
             .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("json_parser", &self.json_parser)
             .field("log_level", &self.log_level)
             .finish()
     }
@@ -319,6 +331,7 @@ mod tests {
         assert_eq!(load(&[("PIN_CORES", "maybe")]).unwrap_err().var, "PIN_CORES");
         assert_eq!(load(&[("CORES", "1-x")]).unwrap_err().var, "CORES");
         assert_eq!(load(&[("LOG_LEVEL", "info,=[")]).unwrap_err().var, "LOG_LEVEL");
+        assert_eq!(load(&[("JSON_PARSER", "fast")]).unwrap_err().var, "JSON_PARSER");
     }
 
     #[test]

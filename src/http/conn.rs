@@ -216,9 +216,9 @@ impl Conn {
         }
     }
 
-    /// Reads more bytes. Returns `Ok(true)` when bytes arrived; ends the
-    /// connection on EOF, timeout, or (while idle) shutdown.
-    async fn fill(&mut self, ctx: &CoreContext, wait: Wait) -> Result<bool, End> {
+    /// Reads more bytes; ends the connection on EOF, timeout, or (while idle)
+    /// shutdown.
+    async fn fill(&mut self, ctx: &CoreContext, wait: Wait) -> Result<(), End> {
         if self.start == self.rbuf.len() {
             self.rbuf.clear();
             self.start = 0;
@@ -259,7 +259,7 @@ impl Conn {
         self.rbuf = slice.into_inner();
         match res? {
             0 => Err(End::Quiet),
-            _ => Ok(true),
+            _ => Ok(()),
         }
     }
 

@@ -148,22 +148,26 @@ impl Response {
     /// Appends the encoded response. `keep_alive` is what the request asked
     /// for; the connection stays open only if that and `!self.close` hold.
     pub fn encode(&self, http10: bool, keep_alive: bool, out: &mut Vec<u8>) {
-        let mut body = Vec::new();
-        if let Some(id) = &self.job_id {
-            body.extend_from_slice(b"{\"accepted\":true,\"jobId\":\"");
-            body.extend_from_slice(id.as_bytes());
-            body.extend_from_slice(b"\"}");
-        } else if let Some(message) = &self.message {
+        const ACCEPTED_OPEN: &[u8] = b"{\"accepted\":true,\"jobId\":\"";
+        const ACCEPTED_CLOSE: &[u8] = b"\"}";
+        // Error bodies go through serde for escaping; the 202 body is written
+        // in place (a stream id needs no escaping), so the hot path does not
+        // allocate here.
+        let error_body = self.message.as_ref().map(|message| {
             let e = ErrorBody { status_code: self.status.code(), error: self.status.reason(), message };
-            serde_json::to_writer(&mut body, &e).expect("serialising to a Vec cannot fail");
-        }
+            serde_json::to_vec(&e).expect("serialising to a Vec cannot fail")
+        });
+        let body_len = match (&self.job_id, &error_body) {
+            (Some(id), _) => ACCEPTED_OPEN.len() + id.len() + ACCEPTED_CLOSE.len(),
+            (None, Some(body)) => body.len(),
+            (None, None) => 0,
+        };
         let version = if http10 { "HTTP/1.0" } else { "HTTP/1.1" };
         let _ = write!(
             out,
-            "{version} {} {}\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: {}\r\n",
+            "{version} {} {}\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: {body_len}\r\n",
             self.status.code(),
             self.status.reason(),
-            body.len()
         );
         if let Some(secs) = self.retry_after {
             let _ = write!(out, "retry-after: {secs}\r\n");
@@ -177,7 +181,15 @@ impl Response {
             (true, false) => {}
         }
         out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(&body);
+        match (&self.job_id, error_body) {
+            (Some(id), _) => {
+                out.extend_from_slice(ACCEPTED_OPEN);
+                out.extend_from_slice(id.as_bytes());
+                out.extend_from_slice(ACCEPTED_CLOSE);
+            }
+            (None, Some(body)) => out.extend_from_slice(&body),
+            (None, None) => {}
+        }
     }
 }
 

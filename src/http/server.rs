@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use super::conn::{serve, CoreContext};
 use super::request::Limits;
-use crate::ingest::Ingestor;
+use crate::ingest::{Ingestor, JsonParser};
 use crate::queue::Enqueuer;
 
 /// io_uring submission queue size per core.
@@ -74,6 +74,8 @@ pub struct CoreSettings {
     pub max_connections: usize,
     /// `SHUTDOWN_TIMEOUT_MS`.
     pub shutdown_timeout: Duration,
+    /// `JSON_PARSER`.
+    pub json_parser: JsonParser,
 }
 
 /// Runs one core until shutdown has drained it. Reports the driver in use
@@ -106,7 +108,7 @@ async fn accept_loop(spec: CoreSpec) -> std::io::Result<()> {
         keepalive_timeout: settings.keepalive_timeout,
         retry_after_secs: settings.retry_after_secs,
         enqueuer: spec.enqueuer,
-        ingestor: RefCell::new(Ingestor::default()),
+        ingestor: RefCell::new(Ingestor::new(settings.json_parser)),
         shutdown: spec.shutdown.clone(),
     });
     let open = Rc::new(Cell::new(0usize));

@@ -60,7 +60,8 @@ pub struct Ingestor {
 
 impl Ingestor {
     /// Parser chosen by `benches/ingest.rs` (see `tuning.md`): serde_json into
-    /// borrowed fields beats simd-json at every body size senders post.
+    /// borrowed fields ties simd-json on the seed's 230-byte body and is 1.5×
+    /// faster on a 3.9 KiB Stripe event, because only four fields are read.
     pub const DEFAULT_PARSER: JsonParser = JsonParser::Serde;
 
     /// A fresh ingestor using `parser`.

@@ -84,6 +84,14 @@ pub struct Enqueuer {
 }
 
 impl Enqueuer {
+    /// A handle and the receiving end of its channel. [`spawn_pipeline`]
+    /// gives the receiver to the Redis thread; benchmarks and embedders can
+    /// drain it themselves.
+    pub fn bounded(capacity: usize, timeout: Duration) -> (Self, crossbeam_channel::Receiver<Pending>) {
+        let (tx, rx) = crossbeam_channel::bounded(capacity);
+        (Self { tx, timeout }, rx)
+    }
+
     /// Hands `job` to the pipeline thread and waits (asynchronously, inside a
     /// monoio runtime with timers enabled) for Redis's answer.
     ///

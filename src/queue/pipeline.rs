@@ -62,8 +62,7 @@ impl PipelineHandle {
 pub fn spawn_pipeline(settings: PipelineSettings) -> std::io::Result<(Enqueuer, PipelineHandle)> {
     let client = redis::Client::open(settings.redis_url.as_str())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    let (tx, rx) = crossbeam_channel::bounded(settings.channel_capacity);
-    let enqueuer = Enqueuer { tx, timeout: settings.enqueue_timeout };
+    let (enqueuer, rx) = Enqueuer::bounded(settings.channel_capacity, settings.enqueue_timeout);
     let backlog = rx.clone();
     let thread = thread::Builder::new()
         .name("redis-pipeline".into())

@@ -1,0 +1,127 @@
+# Shared helpers for the scripts in this folder. Source it; do not run it.
+# Everything here is idempotent: it installs only what is missing and starts
+# only what is not running.
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+DATA_DIR="${DATA_DIR:-$REPO/.data}"
+PRIVATE_REDIS_PORT="${PRIVATE_REDIS_PORT:-6389}"
+PRIVATE_PG_PORT="${PRIVATE_PG_PORT:-5439}"
+PG_USER=webhook
+PG_DB=webhooks
+
+say() { printf '\033[1m[webhook-ingestor]\033[0m %s\n' "$*" >&2; }
+die() { say "error: $*"; exit 1; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else die "need root for: $*"; fi
+}
+
+apt_install() {
+  say "installing $* with apt-get"
+  if [ -z "${_APT_UPDATED:-}" ]; then as_root apt-get update -qq; _APT_UPDATED=1; fi
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+ensure_redis() {
+  command -v redis-server >/dev/null || apt_install redis-server
+  command -v redis-server >/dev/null || die "redis-server is still missing after apt-get"
+}
+
+# Prints the directory holding initdb/pg_ctl/postgres, installing PostgreSQL
+# (15 on Debian 12, else the distribution's default) when none is found.
+pg_bindir() {
+  local dir
+  dir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+  if [ -z "$dir" ] || [ ! -x "$dir/initdb" ]; then
+    if apt-cache show postgresql-15 >/dev/null 2>&1 || { as_root apt-get update -qq && apt-cache show postgresql-15 >/dev/null 2>&1; }; then
+      apt_install postgresql-15
+    else
+      apt_install postgresql
+    fi
+    dir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+  fi
+  [ -x "$dir/initdb" ] || die "no PostgreSQL server binaries found after apt-get"
+  echo "$dir"
+}
+
+# PostgreSQL refuses to run as root: run its tools as the `postgres` user then.
+as_pg() {
+  if [ "$(id -u)" = 0 ]; then
+    id postgres >/dev/null 2>&1 || as_root useradd --system --no-create-home postgres
+    runuser -u postgres -- "$@"
+  else
+    "$@"
+  fi
+}
+
+pid_alive() { [ -f "$1" ] && kill -0 "$(head -n 1 "$1")" 2>/dev/null; }
+
+# A private Redis under $DATA_DIR/redis: AOF on, fsync every second, never evicts.
+start_private_redis() {
+  ensure_redis
+  mkdir -p "$DATA_DIR/redis"
+  if pid_alive "$DATA_DIR/redis/redis.pid"; then
+    say "private redis already running on 127.0.0.1:$PRIVATE_REDIS_PORT"
+  else
+    redis-server --port "$PRIVATE_REDIS_PORT" --bind 127.0.0.1 --dir "$DATA_DIR/redis" \
+      --appendonly yes --appendfsync "${REDIS_APPENDFSYNC:-everysec}" --maxmemory-policy noeviction --save '' \
+      --daemonize yes --pidfile "$DATA_DIR/redis/redis.pid" --logfile "$DATA_DIR/redis/redis.log"
+    for _ in $(seq 100); do redis-cli -p "$PRIVATE_REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+    redis-cli -p "$PRIVATE_REDIS_PORT" ping >/dev/null || die "private redis did not start; see $DATA_DIR/redis/redis.log"
+    say "private redis on 127.0.0.1:$PRIVATE_REDIS_PORT (AOF everysec, data in $DATA_DIR/redis)"
+  fi
+  export REDIS_URL="redis://127.0.0.1:$PRIVATE_REDIS_PORT/"
+}
+
+# A private PostgreSQL cluster under $DATA_DIR/postgres with a `webhooks` database.
+start_private_postgres() {
+  local bin; bin=$(pg_bindir)
+  local pgdata="$DATA_DIR/postgres"
+  mkdir -p "$DATA_DIR/pgrun"
+  if [ ! -f "$pgdata/PG_VERSION" ]; then
+    mkdir -p "$pgdata"
+    [ "$(id -u)" = 0 ] && chown -R postgres "$pgdata" "$DATA_DIR/pgrun"
+    chmod 700 "$pgdata"
+    say "initdb $pgdata"
+    as_pg "$bin/initdb" -D "$pgdata" -U "$PG_USER" --auth=trust -E UTF8 >/dev/null
+  fi
+  [ "$(id -u)" = 0 ] && chown -R postgres "$DATA_DIR/pgrun"
+  if as_pg "$bin/pg_ctl" -D "$pgdata" status >/dev/null 2>&1; then
+    say "private postgres already running on 127.0.0.1:$PRIVATE_PG_PORT"
+  else
+    as_pg "$bin/pg_ctl" -D "$pgdata" -l "$DATA_DIR/pgrun/postgres.log" -w -t 60 \
+      -o "-p $PRIVATE_PG_PORT -c listen_addresses=127.0.0.1 -k $DATA_DIR/pgrun" start >/dev/null \
+      || die "private postgres did not start; see $DATA_DIR/pgrun/postgres.log"
+    say "private postgres on 127.0.0.1:$PRIVATE_PG_PORT (data in $pgdata)"
+  fi
+  if ! "$bin/psql" -h 127.0.0.1 -p "$PRIVATE_PG_PORT" -U "$PG_USER" -d postgres -tAc \
+      "SELECT 1 FROM pg_database WHERE datname = '$PG_DB'" | grep -q 1; then
+    "$bin/createdb" -h 127.0.0.1 -p "$PRIVATE_PG_PORT" -U "$PG_USER" "$PG_DB"
+  fi
+  export DATABASE_URL="postgres://$PG_USER@127.0.0.1:$PRIVATE_PG_PORT/$PG_DB"
+}
+
+stop_private_services() {
+  if pid_alive "$DATA_DIR/gateway.pid"; then
+    kill -TERM "$(cat "$DATA_DIR/gateway.pid")" && say "gateway stopping (SIGTERM)"
+  fi
+  if pid_alive "$DATA_DIR/redis/redis.pid"; then
+    redis-cli -p "$PRIVATE_REDIS_PORT" shutdown >/dev/null 2>&1 || kill "$(cat "$DATA_DIR/redis/redis.pid")"
+    say "private redis stopped"
+  fi
+  if [ -f "$DATA_DIR/postgres/postmaster.pid" ]; then
+    as_pg "$(pg_bindir)/pg_ctl" -D "$DATA_DIR/postgres" -m fast -w stop >/dev/null && say "private postgres stopped"
+  fi
+}
+
+# Reads REDIS_URL / DATABASE_URL from .env when they are not in the environment.
+load_dotenv_urls() {
+  [ -f "$REPO/.env" ] || return 0
+  local line key
+  while IFS= read -r line; do
+    key="${line%%=*}"
+    case "$key" in
+      REDIS_URL|DATABASE_URL) [ -z "${!key:-}" ] && export "$key=${line#*=}" ;;
+    esac
+  done < <(grep -E '^(REDIS_URL|DATABASE_URL)=' "$REPO/.env")
+}
