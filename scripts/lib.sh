@@ -44,10 +44,16 @@ pg_bindir() {
   echo "$dir"
 }
 
-# PostgreSQL refuses to run as root: run its tools as the `postgres` user then.
+# PostgreSQL refuses to run as root; as root, its servers run as `postgres`.
+ensure_pg_user() {
+  if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then
+    useradd --system --no-create-home postgres
+  fi
+}
+
 as_pg() {
   if [ "$(id -u)" = 0 ]; then
-    id postgres >/dev/null 2>&1 || as_root useradd --system --no-create-home postgres
+    ensure_pg_user
     runuser -u postgres -- "$@"
   else
     "$@"

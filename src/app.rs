@@ -8,6 +8,7 @@
 use std::net::{SocketAddr, TcpListener};
 use std::sync::mpsc;
 use std::thread;
+use std::time::Duration;
 
 use socket2::{Domain, Socket, Type};
 use thiserror::Error;
@@ -18,9 +19,32 @@ use crate::config::{Config, CoreSelection};
 use crate::http::request::Limits;
 use crate::http::server::{run_core, CoreSettings, CoreSpec, Driver};
 use crate::queue::{spawn_pipeline, PipelineHandle, PipelineSettings};
+use crate::store;
+use crate::worker::{spawn_workers, WorkerPool, WorkerSettings};
 
 /// Listen backlog per core.
 const BACKLOG: i32 = 4096;
+
+/// Which parts this process runs (`serve --role`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Role {
+    /// Gateway and workers.
+    #[default]
+    All,
+    /// Only the HTTP gateway (enqueue to Redis).
+    Api,
+    /// Only the workers (Redis → PostgreSQL).
+    Worker,
+}
+
+impl Role {
+    fn gateway(self) -> bool {
+        matches!(self, Role::All | Role::Api)
+    }
+    fn workers(self) -> bool {
+        matches!(self, Role::All | Role::Worker)
+    }
+}
 
 /// Why the gateway could not start.
 #[derive(Debug, Error)]
@@ -41,6 +65,9 @@ pub enum StartError {
     /// `CORES` names cores this process may not run on, or more than it has.
     #[error("CORES: {0}")]
     Cores(String),
+    /// The role needs PostgreSQL and `DATABASE_URL` is unset or invalid.
+    #[error("DATABASE_URL: {0}")]
+    Database(String),
     /// A thread or runtime could not be started.
     #[error("cannot start {what}: {source}")]
     Spawn {
@@ -54,21 +81,23 @@ pub enum StartError {
 
 /// The gateway, running.
 pub struct RunningApp {
-    local_addr: SocketAddr,
+    local_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     cores: Vec<thread::JoinHandle<()>>,
-    pipeline: PipelineHandle,
+    pipeline: Option<PipelineHandle>,
+    workers: Option<WorkerPool>,
 }
 
 impl RunningApp {
-    /// The address every core listens on (the real port when 0 was asked).
-    pub fn local_addr(&self) -> SocketAddr {
+    /// The address every core listens on (the real port when 0 was asked);
+    /// `None` for `--role worker`.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
         self.local_addr
     }
 
     /// Jobs handed off by the cores and not yet taken by the Redis pipeline thread.
     pub fn queue_backlog(&self) -> usize {
-        self.pipeline.backlog()
+        self.pipeline.as_ref().map_or(0, PipelineHandle::backlog)
     }
 
     /// The token that, cancelled, shuts everything down.
@@ -83,8 +112,13 @@ impl RunningApp {
                 error!("a core runtime panicked");
             }
         }
-        self.pipeline.join();
-        info!("gateway stopped");
+        if let Some(pipeline) = self.pipeline {
+            pipeline.join();
+        }
+        if let Some(workers) = self.workers {
+            workers.join();
+        }
+        info!("stopped");
     }
 
     /// Requests shutdown and waits for it.
@@ -94,12 +128,55 @@ impl RunningApp {
     }
 }
 
-/// Starts the gateway.
+/// Starts the parts of `role`.
 ///
 /// # Errors
-/// [`StartError`] when the port is taken, the cores are wrong, or a thread
-/// cannot start. Nothing is left running on error.
-pub fn start(config: &Config) -> Result<RunningApp, StartError> {
+/// [`StartError`] when the port is taken, the cores are wrong, PostgreSQL is
+/// not configured for a role that needs it, or a thread cannot start.
+pub fn start(config: &Config, role: Role) -> Result<RunningApp, StartError> {
+    let shutdown = CancellationToken::new();
+    let workers = if role.workers() { Some(start_workers(config, &shutdown)?) } else { None };
+    let mut app = RunningApp { local_addr: None, shutdown, cores: Vec::new(), pipeline: None, workers };
+    if role.gateway() {
+        if let Err(e) = start_gateway(config, &mut app) {
+            app.stop();
+            return Err(e);
+        }
+    }
+    Ok(app)
+}
+
+fn start_workers(config: &Config, shutdown: &CancellationToken) -> Result<WorkerPool, StartError> {
+    let url = config.database_url.as_deref().ok_or_else(|| {
+        StartError::Database("not set; the worker and all roles need PostgreSQL (or use --role api)".into())
+    })?;
+    let pool = store::pool(url, config.pg_pool_size, Duration::from_secs(5))
+        .map_err(|e| StartError::Database(e.to_string()))?;
+    let settings = WorkerSettings {
+        redis_url: config.redis_url.clone(),
+        stream: config.queue_name.clone(),
+        batch_max: config.worker_batch_max,
+        block: config.worker_block,
+        idempotency_ttl_secs: config.idempotency_ttl_secs,
+        max_attempts: config.max_attempts,
+        reclaim_idle: config.reclaim_idle,
+        shutdown_timeout: config.shutdown_timeout,
+        migrate: config.migrate_on_start,
+    };
+    let workers = spawn_workers(config.worker_threads, settings, pool, shutdown.clone())
+        .map_err(|e| StartError::Spawn { what: "worker threads", source: std::io::Error::other(e) })?;
+    info!(
+        workers = config.worker_threads,
+        database = %config.database_url.as_deref().map(crate::config::redact_url).unwrap_or_default(),
+        batch_max = config.worker_batch_max,
+        max_attempts = config.max_attempts,
+        reclaim_idle_ms = config.reclaim_idle.as_millis() as u64,
+        "workers started"
+    );
+    Ok(workers)
+}
+
+fn start_gateway(config: &Config, app: &mut RunningApp) -> Result<(), StartError> {
     let cpus = select_cores(&config.cores, config.pin_cores)?;
     let requested = SocketAddr::new(config.host, config.port);
     let listeners = bind_listeners(requested, cpus.len())?;
@@ -113,8 +190,10 @@ pub fn start(config: &Config) -> Result<RunningApp, StartError> {
         batch_linger: config.batch_linger,
         enqueue_timeout: config.enqueue_timeout,
         channel_capacity: config.channel_capacity,
+        max_queue_depth: config.max_queue_depth,
     })
     .map_err(|source| StartError::Spawn { what: "redis pipeline thread", source })?;
+    app.pipeline = Some(pipeline);
 
     let settings = CoreSettings {
         limits: Limits { max_head: config.max_header_bytes, max_body: config.max_body_bytes },
@@ -125,9 +204,7 @@ pub fn start(config: &Config) -> Result<RunningApp, StartError> {
         shutdown_timeout: config.shutdown_timeout,
         json_parser: config.json_parser,
     };
-    let shutdown = CancellationToken::new();
     let (started_tx, started_rx) = mpsc::channel::<(usize, Option<usize>, Driver)>();
-    let mut cores = Vec::with_capacity(cpus.len());
     for (index, (cpu, listener)) in cpus.into_iter().zip(listeners).enumerate() {
         let spec = CoreSpec {
             index,
@@ -137,38 +214,36 @@ pub fn start(config: &Config) -> Result<RunningApp, StartError> {
             enqueuer: enqueuer.clone(),
             // A child per core: waiting on it registers in that core's own
             // list, so idle connections on different cores share no lock.
-            shutdown: shutdown.child_token(),
+            shutdown: app.shutdown.child_token(),
         };
         let started_tx = started_tx.clone();
-        let token = shutdown.clone();
-        let spawned = thread::Builder::new().name(format!("core-{index}")).spawn(move || {
-            let cpu_id = cpu.map(|c| c.id);
-            if let Err(e) = run_core(spec, move |driver| {
-                let _ = started_tx.send((index, cpu_id, driver));
-            }) {
-                error!(runtime = index, error = %e, "core runtime failed; shutting down");
-                token.cancel();
-            }
-        });
-        match spawned {
-            Ok(handle) => cores.push(handle),
-            Err(source) => {
-                shutdown.cancel();
-                return Err(StartError::Spawn { what: "core runtime thread", source });
-            }
-        }
+        let token = app.shutdown.clone();
+        let handle = thread::Builder::new()
+            .name(format!("core-{index}"))
+            .spawn(move || {
+                let cpu_id = cpu.map(|c| c.id);
+                if let Err(e) = run_core(spec, move |driver| {
+                    let _ = started_tx.send((index, cpu_id, driver));
+                }) {
+                    error!(runtime = index, error = %e, "core runtime failed; shutting down");
+                    token.cancel();
+                }
+            })
+            .map_err(|source| StartError::Spawn { what: "core runtime thread", source })?;
+        app.cores.push(handle);
     }
     // The pipeline thread exits when the cores drop their handles.
     drop(enqueuer);
     drop(started_tx);
 
-    let mut drivers = Vec::with_capacity(cores.len());
+    let mut drivers = Vec::with_capacity(app.cores.len());
     while let Ok(report) = started_rx.recv() {
         drivers.push(report);
     }
     drivers.sort_by_key(|(index, ..)| *index);
     log_started(config, local_addr, &drivers);
-    Ok(RunningApp { local_addr, shutdown, cores, pipeline })
+    app.local_addr = Some(local_addr);
+    Ok(())
 }
 
 fn log_started(config: &Config, addr: SocketAddr, drivers: &[(usize, Option<usize>, Driver)]) {

@@ -69,6 +69,27 @@ pub struct Config {
     /// `SHUTDOWN_TIMEOUT_MS` (default 10000): how long in-flight requests may
     /// take to finish after SIGTERM before their connections are dropped.
     pub shutdown_timeout: Duration,
+    /// `MAX_QUEUE_DEPTH` (default 1000000): stream length at which new
+    /// requests get 503 (workers behind, or PostgreSQL down too long).
+    pub max_queue_depth: u64,
+    /// `WORKER_THREADS` (default 2): consumer threads writing to PostgreSQL.
+    pub worker_threads: usize,
+    /// `WORKER_BATCH_MAX` (default 1000): most entries per read and per transaction.
+    pub worker_batch_max: usize,
+    /// `WORKER_BLOCK_MS` (default 1000): how long a worker's read waits for new entries.
+    pub worker_block: Duration,
+    /// `IDEMPOTENCY_TTL_SECS` (default 86400): lifetime of the "already stored" keys.
+    pub idempotency_ttl_secs: u64,
+    /// `MAX_ATTEMPTS` (default 5): deliveries before an entry PostgreSQL
+    /// keeps rejecting goes to the dead-letter stream.
+    pub max_attempts: u64,
+    /// `RECLAIM_IDLE_MS` (default 30000): an entry pending this long without
+    /// a heartbeat is taken over by another worker (its worker died).
+    pub reclaim_idle: Duration,
+    /// `PG_POOL_SIZE` (default WORKER_THREADS + 1): PostgreSQL connections.
+    pub pg_pool_size: u32,
+    /// `MIGRATE_ON_START` (default true): apply `sql/` migrations when serving.
+    pub migrate_on_start: bool,
     /// `JSON_PARSER` (default `serde`): `serde` (serde_json into borrowed
     /// fields) or `simd` (simd-json). Measured in `benches/ingest.rs`.
     pub json_parser: crate::ingest::JsonParser,
@@ -97,6 +118,15 @@ impl Default for Config {
             max_connections_per_core: 20_000,
             retry_after_secs: 1,
             shutdown_timeout: Duration::from_millis(10_000),
+            max_queue_depth: 1_000_000,
+            worker_threads: 2,
+            worker_batch_max: 1000,
+            worker_block: Duration::from_millis(1000),
+            idempotency_ttl_secs: 86_400,
+            max_attempts: 5,
+            reclaim_idle: Duration::from_millis(30_000),
+            pg_pool_size: 3,
+            migrate_on_start: true,
             json_parser: crate::ingest::Ingestor::DEFAULT_PARSER,
             log_level: "info".into(),
         }
@@ -172,6 +202,19 @@ impl Config {
             )?,
             retry_after_secs: var("RETRY_AFTER_SECS").in_range(d.retry_after_secs, 0, 86_400)?,
             shutdown_timeout: millis(var("SHUTDOWN_TIMEOUT_MS").in_range(10_000, 0, 3_600_000)?),
+            max_queue_depth: var("MAX_QUEUE_DEPTH").in_range(d.max_queue_depth, 1, 1_000_000_000)?,
+            worker_threads: var("WORKER_THREADS").in_range(d.worker_threads, 0, 256)?,
+            worker_batch_max: var("WORKER_BATCH_MAX").in_range(d.worker_batch_max, 1, 50_000)?,
+            worker_block: millis(var("WORKER_BLOCK_MS").in_range(1000, 1, 60_000)?),
+            idempotency_ttl_secs: var("IDEMPOTENCY_TTL_SECS").in_range(
+                d.idempotency_ttl_secs,
+                1,
+                365 * 86_400,
+            )?,
+            max_attempts: var("MAX_ATTEMPTS").in_range(d.max_attempts, 1, 1000)?,
+            reclaim_idle: millis(var("RECLAIM_IDLE_MS").in_range(30_000, 50, 86_400_000)?),
+            pg_pool_size: 0, // derived below unless set
+            migrate_on_start: var("MIGRATE_ON_START").map_or(d.migrate_on_start, parse_bool)?,
             json_parser: var("JSON_PARSER").map_or(d.json_parser, |v| {
                 match v.to_ascii_lowercase().as_str() {
                     "serde" => Ok(crate::ingest::JsonParser::Serde),
@@ -185,7 +228,9 @@ impl Config {
                     .map_err(|e| format!("a tracing filter such as `info` or `debug,redis=warn` ({e})"))
             })?,
         };
-        Ok(cfg)
+        let derived_pool = u32::try_from(cfg.worker_threads + 1).unwrap_or(u32::MAX);
+        let pg_pool_size = var("PG_POOL_SIZE").in_range(derived_pool, 1, 1000)?;
+        Ok(Self { pg_pool_size, ..cfg })
     }
 
     /// `REDIS_URL` with any password replaced by `***`, for logs.
@@ -215,6 +260,15 @@ impl fmt::Debug for Config {
             .field("max_connections_per_core", &self.max_connections_per_core)
             .field("retry_after_secs", &self.retry_after_secs)
             .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("max_queue_depth", &self.max_queue_depth)
+            .field("worker_threads", &self.worker_threads)
+            .field("worker_batch_max", &self.worker_batch_max)
+            .field("worker_block", &self.worker_block)
+            .field("idempotency_ttl_secs", &self.idempotency_ttl_secs)
+            .field("max_attempts", &self.max_attempts)
+            .field("reclaim_idle", &self.reclaim_idle)
+            .field("pg_pool_size", &self.pg_pool_size)
+            .field("migrate_on_start", &self.migrate_on_start)
             .field("json_parser", &self.json_parser)
             .field("log_level", &self.log_level)
             .finish()

@@ -6,6 +6,8 @@
 //! http/    per-core monoio runtimes: listeners, HTTP/1.1 framing, routing, replies
 //! ingest/  body parse (JSON) + validation → WebhookJob, or the 400 messages
 //! queue/   bounded channel → one Redis pipeline thread → XADD batches → reply per job
+//! worker/  XREADGROUP → dedupe → store/ → SET keys, XACK, XDEL; reclaim, dead letters
+//! store/   PostgreSQL: one transaction per batch (binary COPY → INSERT … ON CONFLICT)
 //! ```
 //!
 //! Beside them: [`config`] (one typed `Config`, read once), [`job`] (the one data
@@ -25,4 +27,6 @@ pub mod ingest;
 pub mod job;
 pub mod queue;
 pub mod shutdown;
+pub mod store;
 pub mod telemetry;
+pub mod worker;

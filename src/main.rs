@@ -2,11 +2,15 @@
 //! configuration, then hand over to the library.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use tracing::error;
 
-use webhook_ingestor::{app, config::Config, shutdown, telemetry};
+use webhook_ingestor::app::{self, Role};
+use webhook_ingestor::config::Config;
+use webhook_ingestor::worker::{self, ReplayScope};
+use webhook_ingestor::{queue, shutdown, store, telemetry};
 
 #[derive(Parser)]
 #[command(version, about = "Thread-per-core webhook gateway: 202 only after Redis has the job")]
@@ -17,11 +21,31 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve `POST /webhooks/:provider` (the default). Configured by the
-    /// environment and `.env`; see the README for the variables.
-    Serve,
+    /// Serve (the default). Configured by the environment and `.env`; see the README.
+    Serve {
+        /// Which parts to run: the HTTP gateway, the workers, or both.
+        #[arg(long, value_enum, default_value_t = RoleArg::All)]
+        role: RoleArg,
+    },
+    /// Apply the `sql/` migrations not yet applied, then exit.
+    Migrate,
+    /// Move dead-lettered entries back into the main stream.
+    Replay {
+        /// Dead-letter stream ids to replay (default: all).
+        #[arg(long = "id")]
+        ids: Vec<String>,
+    },
+    /// Print queue length, pending entries, dead letters and rows stored.
+    Stats,
     /// Read and validate the configuration, print it (secrets redacted), exit.
     CheckConfig,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RoleArg {
+    All,
+    Api,
+    Worker,
 }
 
 fn main() -> ExitCode {
@@ -33,18 +57,33 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match cli.command.unwrap_or(Command::Serve) {
+    let result = match cli.command.unwrap_or(Command::Serve { role: RoleArg::All }) {
         Command::CheckConfig => {
             println!("{config:#?}");
-            ExitCode::SUCCESS
+            Ok(())
         }
-        Command::Serve => serve(&config),
+        Command::Serve { role } => return serve(&config, role),
+        Command::Migrate => migrate(&config),
+        Command::Replay { ids } => replay(&config, ids),
+        Command::Stats => stats(&config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("webhook-ingestor: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
-fn serve(config: &Config) -> ExitCode {
+fn serve(config: &Config, role: RoleArg) -> ExitCode {
     telemetry::init(&config.log_level);
-    let running = match app::start(config) {
+    let role = match role {
+        RoleArg::All => Role::All,
+        RoleArg::Api => Role::Api,
+        RoleArg::Worker => Role::Worker,
+    };
+    let running = match app::start(config, role) {
         Ok(r) => r,
         Err(e) => {
             error!(error = %e, "cannot start");
@@ -58,4 +97,48 @@ fn serve(config: &Config) -> ExitCode {
     }
     running.wait();
     ExitCode::SUCCESS
+}
+
+type CliResult = Result<(), Box<dyn std::error::Error>>;
+
+fn migrate(config: &Config) -> CliResult {
+    let url = config.database_url.as_deref().ok_or("DATABASE_URL is not set")?;
+    let mut client = postgres::Client::connect(url, postgres::NoTls)?;
+    let applied = store::migrate(&mut client)?;
+    println!("migrations applied: {applied} (known: {})", store::MIGRATIONS.len());
+    Ok(())
+}
+
+fn redis_con(config: &Config) -> Result<redis::Connection, redis::RedisError> {
+    redis::Client::open(config.redis_url.as_str())?.get_connection_with_timeout(Duration::from_secs(5))
+}
+
+fn replay(config: &Config, ids: Vec<String>) -> CliResult {
+    let scope = if ids.is_empty() { ReplayScope::All } else { ReplayScope::Ids(ids) };
+    let moved = worker::replay(&mut redis_con(config)?, &config.queue_name, &scope)?;
+    println!("replayed {moved} dead-lettered entries into {}", config.queue_name);
+    Ok(())
+}
+
+fn stats(config: &Config) -> CliResult {
+    let mut con = redis_con(config)?;
+    let stream = &config.queue_name;
+    let len: u64 = redis::cmd("XLEN").arg(stream).query(&mut con)?;
+    let pending: u64 = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(queue::GROUP)
+        .query::<(u64, redis::Value, redis::Value, redis::Value)>(&mut con)
+        .map(|r| r.0)
+        .unwrap_or(0);
+    let dead: u64 = redis::cmd("XLEN").arg(worker::dead_letter_stream(stream)).query(&mut con)?;
+    println!("stream:       {stream}");
+    println!("queue_length: {len}");
+    println!("pending:      {pending}");
+    println!("dead_letters: {dead}");
+    if let Some(url) = config.database_url.as_deref() {
+        let mut client = postgres::Client::connect(url, postgres::NoTls)?;
+        let rows: i64 = client.query_one("SELECT count(*) FROM webhook_events", &[])?.get(0);
+        println!("rows_stored:  {rows}");
+    }
+    Ok(())
 }

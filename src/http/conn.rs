@@ -367,6 +367,7 @@ fn unavailable_message(e: &EnqueueError) -> &'static str {
         EnqueueError::Saturated => "queue is saturated, retry later",
         EnqueueError::Unavailable(_) => "queue is unavailable, retry later",
         EnqueueError::TimedOut => "queue did not answer in time, retry later",
+        EnqueueError::QueueFull => "queue is full, retry later",
         EnqueueError::Closed => "server is shutting down, retry later",
     }
 }

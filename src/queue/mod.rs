@@ -41,7 +41,7 @@ use thiserror::Error;
 
 use crate::job::WebhookJob;
 
-pub use pipeline::{spawn_pipeline, PipelineHandle, PipelineSettings};
+pub use pipeline::{prepare_stream, spawn_pipeline, PipelineHandle, PipelineSettings};
 
 /// Default stream name (`QUEUE_NAME`).
 pub const DEFAULT_STREAM: &str = "webhooks";
@@ -60,6 +60,9 @@ pub enum EnqueueError {
     /// No reply within `ENQUEUE_TIMEOUT_MS`.
     #[error("no reply from redis in time")]
     TimedOut,
+    /// The stream holds `MAX_QUEUE_DEPTH` entries: the workers are behind.
+    #[error("queue is full")]
+    QueueFull,
     /// The pipeline thread has stopped (shutdown).
     #[error("enqueue pipeline stopped")]
     Closed,

@@ -30,6 +30,9 @@ pub struct PipelineSettings {
     pub enqueue_timeout: Duration,
     /// `ENQUEUE_CHANNEL_CAPACITY`.
     pub channel_capacity: usize,
+    /// `MAX_QUEUE_DEPTH`: stream length at which new jobs are refused (the
+    /// workers are behind or PostgreSQL is down and Redis memory is finite).
+    pub max_queue_depth: u64,
 }
 
 /// The running pipeline thread.
@@ -87,6 +90,8 @@ struct Pipeline {
     link: Link,
     batch: Vec<Pending>,
     pipe: redis::Pipeline,
+    /// Stream length after the last pipeline (`XLEN` rides along with each).
+    depth: u64,
 }
 
 impl Pipeline {
@@ -98,7 +103,7 @@ impl Pipeline {
         // job; only a connection-level error fails the whole batch.
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
-        Self { client, settings, link, batch, pipe }
+        Self { client, settings, link, batch, pipe, depth: 0 }
     }
 
     fn run(mut self, rx: Receiver<Pending>) {
@@ -142,22 +147,42 @@ impl Pipeline {
         if self.batch.is_empty() {
             return;
         }
+        let full = self.depth >= self.settings.max_queue_depth;
         self.pipe.clear();
-        for p in &self.batch {
-            let mut cmd = redis::cmd("XADD");
-            cmd.arg(&self.settings.stream).arg("*");
-            p.job.write_stream_fields(&mut cmd);
-            self.pipe.add_command(cmd);
+        if !full {
+            for p in &self.batch {
+                let mut cmd = redis::cmd("XADD");
+                cmd.arg(&self.settings.stream).arg("*");
+                p.job.write_stream_fields(&mut cmd);
+                self.pipe.add_command(cmd);
+            }
         }
+        self.pipe.cmd("XLEN").arg(&self.settings.stream);
         self.ensure_link();
         let outcome = match &mut self.link {
-            Link::Up(con) => self.pipe.query::<Vec<redis::RedisResult<StreamId>>>(con),
+            Link::Up(con) => self.pipe.query::<Vec<redis::RedisResult<redis::Value>>>(con),
             Link::Down { .. } => Err(redis::RedisError::from((redis::ErrorKind::Io, "redis is down"))),
         };
         match outcome {
-            Ok(ids) => {
-                for (p, id) in self.batch.drain(..).zip(ids) {
-                    let _ = p.reply.send(id.map_err(|e| EnqueueError::Unavailable(e.to_string())));
+            Ok(mut replies) => {
+                let depth =
+                    replies.pop().and_then(|r| r.ok()).and_then(|v| redis::from_redis_value::<u64>(v).ok());
+                if let Some(depth) = depth {
+                    self.note_depth(depth);
+                }
+                if full {
+                    for p in self.batch.drain(..) {
+                        let _ = p.reply.send(Err(EnqueueError::QueueFull));
+                    }
+                } else {
+                    for (p, reply) in self.batch.drain(..).zip(replies) {
+                        let id = match reply {
+                            Ok(v) => redis::from_redis_value::<StreamId>(v)
+                                .map_err(|e| EnqueueError::Unavailable(e.to_string())),
+                            Err(e) => Err(EnqueueError::Unavailable(e.to_string())),
+                        };
+                        let _ = p.reply.send(id);
+                    }
                 }
             }
             Err(e) => {
@@ -173,6 +198,21 @@ impl Pipeline {
         // Any entry the pipeline did not answer (a short reply) must not
         // be left hanging: its reply sender drops here and the caller sees 503.
         self.batch.clear();
+    }
+
+    /// Records the stream length, logging when the depth limit is crossed.
+    fn note_depth(&mut self, depth: u64) {
+        let max = self.settings.max_queue_depth;
+        if depth >= max && self.depth < max {
+            warn!(
+                depth,
+                max_queue_depth = max,
+                "queue is full: new requests get 503 until the workers catch up"
+            );
+        } else if depth < max && self.depth >= max {
+            info!(depth, "queue below MAX_QUEUE_DEPTH again: accepting");
+        }
+        self.depth = depth;
     }
 
     /// Reconnects if the link is down and the backoff allows.
@@ -228,7 +268,10 @@ impl Pipeline {
 }
 
 /// Creates the stream and the consumer group if either is missing.
-fn prepare_stream(con: &mut redis::Connection, stream: &str) -> redis::RedisResult<()> {
+///
+/// # Errors
+/// Redis failed.
+pub fn prepare_stream(con: &mut redis::Connection, stream: &str) -> redis::RedisResult<()> {
     let created: redis::RedisResult<()> =
         redis::cmd("XGROUP").arg("CREATE").arg(stream).arg(GROUP).arg("0").arg("MKSTREAM").query(con);
     match created {

@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use webhook_ingestor::app::{self, RunningApp};
+use webhook_ingestor::app::{self, Role, RunningApp};
 use webhook_ingestor::config::{Config, CoreSelection};
 
 /// A port nobody listens on right now.
@@ -24,6 +24,11 @@ pub struct RedisServer {
 }
 
 impl RedisServer {
+    /// A placeholder that owns no process (used when moving a server out).
+    fn detached() -> Self {
+        Self { port: 0, dir: tempfile::tempdir().unwrap(), child: None }
+    }
+
     pub fn start() -> Self {
         let mut server = Self { port: free_port(), dir: tempfile::tempdir().unwrap(), child: None };
         server.launch();
@@ -97,33 +102,213 @@ impl Drop for RedisServer {
     }
 }
 
-/// The gateway under test with its own Redis.
+/// A private PostgreSQL cluster: `initdb` in a temp dir, a random port,
+/// run as the `postgres` user when we are root (PostgreSQL refuses root).
+pub struct PostgresServer {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    bindir: std::path::PathBuf,
+    child: Option<Child>,
+}
+
+/// `(uid, gid)` of the `postgres` user when running as root.
+fn pg_identity() -> Option<(u32, u32)> {
+    let uid = String::from_utf8(Command::new("id").arg("-u").output().ok()?.stdout).ok()?;
+    if uid.trim() != "0" {
+        return None;
+    }
+    let id = |flag: &str| -> u32 {
+        let out = Command::new("id").args([flag, "postgres"]).output().expect("id");
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .trim()
+            .parse()
+            .expect("a `postgres` user exists (scripts/test creates it)")
+    };
+    Some((id("-u"), id("-g")))
+}
+
+fn pg_bindir() -> std::path::PathBuf {
+    if let Ok(out) = Command::new("sh").args(["-c", "command -v initdb"]).output() {
+        let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if !path.is_empty() {
+            return std::fs::canonicalize(path).unwrap().parent().unwrap().to_path_buf();
+        }
+    }
+    let mut dirs: Vec<_> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL server binaries not found: run scripts/test, which installs them")
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .filter(|p| p.join("initdb").exists())
+        .collect();
+    dirs.sort();
+    dirs.pop().expect("no initdb under /usr/lib/postgresql/*/bin: run scripts/test")
+}
+
+impl PostgresServer {
+    pub fn start() -> Self {
+        use std::os::unix::process::CommandExt;
+        let dir = tempfile::tempdir().unwrap();
+        let bindir = pg_bindir();
+        let identity = pg_identity();
+        if let Some((uid, gid)) = identity {
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).unwrap();
+        }
+        let mut initdb = Command::new(bindir.join("initdb"));
+        initdb
+            .arg("-D")
+            .arg(dir.path().join("data"))
+            .args(["-U", "webhook", "--auth=trust", "-E", "UTF8", "--no-sync"])
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some((uid, gid)) = identity {
+            initdb.uid(uid).gid(gid);
+        }
+        assert!(initdb.status().expect("initdb runs").success(), "initdb failed");
+        let mut server = Self { port: free_port(), dir, bindir, child: None };
+        server.launch();
+        server
+    }
+
+    fn launch(&mut self) {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new(self.bindir.join("postgres"));
+        cmd.arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-p", &self.port.to_string(), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+            .arg("-k")
+            .arg(self.dir.path())
+            .current_dir(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some((uid, gid)) = pg_identity() {
+            cmd.uid(uid).gid(gid);
+        }
+        self.child = Some(cmd.spawn().expect("postgres starts"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while postgres::Client::connect(&self.url("postgres"), postgres::NoTls).is_err() {
+            assert!(Instant::now() < deadline, "postgres on port {} did not come up", self.port);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://webhook@127.0.0.1:{}/{db}", self.port)
+    }
+
+    pub fn create_database(&self, db: &str) {
+        self.client("postgres").batch_execute(&format!("CREATE DATABASE {db}")).unwrap();
+    }
+
+    pub fn client(&self, db: &str) -> postgres::Client {
+        postgres::Client::connect(&self.url(db), postgres::NoTls).unwrap()
+    }
+
+    /// Fast shutdown (SIGINT to the postmaster, by pid) and wait.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn start_again(&mut self) {
+        self.stop();
+        self.launch();
+    }
+}
+
+impl Drop for PostgresServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The database each test's gateway writes to.
+pub const DB: &str = "webhooks";
+
+/// The gateway under test with its own Redis (and PostgreSQL for roles
+/// that run workers).
 pub struct TestApp {
     pub redis: RedisServer,
+    pub postgres: Option<PostgresServer>,
     pub addr: SocketAddr,
     pub config: Config,
     app: Option<RunningApp>,
 }
 
 impl TestApp {
-    /// Default test configuration: loopback, port 0, two unpinned runtimes.
+    /// The gateway alone (`--role api`): loopback, port 0, two unpinned runtimes.
     pub fn spawn() -> Self {
         Self::spawn_with(|_| {})
     }
 
     pub fn spawn_with(tweak: impl FnOnce(&mut Config)) -> Self {
-        let redis = RedisServer::start();
+        Self::start(Role::Api, RedisServer::start(), None, tweak)
+    }
+
+    /// Gateway and workers (`--role all`) with a private PostgreSQL.
+    pub fn spawn_full(tweak: impl FnOnce(&mut Config)) -> Self {
+        let pg = PostgresServer::start();
+        pg.create_database(DB);
+        Self::start(Role::All, RedisServer::start(), Some(pg), tweak)
+    }
+
+    /// Starts `role` against the given servers.
+    pub fn start(
+        role: Role,
+        redis: RedisServer,
+        postgres: Option<PostgresServer>,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Self {
         let mut config = Config {
             host: [127, 0, 0, 1].into(),
             port: 0,
             cores: CoreSelection::Count(2),
             pin_cores: false,
             redis_url: redis.url(),
+            database_url: postgres.as_ref().map(|pg| pg.url(DB)),
+            worker_block: Duration::from_millis(100),
             ..Config::default()
         };
         tweak(&mut config);
-        let app = app::start(&config).expect("gateway starts");
-        Self { addr: app.local_addr(), redis, config, app: Some(app) }
+        let app = app::start(&config, role).expect("app starts");
+        let addr = app.local_addr().unwrap_or_else(|| "127.0.0.1:9".parse().unwrap());
+        Self { addr, redis, postgres, config, app: Some(app) }
+    }
+
+    /// Stops the app and hands back its servers (to start another role on them).
+    pub fn into_servers(mut self) -> (RedisServer, Option<PostgresServer>) {
+        if let Some(app) = self.app.take() {
+            app.stop();
+        }
+        let redis = std::mem::replace(&mut self.redis, RedisServer::detached());
+        (redis, self.postgres.take())
+    }
+
+    pub fn pg(&self) -> postgres::Client {
+        self.postgres.as_ref().expect("this app has postgres").client(DB)
+    }
+
+    pub fn rows(&self) -> i64 {
+        self.pg().query_one("SELECT count(*) FROM webhook_events", &[]).map(|r| r.get(0)).unwrap_or(0)
+    }
+
+    /// Entries delivered to a worker and not yet acknowledged.
+    pub fn pending(&self) -> u64 {
+        redis::cmd("XPENDING")
+            .arg(&self.config.queue_name)
+            .arg("ingest")
+            .query::<(u64, redis::Value, redis::Value, redis::Value)>(&mut self.redis.con())
+            .map(|r| r.0)
+            .unwrap_or(0)
+    }
+
+    pub fn dead_letters(&self) -> usize {
+        redis::cmd("XLEN")
+            .arg(format!("{}:dead", self.config.queue_name))
+            .query(&mut self.redis.con())
+            .unwrap()
     }
 
     pub fn client(&self) -> Client {
@@ -164,6 +349,15 @@ impl Drop for TestApp {
         if let Some(app) = self.app.take() {
             app.stop();
         }
+    }
+}
+
+/// Polls `check` until it holds, failing with `what` after `within`.
+pub fn wait_until(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -8,3 +8,4 @@ mod errors;
 mod harness;
 mod outage;
 mod protocol;
+mod worker;

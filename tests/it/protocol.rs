@@ -98,7 +98,9 @@ fn a_second_gateway_on_the_same_port_is_refused() {
     let app = TestApp::spawn();
     let mut config = app.config.clone();
     config.port = app.addr.port();
-    let err = webhook_ingestor::app::start(&config).err().expect("second start must fail");
+    let err = webhook_ingestor::app::start(&config, webhook_ingestor::app::Role::Api)
+        .err()
+        .expect("second start must fail");
     assert!(matches!(err, webhook_ingestor::app::StartError::PortInUse(_)), "{err}");
     assert_eq!(app.post("stripe", &event("stripe", "evt")).status, 202);
 }

@@ -1,0 +1,291 @@
+//! The worker path against a real Redis and a real PostgreSQL: every 202
+//! becomes exactly one row, through duplicates, outages, crashes and poison.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use webhook_ingestor::app::Role;
+use webhook_ingestor::store;
+use webhook_ingestor::worker::{self, ReplayScope, Worker, WorkerSettings};
+
+use crate::harness::{event, wait_until, Client, PostgresServer, RedisServer, TestApp, DB};
+
+const DRAIN: Duration = Duration::from_secs(30);
+
+fn assert_drained(app: &TestApp) {
+    wait_until(DRAIN, "the stream to drain", || app.stream_len() == 0 && app.pending() == 0);
+}
+
+#[test]
+fn a_posted_event_becomes_one_row_with_its_payload_and_timestamps() {
+    let app = TestApp::spawn_full(|_| {});
+    let body = event("stripe", "evt_row");
+    assert_eq!(app.post("stripe", &body).status, 202);
+
+    wait_until(DRAIN, "the row", || app.rows() == 1);
+    let row = app
+        .pg()
+        .query_one(
+            "SELECT provider, event_id, payload->'data'->>'amount', payload::text,
+                    extract(epoch FROM event_timestamp)::float8, received_at, stored_at
+               FROM webhook_events",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "stripe");
+    assert_eq!(row.get::<_, String>(1), "evt_row");
+    assert_eq!(row.get::<_, String>(2), "4200");
+    let stored: serde_json::Value = serde_json::from_str(&row.get::<_, String>(3)).unwrap();
+    assert_eq!(stored, serde_json::from_str::<serde_json::Value>(&body).unwrap());
+    assert_eq!(row.get::<_, f64>(4), 1_795_383_325.123);
+    let received: std::time::SystemTime = row.get(5);
+    let stored_at: std::time::SystemTime = row.get(6);
+    assert!(received <= stored_at);
+    assert_drained(&app);
+}
+
+#[test]
+fn the_same_event_five_times_is_one_row_and_providers_are_kept_apart() {
+    let app = TestApp::spawn_full(|_| {});
+    let mut client = app.client();
+    for _ in 0..5 {
+        assert_eq!(client.post("stripe", &event("stripe", "evt_dup")).status, 202);
+    }
+    let addr = app.addr;
+    let concurrent: Vec<_> = (0..5)
+        .map(|_| {
+            std::thread::spawn(move || Client::connect(addr).post("stripe", &event("stripe", "evt_dup2")))
+        })
+        .collect();
+    for c in concurrent {
+        assert_eq!(c.join().unwrap().status, 202);
+    }
+    assert_eq!(app.post("github", &event("github", "evt_dup")).status, 202);
+
+    wait_until(DRAIN, "three rows", || app.rows() == 3);
+    assert_drained(&app);
+    let per_key: Vec<(String, String, i64)> = app
+        .pg()
+        .query("SELECT provider, event_id, count(*) FROM webhook_events GROUP BY 1, 2 ORDER BY 1, 2", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        per_key,
+        [
+            ("github".to_string(), "evt_dup".to_string(), 1),
+            ("stripe".to_string(), "evt_dup".to_string(), 1),
+            ("stripe".to_string(), "evt_dup2".to_string(), 1)
+        ]
+    );
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(worker::idempotency_key("webhooks", "stripe", "evt_dup"))
+        .query(&mut app.redis.con())
+        .unwrap();
+    assert!(ttl > 0 && ttl <= 86_400, "ttl {ttl}");
+}
+
+#[test]
+fn jobs_wait_in_redis_while_no_worker_runs_and_are_stored_when_one_starts() {
+    // The seed's persistence check: only the API role runs.
+    let pg = PostgresServer::start();
+    pg.create_database(DB);
+    let api = TestApp::start(Role::Api, RedisServer::start(), Some(pg), |_| {});
+    let mut client = api.client();
+    for i in 0..500 {
+        assert_eq!(client.post("stripe", &event("stripe", &format!("evt_{i}"))).status, 202);
+    }
+    let (redis, pg) = api.into_servers();
+    let held: usize = redis::cmd("XLEN").arg("webhooks").query(&mut redis.con()).unwrap();
+    assert_eq!(held, 500, "the stream holds every accepted job while nothing consumes it");
+
+    let workers = TestApp::start(Role::Worker, redis, pg, |_| {});
+    wait_until(DRAIN, "500 rows", || workers.rows() == 500);
+    assert_drained(&workers);
+}
+
+#[test]
+fn postgres_down_while_events_arrive_loses_nothing_and_dead_letters_nothing() {
+    // Reclaim faster than the outage lasts and allow a single attempt: if the
+    // outage were counted as failed deliveries, entries would be dead-lettered.
+    let mut app = TestApp::spawn_full(|c| {
+        c.reclaim_idle = Duration::from_millis(300);
+        c.max_attempts = 1;
+        c.worker_threads = 2;
+    });
+    assert_eq!(app.post("stripe", &event("stripe", "evt_warm")).status, 202);
+    wait_until(DRAIN, "the first row", || app.rows() == 1);
+
+    app.postgres.as_mut().unwrap().stop();
+    let addr = app.addr;
+    let senders: Vec<_> = (0..10)
+        .map(|c| {
+            std::thread::spawn(move || {
+                let mut client = Client::connect(addr);
+                (0..200)
+                    .all(|i| client.post("stripe", &event("stripe", &format!("evt_{c}_{i}"))).status == 202)
+            })
+        })
+        .collect();
+    assert!(
+        senders.into_iter().all(|s| s.join().unwrap()),
+        "every request is accepted while postgres is down"
+    );
+    std::thread::sleep(Duration::from_secs(1)); // longer than RECLAIM_IDLE_MS
+    app.postgres.as_mut().unwrap().start_again();
+
+    wait_until(DRAIN, "2,001 rows", || app.rows() == 2001);
+    assert_drained(&app);
+    let distinct: i64 = app
+        .pg()
+        .query_one("SELECT count(DISTINCT (provider, event_id)) FROM webhook_events", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(distinct, 2001);
+    assert_eq!(app.dead_letters(), 0, "an outage is not a poison entry");
+}
+
+fn worker_settings(app: &TestApp, reclaim_idle: Duration) -> Arc<WorkerSettings> {
+    Arc::new(WorkerSettings {
+        redis_url: app.config.redis_url.clone(),
+        stream: app.config.queue_name.clone(),
+        batch_max: 1000,
+        block: Duration::from_millis(100),
+        idempotency_ttl_secs: 86_400,
+        max_attempts: 5,
+        reclaim_idle,
+        shutdown_timeout: Duration::from_secs(5),
+        migrate: true,
+    })
+}
+
+#[test]
+fn a_worker_dying_between_commit_and_ack_causes_a_redo_not_a_duplicate() {
+    // Gateway only: the test drives the workers itself.
+    let pg = PostgresServer::start();
+    pg.create_database(DB);
+    let app = TestApp::start(Role::Api, RedisServer::start(), Some(pg), |_| {});
+    let mut client = app.client();
+    for i in 0..100 {
+        assert_eq!(client.post("stripe", &event("stripe", &format!("evt_{i}"))).status, 202);
+    }
+    let pool = store::pool(&app.postgres.as_ref().unwrap().url(DB), 2, Duration::from_secs(5)).unwrap();
+    let settings = worker_settings(&app, Duration::from_millis(200));
+
+    // Worker A reads and commits, then "dies": no keys, no XACK.
+    let mut a = Worker::new("a".into(), settings.clone(), pool.clone(), CancellationToken::new()).unwrap();
+    a.run_once_until_commit();
+    drop(a);
+    assert_eq!(app.rows(), 100, "A committed");
+    assert_eq!(app.pending(), 100, "but acknowledged nothing");
+
+    // Worker B takes the abandoned entries over once they are idle long enough.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut b = Worker::new("b".into(), settings, pool, CancellationToken::new()).unwrap();
+    let report = b.run_once().unwrap();
+    assert_eq!(report.read, 100, "B reclaimed A's entries");
+    assert_eq!((report.inserted, report.duplicates), (0, 100), "the redo inserted nothing");
+    assert_eq!(app.rows(), 100);
+    assert_eq!((app.stream_len(), app.pending()), (0, 0));
+}
+
+/// Extension for the crash test: the first two steps of `run_once`.
+trait UntilCommit {
+    fn run_once_until_commit(&mut self);
+}
+
+impl UntilCommit for Worker {
+    fn run_once_until_commit(&mut self) {
+        let entries = self.read().unwrap();
+        assert!(!entries.is_empty());
+        let stored = self.store(entries).unwrap();
+        assert_eq!(stored.committed.len(), 100);
+    }
+}
+
+#[test]
+fn a_poison_entry_is_dead_lettered_alone_and_replay_stores_it_once_fixed() {
+    let app = TestApp::spawn_full(|c| {
+        c.max_attempts = 2;
+        c.reclaim_idle = Duration::from_millis(200);
+        c.worker_threads = 1;
+    });
+    assert_eq!(app.post("stripe", &event("stripe", "evt_first")).status, 202);
+    wait_until(DRAIN, "migrations and a first row", || app.rows() == 1);
+    // Sabotage: PostgreSQL now rejects exactly one event.
+    app.pg()
+        .batch_execute("ALTER TABLE webhook_events ADD CONSTRAINT no_poison CHECK (event_id <> 'evt_poison')")
+        .unwrap();
+
+    let mut client = app.client();
+    let mut pipelined = Vec::new();
+    for i in 0..20 {
+        let id = if i == 7 { "evt_poison".to_string() } else { format!("evt_{i}") };
+        pipelined.extend(crate::harness::post_request("stripe", &event("stripe", &id)));
+    }
+    client.send(&pipelined);
+    for _ in 0..20 {
+        assert_eq!(client.read_response().unwrap().status, 202);
+    }
+
+    wait_until(DRAIN, "the poison entry in the dead-letter stream", || app.dead_letters() == 1);
+    assert_drained(&app);
+    assert_eq!(app.rows(), 20, "every other entry is stored");
+    let dead: redis::streams::StreamRangeReply =
+        redis::cmd("XRANGE").arg("webhooks:dead").arg("-").arg("+").query(&mut app.redis.con()).unwrap();
+    let fields = &dead.ids[0].map;
+    let text = |k: &str| match &fields[k] {
+        redis::Value::BulkString(b) => String::from_utf8(b.clone()).unwrap(),
+        v => panic!("{k}: {v:?}"),
+    };
+    assert_eq!(text("e"), "evt_poison");
+    assert!(text("error").contains("no_poison"), "{}", text("error"));
+    assert_eq!(text("attempts"), "2");
+
+    // The cause is fixed; replay brings it back and it is stored.
+    app.pg().batch_execute("ALTER TABLE webhook_events DROP CONSTRAINT no_poison").unwrap();
+    let moved = worker::replay(&mut app.redis.con(), "webhooks", &ReplayScope::All).unwrap();
+    assert_eq!(moved, 1);
+    wait_until(DRAIN, "the replayed row", || app.rows() == 21);
+    assert_drained(&app);
+    assert_eq!(app.dead_letters(), 0);
+}
+
+#[test]
+fn after_draining_ten_thousand_events_redis_holds_only_keys_with_a_ttl() {
+    let app = TestApp::spawn_full(|_| {});
+    let addr = app.addr;
+    let clients: Vec<_> = (0..20)
+        .map(|c| {
+            std::thread::spawn(move || {
+                let mut client = Client::connect(addr);
+                for i in 0..500 {
+                    assert_eq!(client.post("stripe", &event("stripe", &format!("evt_{c}_{i}"))).status, 202);
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    wait_until(DRAIN, "10,000 rows", || app.rows() == 10_000);
+    assert_drained(&app);
+
+    let mut con = app.redis.con();
+    let keys: Vec<String> = redis::cmd("KEYS").arg("webhooks:seen:*").query(&mut con).unwrap();
+    assert_eq!(keys.len(), 10_000);
+    let mut pipe = redis::pipe();
+    for k in &keys {
+        pipe.cmd("TTL").arg(k);
+    }
+    let ttls: Vec<i64> = pipe.query(&mut con).unwrap();
+    assert!(ttls.iter().all(|t| *t > 0 && *t <= 86_400), "every key expires");
+    let all: HashSet<String> =
+        redis::cmd("KEYS").arg("*").query::<Vec<String>>(&mut con).unwrap().into_iter().collect();
+    let unexpected: Vec<&String> =
+        all.iter().filter(|k| !k.starts_with("webhooks:seen:") && *k != "webhooks").collect();
+    assert!(unexpected.is_empty(), "nothing else is left behind: {unexpected:?}");
+}
