@@ -80,6 +80,9 @@ impl Ingestor {
         body: &[u8],
         received_at_us: i64,
     ) -> Result<WebhookJob, IngestError> {
+        if has_nul_escape(body) {
+            return Err(IngestError::Invalid(vec![NUL_MESSAGE.to_string()]));
+        }
         let (event_id, event_timestamp_us) = match self.parser {
             JsonParser::Serde => {
                 // serde_json does not check UTF-8 inside values it skips, and
@@ -119,6 +122,19 @@ impl Default for Ingestor {
 fn extract(provider: &str, env: &Envelope<'_>) -> Result<(String, i64), IngestError> {
     let valid = validate::validate(provider, env).map_err(IngestError::Invalid)?;
     Ok((valid.event_id.to_owned(), valid.event_timestamp_us))
+}
+
+/// The message for a body PostgreSQL's `jsonb` cannot hold.
+const NUL_MESSAGE: &str = "body must not contain the escape \\u0000 (PostgreSQL jsonb cannot store it)";
+
+/// True when the JSON text contains the escape `\u0000` (not a literal
+/// backslash followed by `u0000`): valid JSON that `jsonb` rejects, so it
+/// would only ever reach the dead-letter stream. Refused at the door instead.
+fn has_nul_escape(body: &[u8]) -> bool {
+    memchr::memmem::find_iter(body, br"\u0000").any(|at| {
+        let backslashes = body[..at].iter().rev().take_while(|&&b| b == b'\\').count();
+        backslashes % 2 == 0
+    })
 }
 
 #[cfg(test)]
@@ -205,6 +221,16 @@ mod tests {
             let e = both("s", bad).unwrap_err();
             assert!(matches!(e, IngestError::Json(_)), "{bad:?} gave {e:?}");
         }
+    }
+
+    #[test]
+    fn a_nul_escape_is_refused_but_an_escaped_backslash_is_not() {
+        let nul = br#"{"provider":"s","eventId":"e\u0000","timestamp":"2026-01-01","data":{}}"#;
+        assert_eq!(both("s", nul).unwrap_err().messages(), [NUL_MESSAGE]);
+        let literal = br#"{"provider":"s","eventId":"e\\u0000","timestamp":"2026-01-01","data":{}}"#;
+        assert_eq!(both("s", literal).unwrap().event_id, "e\\u0000");
+        let both_kinds = br#"{"provider":"s","eventId":"\\\u0000","timestamp":"2026-01-01","data":{}}"#;
+        assert!(both("s", both_kinds).is_err());
     }
 
     #[test]
