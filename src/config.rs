@@ -74,7 +74,7 @@ pub struct Config {
     pub max_queue_depth: u64,
     /// `WORKER_THREADS` (default 2): consumer threads writing to PostgreSQL.
     pub worker_threads: usize,
-    /// `WORKER_BATCH_MAX` (default 1000): most entries per read and per transaction.
+    /// `WORKER_BATCH_MAX` (default 5000): most entries per read and per transaction.
     pub worker_batch_max: usize,
     /// `WORKER_BLOCK_MS` (default 1000): how long a worker's read waits for new entries.
     pub worker_block: Duration,
@@ -120,7 +120,7 @@ impl Default for Config {
             shutdown_timeout: Duration::from_millis(10_000),
             max_queue_depth: 1_000_000,
             worker_threads: 2,
-            worker_batch_max: 1000,
+            worker_batch_max: 5000,
             worker_block: Duration::from_millis(1000),
             idempotency_ttl_secs: 86_400,
             max_attempts: 5,

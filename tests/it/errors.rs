@@ -94,6 +94,12 @@ fn invalid_bodies_get_400_with_every_failed_rule() {
             &["data must be an object"],
         ),
         (
+            format!(
+                r#"{{"provider":"stripe","eventId":"e","timestamp":"{TS}","data":{{"note":"a\u0000b"}}}}"#
+            ),
+            &["body must not contain the escape"],
+        ),
+        (
             format!(r#"{{"provider":"stripe","eventId":"e","timestamp":"{TS}","data":"x"}}"#),
             &["data must be an object"],
         ),
