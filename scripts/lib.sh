@@ -131,3 +131,31 @@ load_dotenv_urls() {
     esac
   done < <(grep -E '^(REDIS_URL|DATABASE_URL)=' "$REPO/.env")
 }
+
+# Waits up to 10 s for something to listen on 127.0.0.1:$1.
+wait_port() {
+  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done
+  return 1
+}
+
+# A throwaway Redis for benchmarks: start_bench_redis PORT DIR [APPENDFSYNC]
+start_bench_redis() {
+  redis-server --port "$1" --bind 127.0.0.1 --dir "$2" --appendonly yes --appendfsync "${3:-everysec}" \
+    --maxmemory-policy noeviction --save '' --daemonize yes --pidfile "$2/redis.pid" --logfile "$2/redis.log"
+  for _ in $(seq 50); do redis-cli -p "$1" ping >/dev/null 2>&1 && return 0; sleep 0.1; done
+  die "bench redis on $1 did not start"
+}
+
+# A throwaway PostgreSQL with a `webhooks` database: start_bench_postgres PORT DIR
+start_bench_postgres() {
+  local bin; bin=$(pg_bindir)
+  ensure_pg_user
+  mkdir -p "$2/pg"; [ "$(id -u)" = 0 ] && chown postgres "$2" "$2/pg"
+  as_pg "$bin/initdb" -D "$2/pg" -U webhook --auth=trust -E UTF8 >/dev/null
+  as_pg "$bin/pg_ctl" -D "$2/pg" -l "$2/pg.log" -w -o "-p $1 -c listen_addresses=127.0.0.1 -k $2/pg" start >/dev/null
+  "$bin/createdb" -h 127.0.0.1 -p "$1" -U webhook webhooks
+}
+
+stop_bench_postgres() {
+  [ -f "$1/pg/postmaster.pid" ] && as_pg "$(pg_bindir)/pg_ctl" -D "$1/pg" -m fast -w stop >/dev/null 2>&1 || true
+}

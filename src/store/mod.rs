@@ -124,9 +124,11 @@ const STAGING_TYPES: [Type; 5] = [Type::TEXT, Type::TEXT, Type::TIMESTAMPTZ, Typ
 /// [`StoreError`]; nothing is committed then.
 pub fn write_batch(client: &mut postgres::Client, jobs: &[&WebhookJob]) -> Result<Written, StoreError> {
     let mut tx = client.transaction()?;
-    // Per session; ON COMMIT DELETE ROWS empties it at every commit.
+    // Per session; ON COMMIT DELETE ROWS empties it at every commit. The
+    // "already exists" NOTICE would be a log line per batch: silence it.
     tx.batch_execute(
-        "CREATE TEMP TABLE IF NOT EXISTS webhook_staging (
+        "SET LOCAL client_min_messages = warning;
+         CREATE TEMP TABLE IF NOT EXISTS webhook_staging (
              provider text, event_id text, event_timestamp timestamptz, received_at timestamptz, payload jsonb
          ) ON COMMIT DELETE ROWS",
     )?;

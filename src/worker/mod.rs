@@ -248,10 +248,7 @@ impl Worker {
             return Ok(());
         }
         let mut client = self.pool.get().map_err(StoreError::from)?;
-        let applied = store::migrate(&mut client)?;
-        if applied > 0 {
-            info!(applied, "database schema migrated");
-        }
+        store::migrate(&mut client)?;
         self.migrated.store(true, Ordering::Release);
         Ok(())
     }
