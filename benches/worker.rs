@@ -110,7 +110,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut f = std::io::BufWriter::new(std::fs::File::create(&path)?);
         for j in &jobs {
             let payload = String::from_utf8_lossy(&j.payload).replace('"', "\"\"");
-            writeln!(f, "{},{},2026-11-22T21:35:25.123Z,2026-11-22T21:35:25.123Z,\"{payload}\"", j.provider, j.event_id)?;
+            writeln!(
+                f,
+                "{},{},2026-11-22T21:35:25.123Z,2026-11-22T21:35:25.123Z,\"{payload}\"",
+                j.provider, j.event_id
+            )?;
         }
     }
     let file = std::fs::read(&path)?;
