@@ -254,6 +254,14 @@ impl TestApp {
         Self::start(Role::All, RedisServer::start(), Some(pg), tweak)
     }
 
+    /// The gateway alone (`--role api`) with a PostgreSQL beside it, for tests
+    /// that drive the workers themselves or start them later.
+    pub fn spawn_api_with_postgres() -> Self {
+        let pg = PostgresServer::start();
+        pg.create_database(DB);
+        Self::start(Role::Api, RedisServer::start(), Some(pg), |_| {})
+    }
+
     /// Starts `role` against the given servers.
     pub fn start(
         role: Role,

@@ -10,7 +10,7 @@ use webhook_ingestor::app::Role;
 use webhook_ingestor::store;
 use webhook_ingestor::worker::{self, ReplayScope, Worker, WorkerSettings};
 
-use crate::harness::{event, wait_until, Client, PostgresServer, RedisServer, TestApp, DB};
+use crate::harness::{event, wait_until, Client, TestApp, DB};
 
 const DRAIN: Duration = Duration::from_secs(30);
 
@@ -91,9 +91,7 @@ fn the_same_event_five_times_is_one_row_and_providers_are_kept_apart() {
 #[test]
 fn jobs_wait_in_redis_while_no_worker_runs_and_are_stored_when_one_starts() {
     // The seed's persistence check: only the API role runs.
-    let pg = PostgresServer::start();
-    pg.create_database(DB);
-    let api = TestApp::start(Role::Api, RedisServer::start(), Some(pg), |_| {});
+    let api = TestApp::spawn_api_with_postgres();
     let mut client = api.client();
     for i in 0..500 {
         assert_eq!(client.post("stripe", &event("stripe", &format!("evt_{i}"))).status, 202);
@@ -165,9 +163,7 @@ fn worker_settings(app: &TestApp, reclaim_idle: Duration) -> Arc<WorkerSettings>
 #[test]
 fn a_worker_dying_between_commit_and_ack_causes_a_redo_not_a_duplicate() {
     // Gateway only: the test drives the workers itself.
-    let pg = PostgresServer::start();
-    pg.create_database(DB);
-    let app = TestApp::start(Role::Api, RedisServer::start(), Some(pg), |_| {});
+    let app = TestApp::spawn_api_with_postgres();
     let mut client = app.client();
     for i in 0..100 {
         assert_eq!(client.post("stripe", &event("stripe", &format!("evt_{i}"))).status, 202);
