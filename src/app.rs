@@ -203,6 +203,12 @@ fn start_gateway(config: &Config, app: &mut RunningApp) -> Result<(), StartError
         max_connections: config.max_connections_per_core,
         shutdown_timeout: config.shutdown_timeout,
         json_parser: config.json_parser,
+        security_headers: config.security_headers,
+        cors: config.cors.clone(),
+        rate_limit_global: config.rate_limit_global,
+        rate_limit_per_ip: config.rate_limit_per_ip,
+        cores: cpus.len(),
+        trust_proxy: config.trust_proxy,
     };
     let (started_tx, started_rx) = mpsc::channel::<(usize, Option<usize>, Driver)>();
     for (index, (cpu, listener)) in cpus.into_iter().zip(listeners).enumerate() {

@@ -90,6 +90,16 @@ pub struct Config {
     pub pg_pool_size: u32,
     /// `MIGRATE_ON_START` (default true): apply `sql/` migrations when serving.
     pub migrate_on_start: bool,
+    /// `SECURITY_HEADERS` (default true): helmet's default headers on every response.
+    pub security_headers: bool,
+    /// `CORS_ORIGINS` (default empty = no cross-origin access): comma list of origins, or `*`.
+    pub cors: crate::http::cors::Cors,
+    /// `RATE_LIMIT_GLOBAL` (default 100000): requests/s for the process, 0 = off.
+    pub rate_limit_global: u64,
+    /// `RATE_LIMIT_PER_IP` (default 20000): requests/s per client IP, 0 = off.
+    pub rate_limit_per_ip: u64,
+    /// `TRUST_PROXY` (default false): take the client IP from `X-Forwarded-For`.
+    pub trust_proxy: bool,
     /// `JSON_PARSER` (default `serde`): `serde` (serde_json into borrowed
     /// fields) or `simd` (simd-json). Measured in `benches/ingest.rs`.
     pub json_parser: crate::ingest::JsonParser,
@@ -127,6 +137,11 @@ impl Default for Config {
             reclaim_idle: Duration::from_millis(30_000),
             pg_pool_size: 3,
             migrate_on_start: true,
+            security_headers: true,
+            cors: crate::http::cors::Cors::default(),
+            rate_limit_global: 100_000,
+            rate_limit_per_ip: 20_000,
+            trust_proxy: false,
             json_parser: crate::ingest::Ingestor::DEFAULT_PARSER,
             log_level: "info".into(),
         }
@@ -215,6 +230,11 @@ impl Config {
             reclaim_idle: millis(var("RECLAIM_IDLE_MS").in_range(30_000, 50, 86_400_000)?),
             pg_pool_size: 0, // derived below unless set
             migrate_on_start: var("MIGRATE_ON_START").map_or(d.migrate_on_start, parse_bool)?,
+            security_headers: var("SECURITY_HEADERS").map_or(d.security_headers, parse_bool)?,
+            cors: var("CORS_ORIGINS").map_or(d.cors, crate::http::cors::Cors::parse)?,
+            rate_limit_global: var("RATE_LIMIT_GLOBAL").in_range(d.rate_limit_global, 0, 100_000_000)?,
+            rate_limit_per_ip: var("RATE_LIMIT_PER_IP").in_range(d.rate_limit_per_ip, 0, 100_000_000)?,
+            trust_proxy: var("TRUST_PROXY").map_or(d.trust_proxy, parse_bool)?,
             json_parser: var("JSON_PARSER").map_or(d.json_parser, |v| {
                 match v.to_ascii_lowercase().as_str() {
                     "serde" => Ok(crate::ingest::JsonParser::Serde),
@@ -269,6 +289,11 @@ impl fmt::Debug for Config {
             .field("reclaim_idle", &self.reclaim_idle)
             .field("pg_pool_size", &self.pg_pool_size)
             .field("migrate_on_start", &self.migrate_on_start)
+            .field("security_headers", &self.security_headers)
+            .field("cors", &self.cors)
+            .field("rate_limit_global", &self.rate_limit_global)
+            .field("rate_limit_per_ip", &self.rate_limit_per_ip)
+            .field("trust_proxy", &self.trust_proxy)
             .field("json_parser", &self.json_parser)
             .field("log_level", &self.log_level)
             .finish()
@@ -386,6 +411,7 @@ mod tests {
         assert_eq!(load(&[("CORES", "1-x")]).unwrap_err().var, "CORES");
         assert_eq!(load(&[("LOG_LEVEL", "info,=[")]).unwrap_err().var, "LOG_LEVEL");
         assert_eq!(load(&[("JSON_PARSER", "fast")]).unwrap_err().var, "JSON_PARSER");
+        assert_eq!(load(&[("CORS_ORIGINS", "example.com")]).unwrap_err().var, "CORS_ORIGINS");
     }
 
     #[test]

@@ -18,8 +18,10 @@ use monoio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::chunked::{ChunkError, ChunkedDecoder};
+use super::cors::Cors;
+use super::ratelimit::RateLimiter;
 use super::request::{parse_head, BodyFraming, ContentType, HeadError, Limits, Method, RequestHead};
-use super::response::{Message, Response, Status, CONTINUE};
+use super::response::{Extra, Message, RateHeaders, Response, Status, CONTINUE};
 use super::router::{Route, WEBHOOK_ALLOW};
 use crate::ingest::Ingestor;
 use crate::queue::{EnqueueError, Enqueuer};
@@ -41,6 +43,19 @@ pub(crate) struct CoreContext {
     pub(crate) enqueuer: Enqueuer,
     pub(crate) ingestor: RefCell<Ingestor>,
     pub(crate) shutdown: CancellationToken,
+    /// Header lines sent on every response (helmet's, or none).
+    pub(crate) fixed_headers: &'static [u8],
+    pub(crate) cors: Cors,
+    pub(crate) limiter: RefCell<RateLimiter>,
+    /// Take the client address from `X-Forwarded-For` (behind a proxy).
+    pub(crate) trust_proxy: bool,
+}
+
+impl CoreContext {
+    /// Headers for a response that has no parsed request (framing errors).
+    fn bare_extra(&self) -> Extra<'static> {
+        Extra { fixed: self.fixed_headers, ..Extra::default() }
+    }
 }
 
 /// Why a connection ended early; only for debug logs.
@@ -59,9 +74,14 @@ impl From<std::io::Error> for End {
 }
 
 /// Serves one accepted connection to completion.
-pub(crate) async fn serve(stream: TcpStream, ctx: Rc<CoreContext>) {
-    let mut conn =
-        Conn { stream, rbuf: Vec::with_capacity(READ_CHUNK * 2), start: 0, wbuf: Vec::with_capacity(512) };
+pub(crate) async fn serve(stream: TcpStream, peer: std::net::IpAddr, ctx: Rc<CoreContext>) {
+    let mut conn = Conn {
+        stream,
+        peer,
+        rbuf: Vec::with_capacity(READ_CHUNK * 2),
+        start: 0,
+        wbuf: Vec::with_capacity(512),
+    };
     if let Err(End::Io(e)) = conn.run(&ctx).await {
         tracing::debug!(error = %e, "connection ended by an I/O error");
     }
@@ -69,6 +89,8 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Rc<CoreContext>) {
 
 struct Conn {
     stream: TcpStream,
+    /// The client's address as the socket sees it.
+    peer: std::net::IpAddr,
     /// Received bytes; `rbuf[start..]` is not yet consumed.
     rbuf: Vec<u8>,
     start: usize,
@@ -104,19 +126,29 @@ impl Conn {
                         };
                         self.fill(ctx, wait).await?;
                     }
-                    Err(e) => return self.close_with(ctx, head_error_response(&e), false).await,
+                    Err(e) => {
+                        return self.close_with(ctx, head_error_response(&e), false, ctx.bare_extra()).await
+                    }
                 }
             };
-            let deadline = deadline.unwrap_or_else(|| Instant::now() + ctx.request_timeout);
-            let refusal = precheck(&head);
+            let now = Instant::now();
+            let deadline = deadline.unwrap_or_else(|| now + ctx.request_timeout);
+            let (refusal, rate) = self.precheck(ctx, &head, now);
+            let origin = head.origin.as_deref().filter(|o| ctx.cors.allows(o));
+            let extra = Extra {
+                fixed: ctx.fixed_headers,
+                cors_origin: origin,
+                vary_origin: ctx.cors.enabled(),
+                rate,
+            };
             if let (Some(resp), true) = (&refusal, head.expect_continue && head.body != BodyFraming::Empty) {
                 // The client is waiting for our word before sending the body:
                 // answer now and never read it (RFC 9110 §10.1.1).
-                return self.close_with(ctx, resp.clone().closing(), head.http10).await;
+                return self.close_with(ctx, resp.clone(), head.http10, extra).await;
             }
             let body = match self.read_body(ctx, &head, deadline).await? {
                 Ok(body) => body,
-                Err(resp) => return self.close_with(ctx, resp, head.http10).await,
+                Err(resp) => return self.close_with(ctx, resp, head.http10, extra).await,
             };
             let mut resp = match refusal {
                 Some(resp) => resp,
@@ -125,7 +157,7 @@ impl Conn {
             if ctx.shutdown.is_cancelled() {
                 resp = resp.closing();
             }
-            resp.encode(head.http10, head.keep_alive, &mut self.wbuf);
+            resp.encode(head.http10, head.keep_alive, &extra, &mut self.wbuf);
             if !head.keep_alive || resp.closes() {
                 self.flush(ctx).await?;
                 return Ok(());
@@ -249,7 +281,7 @@ impl Conn {
                             Message::One("request not received in time".into()),
                         );
                         // The buffer went with the cancelled read; answer anyway.
-                        resp.closing().encode(false, false, &mut self.wbuf);
+                        resp.closing().encode(false, false, &ctx.bare_extra(), &mut self.wbuf);
                         let _ = self.flush(ctx).await;
                         return Err(End::Quiet);
                     }
@@ -291,8 +323,14 @@ impl Conn {
     /// Sends `resp` (after any answers still pending) and closes the
     /// connection, reading and discarding for a moment so that bytes the
     /// client already sent do not turn our answer into a reset.
-    async fn close_with(&mut self, ctx: &CoreContext, resp: Response, http10: bool) -> Result<(), End> {
-        resp.closing().encode(http10, false, &mut self.wbuf);
+    async fn close_with(
+        &mut self,
+        ctx: &CoreContext,
+        resp: Response,
+        http10: bool,
+        extra: Extra<'_>,
+    ) -> Result<(), End> {
+        resp.closing().encode(http10, false, &extra, &mut self.wbuf);
         self.flush(ctx).await?;
         self.stream.shutdown().await?;
         let until = Instant::now() + LINGER_TIME;
@@ -320,25 +358,57 @@ enum Body {
     Owned(Vec<u8>),
 }
 
-/// Refusals decided by the head alone (route, method, content type).
-fn precheck(head: &RequestHead) -> Option<Response> {
-    match &head.route {
-        Route::NotFound => {
-            Some(Response::error(Status::NotFound, Message::One("Cannot find the requested route".into())))
-        }
-        Route::BadProvider | Route::Webhook { .. } if head.method != Method::Post => Some(
-            Response::error(
+impl Conn {
+    /// Refusals decided by the head alone, in this order: route, method
+    /// (`OPTIONS` answers a preflight), provider, rate limit, content type.
+    /// Also returns the rate-limit state to report.
+    fn precheck(
+        &self,
+        ctx: &CoreContext,
+        head: &RequestHead,
+        now: Instant,
+    ) -> (Option<Response>, Option<RateHeaders>) {
+        let refusal = match &head.route {
+            Route::NotFound => {
+                Response::error(Status::NotFound, Message::One("Cannot find the requested route".into()))
+            }
+            Route::BadProvider | Route::Webhook { .. } if head.method == Method::Options => {
+                let granted = head.origin.as_deref().is_some_and(|o| ctx.cors.allows(o));
+                Response::preflight(granted)
+            }
+            Route::BadProvider | Route::Webhook { .. } if head.method != Method::Post => Response::error(
                 Status::MethodNotAllowed,
                 Message::One("only POST is allowed on /webhooks/:provider".into()),
             )
             .with_allow(WEBHOOK_ALLOW),
-        ),
-        Route::BadProvider => Some(bad_request("provider must match ^[a-z0-9_-]{1,64}$")),
-        Route::Webhook { .. } if head.content_type != ContentType::Json => Some(Response::error(
-            Status::UnsupportedMediaType,
-            Message::One("Content-Type must be application/json".into()),
-        )),
-        Route::Webhook { .. } => None,
+            Route::BadProvider => bad_request("provider must match ^[a-z0-9_-]{1,64}$"),
+            Route::Webhook { .. } => {
+                let mut limiter = ctx.limiter.borrow_mut();
+                let rate = if limiter.enabled() {
+                    let ip =
+                        if ctx.trust_proxy { head.forwarded_for.unwrap_or(self.peer) } else { self.peer };
+                    let d = limiter.check(ip, now);
+                    let headers =
+                        RateHeaders { limit: d.limit, remaining: d.remaining, reset_secs: d.reset_secs };
+                    if !d.allowed {
+                        let retry = u32::try_from(d.reset_secs).unwrap_or(u32::MAX);
+                        return (Some(Response::rate_limited(retry)), Some(headers));
+                    }
+                    Some(headers)
+                } else {
+                    None
+                };
+                if head.content_type != ContentType::Json {
+                    let resp = Response::error(
+                        Status::UnsupportedMediaType,
+                        Message::One("Content-Type must be application/json".into()),
+                    );
+                    return (Some(resp), rate);
+                }
+                return (None, rate);
+            }
+        };
+        (Some(refusal), None)
     }
 }
 

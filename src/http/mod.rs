@@ -20,7 +20,10 @@
 
 pub mod chunked;
 mod conn;
+pub mod cors;
+pub mod ratelimit;
 pub mod request;
 pub mod response;
 pub mod router;
+pub mod security;
 pub mod server;

@@ -71,6 +71,11 @@ pub struct RequestHead {
     pub content_type: ContentType,
     /// Length of the head in bytes, including the final CRLF CRLF.
     pub head_len: usize,
+    /// The `Origin` header (browsers only; allocated only when present).
+    pub origin: Option<String>,
+    /// The first address of `X-Forwarded-For`, if it parses (used only
+    /// when `TRUST_PROXY` is on).
+    pub forwarded_for: Option<std::net::IpAddr>,
 }
 
 /// Why a head is refused. Every variant closes the connection after its answer.
@@ -142,6 +147,8 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<RequestHead>, He
     let mut conn_close = false;
     let mut conn_keep_alive = false;
     let mut content_type = ContentType::Missing;
+    let mut origin = None;
+    let mut forwarded_for = None;
     for h in req.headers.iter() {
         let name = h.name;
         if name.eq_ignore_ascii_case("content-length") {
@@ -166,6 +173,11 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<RequestHead>, He
             expect_continue = true;
         } else if name.eq_ignore_ascii_case("content-type") {
             content_type = classify_content_type(h.value);
+        } else if name.eq_ignore_ascii_case("origin") {
+            origin = std::str::from_utf8(trim(h.value)).ok().map(str::to_owned);
+        } else if name.eq_ignore_ascii_case("x-forwarded-for") && forwarded_for.is_none() {
+            let first = h.value.split(|&b| b == b',').next().map(trim).unwrap_or_default();
+            forwarded_for = std::str::from_utf8(first).ok().and_then(|v| v.parse().ok());
         }
     }
 
@@ -180,7 +192,18 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<RequestHead>, He
         (Some(n), false) => BodyFraming::Length(n),
     };
     let keep_alive = if http10 { conn_keep_alive && !conn_close } else { !conn_close };
-    Ok(Some(RequestHead { method, route, body, expect_continue, keep_alive, http10, content_type, head_len }))
+    Ok(Some(RequestHead {
+        method,
+        route,
+        body,
+        expect_continue,
+        keep_alive,
+        http10,
+        content_type,
+        head_len,
+        origin,
+        forwarded_for,
+    }))
 }
 
 fn parse_content_length(v: &[u8]) -> Result<usize, HeadError> {
@@ -232,6 +255,12 @@ mod tests {
         assert_eq!(h.content_type, ContentType::Json);
         assert!(h.keep_alive && !h.http10 && !h.expect_continue);
         assert_eq!(h.head_len, 114);
+        assert_eq!((h.origin, h.forwarded_for), (None, None));
+        let h = parse("POST /webhooks/s HTTP/1.1\r\nOrigin: https://a.test\r\nX-Forwarded-For: 203.0.113.7, 10.0.0.1\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.origin.as_deref(), Some("https://a.test"));
+        assert_eq!(h.forwarded_for, Some([203, 0, 113, 7].into()));
     }
 
     #[test]

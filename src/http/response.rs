@@ -14,6 +14,8 @@ use serde::Serialize;
 pub enum Status {
     /// 202: the job is in Redis.
     Accepted,
+    /// 204: a CORS preflight answer.
+    NoContent,
     /// 400: malformed request or invalid body.
     BadRequest,
     /// 404: unknown path.
@@ -26,6 +28,8 @@ pub enum Status {
     PayloadTooLarge,
     /// 415: body not JSON.
     UnsupportedMediaType,
+    /// 429: over the rate limit.
+    TooManyRequests,
     /// 431: head over `MAX_HEADER_BYTES`.
     HeaderFieldsTooLarge,
     /// 501: a transfer coding the gateway does not implement.
@@ -39,12 +43,14 @@ impl Status {
     pub fn code(self) -> u16 {
         match self {
             Self::Accepted => 202,
+            Self::NoContent => 204,
             Self::BadRequest => 400,
             Self::NotFound => 404,
             Self::MethodNotAllowed => 405,
             Self::RequestTimeout => 408,
             Self::PayloadTooLarge => 413,
             Self::UnsupportedMediaType => 415,
+            Self::TooManyRequests => 429,
             Self::HeaderFieldsTooLarge => 431,
             Self::NotImplemented => 501,
             Self::ServiceUnavailable => 503,
@@ -55,12 +61,14 @@ impl Status {
     pub fn reason(self) -> &'static str {
         match self {
             Self::Accepted => "Accepted",
+            Self::NoContent => "No Content",
             Self::BadRequest => "Bad Request",
             Self::NotFound => "Not Found",
             Self::MethodNotAllowed => "Method Not Allowed",
             Self::RequestTimeout => "Request Timeout",
             Self::PayloadTooLarge => "Payload Too Large",
             Self::UnsupportedMediaType => "Unsupported Media Type",
+            Self::TooManyRequests => "Too Many Requests",
             Self::HeaderFieldsTooLarge => "Request Header Fields Too Large",
             Self::NotImplemented => "Not Implemented",
             Self::ServiceUnavailable => "Service Unavailable",
@@ -86,6 +94,30 @@ struct ErrorBody<'a> {
     message: &'a Message,
 }
 
+/// The `x-ratelimit-*` values of a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateHeaders {
+    /// `x-ratelimit-limit`.
+    pub limit: u64,
+    /// `x-ratelimit-remaining`.
+    pub remaining: u64,
+    /// `x-ratelimit-reset`, seconds.
+    pub reset_secs: u64,
+}
+
+/// Per-response headers decided by the connection, not the handler.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Extra<'a> {
+    /// Pre-built header lines sent on every response (security headers).
+    pub fixed: &'a [u8],
+    /// `Access-Control-Allow-Origin` for an allowed origin.
+    pub cors_origin: Option<&'a str>,
+    /// Send `Vary: Origin` (CORS is configured).
+    pub vary_origin: bool,
+    /// Rate-limit state to report.
+    pub rate: Option<RateHeaders>,
+}
+
 /// What to send for one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
@@ -95,6 +127,7 @@ pub struct Response {
     retry_after: Option<u32>,
     allow: Option<&'static str>,
     close: bool,
+    preflight: bool,
 }
 
 impl Response {
@@ -107,12 +140,21 @@ impl Response {
             retry_after: None,
             allow: None,
             close: false,
+            preflight: false,
         }
     }
 
     /// An error in NestJS's shape.
     pub fn error(status: Status, message: Message) -> Self {
-        Self { status, job_id: None, message: Some(message), retry_after: None, allow: None, close: false }
+        Self {
+            status,
+            job_id: None,
+            message: Some(message),
+            retry_after: None,
+            allow: None,
+            close: false,
+            preflight: false,
+        }
     }
 
     /// 503 with `Retry-After`.
@@ -120,6 +162,27 @@ impl Response {
         Self {
             retry_after: Some(retry_after_secs),
             ..Self::error(Status::ServiceUnavailable, Message::One(message.into()))
+        }
+    }
+
+    /// 429 with `Retry-After`.
+    pub fn rate_limited(retry_after_secs: u32) -> Self {
+        Self {
+            retry_after: Some(retry_after_secs),
+            ..Self::error(Status::TooManyRequests, Message::One("rate limit exceeded, retry later".into()))
+        }
+    }
+
+    /// 204 to an `OPTIONS` request; with `cors`, the preflight grants.
+    pub fn preflight(cors: bool) -> Self {
+        Self {
+            status: Status::NoContent,
+            job_id: None,
+            message: None,
+            retry_after: None,
+            allow: Some("POST, OPTIONS"),
+            close: false,
+            preflight: cors,
         }
     }
 
@@ -147,7 +210,7 @@ impl Response {
 
     /// Appends the encoded response. `keep_alive` is what the request asked
     /// for; the connection stays open only if that and `!self.close` hold.
-    pub fn encode(&self, http10: bool, keep_alive: bool, out: &mut Vec<u8>) {
+    pub fn encode(&self, http10: bool, keep_alive: bool, extra: &Extra<'_>, out: &mut Vec<u8>) {
         const ACCEPTED_OPEN: &[u8] = b"{\"accepted\":true,\"jobId\":\"";
         const ACCEPTED_CLOSE: &[u8] = b"\"}";
         // Error bodies go through serde for escaping; the 202 body is written
@@ -163,17 +226,42 @@ impl Response {
             (None, None) => 0,
         };
         let version = if http10 { "HTTP/1.0" } else { "HTTP/1.1" };
-        let _ = write!(
-            out,
-            "{version} {} {}\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: {body_len}\r\n",
-            self.status.code(),
-            self.status.reason(),
-        );
+        let _ = write!(out, "{version} {} {}\r\n", self.status.code(), self.status.reason());
+        // 204 carries neither a body nor its headers (RFC 9110 §8.6).
+        if self.status != Status::NoContent {
+            let _ = write!(
+                out,
+                "content-type: application/json; charset=utf-8\r\ncontent-length: {body_len}\r\n"
+            );
+        }
+        out.extend_from_slice(extra.fixed);
         if let Some(secs) = self.retry_after {
             let _ = write!(out, "retry-after: {secs}\r\n");
         }
         if let Some(allow) = self.allow {
             let _ = write!(out, "allow: {allow}\r\n");
+        }
+        if let Some(r) = extra.rate {
+            let _ = write!(
+                out,
+                "x-ratelimit-limit: {}\r\nx-ratelimit-remaining: {}\r\nx-ratelimit-reset: {}\r\n",
+                r.limit, r.remaining, r.reset_secs
+            );
+        }
+        if let Some(origin) = extra.cors_origin {
+            let _ = write!(out, "access-control-allow-origin: {origin}\r\n");
+            if self.preflight {
+                let _ = write!(
+                    out,
+                    "access-control-allow-methods: {}\r\naccess-control-allow-headers: {}\r\naccess-control-max-age: {}\r\n",
+                    super::cors::ALLOW_METHODS,
+                    super::cors::ALLOW_HEADERS,
+                    super::cors::MAX_AGE_SECS
+                );
+            }
+        }
+        if extra.vary_origin {
+            out.extend_from_slice(b"vary: Origin\r\n");
         }
         match (keep_alive && !self.close, http10) {
             (false, _) => out.extend_from_slice(b"connection: close\r\n"),
@@ -202,7 +290,7 @@ mod tests {
 
     fn text(r: &Response, http10: bool, keep_alive: bool) -> String {
         let mut out = Vec::new();
-        r.encode(http10, keep_alive, &mut out);
+        r.encode(http10, keep_alive, &Extra::default(), &mut out);
         String::from_utf8(out).unwrap()
     }
 

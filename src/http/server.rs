@@ -17,7 +17,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::conn::{serve, CoreContext};
+use super::cors::Cors;
+use super::ratelimit::RateLimiter;
 use super::request::Limits;
+use super::security::HELMET_HEADERS;
 use crate::ingest::{Ingestor, JsonParser};
 use crate::queue::Enqueuer;
 
@@ -76,6 +79,18 @@ pub struct CoreSettings {
     pub shutdown_timeout: Duration,
     /// `JSON_PARSER`.
     pub json_parser: JsonParser,
+    /// `SECURITY_HEADERS`.
+    pub security_headers: bool,
+    /// `CORS_ORIGINS`.
+    pub cors: Cors,
+    /// `RATE_LIMIT_GLOBAL`, requests/s for the whole process (0 = off).
+    pub rate_limit_global: u64,
+    /// `RATE_LIMIT_PER_IP`, requests/s per client (0 = off).
+    pub rate_limit_per_ip: u64,
+    /// How many runtimes share the global limit.
+    pub cores: usize,
+    /// `TRUST_PROXY`.
+    pub trust_proxy: bool,
 }
 
 /// Runs one core until shutdown has drained it. Reports the driver in use
@@ -110,6 +125,14 @@ async fn accept_loop(spec: CoreSpec) -> std::io::Result<()> {
         enqueuer: spec.enqueuer,
         ingestor: RefCell::new(Ingestor::new(settings.json_parser)),
         shutdown: spec.shutdown.clone(),
+        fixed_headers: if settings.security_headers { HELMET_HEADERS } else { b"" },
+        cors: settings.cors.clone(),
+        limiter: RefCell::new(RateLimiter::new(
+            settings.rate_limit_global,
+            settings.rate_limit_per_ip,
+            settings.cores,
+        )),
+        trust_proxy: settings.trust_proxy,
     });
     let open = Rc::new(Cell::new(0usize));
     // Each connection task holds a sender; when the last is dropped the
@@ -122,7 +145,7 @@ async fn accept_loop(spec: CoreSpec) -> std::io::Result<()> {
             _ = spec.shutdown.cancelled() => break,
         };
         match accepted {
-            Ok((stream, _peer)) => {
+            Ok((stream, peer)) => {
                 accept_backoff = Duration::from_millis(5);
                 if open.get() >= settings.max_connections {
                     // Over the bound: refuse rather than let one core drown.
@@ -133,7 +156,7 @@ async fn accept_loop(spec: CoreSpec) -> std::io::Result<()> {
                 open.set(open.get() + 1);
                 let (ctx, open, guard) = (ctx.clone(), open.clone(), done_tx.clone());
                 monoio::spawn(async move {
-                    serve(stream, ctx).await;
+                    serve(stream, peer.ip(), ctx).await;
                     open.set(open.get() - 1);
                     drop(guard);
                 });

@@ -8,4 +8,5 @@ mod errors;
 mod harness;
 mod outage;
 mod protocol;
+mod security;
 mod worker;

@@ -1,0 +1,187 @@
+//! Security headers, CORS and rate limiting, seen from the wire.
+
+use std::time::Duration;
+
+use webhook_ingestor::http::cors::Cors;
+
+use crate::harness::{event, post_request, wait_until, Client, Response, TestApp};
+
+const HELMET: [(&str, &str); 12] = [
+    ("content-security-policy", "default-src 'self';base-uri 'self';font-src 'self' https: data:;form-action 'self';frame-ancestors 'self';img-src 'self' data:;object-src 'none';script-src 'self';script-src-attr 'none';style-src 'self' https: 'unsafe-inline';upgrade-insecure-requests"),
+    ("cross-origin-opener-policy", "same-origin"),
+    ("cross-origin-resource-policy", "same-origin"),
+    ("origin-agent-cluster", "?1"),
+    ("referrer-policy", "no-referrer"),
+    ("strict-transport-security", "max-age=31536000; includeSubDomains"),
+    ("x-content-type-options", "nosniff"),
+    ("x-dns-prefetch-control", "off"),
+    ("x-download-options", "noopen"),
+    ("x-frame-options", "SAMEORIGIN"),
+    ("x-permitted-cross-domain-policies", "none"),
+    ("x-xss-protection", "0"),
+];
+
+fn assert_helmet(resp: &Response) {
+    for (name, value) in HELMET {
+        assert_eq!(resp.header(name), Some(value), "{name} on a {}", resp.status);
+    }
+    assert_eq!(resp.header("x-powered-by"), None);
+}
+
+#[test]
+fn security_headers_are_on_every_answer_errors_included() {
+    let app = TestApp::spawn_with(|c| {
+        c.max_body_bytes = 1024;
+        c.rate_limit_per_ip = 3;
+    });
+    let mut client = app.client();
+    let accepted = client.post("stripe", &event("stripe", "evt_1"));
+    assert_eq!(accepted.status, 202);
+    assert_helmet(&accepted);
+    let invalid = client.post("stripe", "{}");
+    assert_eq!(invalid.status, 400);
+    assert_helmet(&invalid);
+    client.send(b"GET /nope HTTP/1.1\r\n\r\n");
+    let missing = client.read_response().unwrap();
+    assert_eq!(missing.status, 404);
+    assert_helmet(&missing);
+    let limited = client.post("stripe", &event("stripe", "evt_2"));
+    assert_eq!(limited.status, 202);
+    let limited = client.post("stripe", &event("stripe", "evt_3"));
+    assert_eq!(limited.status, 429, "the fourth request inside a second");
+    assert_helmet(&limited);
+    let mut big = app.client();
+    big.send(
+        b"POST /webhooks/stripe HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 999999\r\n\r\n",
+    );
+    let too_large = big.read_response().unwrap();
+    assert_eq!(too_large.status, 413);
+    assert_helmet(&too_large);
+}
+
+#[test]
+fn security_headers_can_be_turned_off() {
+    let app = TestApp::spawn_with(|c| c.security_headers = false);
+    let resp = app.post("stripe", &event("stripe", "evt"));
+    assert_eq!(resp.status, 202);
+    assert_eq!(resp.header("x-frame-options"), None);
+}
+
+fn preflight(client: &mut Client, origin: &str) -> Response {
+    client.send(
+        format!(
+            "OPTIONS /webhooks/stripe HTTP/1.1\r\nOrigin: {origin}\r\nAccess-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: content-type\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    client.read_response().unwrap()
+}
+
+fn post_from(client: &mut Client, origin: &str, id: &str) -> Response {
+    let body = event("stripe", id);
+    client.send(
+        format!(
+            "POST /webhooks/stripe HTTP/1.1\r\nOrigin: {origin}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    client.read_response().unwrap()
+}
+
+#[test]
+fn cors_grants_only_the_configured_origins() {
+    let app = TestApp::spawn_with(|c| c.cors = Cors::parse("https://dashboard.example.com").unwrap());
+    let mut client = app.client();
+
+    let ok = preflight(&mut client, "https://dashboard.example.com");
+    assert_eq!(ok.status, 204);
+    assert!(ok.body.is_empty() && ok.header("content-length").is_none());
+    assert_eq!(ok.header("access-control-allow-origin"), Some("https://dashboard.example.com"));
+    assert_eq!(ok.header("access-control-allow-methods"), Some("POST"));
+    assert_eq!(ok.header("access-control-allow-headers"), Some("Content-Type"));
+    assert_eq!(ok.header("vary"), Some("Origin"));
+    let resp = post_from(&mut client, "https://dashboard.example.com", "evt_cors_ok");
+    assert_eq!(resp.status, 202);
+    assert_eq!(resp.header("access-control-allow-origin"), Some("https://dashboard.example.com"));
+    assert_eq!(resp.header("vary"), Some("Origin"));
+
+    let denied = preflight(&mut client, "https://evil.example.net");
+    assert_eq!(denied.status, 204);
+    assert_eq!(denied.header("access-control-allow-origin"), None);
+    assert_eq!(denied.header("access-control-allow-methods"), None);
+    let resp = post_from(&mut client, "https://evil.example.net", "evt_cors_denied");
+    assert_eq!(resp.header("access-control-allow-origin"), None);
+    // CORS only tells browsers whether a page may read the answer; the request itself is served.
+    assert_eq!(resp.status, 202);
+}
+
+#[test]
+fn no_cors_origins_means_no_cors_headers_at_all() {
+    let app = TestApp::spawn();
+    let mut client = app.client();
+    let resp = preflight(&mut client, "https://dashboard.example.com");
+    assert_eq!(resp.status, 204);
+    assert_eq!(resp.header("access-control-allow-origin"), None);
+    assert_eq!(resp.header("vary"), None);
+}
+
+#[test]
+fn over_the_limit_gets_429_with_its_headers_and_every_202_is_stored() {
+    let app = TestApp::spawn_full(|c| c.rate_limit_per_ip = 20);
+    let mut client = app.client();
+    let mut burst = Vec::new();
+    for i in 0..100 {
+        burst.extend(post_request("stripe", &event("stripe", &format!("evt_{i}"))));
+    }
+    client.send(&burst);
+    let answers: Vec<Response> = (0..100).map(|_| client.read_response().unwrap()).collect();
+    let accepted = answers.iter().filter(|r| r.status == 202).count();
+    let limited: Vec<&Response> = answers.iter().filter(|r| r.status == 429).collect();
+    assert_eq!(accepted + limited.len(), 100, "only 202 or 429");
+    assert!((20..100).contains(&accepted), "the burst passes, the rest is limited: {accepted} accepted");
+    let first = &answers[0];
+    assert_eq!(first.header("x-ratelimit-limit"), Some("20"));
+    assert_eq!(first.header("x-ratelimit-remaining"), Some("19"));
+    for r in &limited {
+        assert_eq!(r.json()["statusCode"], 429);
+        assert_eq!(r.header("retry-after"), Some("1"));
+        assert_eq!(r.header("x-ratelimit-remaining"), Some("0"));
+        assert!(r.header("x-ratelimit-reset").is_some());
+    }
+    wait_until(Duration::from_secs(30), "every 202 stored", || app.rows() == accepted as i64);
+    assert_eq!(app.stream_len(), 0);
+}
+
+#[test]
+fn x_forwarded_for_counts_only_behind_a_trusted_proxy() {
+    let post_as = |client: &mut Client, ip: &str, id: &str| {
+        let body = event("stripe", id);
+        client.send(
+            format!(
+                "POST /webhooks/stripe HTTP/1.1\r\nX-Forwarded-For: {ip}, 10.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        client.read_response().unwrap().status
+    };
+    let trusted = TestApp::spawn_with(|c| {
+        c.rate_limit_per_ip = 2;
+        c.trust_proxy = true;
+    });
+    let mut client = trusted.client();
+    let statuses: Vec<u16> =
+        (0..6).map(|i| post_as(&mut client, &format!("203.0.113.{i}"), &format!("evt_{i}"))).collect();
+    assert!(statuses.iter().all(|s| *s == 202), "six clients behind the proxy: {statuses:?}");
+
+    let untrusted = TestApp::spawn_with(|c| c.rate_limit_per_ip = 2);
+    let mut client = untrusted.client();
+    let statuses: Vec<u16> =
+        (0..6).map(|i| post_as(&mut client, &format!("203.0.113.{i}"), &format!("evt_{i}"))).collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        4,
+        "a spoofed header changes nothing: {statuses:?}"
+    );
+}
