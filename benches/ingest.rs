@@ -118,5 +118,43 @@ where
     })
 }
 
-criterion_group!(benches, parse_validate, handoff);
+fn response_extras(c: &mut Criterion) {
+    use webhook_ingestor::http::ratelimit::RateLimiter;
+    use webhook_ingestor::http::response::{Extra, RateHeaders, Response};
+    use webhook_ingestor::http::security::HELMET_HEADERS;
+
+    let mut group = c.benchmark_group("response");
+    let resp = Response::accepted("1795383325123-0".to_string());
+    let mut out = Vec::with_capacity(2048);
+    group.bench_function("encode_202_bare", |b| {
+        b.iter(|| {
+            out.clear();
+            resp.encode(false, true, black_box(&Extra::default()), &mut out);
+        })
+    });
+    let full = Extra {
+        fixed: HELMET_HEADERS,
+        cors_origin: None,
+        vary_origin: false,
+        rate: Some(RateHeaders { limit: 20_000, remaining: 19_999, reset_secs: 1 }),
+    };
+    group.bench_function("encode_202_helmet_and_ratelimit_headers", |b| {
+        b.iter(|| {
+            out.clear();
+            resp.encode(false, true, black_box(&full), &mut out);
+        })
+    });
+    let mut limiter = RateLimiter::new(100_000, 20_000, 2);
+    let ips: Vec<std::net::IpAddr> = (0..1000u32).map(|i| std::net::IpAddr::from(i.to_be_bytes())).collect();
+    let mut i = 0;
+    group.bench_function("ratelimit_check_global_and_per_ip", |b| {
+        b.iter(|| {
+            i = (i + 1) % ips.len();
+            black_box(limiter.check(ips[i], Instant::now()))
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, parse_validate, handoff, response_extras);
 criterion_main!(benches);

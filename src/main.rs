@@ -39,6 +39,9 @@ enum Command {
     Stats,
     /// Read and validate the configuration, print it (secrets redacted), exit.
     CheckConfig,
+    /// Exit 0 if the gateway on 127.0.0.1:PORT answers `GET /health/live`
+    /// with 200 within 2 s (the container HEALTHCHECK; needs no curl).
+    Healthcheck,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -66,6 +69,7 @@ fn main() -> ExitCode {
         Command::Migrate => migrate(&config),
         Command::Replay { ids } => replay(&config, ids),
         Command::Stats => stats(&config),
+        Command::Healthcheck => healthcheck(&config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -141,4 +145,20 @@ fn stats(config: &Config) -> CliResult {
         println!("rows_stored:  {rows}");
     }
     Ok(())
+}
+
+fn healthcheck(config: &Config) -> CliResult {
+    use std::io::{Read, Write};
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], config.port));
+    let timeout = Duration::from_secs(2);
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.write_all(b"GET /health/live HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head)?;
+    if &head[9..12] == b"200" {
+        Ok(())
+    } else {
+        Err(format!("{addr} answered {}", String::from_utf8_lossy(&head)).into())
+    }
 }

@@ -232,7 +232,7 @@ impl Conn {
     /// Runs the webhook route: ingest, then enqueue and wait for Redis.
     async fn dispatch(&self, ctx: &CoreContext, head: &RequestHead, body: &Body) -> Response {
         let Route::Webhook { provider } = &head.route else {
-            unreachable!("precheck lets only the webhook route through")
+            unreachable!("precheck answers every other route")
         };
         let bytes = match body {
             Body::Buffered(range) => &self.rbuf[range.clone()],
@@ -371,6 +371,11 @@ impl Conn {
         let refusal = match &head.route {
             Route::NotFound => {
                 Response::error(Status::NotFound, Message::One("Cannot find the requested route".into()))
+            }
+            Route::Live if matches!(head.method, Method::Get | Method::Head) => Response::live(),
+            Route::Live => {
+                Response::error(Status::MethodNotAllowed, Message::One("only GET is allowed".into()))
+                    .with_allow("GET, HEAD")
             }
             Route::BadProvider | Route::Webhook { .. } if head.method == Method::Options => {
                 let granted = head.origin.as_deref().is_some_and(|o| ctx.cors.allows(o));

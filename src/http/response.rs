@@ -12,6 +12,8 @@ use serde::Serialize;
 /// The status codes the gateway sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
+    /// 200: health answers.
+    Ok,
     /// 202: the job is in Redis.
     Accepted,
     /// 204: a CORS preflight answer.
@@ -42,6 +44,7 @@ impl Status {
     /// The numeric code.
     pub fn code(self) -> u16 {
         match self {
+            Self::Ok => 200,
             Self::Accepted => 202,
             Self::NoContent => 204,
             Self::BadRequest => 400,
@@ -60,6 +63,7 @@ impl Status {
     /// The reason phrase, also the `error` field of error bodies.
     pub fn reason(self) -> &'static str {
         match self {
+            Self::Ok => "OK",
             Self::Accepted => "Accepted",
             Self::NoContent => "No Content",
             Self::BadRequest => "Bad Request",
@@ -165,6 +169,19 @@ impl Response {
         }
     }
 
+    /// 200 `{"status":"ok"}`: the process serves.
+    pub fn live() -> Self {
+        Self {
+            status: Status::Ok,
+            job_id: None,
+            message: None,
+            retry_after: None,
+            allow: None,
+            close: false,
+            preflight: false,
+        }
+    }
+
     /// 429 with `Retry-After`.
     pub fn rate_limited(retry_after_secs: u32) -> Self {
         Self {
@@ -220,7 +237,10 @@ impl Response {
             let e = ErrorBody { status_code: self.status.code(), error: self.status.reason(), message };
             serde_json::to_vec(&e).expect("serialising to a Vec cannot fail")
         });
+        const LIVE: &[u8] = b"{\"status\":\"ok\"}";
+        let live = self.status == Status::Ok && self.job_id.is_none() && self.message.is_none();
         let body_len = match (&self.job_id, &error_body) {
+            _ if live => LIVE.len(),
             (Some(id), _) => ACCEPTED_OPEN.len() + id.len() + ACCEPTED_CLOSE.len(),
             (None, Some(body)) => body.len(),
             (None, None) => 0,
@@ -276,6 +296,7 @@ impl Response {
                 out.extend_from_slice(ACCEPTED_CLOSE);
             }
             (None, Some(body)) => out.extend_from_slice(&body),
+            (None, None) if live => out.extend_from_slice(LIVE),
             (None, None) => {}
         }
     }

@@ -12,6 +12,8 @@ pub enum Route {
     },
     /// `/webhooks/:segment` where the segment is not a valid provider name.
     BadProvider,
+    /// `/health/live`: liveness, answered without touching Redis or PostgreSQL.
+    Live,
     /// Any other path.
     NotFound,
 }
@@ -25,6 +27,9 @@ pub const WEBHOOK_ALLOW: &str = "POST";
 /// Matches a request target (query string and fragment ignored).
 pub fn route(target: &str) -> Route {
     let path = target.split(['?', '#']).next().unwrap_or_default();
+    if path == "/health/live" {
+        return Route::Live;
+    }
     let Some(rest) = path.strip_prefix("/webhooks/") else { return Route::NotFound };
     let provider = rest.strip_suffix('/').unwrap_or(rest);
     if provider.is_empty() || provider.contains('/') {
@@ -54,6 +59,7 @@ mod tests {
         assert_eq!(route("/webhooks/stripe"), webhook("stripe"));
         assert_eq!(route("/webhooks/my_co-2/"), webhook("my_co-2"));
         assert_eq!(route("/webhooks/github?delivery=1"), webhook("github"));
+        assert_eq!(route("/health/live"), Route::Live);
         assert_eq!(route("/webhooks/"), Route::NotFound);
         assert_eq!(route("/webhooks/a/b"), Route::NotFound);
         assert_eq!(route("/webhook/stripe"), Route::NotFound);

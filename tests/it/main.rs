@@ -6,6 +6,7 @@ mod accept;
 mod concurrency;
 mod errors;
 mod harness;
+mod ops;
 mod outage;
 mod protocol;
 mod security;
