@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::{Config, CoreSelection};
+use crate::health::{spawn_health, HealthSettings};
 use crate::http::request::Limits;
 use crate::http::server::{run_core, CoreSettings, CoreSpec, Driver};
 use crate::queue::{spawn_pipeline, PipelineHandle, PipelineSettings};
@@ -85,6 +86,7 @@ pub struct RunningApp {
     shutdown: CancellationToken,
     cores: Vec<thread::JoinHandle<()>>,
     pipeline: Option<PipelineHandle>,
+    health: Option<thread::JoinHandle<()>>,
     workers: Option<WorkerPool>,
 }
 
@@ -115,6 +117,9 @@ impl RunningApp {
         if let Some(pipeline) = self.pipeline {
             pipeline.join();
         }
+        if let Some(health) = self.health {
+            let _ = health.join();
+        }
         if let Some(workers) = self.workers {
             workers.join();
         }
@@ -136,7 +141,8 @@ impl RunningApp {
 pub fn start(config: &Config, role: Role) -> Result<RunningApp, StartError> {
     let shutdown = CancellationToken::new();
     let workers = if role.workers() { Some(start_workers(config, &shutdown)?) } else { None };
-    let mut app = RunningApp { local_addr: None, shutdown, cores: Vec::new(), pipeline: None, workers };
+    let mut app =
+        RunningApp { local_addr: None, shutdown, cores: Vec::new(), pipeline: None, health: None, workers };
     if role.gateway() {
         if let Err(e) = start_gateway(config, &mut app) {
             app.stop();
@@ -194,6 +200,13 @@ fn start_gateway(config: &Config, app: &mut RunningApp) -> Result<(), StartError
     })
     .map_err(|source| StartError::Spawn { what: "redis pipeline thread", source })?;
     app.pipeline = Some(pipeline);
+    let (health, health_thread) = spawn_health(HealthSettings {
+        redis_url: config.redis_url.clone(),
+        database_url: config.database_url.clone(),
+        memory_limit_bytes: config.memory_limit_bytes,
+    })
+    .map_err(|source| StartError::Spawn { what: "health thread", source })?;
+    app.health = Some(health_thread);
 
     let settings = CoreSettings {
         limits: Limits { max_head: config.max_header_bytes, max_body: config.max_body_bytes },
@@ -218,6 +231,7 @@ fn start_gateway(config: &Config, app: &mut RunningApp) -> Result<(), StartError
             listener,
             settings: settings.clone(),
             enqueuer: enqueuer.clone(),
+            health: health.clone(),
             // A child per core: waiting on it registers in that core's own
             // list, so idle connections on different cores share no lock.
             shutdown: app.shutdown.child_token(),
@@ -240,6 +254,7 @@ fn start_gateway(config: &Config, app: &mut RunningApp) -> Result<(), StartError
     }
     // The pipeline thread exits when the cores drop their handles.
     drop(enqueuer);
+    drop(health);
     drop(started_tx);
 
     let mut drivers = Vec::with_capacity(app.cores.len());

@@ -90,6 +90,8 @@ pub struct Config {
     pub pg_pool_size: u32,
     /// `MIGRATE_ON_START` (default true): apply `sql/` migrations when serving.
     pub migrate_on_start: bool,
+    /// `MEMORY_LIMIT_BYTES` (default 1 GiB): `/health` reports down above this resident memory.
+    pub memory_limit_bytes: u64,
     /// `SECURITY_HEADERS` (default true): helmet's default headers on every response.
     pub security_headers: bool,
     /// `CORS_ORIGINS` (default empty = no cross-origin access): comma list of origins, or `*`.
@@ -137,6 +139,7 @@ impl Default for Config {
             reclaim_idle: Duration::from_millis(30_000),
             pg_pool_size: 3,
             migrate_on_start: true,
+            memory_limit_bytes: 1 << 30,
             security_headers: true,
             cors: crate::http::cors::Cors::default(),
             rate_limit_global: 100_000,
@@ -230,6 +233,7 @@ impl Config {
             reclaim_idle: millis(var("RECLAIM_IDLE_MS").in_range(30_000, 50, 86_400_000)?),
             pg_pool_size: 0, // derived below unless set
             migrate_on_start: var("MIGRATE_ON_START").map_or(d.migrate_on_start, parse_bool)?,
+            memory_limit_bytes: var("MEMORY_LIMIT_BYTES").in_range(d.memory_limit_bytes, 1 << 20, 1 << 50)?,
             security_headers: var("SECURITY_HEADERS").map_or(d.security_headers, parse_bool)?,
             cors: var("CORS_ORIGINS").map_or(d.cors, crate::http::cors::Cors::parse)?,
             rate_limit_global: var("RATE_LIMIT_GLOBAL").in_range(d.rate_limit_global, 0, 100_000_000)?,
@@ -289,6 +293,7 @@ impl fmt::Debug for Config {
             .field("reclaim_idle", &self.reclaim_idle)
             .field("pg_pool_size", &self.pg_pool_size)
             .field("migrate_on_start", &self.migrate_on_start)
+            .field("memory_limit_bytes", &self.memory_limit_bytes)
             .field("security_headers", &self.security_headers)
             .field("cors", &self.cors)
             .field("rate_limit_global", &self.rate_limit_global)

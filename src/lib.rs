@@ -22,6 +22,7 @@
 
 pub mod app;
 pub mod config;
+pub mod health;
 pub mod http;
 pub mod ingest;
 pub mod job;

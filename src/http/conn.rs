@@ -49,6 +49,7 @@ pub(crate) struct CoreContext {
     pub(crate) limiter: RefCell<RateLimiter>,
     /// Take the client address from `X-Forwarded-For` (behind a proxy).
     pub(crate) trust_proxy: bool,
+    pub(crate) health: crate::health::Health,
 }
 
 impl CoreContext {
@@ -229,10 +230,17 @@ impl Conn {
         }
     }
 
-    /// Runs the webhook route: ingest, then enqueue and wait for Redis.
+    /// Runs the routes that wait on another thread: the webhook route
+    /// (ingest, enqueue, wait for Redis) and the readiness report.
     async fn dispatch(&self, ctx: &CoreContext, head: &RequestHead, body: &Body) -> Response {
-        let Route::Webhook { provider } = &head.route else {
-            unreachable!("precheck answers every other route")
+        let provider = match &head.route {
+            Route::Webhook { provider } => provider,
+            Route::Health => {
+                let report = ctx.health.check().await;
+                let status = if report.healthy { Status::Ok } else { Status::ServiceUnavailable };
+                return Response::json(status, report.json);
+            }
+            _ => unreachable!("precheck answers every other route"),
         };
         let bytes = match body {
             Body::Buffered(range) => &self.rbuf[range.clone()],
@@ -373,7 +381,8 @@ impl Conn {
                 Response::error(Status::NotFound, Message::One("Cannot find the requested route".into()))
             }
             Route::Live if matches!(head.method, Method::Get | Method::Head) => Response::live(),
-            Route::Live => {
+            Route::Health if matches!(head.method, Method::Get | Method::Head) => return (None, None),
+            Route::Live | Route::Health => {
                 Response::error(Status::MethodNotAllowed, Message::One("only GET is allowed".into()))
                     .with_allow("GET, HEAD")
             }

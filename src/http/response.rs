@@ -5,6 +5,7 @@
 //! hand: it is the hot path and its only variable part, a Redis stream id,
 //! never needs escaping.
 
+use std::borrow::Cow;
 use std::io::Write;
 
 use serde::Serialize;
@@ -122,12 +123,24 @@ pub struct Extra<'a> {
     pub rate: Option<RateHeaders>,
 }
 
+/// What a response carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Body {
+    /// `{"accepted":true,"jobId":…}`.
+    Accepted(String),
+    /// NestJS's error shape.
+    Error(Message),
+    /// A JSON document built elsewhere (health reports).
+    Json(Cow<'static, [u8]>),
+    /// Nothing (204).
+    Empty,
+}
+
 /// What to send for one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
     status: Status,
-    job_id: Option<String>,
-    message: Option<Message>,
+    body: Body,
     retry_after: Option<u32>,
     allow: Option<&'static str>,
     close: bool,
@@ -135,30 +148,23 @@ pub struct Response {
 }
 
 impl Response {
+    fn new(status: Status, body: Body) -> Self {
+        Self { status, body, retry_after: None, allow: None, close: false, preflight: false }
+    }
+
     /// 202 `{"accepted":true,"jobId":…}`.
     pub fn accepted(job_id: String) -> Self {
-        Self {
-            status: Status::Accepted,
-            job_id: Some(job_id),
-            message: None,
-            retry_after: None,
-            allow: None,
-            close: false,
-            preflight: false,
-        }
+        Self::new(Status::Accepted, Body::Accepted(job_id))
     }
 
     /// An error in NestJS's shape.
     pub fn error(status: Status, message: Message) -> Self {
-        Self {
-            status,
-            job_id: None,
-            message: Some(message),
-            retry_after: None,
-            allow: None,
-            close: false,
-            preflight: false,
-        }
+        Self::new(status, Body::Error(message))
+    }
+
+    /// A JSON document with the given status.
+    pub fn json(status: Status, body: impl Into<Cow<'static, [u8]>>) -> Self {
+        Self::new(status, Body::Json(body.into()))
     }
 
     /// 503 with `Retry-After`.
@@ -171,15 +177,7 @@ impl Response {
 
     /// 200 `{"status":"ok"}`: the process serves.
     pub fn live() -> Self {
-        Self {
-            status: Status::Ok,
-            job_id: None,
-            message: None,
-            retry_after: None,
-            allow: None,
-            close: false,
-            preflight: false,
-        }
+        Self::json(Status::Ok, &b"{\"status\":\"ok\"}"[..])
     }
 
     /// 429 with `Retry-After`.
@@ -192,15 +190,7 @@ impl Response {
 
     /// 204 to an `OPTIONS` request; with `cors`, the preflight grants.
     pub fn preflight(cors: bool) -> Self {
-        Self {
-            status: Status::NoContent,
-            job_id: None,
-            message: None,
-            retry_after: None,
-            allow: Some("POST, OPTIONS"),
-            close: false,
-            preflight: cors,
-        }
+        Self { allow: Some("POST, OPTIONS"), preflight: cors, ..Self::new(Status::NoContent, Body::Empty) }
     }
 
     /// Adds an `Allow` header (405).
@@ -233,17 +223,18 @@ impl Response {
         // Error bodies go through serde for escaping; the 202 body is written
         // in place (a stream id needs no escaping), so the hot path does not
         // allocate here.
-        let error_body = self.message.as_ref().map(|message| {
-            let e = ErrorBody { status_code: self.status.code(), error: self.status.reason(), message };
-            serde_json::to_vec(&e).expect("serialising to a Vec cannot fail")
-        });
-        const LIVE: &[u8] = b"{\"status\":\"ok\"}";
-        let live = self.status == Status::Ok && self.job_id.is_none() && self.message.is_none();
-        let body_len = match (&self.job_id, &error_body) {
-            _ if live => LIVE.len(),
-            (Some(id), _) => ACCEPTED_OPEN.len() + id.len() + ACCEPTED_CLOSE.len(),
-            (None, Some(body)) => body.len(),
-            (None, None) => 0,
+        let error_body = match &self.body {
+            Body::Error(message) => {
+                let e = ErrorBody { status_code: self.status.code(), error: self.status.reason(), message };
+                Some(serde_json::to_vec(&e).expect("serialising to a Vec cannot fail"))
+            }
+            _ => None,
+        };
+        let body_len = match (&self.body, &error_body) {
+            (Body::Accepted(id), _) => ACCEPTED_OPEN.len() + id.len() + ACCEPTED_CLOSE.len(),
+            (Body::Json(json), _) => json.len(),
+            (_, Some(e)) => e.len(),
+            _ => 0,
         };
         let version = if http10 { "HTTP/1.0" } else { "HTTP/1.1" };
         let _ = write!(out, "{version} {} {}\r\n", self.status.code(), self.status.reason());
@@ -289,15 +280,15 @@ impl Response {
             (true, false) => {}
         }
         out.extend_from_slice(b"\r\n");
-        match (&self.job_id, error_body) {
-            (Some(id), _) => {
+        match (&self.body, error_body) {
+            (Body::Accepted(id), _) => {
                 out.extend_from_slice(ACCEPTED_OPEN);
                 out.extend_from_slice(id.as_bytes());
                 out.extend_from_slice(ACCEPTED_CLOSE);
             }
-            (None, Some(body)) => out.extend_from_slice(&body),
-            (None, None) if live => out.extend_from_slice(LIVE),
-            (None, None) => {}
+            (Body::Json(json), _) => out.extend_from_slice(json),
+            (_, Some(e)) => out.extend_from_slice(&e),
+            _ => {}
         }
     }
 }

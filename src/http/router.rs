@@ -12,6 +12,8 @@ pub enum Route {
     },
     /// `/webhooks/:segment` where the segment is not a valid provider name.
     BadProvider,
+    /// `/health`: readiness (Redis, PostgreSQL, memory).
+    Health,
     /// `/health/live`: liveness, answered without touching Redis or PostgreSQL.
     Live,
     /// Any other path.
@@ -27,8 +29,10 @@ pub const WEBHOOK_ALLOW: &str = "POST";
 /// Matches a request target (query string and fragment ignored).
 pub fn route(target: &str) -> Route {
     let path = target.split(['?', '#']).next().unwrap_or_default();
-    if path == "/health/live" {
-        return Route::Live;
+    match path {
+        "/health" | "/health/" => return Route::Health,
+        "/health/live" => return Route::Live,
+        _ => {}
     }
     let Some(rest) = path.strip_prefix("/webhooks/") else { return Route::NotFound };
     let provider = rest.strip_suffix('/').unwrap_or(rest);
@@ -60,6 +64,7 @@ mod tests {
         assert_eq!(route("/webhooks/my_co-2/"), webhook("my_co-2"));
         assert_eq!(route("/webhooks/github?delivery=1"), webhook("github"));
         assert_eq!(route("/health/live"), Route::Live);
+        assert_eq!(route("/health?x"), Route::Health);
         assert_eq!(route("/webhooks/"), Route::NotFound);
         assert_eq!(route("/webhooks/a/b"), Route::NotFound);
         assert_eq!(route("/webhook/stripe"), Route::NotFound);

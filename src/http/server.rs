@@ -60,6 +60,8 @@ pub struct CoreSpec {
     pub enqueuer: Enqueuer,
     /// Cancelled to stop accepting and drain.
     pub shutdown: CancellationToken,
+    /// The readiness checker.
+    pub health: crate::health::Health,
 }
 
 /// Per-core HTTP settings, taken from [`crate::config::Config`].
@@ -133,6 +135,7 @@ async fn accept_loop(spec: CoreSpec) -> std::io::Result<()> {
             settings.cores,
         )),
         trust_proxy: settings.trust_proxy,
+        health: spec.health,
     });
     let open = Rc::new(Cell::new(0usize));
     // Each connection task holds a sender; when the last is dropped the
