@@ -101,6 +101,9 @@ pub fn spawn_health(settings: HealthSettings) -> std::io::Result<(Health, thread
     Ok((Health { tx }, thread))
 }
 
+/// One check's outcome: extra fields when up, the reason when down.
+type Check = Result<Map<String, Value>, String>;
+
 struct Checker {
     settings: HealthSettings,
     redis: Option<redis::Connection>,
@@ -115,7 +118,7 @@ impl Checker {
                 return report.clone();
             }
         }
-        let mut checks: Vec<(&str, Result<Map<String, Value>, String>)> = vec![("redis", self.redis())];
+        let mut checks: Vec<(&str, Check)> = vec![("redis", self.redis())];
         if self.settings.database_url.is_some() {
             checks.push(("database", self.database()));
         }
@@ -151,7 +154,7 @@ impl Checker {
         report
     }
 
-    fn redis(&mut self) -> Result<Map<String, Value>, String> {
+    fn redis(&mut self) -> Check {
         if self.redis.is_none() {
             let client = redis::Client::open(self.settings.redis_url.as_str()).map_err(|e| e.to_string())?;
             let con = client.get_connection_with_timeout(CHECK_TIMEOUT).map_err(|e| e.to_string())?;
@@ -169,7 +172,7 @@ impl Checker {
         }
     }
 
-    fn database(&mut self) -> Result<Map<String, Value>, String> {
+    fn database(&mut self) -> Check {
         if self.pg.as_ref().is_none_or(postgres::Client::is_closed) {
             let url = self.settings.database_url.as_deref().unwrap_or_default();
             let mut config: postgres::Config = url.parse().map_err(|e: postgres::Error| e.to_string())?;
@@ -188,7 +191,7 @@ impl Checker {
         }
     }
 
-    fn memory(&self) -> Result<Map<String, Value>, String> {
+    fn memory(&self) -> Check {
         let rss = resident_bytes().ok_or("cannot read /proc/self/status")?;
         let limit = self.settings.memory_limit_bytes;
         if rss > limit {
