@@ -87,6 +87,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         reclaim_idle: Duration::from_secs(30),
         shutdown_timeout: Duration::from_secs(5),
         migrate: false,
+        metrics: webhook_ingestor::telemetry::metrics::Metrics::new(0),
     };
     let pool = store::pool(&database_url, workers as u32 + 1, Duration::from_secs(5))?;
     let t = Instant::now();

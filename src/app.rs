@@ -7,6 +7,7 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::mpsc;
+use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
@@ -21,6 +22,7 @@ use crate::http::request::Limits;
 use crate::http::server::{run_core, CoreSettings, CoreSpec, Driver};
 use crate::queue::{spawn_pipeline, PipelineHandle, PipelineSettings};
 use crate::store;
+use crate::telemetry::metrics::Metrics;
 use crate::worker::{spawn_workers, WorkerPool, WorkerSettings};
 
 /// Listen backlog per core.
@@ -140,11 +142,14 @@ impl RunningApp {
 /// not configured for a role that needs it, or a thread cannot start.
 pub fn start(config: &Config, role: Role) -> Result<RunningApp, StartError> {
     let shutdown = CancellationToken::new();
-    let workers = if role.workers() { Some(start_workers(config, &shutdown)?) } else { None };
+    let cpus = if role.gateway() { select_cores(&config.cores, config.pin_cores)? } else { Vec::new() };
+    let metrics = Metrics::new(cpus.len());
+    let workers =
+        if role.workers() { Some(start_workers(config, &shutdown, metrics.clone())?) } else { None };
     let mut app =
         RunningApp { local_addr: None, shutdown, cores: Vec::new(), pipeline: None, health: None, workers };
     if role.gateway() {
-        if let Err(e) = start_gateway(config, &mut app) {
+        if let Err(e) = start_gateway(config, &mut app, cpus, metrics) {
             app.stop();
             return Err(e);
         }
@@ -152,7 +157,11 @@ pub fn start(config: &Config, role: Role) -> Result<RunningApp, StartError> {
     Ok(app)
 }
 
-fn start_workers(config: &Config, shutdown: &CancellationToken) -> Result<WorkerPool, StartError> {
+fn start_workers(
+    config: &Config,
+    shutdown: &CancellationToken,
+    metrics: Arc<Metrics>,
+) -> Result<WorkerPool, StartError> {
     let url = config.database_url.as_deref().ok_or_else(|| {
         StartError::Database("not set; the worker and all roles need PostgreSQL (or use --role api)".into())
     })?;
@@ -168,6 +177,7 @@ fn start_workers(config: &Config, shutdown: &CancellationToken) -> Result<Worker
         reclaim_idle: config.reclaim_idle,
         shutdown_timeout: config.shutdown_timeout,
         migrate: config.migrate_on_start,
+        metrics,
     };
     let workers = spawn_workers(config.worker_threads, settings, pool, shutdown.clone())
         .map_err(|e| StartError::Spawn { what: "worker threads", source: std::io::Error::other(e) })?;
@@ -182,8 +192,12 @@ fn start_workers(config: &Config, shutdown: &CancellationToken) -> Result<Worker
     Ok(workers)
 }
 
-fn start_gateway(config: &Config, app: &mut RunningApp) -> Result<(), StartError> {
-    let cpus = select_cores(&config.cores, config.pin_cores)?;
+fn start_gateway(
+    config: &Config,
+    app: &mut RunningApp,
+    cpus: Vec<Option<core_affinity::CoreId>>,
+    metrics: Arc<Metrics>,
+) -> Result<(), StartError> {
     let requested = SocketAddr::new(config.host, config.port);
     let listeners = bind_listeners(requested, cpus.len())?;
     let local_addr =
@@ -197,6 +211,7 @@ fn start_gateway(config: &Config, app: &mut RunningApp) -> Result<(), StartError
         enqueue_timeout: config.enqueue_timeout,
         channel_capacity: config.channel_capacity,
         max_queue_depth: config.max_queue_depth,
+        metrics: metrics.clone(),
     })
     .map_err(|source| StartError::Spawn { what: "redis pipeline thread", source })?;
     app.pipeline = Some(pipeline);
@@ -204,6 +219,7 @@ fn start_gateway(config: &Config, app: &mut RunningApp) -> Result<(), StartError
         redis_url: config.redis_url.clone(),
         database_url: config.database_url.clone(),
         memory_limit_bytes: config.memory_limit_bytes,
+        stream: config.queue_name.clone(),
     })
     .map_err(|source| StartError::Spawn { what: "health thread", source })?;
     app.health = Some(health_thread);
@@ -232,6 +248,7 @@ fn start_gateway(config: &Config, app: &mut RunningApp) -> Result<(), StartError
             settings: settings.clone(),
             enqueuer: enqueuer.clone(),
             health: health.clone(),
+            metrics: metrics.clone(),
             // A child per core: waiting on it registers in that core's own
             // list, so idle connections on different cores share no lock.
             shutdown: app.shutdown.child_token(),

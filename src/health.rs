@@ -22,6 +22,8 @@ use futures_channel::oneshot;
 use serde_json::{json, Map, Value};
 use tracing::error;
 
+use crate::telemetry::metrics::QueueGauges;
+
 /// How long a core waits for the health thread before answering 503.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_millis(2500);
 /// Timeout of each dependency check.
@@ -47,12 +49,20 @@ pub struct HealthSettings {
     pub database_url: Option<String>,
     /// `MEMORY_LIMIT_BYTES`.
     pub memory_limit_bytes: u64,
+    /// `QUEUE_NAME`, for the queue gauges.
+    pub stream: String,
+}
+
+/// What a core can ask the health thread.
+enum Ask {
+    Health(oneshot::Sender<Report>),
+    Queue(oneshot::Sender<Option<QueueGauges>>),
 }
 
 /// The cores' handle to the health thread. Cloning is cheap.
 #[derive(Clone)]
 pub struct Health {
-    tx: crossbeam_channel::Sender<oneshot::Sender<Report>>,
+    tx: crossbeam_channel::Sender<Ask>,
 }
 
 impl Health {
@@ -60,7 +70,7 @@ impl Health {
     /// A late or missing answer is itself an unhealthy report.
     pub async fn check(&self) -> Report {
         let (tx, rx) = oneshot::channel();
-        if self.tx.try_send(tx).is_err() {
+        if self.tx.try_send(Ask::Health(tx)).is_err() {
             return timed_out("health checks are saturated");
         }
         match monoio::time::timeout(ANSWER_TIMEOUT, rx).await {
@@ -68,6 +78,16 @@ impl Health {
             Ok(Err(_)) => timed_out("health thread stopped"),
             Err(_) => timed_out("health checks did not finish in time"),
         }
+    }
+}
+
+impl Health {
+    /// Stream length, pending entries and dead letters, for `/metrics`;
+    /// `None` if Redis did not answer in time.
+    pub async fn queue_gauges(&self) -> Option<QueueGauges> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.try_send(Ask::Queue(tx)).ok()?;
+        monoio::time::timeout(ANSWER_TIMEOUT, rx).await.ok()?.ok()?
     }
 }
 
@@ -87,14 +107,17 @@ fn timed_out(message: &str) -> Report {
 /// The thread cannot be spawned.
 pub fn spawn_health(settings: HealthSettings) -> std::io::Result<(Health, thread::JoinHandle<()>)> {
     // Small: probes are rare, and a backlog only means the thread is stuck.
-    let (tx, rx) = crossbeam_channel::bounded::<oneshot::Sender<Report>>(64);
+    let (tx, rx) = crossbeam_channel::bounded::<Ask>(64);
     let thread = thread::Builder::new().name("health".into()).spawn(move || {
         let mut checker = Checker { settings, redis: None, pg: None, cached: None };
-        while let Ok(reply) = rx.recv() {
-            let report = checker.report();
-            let _ = reply.send(report.clone());
-            for reply in rx.try_iter() {
-                let _ = reply.send(report.clone());
+        while let Ok(ask) = rx.recv() {
+            match ask {
+                Ask::Health(reply) => {
+                    let _ = reply.send(checker.report());
+                }
+                Ask::Queue(reply) => {
+                    let _ = reply.send(checker.queue());
+                }
             }
         }
     })?;
@@ -152,6 +175,23 @@ impl Checker {
         let report = Report { healthy, json: serde_json::to_vec(&doc).unwrap_or_default() };
         self.cached = Some((Instant::now(), report.clone()));
         report
+    }
+
+    fn queue(&mut self) -> Option<QueueGauges> {
+        self.redis().ok()?;
+        let stream = self.settings.stream.clone();
+        let con = self.redis.as_mut()?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("XLEN").arg(&stream);
+        pipe.cmd("XLEN").arg(crate::worker::dead_letter_stream(&stream));
+        let (length, dead_letters): (u64, u64) = pipe.query(con).ok()?;
+        let pending = redis::cmd("XPENDING")
+            .arg(&stream)
+            .arg(crate::queue::GROUP)
+            .query::<(u64, redis::Value, redis::Value, redis::Value)>(con)
+            .map(|r| r.0)
+            .unwrap_or(0);
+        Some(QueueGauges { length, pending, dead_letters })
     }
 
     fn redis(&mut self) -> Check {

@@ -10,6 +10,7 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use monoio::buf::IoBufMut;
@@ -25,6 +26,7 @@ use super::response::{Extra, Message, RateHeaders, Response, Status, CONTINUE};
 use super::router::{Route, WEBHOOK_ALLOW};
 use crate::ingest::Ingestor;
 use crate::queue::{EnqueueError, Enqueuer};
+use crate::telemetry::metrics::{CoreMetrics, Metrics, RouteLabel};
 
 /// Smallest free space kept at the end of the read buffer before a read.
 const READ_CHUNK: usize = 4096;
@@ -50,6 +52,10 @@ pub(crate) struct CoreContext {
     /// Take the client address from `X-Forwarded-For` (behind a proxy).
     pub(crate) trust_proxy: bool,
     pub(crate) health: crate::health::Health,
+    /// This core's counters (only this core writes them).
+    pub(crate) metrics: Arc<CoreMetrics>,
+    /// Everyone's, for rendering `/metrics`.
+    pub(crate) all_metrics: Arc<Metrics>,
 }
 
 impl CoreContext {
@@ -159,6 +165,7 @@ impl Conn {
                 resp = resp.closing();
             }
             resp.encode(head.http10, head.keep_alive, &extra, &mut self.wbuf);
+            ctx.metrics.record(route_label(&head.route), resp.status(), now.elapsed());
             if !head.keep_alive || resp.closes() {
                 self.flush(ctx).await?;
                 return Ok(());
@@ -235,6 +242,10 @@ impl Conn {
     async fn dispatch(&self, ctx: &CoreContext, head: &RequestHead, body: &Body) -> Response {
         let provider = match &head.route {
             Route::Webhook { provider } => provider,
+            Route::Metrics => {
+                let gauges = ctx.health.queue_gauges().await;
+                return Response::prometheus(ctx.all_metrics.render(ctx.enqueuer.backlog() as u64, gauges));
+            }
             Route::Health => {
                 let report = ctx.health.check().await;
                 let status = if report.healthy { Status::Ok } else { Status::ServiceUnavailable };
@@ -290,6 +301,7 @@ impl Conn {
                         );
                         // The buffer went with the cancelled read; answer anyway.
                         resp.closing().encode(false, false, &ctx.bare_extra(), &mut self.wbuf);
+                        ctx.metrics.record(RouteLabel::Unknown, Status::RequestTimeout, Duration::ZERO);
                         let _ = self.flush(ctx).await;
                         return Err(End::Quiet);
                     }
@@ -338,7 +350,9 @@ impl Conn {
         http10: bool,
         extra: Extra<'_>,
     ) -> Result<(), End> {
+        let status = resp.status();
         resp.closing().encode(http10, false, &extra, &mut self.wbuf);
+        ctx.metrics.record(RouteLabel::Unknown, status, Duration::ZERO);
         self.flush(ctx).await?;
         self.stream.shutdown().await?;
         let until = Instant::now() + LINGER_TIME;
@@ -381,8 +395,10 @@ impl Conn {
                 Response::error(Status::NotFound, Message::One("Cannot find the requested route".into()))
             }
             Route::Live if matches!(head.method, Method::Get | Method::Head) => Response::live(),
-            Route::Health if matches!(head.method, Method::Get | Method::Head) => return (None, None),
-            Route::Live | Route::Health => {
+            Route::Health | Route::Metrics if matches!(head.method, Method::Get | Method::Head) => {
+                return (None, None)
+            }
+            Route::Live | Route::Health | Route::Metrics => {
                 Response::error(Status::MethodNotAllowed, Message::One("only GET is allowed".into()))
                     .with_allow("GET, HEAD")
             }
@@ -423,6 +439,15 @@ impl Conn {
             }
         };
         (Some(refusal), None)
+    }
+}
+
+fn route_label(route: &Route) -> RouteLabel {
+    match route {
+        Route::Webhook { .. } | Route::BadProvider => RouteLabel::Webhook,
+        Route::Health => RouteLabel::Health,
+        Route::Live => RouteLabel::Live,
+        Route::Metrics | Route::NotFound => RouteLabel::Unknown,
     }
 }
 

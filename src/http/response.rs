@@ -37,11 +37,36 @@ pub enum Status {
     HeaderFieldsTooLarge,
     /// 501: a transfer coding the gateway does not implement.
     NotImplemented,
+    /// 500: a report could not be produced.
+    InternalServerError,
     /// 503: Redis unavailable, slow, or the hand-off channel full.
     ServiceUnavailable,
 }
 
 impl Status {
+    /// Every status, in the order of [`Status::index`].
+    pub const ALL: [Status; 14] = [
+        Status::Ok,
+        Status::Accepted,
+        Status::NoContent,
+        Status::BadRequest,
+        Status::NotFound,
+        Status::MethodNotAllowed,
+        Status::RequestTimeout,
+        Status::PayloadTooLarge,
+        Status::UnsupportedMediaType,
+        Status::TooManyRequests,
+        Status::HeaderFieldsTooLarge,
+        Status::NotImplemented,
+        Status::ServiceUnavailable,
+        Status::InternalServerError,
+    ];
+
+    /// Position in [`Status::ALL`] (for per-status counters).
+    pub fn index(self) -> usize {
+        Status::ALL.iter().position(|s| *s == self).unwrap_or(0)
+    }
+
     /// The numeric code.
     pub fn code(self) -> u16 {
         match self {
@@ -57,6 +82,7 @@ impl Status {
             Self::TooManyRequests => 429,
             Self::HeaderFieldsTooLarge => 431,
             Self::NotImplemented => 501,
+            Self::InternalServerError => 500,
             Self::ServiceUnavailable => 503,
         }
     }
@@ -76,6 +102,7 @@ impl Status {
             Self::TooManyRequests => "Too Many Requests",
             Self::HeaderFieldsTooLarge => "Request Header Fields Too Large",
             Self::NotImplemented => "Not Implemented",
+            Self::InternalServerError => "Internal Server Error",
             Self::ServiceUnavailable => "Service Unavailable",
         }
     }
@@ -145,11 +172,18 @@ pub struct Response {
     allow: Option<&'static str>,
     close: bool,
     preflight: bool,
+    /// The body is Prometheus text, not JSON.
+    text: bool,
 }
 
 impl Response {
     fn new(status: Status, body: Body) -> Self {
-        Self { status, body, retry_after: None, allow: None, close: false, preflight: false }
+        Self { status, body, retry_after: None, allow: None, close: false, preflight: false, text: false }
+    }
+
+    /// 200 with a Prometheus text exposition.
+    pub fn prometheus(text: String) -> Self {
+        Self { text: true, ..Self::new(Status::Ok, Body::Json(text.into_bytes().into())) }
     }
 
     /// 202 `{"accepted":true,"jobId":…}`.
@@ -240,10 +274,12 @@ impl Response {
         let _ = write!(out, "{version} {} {}\r\n", self.status.code(), self.status.reason());
         // 204 carries neither a body nor its headers (RFC 9110 §8.6).
         if self.status != Status::NoContent {
-            let _ = write!(
-                out,
-                "content-type: application/json; charset=utf-8\r\ncontent-length: {body_len}\r\n"
-            );
+            let content_type = if self.text {
+                "text/plain; version=0.0.4; charset=utf-8"
+            } else {
+                "application/json; charset=utf-8"
+            };
+            let _ = write!(out, "content-type: {content_type}\r\ncontent-length: {body_len}\r\n");
         }
         out.extend_from_slice(extra.fixed);
         if let Some(secs) = self.retry_after {

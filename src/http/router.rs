@@ -14,6 +14,8 @@ pub enum Route {
     BadProvider,
     /// `/health`: readiness (Redis, PostgreSQL, memory).
     Health,
+    /// `/metrics`: Prometheus text.
+    Metrics,
     /// `/health/live`: liveness, answered without touching Redis or PostgreSQL.
     Live,
     /// Any other path.
@@ -32,6 +34,7 @@ pub fn route(target: &str) -> Route {
     match path {
         "/health" | "/health/" => return Route::Health,
         "/health/live" => return Route::Live,
+        "/metrics" => return Route::Metrics,
         _ => {}
     }
     let Some(rest) = path.strip_prefix("/webhooks/") else { return Route::NotFound };

@@ -62,6 +62,8 @@ pub struct CoreSpec {
     pub shutdown: CancellationToken,
     /// The readiness checker.
     pub health: crate::health::Health,
+    /// The process's metrics (this core writes only `metrics.core(index)`).
+    pub metrics: std::sync::Arc<crate::telemetry::metrics::Metrics>,
 }
 
 /// Per-core HTTP settings, taken from [`crate::config::Config`].
@@ -136,6 +138,8 @@ async fn accept_loop(spec: CoreSpec) -> std::io::Result<()> {
         )),
         trust_proxy: settings.trust_proxy,
         health: spec.health,
+        metrics: spec.metrics.core(spec.index),
+        all_metrics: spec.metrics.clone(),
     });
     let open = Rc::new(Cell::new(0usize));
     // Each connection task holds a sender; when the last is dropped the

@@ -30,6 +30,8 @@ pub struct PipelineSettings {
     pub enqueue_timeout: Duration,
     /// `ENQUEUE_CHANNEL_CAPACITY`.
     pub channel_capacity: usize,
+    /// Where the thread counts its batches and errors.
+    pub metrics: std::sync::Arc<crate::telemetry::metrics::Metrics>,
     /// `MAX_QUEUE_DEPTH`: stream length at which new jobs are refused (the
     /// workers are behind or PostgreSQL is down and Redis memory is finite).
     pub max_queue_depth: u64,
@@ -159,12 +161,17 @@ impl Pipeline {
         }
         self.pipe.cmd("XLEN").arg(&self.settings.stream);
         self.ensure_link();
+        let sent_at = Instant::now();
         let outcome = match &mut self.link {
             Link::Up(con) => self.pipe.query::<Vec<redis::RedisResult<redis::Value>>>(con),
             Link::Down { .. } => Err(redis::RedisError::from((redis::ErrorKind::Io, "redis is down"))),
         };
+        let metrics = &self.settings.metrics.pipeline;
         match outcome {
             Ok(mut replies) => {
+                let enqueued =
+                    if full { 0 } else { replies.iter().filter(|r| r.is_ok()).count().saturating_sub(1) };
+                metrics.record_batch(self.batch.len(), sent_at.elapsed(), enqueued);
                 let depth =
                     replies.pop().and_then(|r| r.ok()).and_then(|v| redis::from_redis_value::<u64>(v).ok());
                 if let Some(depth) = depth {
@@ -186,6 +193,7 @@ impl Pipeline {
                 }
             }
             Err(e) => {
+                metrics.record_redis_error();
                 if matches!(self.link, Link::Up(_)) {
                     self.mark_down(e.to_string());
                 }
@@ -202,6 +210,7 @@ impl Pipeline {
 
     /// Records the stream length, logging when the depth limit is crossed.
     fn note_depth(&mut self, depth: u64) {
+        self.settings.metrics.pipeline.set_stream_length(depth);
         let max = self.settings.max_queue_depth;
         if depth >= max && self.depth < max {
             warn!(

@@ -76,6 +76,8 @@ pub struct WorkerSettings {
     pub shutdown_timeout: Duration,
     /// `MIGRATE_ON_START`: apply migrations before the first write.
     pub migrate: bool,
+    /// Where the workers count batches, rows and errors.
+    pub metrics: Arc<crate::telemetry::metrics::Metrics>,
 }
 
 /// Why a worker step failed. The step is retried; nothing was acknowledged.
@@ -197,7 +199,15 @@ impl Worker {
         let mut last_error: Option<String> = None;
         while !self.shutdown.is_cancelled() {
             match self.run_once() {
-                Ok(_) => {
+                Ok(report) => {
+                    if report.read > 0 {
+                        self.settings.metrics.workers.record_batch(
+                            report.read,
+                            report.inserted,
+                            report.duplicates,
+                            report.dead_lettered,
+                        );
+                    }
                     if last_error.take().is_some() {
                         info!(consumer = %self.name, "worker recovered");
                     }
@@ -205,6 +215,11 @@ impl Worker {
                 }
                 Err(WorkerError::ShuttingDown) => break,
                 Err(e) => {
+                    match &e {
+                        WorkerError::Redis(_) => self.settings.metrics.workers.record_redis_error(),
+                        WorkerError::Store(_) => self.settings.metrics.workers.record_postgres_error(),
+                        WorkerError::ShuttingDown => {}
+                    }
                     let msg = e.to_string();
                     if last_error.as_deref() != Some(&msg) {
                         warn!(consumer = %self.name, error = %msg, "worker step failed; retrying with backoff");
@@ -388,6 +403,7 @@ impl Worker {
             match self.write_split(remaining, &mut out) {
                 Ok(()) => break,
                 Err((e, left)) => {
+                    self.settings.metrics.workers.record_postgres_error();
                     remaining = left;
                     if !warned {
                         warn!(consumer = %self.name, error = %e, pending = remaining.len(),

@@ -111,3 +111,73 @@ fn health_checks_memory_and_only_the_dependencies_of_the_role() {
     assert_eq!(doc["error"]["memory_rss"]["status"], "down");
     assert!(doc["details"].get("database").is_none(), "the api role has no database: {doc}");
 }
+
+/// A strict reading of the Prometheus text format: every sample belongs to a
+/// declared metric family; returns `series → value`.
+fn parse_prometheus(text: &str) -> std::collections::HashMap<String, f64> {
+    let mut families = std::collections::HashSet::new();
+    let mut samples = std::collections::HashMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("# TYPE name kind");
+            assert!(["counter", "gauge", "histogram"].contains(&kind), "{line}");
+            families.insert(name.to_string());
+        } else if line.starts_with("# HELP ") || line.is_empty() {
+        } else {
+            let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad sample line {line:?}"));
+            let name = series.split('{').next().unwrap();
+            assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "{name}");
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .filter(|f| families.contains(*f));
+            assert!(families.contains(name) || family.is_some(), "sample of an undeclared metric: {line}");
+            if series.contains('{') {
+                assert!(series.ends_with('}') && series.contains("=\""), "{line}");
+            }
+            samples.insert(series.to_string(), value.parse::<f64>().unwrap_or_else(|_| panic!("{line}")));
+        }
+    }
+    samples
+}
+
+fn scrape(app: &TestApp) -> std::collections::HashMap<String, f64> {
+    let mut client = app.client();
+    client.send(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n");
+    let resp = client.read_response().unwrap();
+    assert_eq!(resp.status, 200);
+    assert!(resp.header("content-type").unwrap().starts_with("text/plain; version=0.0.4"));
+    parse_prometheus(std::str::from_utf8(&resp.body).unwrap())
+}
+
+#[test]
+fn metrics_parse_as_prometheus_text_and_count_every_request() {
+    let app = TestApp::spawn_full(|_| {});
+    let accepted = r#"webhook_http_requests_total{route="webhook",status="202"}"#;
+    let before = scrape(&app);
+    let n = 37;
+    let mut client = app.client();
+    for i in 0..n {
+        assert_eq!(client.post("stripe", &crate::harness::event("stripe", &format!("evt_{i}"))).status, 202);
+    }
+    assert_eq!(client.post("stripe", "{}").status, 400);
+    crate::harness::wait_until(Duration::from_secs(30), "the rows", || app.rows() == n);
+    crate::harness::wait_until(Duration::from_secs(10), "the worker counters", || {
+        scrape(&app).get("webhook_rows_inserted_total").copied() == Some(n as f64)
+    });
+    let after = scrape(&app);
+
+    let moved = after[accepted] - before.get(accepted).copied().unwrap_or(0.0);
+    assert_eq!(moved, n as f64, "the 202 counter moved by exactly the posts");
+    assert_eq!(after[r#"webhook_http_requests_total{route="webhook",status="400"}"#], 1.0);
+    assert_eq!(after["webhook_enqueued_total"], n as f64);
+    assert!(after["webhook_http_request_duration_seconds_count"] >= (n + 1) as f64);
+    assert_eq!(
+        after[r#"webhook_http_request_duration_seconds_bucket{le="+Inf"}"#],
+        after["webhook_http_request_duration_seconds_count"]
+    );
+    assert_eq!(after["webhook_queue_length"], 0.0);
+    assert_eq!(after["webhook_queue_pending"], 0.0);
+    assert_eq!(after["webhook_dead_letter_length"], 0.0);
+    assert!(after["webhook_resident_memory_bytes"] > 0.0);
+}

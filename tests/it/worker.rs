@@ -157,6 +157,7 @@ fn worker_settings(app: &TestApp, reclaim_idle: Duration) -> Arc<WorkerSettings>
         reclaim_idle,
         shutdown_timeout: Duration::from_secs(5),
         migrate: true,
+        metrics: webhook_ingestor::telemetry::metrics::Metrics::new(0),
     })
 }
 

@@ -3,6 +3,8 @@
 //! can parse them without configuration. Nothing is logged per request at
 //! the default level.
 
+pub mod metrics;
+
 use tracing_subscriber::EnvFilter;
 
 /// Installs the JSON subscriber with `filter` (the `LOG_LEVEL` syntax).

@@ -1,0 +1,390 @@
+//! Prometheus metrics, in one place (names, help texts, rendering).
+//!
+//! Three kinds of writers, none taking a lock:
+//! * each core owns a [`CoreMetrics`] (cache-line aligned) and is its only
+//!   writer, so a count is a plain load + store, not even a locked add;
+//! * the Redis pipeline thread is the only writer of [`PipelineMetrics`];
+//! * worker threads share [`WorkerMetrics`] (relaxed atomic adds, once per batch).
+//!
+//! A scrape sums the per-core values and renders the text format
+//! (`text/plain; version=0.0.4`). Names follow Prometheus conventions:
+//! `_total` counters, base units (`_seconds`, `_bytes`), `webhook_` prefix.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::http::response::Status;
+
+/// Route labels of `webhook_http_requests_total`.
+pub const ROUTES: [&str; 4] = ["webhook", "health", "health_live", "unknown"];
+/// Request latency buckets, seconds.
+pub const LATENCY_BUCKETS: [f64; 12] =
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+/// Batch size buckets (enqueue and worker batches).
+pub const BATCH_BUCKETS: [f64; 12] =
+    [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0, 4096.0, 16384.0];
+
+/// A route label index into [`ROUTES`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteLabel {
+    /// `/webhooks/:provider` (and its preflight).
+    Webhook = 0,
+    /// `/health`.
+    Health = 1,
+    /// `/health/live`.
+    Live = 2,
+    /// Anything else, and requests too broken to route.
+    Unknown = 3,
+}
+
+/// Adds `n` to a counter that only the calling thread writes.
+fn bump(c: &AtomicU64, n: u64) {
+    c.store(c.load(Relaxed) + n, Relaxed);
+}
+
+/// A histogram whose buckets count observations at or below their bound
+/// (non-cumulative here; made cumulative when rendered).
+struct Histogram<const N: usize> {
+    buckets: [AtomicU64; N],
+    count: AtomicU64,
+    /// Sum of observations, in millionths of the unit.
+    sum_micros: AtomicU64,
+}
+
+impl<const N: usize> Histogram<N> {
+    fn new() -> Self {
+        Self {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            count: AtomicU64::new(0),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+
+    /// Records `value` (single writer: plain stores).
+    fn observe_local(&self, bounds: &[f64; N], value: f64) {
+        if let Some(i) = bounds.iter().position(|b| value <= *b) {
+            bump(&self.buckets[i], 1);
+        }
+        bump(&self.count, 1);
+        bump(&self.sum_micros, (value * 1e6) as u64);
+    }
+
+    /// Records `value` (several writers: atomic adds).
+    fn observe_shared(&self, bounds: &[f64; N], value: f64) {
+        if let Some(i) = bounds.iter().position(|b| value <= *b) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_micros.fetch_add((value * 1e6) as u64, Relaxed);
+    }
+}
+
+/// Sums histograms and renders them.
+fn render_histogram<const N: usize>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    bounds: &[f64; N],
+    parts: &[&Histogram<N>],
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    let mut cumulative = 0;
+    for (i, bound) in bounds.iter().enumerate() {
+        cumulative += parts.iter().map(|h| h.buckets[i].load(Relaxed)).sum::<u64>();
+        let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+    }
+    let count: u64 = parts.iter().map(|h| h.count.load(Relaxed)).sum();
+    let sum: u64 = parts.iter().map(|h| h.sum_micros.load(Relaxed)).sum();
+    let _ = writeln!(
+        out,
+        "{name}_bucket{{le=\"+Inf\"}} {count}\n{name}_sum {}\n{name}_count {count}",
+        sum as f64 / 1e6
+    );
+}
+
+fn render_counter(out: &mut String, name: &str, help: &str, value: u64) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+}
+
+fn render_gauge(out: &mut String, name: &str, help: &str, value: u64) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+}
+
+/// One core's HTTP counters. Only that core writes them.
+#[repr(align(128))]
+pub struct CoreMetrics {
+    requests: [[AtomicU64; Status::ALL.len()]; ROUTES.len()],
+    latency: Histogram<{ LATENCY_BUCKETS.len() }>,
+    rate_limited: AtomicU64,
+}
+
+impl CoreMetrics {
+    fn new() -> Self {
+        Self {
+            requests: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
+            latency: Histogram::new(),
+            rate_limited: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts one answered request (call only from the owning core).
+    pub fn record(&self, route: RouteLabel, status: Status, elapsed: Duration) {
+        bump(&self.requests[route as usize][status.index()], 1);
+        self.latency.observe_local(&LATENCY_BUCKETS, elapsed.as_secs_f64());
+        if status == Status::TooManyRequests {
+            bump(&self.rate_limited, 1);
+        }
+    }
+}
+
+/// The Redis pipeline thread's counters. Only that thread writes them.
+pub struct PipelineMetrics {
+    batch_size: Histogram<{ BATCH_BUCKETS.len() }>,
+    batch_seconds: Histogram<{ LATENCY_BUCKETS.len() }>,
+    enqueued: AtomicU64,
+    redis_errors: AtomicU64,
+    stream_length: AtomicU64,
+}
+
+impl PipelineMetrics {
+    /// One pipeline sent: its size, its round trip, how many jobs Redis took.
+    pub fn record_batch(&self, size: usize, took: Duration, enqueued: usize) {
+        self.batch_size.observe_local(&BATCH_BUCKETS, size as f64);
+        self.batch_seconds.observe_local(&LATENCY_BUCKETS, took.as_secs_f64());
+        bump(&self.enqueued, enqueued as u64);
+    }
+
+    /// A Redis failure seen by the pipeline thread.
+    pub fn record_redis_error(&self) {
+        bump(&self.redis_errors, 1);
+    }
+
+    /// The stream length Redis reported with the last batch.
+    pub fn set_stream_length(&self, len: u64) {
+        self.stream_length.store(len, Relaxed);
+    }
+}
+
+/// The workers' counters (shared by the worker threads).
+pub struct WorkerMetrics {
+    batch_size: Histogram<{ BATCH_BUCKETS.len() }>,
+    inserted: AtomicU64,
+    duplicates: AtomicU64,
+    dead_lettered: AtomicU64,
+    postgres_errors: AtomicU64,
+    redis_errors: AtomicU64,
+}
+
+impl WorkerMetrics {
+    /// One finished step.
+    pub fn record_batch(&self, read: usize, inserted: u64, duplicates: u64, dead: usize) {
+        self.batch_size.observe_shared(&BATCH_BUCKETS, read as f64);
+        self.inserted.fetch_add(inserted, Relaxed);
+        self.duplicates.fetch_add(duplicates, Relaxed);
+        self.dead_lettered.fetch_add(dead as u64, Relaxed);
+    }
+
+    /// A PostgreSQL failure (each retry counts).
+    pub fn record_postgres_error(&self) {
+        self.postgres_errors.fetch_add(1, Relaxed);
+    }
+
+    /// A Redis failure seen by a worker.
+    pub fn record_redis_error(&self) {
+        self.redis_errors.fetch_add(1, Relaxed);
+    }
+}
+
+/// Queue gauges read from Redis at scrape time (absent if Redis did not answer).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QueueGauges {
+    /// `XLEN` of the stream.
+    pub length: u64,
+    /// Entries delivered and not yet acknowledged.
+    pub pending: u64,
+    /// `XLEN` of the dead-letter stream.
+    pub dead_letters: u64,
+}
+
+/// Every metric of the process.
+pub struct Metrics {
+    cores: Vec<Arc<CoreMetrics>>,
+    /// The pipeline thread's.
+    pub pipeline: PipelineMetrics,
+    /// The workers'.
+    pub workers: WorkerMetrics,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").field("cores", &self.cores.len()).finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    /// Metrics for `cores` runtimes.
+    pub fn new(cores: usize) -> Arc<Self> {
+        Arc::new(Self {
+            cores: (0..cores).map(|_| Arc::new(CoreMetrics::new())).collect(),
+            pipeline: PipelineMetrics {
+                batch_size: Histogram::new(),
+                batch_seconds: Histogram::new(),
+                enqueued: AtomicU64::new(0),
+                redis_errors: AtomicU64::new(0),
+                stream_length: AtomicU64::new(0),
+            },
+            workers: WorkerMetrics {
+                batch_size: Histogram::new(),
+                inserted: AtomicU64::new(0),
+                duplicates: AtomicU64::new(0),
+                dead_lettered: AtomicU64::new(0),
+                postgres_errors: AtomicU64::new(0),
+                redis_errors: AtomicU64::new(0),
+            },
+        })
+    }
+
+    /// Core `index`'s counters (each core must use only its own).
+    pub fn core(&self, index: usize) -> Arc<CoreMetrics> {
+        self.cores[index].clone()
+    }
+
+    /// Renders everything. `channel_backlog` is the hand-off channel's
+    /// length; `queue`, what Redis said at scrape time.
+    pub fn render(&self, channel_backlog: u64, queue: Option<QueueGauges>) -> String {
+        let mut out = String::with_capacity(8192);
+        let name = "webhook_http_requests_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} HTTP requests answered, by route and status.\n# TYPE {name} counter"
+        );
+        for (r, route) in ROUTES.iter().enumerate() {
+            for (s, status) in Status::ALL.iter().enumerate() {
+                let n: u64 = self.cores.iter().map(|c| c.requests[r][s].load(Relaxed)).sum();
+                if n > 0 {
+                    let _ = writeln!(out, "{name}{{route=\"{route}\",status=\"{}\"}} {n}", status.code());
+                }
+            }
+        }
+        let latency: Vec<&Histogram<{ LATENCY_BUCKETS.len() }>> =
+            self.cores.iter().map(|c| &c.latency).collect();
+        render_histogram(
+            &mut out,
+            "webhook_http_request_duration_seconds",
+            "Time from a complete request head to its answer.",
+            &LATENCY_BUCKETS,
+            &latency,
+        );
+        let limited = self.cores.iter().map(|c| c.rate_limited.load(Relaxed)).sum();
+        render_counter(&mut out, "webhook_rate_limited_total", "Requests refused with 429.", limited);
+        let p = &self.pipeline;
+        render_histogram(
+            &mut out,
+            "webhook_enqueue_batch_size",
+            "Jobs per Redis XADD pipeline.",
+            &BATCH_BUCKETS,
+            &[&p.batch_size],
+        );
+        render_histogram(
+            &mut out,
+            "webhook_enqueue_batch_duration_seconds",
+            "Round trip of one XADD pipeline.",
+            &LATENCY_BUCKETS,
+            &[&p.batch_seconds],
+        );
+        render_counter(
+            &mut out,
+            "webhook_enqueued_total",
+            "Jobs Redis acknowledged (each got a 202).",
+            p.enqueued.load(Relaxed),
+        );
+        render_gauge(
+            &mut out,
+            "webhook_enqueue_channel_depth",
+            "Jobs waiting for the Redis pipeline thread.",
+            channel_backlog,
+        );
+        let w = &self.workers;
+        render_histogram(
+            &mut out,
+            "webhook_worker_batch_size",
+            "Entries per worker step.",
+            &BATCH_BUCKETS,
+            &[&w.batch_size],
+        );
+        render_counter(
+            &mut out,
+            "webhook_rows_inserted_total",
+            "New rows written to PostgreSQL.",
+            w.inserted.load(Relaxed),
+        );
+        render_counter(
+            &mut out,
+            "webhook_duplicates_dropped_total",
+            "Entries whose event was already stored.",
+            w.duplicates.load(Relaxed),
+        );
+        render_counter(
+            &mut out,
+            "webhook_dead_lettered_total",
+            "Entries moved to the dead-letter stream.",
+            w.dead_lettered.load(Relaxed),
+        );
+        render_counter(
+            &mut out,
+            "webhook_postgres_errors_total",
+            "PostgreSQL failures seen by workers.",
+            w.postgres_errors.load(Relaxed),
+        );
+        let redis_errors = p.redis_errors.load(Relaxed) + w.redis_errors.load(Relaxed);
+        render_counter(
+            &mut out,
+            "webhook_redis_errors_total",
+            "Redis failures (pipeline thread and workers).",
+            redis_errors,
+        );
+        let length = queue.map_or(p.stream_length.load(Relaxed), |q| q.length);
+        render_gauge(&mut out, "webhook_queue_length", "Entries in the Redis stream.", length);
+        if let Some(q) = queue {
+            render_gauge(
+                &mut out,
+                "webhook_queue_pending",
+                "Entries delivered to a worker and not acknowledged.",
+                q.pending,
+            );
+            render_gauge(
+                &mut out,
+                "webhook_dead_letter_length",
+                "Entries in the dead-letter stream.",
+                q.dead_letters,
+            );
+        }
+        if let Some(rss) = crate::health::resident_bytes() {
+            render_gauge(&mut out, "webhook_resident_memory_bytes", "Resident memory of this process.", rss);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_core_counts_are_summed_and_histograms_are_cumulative() {
+        let m = Metrics::new(2);
+        m.core(0).record(RouteLabel::Webhook, Status::Accepted, Duration::from_micros(300));
+        m.core(1).record(RouteLabel::Webhook, Status::Accepted, Duration::from_millis(3));
+        m.core(1).record(RouteLabel::Webhook, Status::TooManyRequests, Duration::from_micros(10));
+        let text = m.render(7, None);
+        assert!(text.contains("webhook_http_requests_total{route=\"webhook\",status=\"202\"} 2\n"), "{text}");
+        assert!(text.contains("webhook_http_requests_total{route=\"webhook\",status=\"429\"} 1\n"));
+        assert!(text.contains("webhook_http_request_duration_seconds_bucket{le=\"0.0005\"} 2\n"));
+        assert!(text.contains("webhook_http_request_duration_seconds_bucket{le=\"0.005\"} 3\n"));
+        assert!(text.contains("webhook_http_request_duration_seconds_count 3\n"));
+        assert!(text.contains("webhook_rate_limited_total 1\n"));
+        assert!(text.contains("webhook_enqueue_channel_depth 7\n"));
+    }
+}
