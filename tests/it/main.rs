@@ -8,6 +8,7 @@ mod errors;
 mod harness;
 mod ops;
 mod outage;
+mod process;
 mod protocol;
 mod security;
 mod worker;
