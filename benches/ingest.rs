@@ -153,6 +153,17 @@ fn response_extras(c: &mut Criterion) {
             black_box(limiter.check(ips[i], Instant::now()))
         })
     });
+    let metrics = webhook_ingestor::telemetry::metrics::Metrics::new(1);
+    let core = metrics.core(0);
+    group.bench_function("metrics_record_per_request", |b| {
+        b.iter(|| {
+            core.record(
+                black_box(webhook_ingestor::telemetry::metrics::RouteLabel::Webhook),
+                black_box(webhook_ingestor::http::response::Status::Accepted),
+                black_box(Duration::from_micros(800)),
+            )
+        })
+    });
     group.finish();
 }
 
