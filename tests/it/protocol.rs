@@ -127,3 +127,16 @@ fn shutdown_lets_the_request_in_flight_finish_and_closes_the_listener() {
     assert_eq!(resp.header("connection"), Some("close"));
     assert_eq!(app.stream_len(), 2);
 }
+
+#[test]
+fn cores_outside_this_process_cpu_set_are_refused_by_name() {
+    use webhook_ingestor::app::{start, Role, StartError};
+    use webhook_ingestor::config::{Config, CoreSelection};
+    let base = Config { host: [127, 0, 0, 1].into(), port: 0, ..Config::default() };
+    for cores in [CoreSelection::List(vec![4095]), CoreSelection::Count(4096)] {
+        let config = Config { cores: cores.clone(), ..base.clone() };
+        let err = start(&config, Role::Api).err().expect("refused");
+        assert!(matches!(err, StartError::Cores(_)), "{cores:?}: {err}");
+        assert!(err.to_string().starts_with("CORES:"), "{err}");
+    }
+}
