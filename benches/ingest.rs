@@ -167,5 +167,28 @@ fn response_extras(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, parse_validate, handoff, response_extras);
+fn request_and_job_encoding(c: &mut Criterion) {
+    use webhook_ingestor::http::request::{parse_head, Limits};
+    let mut group = c.benchmark_group("encode");
+    let head = format!(
+        "POST /webhooks/stripe HTTP/1.1\r\nHost: gateway.example.com\r\nUser-Agent: Stripe/1.0 (+https://stripe.com/docs/webhooks)\r\nAccept: */*; q=0.5, application/xml\r\nContent-Type: application/json; charset=utf-8\r\nStripe-Signature: t=1795383325,v1=5257a869e7ecebeda32affa62cdca3fa51cad7e77a0e56ff536d0ce8e108d8bd\r\nContent-Length: {}\r\n\r\n",
+        SEED.len()
+    );
+    let limits = Limits { max_head: 16 * 1024, max_body: 1 << 20 };
+    group.bench_function("request_head_parse_stripe_like", |b| {
+        b.iter(|| parse_head(black_box(head.as_bytes()), &limits).unwrap().unwrap())
+    });
+    let j = job();
+    group.bench_function("job_to_xadd_command", |b| {
+        b.iter(|| {
+            let mut cmd = redis::cmd("XADD");
+            cmd.arg("webhooks").arg("*");
+            black_box(&j).write_stream_fields(&mut cmd);
+            black_box(cmd.get_packed_command())
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, parse_validate, handoff, response_extras, request_and_job_encoding);
 criterion_main!(benches);

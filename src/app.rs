@@ -172,6 +172,7 @@ fn start_workers(
         stream: config.queue_name.clone(),
         batch_max: config.worker_batch_max,
         block: config.worker_block,
+        linger: config.worker_linger,
         idempotency_ttl_secs: config.idempotency_ttl_secs,
         max_attempts: config.max_attempts,
         reclaim_idle: config.reclaim_idle,

@@ -78,6 +78,9 @@ pub struct Config {
     pub worker_batch_max: usize,
     /// `WORKER_BLOCK_MS` (default 1000): how long a worker's read waits for new entries.
     pub worker_block: Duration,
+    /// `WORKER_LINGER_MS` (default 50): after a short read, wait this long
+    /// for more entries before writing (storage latency, not 202 latency).
+    pub worker_linger: Duration,
     /// `IDEMPOTENCY_TTL_SECS` (default 86400): lifetime of the "already stored" keys.
     pub idempotency_ttl_secs: u64,
     /// `MAX_ATTEMPTS` (default 5): deliveries before an entry PostgreSQL
@@ -134,6 +137,7 @@ impl Default for Config {
             worker_threads: 2,
             worker_batch_max: 5000,
             worker_block: Duration::from_millis(1000),
+            worker_linger: Duration::from_millis(50),
             idempotency_ttl_secs: 86_400,
             max_attempts: 5,
             reclaim_idle: Duration::from_millis(30_000),
@@ -224,6 +228,7 @@ impl Config {
             worker_threads: var("WORKER_THREADS").in_range(d.worker_threads, 0, 256)?,
             worker_batch_max: var("WORKER_BATCH_MAX").in_range(d.worker_batch_max, 1, 50_000)?,
             worker_block: millis(var("WORKER_BLOCK_MS").in_range(1000, 1, 60_000)?),
+            worker_linger: millis(var("WORKER_LINGER_MS").in_range(50, 0, 10_000)?),
             idempotency_ttl_secs: var("IDEMPOTENCY_TTL_SECS").in_range(
                 d.idempotency_ttl_secs,
                 1,
@@ -288,6 +293,7 @@ impl fmt::Debug for Config {
             .field("worker_threads", &self.worker_threads)
             .field("worker_batch_max", &self.worker_batch_max)
             .field("worker_block", &self.worker_block)
+            .field("worker_linger", &self.worker_linger)
             .field("idempotency_ttl_secs", &self.idempotency_ttl_secs)
             .field("max_attempts", &self.max_attempts)
             .field("reclaim_idle", &self.reclaim_idle)

@@ -66,6 +66,10 @@ pub struct WorkerSettings {
     pub batch_max: usize,
     /// `WORKER_BLOCK_MS`: how long `XREADGROUP` waits for new entries.
     pub block: Duration,
+    /// `WORKER_LINGER_MS`: after a read that returned less than a full
+    /// batch, wait this long and read again, so low traffic does not cost a
+    /// transaction per handful of events. Delays storage, never the 202.
+    pub linger: Duration,
     /// `IDEMPOTENCY_TTL_SECS`.
     pub idempotency_ttl_secs: u64,
     /// `MAX_ATTEMPTS`: deliveries before an entry is dead-lettered.
@@ -285,9 +289,23 @@ impl Worker {
             .group(GROUP, &self.name)
             .count(settings.batch_max)
             .block(settings.block.as_millis() as usize);
+        let mut entries = self.read_new(&opts)?;
+        if !entries.is_empty() && entries.len() < settings.batch_max && !settings.linger.is_zero() {
+            self.sleep(settings.linger);
+            let more = StreamReadOptions::default()
+                .group(GROUP, &self.name)
+                .count(settings.batch_max - entries.len());
+            entries.extend(self.read_new(&more)?);
+        }
+        Ok(entries)
+    }
+
+    /// One `XREADGROUP … >` with `opts`.
+    fn read_new(&mut self, opts: &StreamReadOptions) -> Result<Vec<Entry>, WorkerError> {
+        let settings = self.settings.clone();
         let con = self.con()?;
         let reply: Result<Option<StreamReadReply>, _> =
-            redis::Commands::xread_options(con, &[&settings.stream], &[">"], &opts);
+            redis::Commands::xread_options(con, &[&settings.stream], &[">"], opts);
         let reply = match reply {
             Ok(r) => r,
             // The stream or group vanished (FLUSHALL, a Redis restarted empty):

@@ -152,6 +152,7 @@ fn worker_settings(app: &TestApp, reclaim_idle: Duration) -> Arc<WorkerSettings>
         stream: app.config.queue_name.clone(),
         batch_max: 1000,
         block: Duration::from_millis(100),
+        linger: Duration::from_millis(20),
         idempotency_ttl_secs: 86_400,
         max_attempts: 5,
         reclaim_idle,
