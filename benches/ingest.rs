@@ -187,6 +187,18 @@ fn request_and_job_encoding(c: &mut Criterion) {
             black_box(cmd.get_packed_command())
         })
     });
+    group.bench_function("job_to_copy_row_binary", |b| {
+        use webhook_ingestor::store::{CopyRow, STAGING_TYPES};
+        let mut buf = postgres::types::private::BytesMut::with_capacity(1024);
+        b.iter(|| {
+            buf.clear();
+            let row = CopyRow::new(black_box(&j));
+            for (value, ty) in row.params().iter().zip(STAGING_TYPES.iter()) {
+                let _ = value.to_sql_checked(ty, &mut buf).unwrap();
+            }
+            black_box(buf.len())
+        })
+    });
     group.finish();
 }
 

@@ -116,7 +116,8 @@ pub fn pool(database_url: &str, size: u32, connect_timeout: Duration) -> Result<
 }
 
 /// Columns of the staging table, in COPY order.
-const STAGING_TYPES: [Type; 5] = [Type::TEXT, Type::TEXT, Type::TIMESTAMPTZ, Type::TIMESTAMPTZ, Type::JSONB];
+pub const STAGING_TYPES: [Type; 5] =
+    [Type::TEXT, Type::TEXT, Type::TIMESTAMPTZ, Type::TIMESTAMPTZ, Type::JSONB];
 
 /// Writes `jobs` in one transaction (see the module docs).
 ///
@@ -137,9 +138,7 @@ pub fn write_batch(client: &mut postgres::Client, jobs: &[&WebhookJob]) -> Resul
     )?;
     let mut writer = BinaryCopyInWriter::new(sink, &STAGING_TYPES);
     for job in jobs {
-        let event_ts = micros_to_datetime(job.event_timestamp_us);
-        let received = micros_to_datetime(job.received_at_us);
-        writer.write(&[&job.provider, &job.event_id, &event_ts, &received, &RawJsonb(&job.payload)])?;
+        writer.write(&CopyRow::new(job).params())?;
     }
     writer.finish()?;
     let inserted = tx.execute(
@@ -150,6 +149,33 @@ pub fn write_batch(client: &mut postgres::Client, jobs: &[&WebhookJob]) -> Resul
     )?;
     tx.commit()?;
     Ok(Written { inserted, duplicates: jobs.len() as u64 - inserted })
+}
+
+/// One job as the values of a staging-table row, in [`STAGING_TYPES`] order.
+pub struct CopyRow<'a> {
+    provider: &'a str,
+    event_id: &'a str,
+    event_timestamp: OffsetDateTime,
+    received_at: OffsetDateTime,
+    payload: RawJsonb<'a>,
+}
+
+impl<'a> CopyRow<'a> {
+    /// The row for `job`.
+    pub fn new(job: &'a WebhookJob) -> Self {
+        Self {
+            provider: &job.provider,
+            event_id: &job.event_id,
+            event_timestamp: micros_to_datetime(job.event_timestamp_us),
+            received_at: micros_to_datetime(job.received_at_us),
+            payload: RawJsonb(&job.payload),
+        }
+    }
+
+    /// The values, for `BinaryCopyInWriter::write`.
+    pub fn params(&self) -> [&(dyn ToSql + Sync); 5] {
+        [&self.provider, &self.event_id, &self.event_timestamp, &self.received_at, &self.payload]
+    }
 }
 
 fn micros_to_datetime(us: i64) -> OffsetDateTime {
