@@ -8,22 +8,34 @@ use std::time::{Duration, Instant};
 
 use crate::harness::{event, free_port, wait_until, Client, PostgresServer, RedisServer, DB};
 
-fn spawn_gateway(port: u16, redis: &RedisServer, pg: &PostgresServer, role: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_webhook-ingestor"))
-        .args(["serve", "--role", role])
+/// The binary serving `role` on `port`; `extra` environment overrides the defaults.
+fn spawn_gateway(
+    port: u16,
+    redis: &RedisServer,
+    pg: Option<&PostgresServer>,
+    role: &str,
+    extra: &[(&str, &str)],
+) -> Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_webhook-ingestor"));
+    cmd.args(["serve", "--role", role])
         .env("HOST", "127.0.0.1")
         .env("PORT", port.to_string())
         .env("CORES", "2")
         .env("PIN_CORES", "false")
         .env("REDIS_URL", redis.url())
-        .env("DATABASE_URL", pg.url(DB))
         .env("SHUTDOWN_TIMEOUT_MS", "5000")
         .env("WORKER_BLOCK_MS", "100")
         .env("LOG_LEVEL", "warn")
+        .env_remove("DATABASE_URL")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the binary starts")
+        .stderr(Stdio::null());
+    if let Some(pg) = pg {
+        cmd.env("DATABASE_URL", pg.url(DB));
+    }
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("the binary starts")
 }
 
 fn signal(child: &Child, sig: &str) {
@@ -56,7 +68,7 @@ fn sigterm_under_load_exits_0_and_every_202_is_a_row_after_restart() {
     let pg = PostgresServer::start();
     pg.create_database(DB);
     let port = free_port();
-    let mut gateway = spawn_gateway(port, &redis, &pg, "all");
+    let mut gateway = spawn_gateway(port, &redis, Some(&pg), "all", &[]);
     wait_listening(port);
 
     // Eight keep-alive clients post until the server goes away.
@@ -103,7 +115,7 @@ fn sigterm_under_load_exits_0_and_every_202_is_a_row_after_restart() {
     assert!(accepted.len() > 100, "the load was real: {} accepted", accepted.len());
 
     // A restart (workers only) stores whatever the first process had not.
-    let mut worker = spawn_gateway(free_port(), &redis, &pg, "worker");
+    let mut worker = spawn_gateway(free_port(), &redis, Some(&pg), "worker", &[]);
     let mut db = pg.client(DB);
     let stored = |db: &mut postgres::Client| -> HashSet<String> {
         db.query("SELECT event_id FROM webhook_events", &[]).unwrap().iter().map(|r| r.get(0)).collect()
@@ -128,19 +140,9 @@ fn sigterm_under_load_exits_0_and_every_202_is_a_row_after_restart() {
 #[test]
 fn a_second_signal_exits_at_once() {
     let redis = RedisServer::start();
-    let pg = PostgresServer::start();
-    pg.create_database(DB);
     let port = free_port();
-    let mut gateway = Command::new(env!("CARGO_BIN_EXE_webhook-ingestor"))
-        .args(["serve", "--role", "api"])
-        .env("HOST", "127.0.0.1")
-        .env("PORT", port.to_string())
-        .env("REDIS_URL", redis.url())
-        .env("ENQUEUE_TIMEOUT_MS", "30000")
-        .env("SHUTDOWN_TIMEOUT_MS", "30000")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let patient = [("ENQUEUE_TIMEOUT_MS", "30000"), ("SHUTDOWN_TIMEOUT_MS", "30000")];
+    let mut gateway = spawn_gateway(port, &redis, None, "api", &patient);
     wait_listening(port);
     assert_eq!(
         Client::connect(([127, 0, 0, 1], port).into()).post("stripe", &event("stripe", "evt_up")).status,
