@@ -119,7 +119,7 @@ impl Conn {
         loop {
             // Set when the first byte of this request is seen.
             let mut deadline = None;
-            let head = loop {
+            let mut head = loop {
                 match parse_head(&self.rbuf[self.start..], &ctx.limits) {
                     Ok(Some(head)) => break head,
                     Ok(None) => {
@@ -159,7 +159,7 @@ impl Conn {
             };
             let mut resp = match refusal {
                 Some(resp) => resp,
-                None => self.dispatch(ctx, &head, &body).await,
+                None => self.dispatch(ctx, &mut head.route, &body).await,
             };
             if ctx.shutdown.is_cancelled() {
                 resp = resp.closing();
@@ -239,9 +239,11 @@ impl Conn {
 
     /// Runs the routes that wait on another thread: the webhook route
     /// (ingest, enqueue, wait for Redis) and the readiness report.
-    async fn dispatch(&self, ctx: &CoreContext, head: &RequestHead, body: &Body) -> Response {
-        let provider = match &head.route {
-            Route::Webhook { provider } => provider,
+    /// The webhook's provider string moves into the job (the route keeps
+    /// its variant, which is all the caller still reads).
+    async fn dispatch(&self, ctx: &CoreContext, route: &mut Route, body: &Body) -> Response {
+        let provider = match route {
+            Route::Webhook { provider } => std::mem::take(provider),
             Route::Metrics => {
                 let gauges = ctx.health.queue_gauges().await;
                 return Response::prometheus(ctx.all_metrics.render(ctx.enqueuer.backlog() as u64, gauges));

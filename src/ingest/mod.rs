@@ -69,17 +69,19 @@ impl Ingestor {
         Self { parser, scratch: Vec::new(), buffers: simd_json::Buffers::new(4096) }
     }
 
-    /// Parses and validates `body` posted to `/webhooks/{provider}`.
+    /// Parses and validates `body` posted to `/webhooks/{provider}`. The
+    /// provider is taken by value so the router's string becomes the job's.
     ///
     /// # Errors
     /// [`IngestError::Json`] for malformed JSON, [`IngestError::Invalid`] with
     /// every failed rule otherwise.
     pub fn ingest(
         &mut self,
-        provider: &str,
+        provider: impl Into<String>,
         body: &[u8],
         received_at_us: i64,
     ) -> Result<WebhookJob, IngestError> {
+        let provider = provider.into();
         if has_nul_escape(body) {
             return Err(IngestError::Invalid(vec![NUL_MESSAGE.to_string()]));
         }
@@ -91,7 +93,7 @@ impl Ingestor {
                     .map_err(|e| IngestError::Json(format!("invalid UTF-8 at byte {}", e.valid_up_to())))?;
                 let env: Envelope<'_> =
                     serde_json::from_str(text).map_err(|e| IngestError::Json(e.to_string()))?;
-                extract(provider, &env)?
+                extract(&provider, &env)?
             }
             JsonParser::Simd => {
                 // simd-json unescapes in place; the job must keep the original bytes.
@@ -100,16 +102,10 @@ impl Ingestor {
                 let env: Envelope<'_> =
                     simd_json::serde::from_slice_with_buffers(&mut self.scratch, &mut self.buffers)
                         .map_err(|e| IngestError::Json(e.to_string()))?;
-                extract(provider, &env)?
+                extract(&provider, &env)?
             }
         };
-        Ok(WebhookJob {
-            provider: provider.to_owned(),
-            event_id,
-            event_timestamp_us,
-            received_at_us,
-            payload: body.to_vec(),
-        })
+        Ok(WebhookJob { provider, event_id, event_timestamp_us, received_at_us, payload: body.to_vec() })
     }
 }
 
