@@ -134,7 +134,10 @@ impl Conn {
                         self.fill(ctx, wait).await?;
                     }
                     Err(e) => {
-                        return self.close_with(ctx, head_error_response(&e), false, ctx.bare_extra()).await
+                        let resp = head_error_response(&e);
+                        return self
+                            .close_with(ctx, resp, false, ctx.bare_extra(), RouteLabel::Unknown)
+                            .await;
                     }
                 }
             };
@@ -151,11 +154,15 @@ impl Conn {
             if let (Some(resp), true) = (&refusal, head.expect_continue && head.body != BodyFraming::Empty) {
                 // The client is waiting for our word before sending the body:
                 // answer now and never read it (RFC 9110 §10.1.1).
-                return self.close_with(ctx, resp.clone(), head.http10, extra).await;
+                return self
+                    .close_with(ctx, resp.clone(), head.http10, extra, route_label(&head.route))
+                    .await;
             }
             let body = match self.read_body(ctx, &head, deadline).await? {
                 Ok(body) => body,
-                Err(resp) => return self.close_with(ctx, resp, head.http10, extra).await,
+                Err(resp) => {
+                    return self.close_with(ctx, resp, head.http10, extra, route_label(&head.route)).await
+                }
             };
             let mut resp = match refusal {
                 Some(resp) => resp,
@@ -297,14 +304,13 @@ impl Conn {
                 match monoio::time::timeout(deadline.saturating_duration_since(Instant::now()), read).await {
                     Ok(r) => r,
                     Err(_) => {
+                        // The buffer went with the cancelled read; answer anyway.
                         let resp = Response::error(
                             Status::RequestTimeout,
                             Message::One("request not received in time".into()),
                         );
-                        // The buffer went with the cancelled read; answer anyway.
-                        resp.closing().encode(false, false, &ctx.bare_extra(), &mut self.wbuf);
-                        ctx.metrics.record(RouteLabel::Unknown, Status::RequestTimeout, Duration::ZERO);
-                        let _ = self.flush(ctx).await;
+                        let _ =
+                            self.close_with(ctx, resp, false, ctx.bare_extra(), RouteLabel::Unknown).await;
                         return Err(End::Quiet);
                     }
                 }
@@ -351,10 +357,11 @@ impl Conn {
         resp: Response,
         http10: bool,
         extra: Extra<'_>,
+        route: RouteLabel,
     ) -> Result<(), End> {
         let status = resp.status();
         resp.closing().encode(http10, false, &extra, &mut self.wbuf);
-        ctx.metrics.record(RouteLabel::Unknown, status, Duration::ZERO);
+        ctx.metrics.record(route, status, Duration::ZERO);
         self.flush(ctx).await?;
         self.stream.shutdown().await?;
         let until = Instant::now() + LINGER_TIME;
