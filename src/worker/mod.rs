@@ -33,7 +33,7 @@
 
 mod dead_letter;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -109,16 +109,15 @@ pub struct Entry {
     pub deliveries: u64,
     /// The raw fields, kept for the dead-letter stream.
     fields: HashMap<String, redis::Value>,
+    /// The idempotency key, computed once (none when the job did not decode).
+    key: Option<String>,
 }
 
 impl Entry {
-    fn new(e: StreamId, deliveries: u64) -> Self {
+    fn new(e: StreamId, deliveries: u64, stream: &str) -> Self {
         let job = WebhookJob::from_stream_fields(&e.map).map_err(|err| err.to_string());
-        Self { id: e.id, job, deliveries, fields: e.map }
-    }
-
-    fn key(&self, stream: &str) -> Option<String> {
-        self.job.as_ref().ok().map(|j| idempotency_key(stream, &j.provider, &j.event_id))
+        let key = job.as_ref().ok().map(|j| idempotency_key(stream, &j.provider, &j.event_id));
+        Self { id: e.id, job, deliveries, fields: e.map, key }
     }
 }
 
@@ -317,7 +316,9 @@ impl Worker {
             Err(e) => return Err(e.into()),
         };
         Ok(reply
-            .map(|r| r.keys.into_iter().flat_map(|k| k.ids).map(|e| Entry::new(e, 1)).collect())
+            .map(|r| {
+                r.keys.into_iter().flat_map(|k| k.ids).map(|e| Entry::new(e, 1, &settings.stream)).collect()
+            })
             .unwrap_or_default())
     }
 
@@ -355,7 +356,7 @@ impl Worker {
             .into_iter()
             .map(|e| {
                 let n = deliveries.get(e.id.as_str()).copied().unwrap_or(1);
-                Entry::new(e, n)
+                Entry::new(e, n, &settings.stream)
             })
             .collect();
         if !entries.is_empty() {
@@ -372,18 +373,18 @@ impl Worker {
     /// Redis failed during the idempotency check, or shutdown cut retries short.
     pub fn store(&mut self, entries: Vec<Entry>) -> Result<Stored, WorkerError> {
         self.ensure_migrated()?;
-        let stream = self.settings.stream.clone();
         let mut out = Stored::default();
         let mut to_write: Vec<Entry> = Vec::with_capacity(entries.len());
-        let mut first: HashMap<(String, String), ()> = HashMap::with_capacity(entries.len());
+        let mut first: HashSet<String> = HashSet::with_capacity(entries.len());
         for entry in entries {
-            match &entry.job {
-                Err(reason) => {
+            // `key` is `None` exactly when the job did not decode.
+            match (&entry.job, &entry.key) {
+                (Err(reason), _) => {
                     let reason = format!("undecodable stream entry: {reason}");
                     out.dead.push((entry, reason));
                 }
-                Ok(job) => {
-                    if first.insert((job.provider.clone(), job.event_id.clone()), ()).is_some() {
+                (Ok(_), key) => {
+                    if !first.insert(key.clone().unwrap_or_default()) {
                         // Same event twice in one batch (a sender retry): the
                         // first copy stands for both.
                         out.skipped.push(entry.id);
@@ -398,7 +399,7 @@ impl Worker {
         if !to_write.is_empty() {
             let mut pipe = redis::pipe();
             for e in &to_write {
-                pipe.cmd("EXISTS").arg(e.key(&stream));
+                pipe.cmd("EXISTS").arg(&e.key);
             }
             let known: Vec<bool> = pipe.query(self.con()?)?;
             let mut fresh = Vec::with_capacity(to_write.len());
@@ -460,8 +461,7 @@ impl Worker {
                 Ok(written) => {
                     out.inserted += written.inserted;
                     out.duplicates += written.duplicates;
-                    let stream = &self.settings.stream;
-                    out.committed.extend(batch.into_iter().filter_map(|e| e.key(stream).map(|k| (e.id, k))));
+                    out.committed.extend(batch.into_iter().filter_map(|e| e.key.map(|k| (e.id, k))));
                 }
                 Err(e) if e.is_systemic() => {
                     let mut left: Vec<Entry> = batch;
