@@ -121,7 +121,7 @@ impl Default for Config {
             pin_cores: true,
             redis_url: "redis://127.0.0.1:6379/".into(),
             database_url: None,
-            queue_name: "webhooks".into(),
+            queue_name: crate::queue::DEFAULT_STREAM.into(),
             batch_max: 256,
             batch_linger: Duration::ZERO,
             enqueue_timeout: Duration::from_millis(2000),
@@ -187,7 +187,10 @@ impl Config {
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let d = Self::default();
         let var = |name: &'static str| Var { name, value: get(name).filter(|v| !v.trim().is_empty()) };
-        let cfg = Self {
+        // Read first: the pool size defaults to it.
+        let worker_threads = var("WORKER_THREADS").in_range(d.worker_threads, 0, 256)?;
+        let default_pool = u32::try_from(worker_threads + 1).unwrap_or(u32::MAX);
+        Ok(Self {
             host: var("HOST").parse_or(d.host, "an IP address such as 0.0.0.0 or 127.0.0.1")?,
             port: var("PORT").parse_or(d.port, "a port number from 0 to 65535")?,
             cores: var("CORES").map_or(d.cores, parse_cores)?,
@@ -225,7 +228,7 @@ impl Config {
             retry_after_secs: var("RETRY_AFTER_SECS").in_range(d.retry_after_secs, 0, 86_400)?,
             shutdown_timeout: millis(var("SHUTDOWN_TIMEOUT_MS").in_range(10_000, 0, 3_600_000)?),
             max_queue_depth: var("MAX_QUEUE_DEPTH").in_range(d.max_queue_depth, 1, 1_000_000_000)?,
-            worker_threads: var("WORKER_THREADS").in_range(d.worker_threads, 0, 256)?,
+            worker_threads,
             worker_batch_max: var("WORKER_BATCH_MAX").in_range(d.worker_batch_max, 1, 50_000)?,
             worker_block: millis(var("WORKER_BLOCK_MS").in_range(1000, 1, 60_000)?),
             worker_linger: millis(var("WORKER_LINGER_MS").in_range(50, 0, 10_000)?),
@@ -236,7 +239,7 @@ impl Config {
             )?,
             max_attempts: var("MAX_ATTEMPTS").in_range(d.max_attempts, 1, 1000)?,
             reclaim_idle: millis(var("RECLAIM_IDLE_MS").in_range(30_000, 50, 86_400_000)?),
-            pg_pool_size: 0, // derived below unless set
+            pg_pool_size: var("PG_POOL_SIZE").in_range(default_pool, 1, 1000)?,
             migrate_on_start: var("MIGRATE_ON_START").map_or(d.migrate_on_start, parse_bool)?,
             memory_limit_bytes: var("MEMORY_LIMIT_BYTES").in_range(d.memory_limit_bytes, 1 << 20, 1 << 50)?,
             security_headers: var("SECURITY_HEADERS").map_or(d.security_headers, parse_bool)?,
@@ -256,10 +259,7 @@ impl Config {
                     .map(|_| v.to_string())
                     .map_err(|e| format!("a tracing filter such as `info` or `debug,redis=warn` ({e})"))
             })?,
-        };
-        let derived_pool = u32::try_from(cfg.worker_threads + 1).unwrap_or(u32::MAX);
-        let pg_pool_size = var("PG_POOL_SIZE").in_range(derived_pool, 1, 1000)?;
-        Ok(Self { pg_pool_size, ..cfg })
+        })
     }
 
     /// `REDIS_URL` with any password replaced by `***`, for logs.
@@ -409,6 +409,9 @@ mod tests {
         assert_eq!(c.queue_name, "webhooks");
         assert_eq!(c.max_body_bytes, 1 << 20);
         assert_eq!(c.cores, CoreSelection::All);
+        assert_eq!(c.pg_pool_size, 3, "WORKER_THREADS (2) + 1");
+        assert_eq!(load(&[("WORKER_THREADS", "6")]).unwrap().pg_pool_size, 7);
+        assert_eq!(load(&[("WORKER_THREADS", "6"), ("PG_POOL_SIZE", "2")]).unwrap().pg_pool_size, 2);
     }
 
     #[test]

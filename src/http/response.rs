@@ -158,8 +158,9 @@ enum Body {
     Accepted(String),
     /// NestJS's error shape.
     Error(Message),
-    /// A JSON document built elsewhere (health reports).
-    Json(Cow<'static, [u8]>),
+    /// A document built elsewhere (a health report, Prometheus text); the
+    /// content type follows `Response::text`.
+    Raw(Cow<'static, [u8]>),
     /// Nothing (204).
     Empty,
 }
@@ -184,7 +185,7 @@ impl Response {
 
     /// 200 with a Prometheus text exposition.
     pub fn prometheus(text: String) -> Self {
-        Self { text: true, ..Self::new(Status::Ok, Body::Json(text.into_bytes().into())) }
+        Self { text: true, ..Self::new(Status::Ok, Body::Raw(text.into_bytes().into())) }
     }
 
     /// 202 `{"accepted":true,"jobId":…}`.
@@ -199,7 +200,7 @@ impl Response {
 
     /// A JSON document with the given status.
     pub fn json(status: Status, body: impl Into<Cow<'static, [u8]>>) -> Self {
-        Self::new(status, Body::Json(body.into()))
+        Self::new(status, Body::Raw(body.into()))
     }
 
     /// 503 with `Retry-After`.
@@ -267,7 +268,7 @@ impl Response {
         };
         let body_len = match (&self.body, &error_body) {
             (Body::Accepted(id), _) => ACCEPTED_OPEN.len() + id.len() + ACCEPTED_CLOSE.len(),
-            (Body::Json(json), _) => json.len(),
+            (Body::Raw(json), _) => json.len(),
             (_, Some(e)) => e.len(),
             _ => 0,
         };
@@ -323,7 +324,7 @@ impl Response {
                 out.extend_from_slice(id.as_bytes());
                 out.extend_from_slice(ACCEPTED_CLOSE);
             }
-            (Body::Json(json), _) => out.extend_from_slice(json),
+            (Body::Raw(json), _) => out.extend_from_slice(json),
             (_, Some(e)) => out.extend_from_slice(&e),
             _ => {}
         }

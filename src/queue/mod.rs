@@ -101,29 +101,16 @@ impl Enqueuer {
     /// # Errors
     /// [`EnqueueError`] whenever the job is not known to be in Redis.
     pub async fn enqueue(&self, job: WebhookJob) -> Result<StreamId, EnqueueError> {
-        let rx = self.submit(job)?;
-        match monoio::time::timeout(self.timeout, rx).await {
-            Ok(Ok(outcome)) => outcome,
-            Ok(Err(oneshot::Canceled)) => Err(EnqueueError::Closed),
-            Err(_elapsed) => Err(EnqueueError::TimedOut),
-        }
-    }
-
-    /// Puts `job` on the channel without waiting; the receiver yields the outcome.
-    ///
-    /// # Errors
-    /// [`EnqueueError::Saturated`] when the channel is full,
-    /// [`EnqueueError::Closed`] when the pipeline thread has stopped.
-    pub fn submit(
-        &self,
-        job: WebhookJob,
-    ) -> Result<oneshot::Receiver<Result<StreamId, EnqueueError>>, EnqueueError> {
         let (reply, rx) = oneshot::channel();
         self.tx.try_send(Pending { job, reply }).map_err(|e| match e {
             crossbeam_channel::TrySendError::Full(_) => EnqueueError::Saturated,
             crossbeam_channel::TrySendError::Disconnected(_) => EnqueueError::Closed,
         })?;
-        Ok(rx)
+        match monoio::time::timeout(self.timeout, rx).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(oneshot::Canceled)) => Err(EnqueueError::Closed),
+            Err(_elapsed) => Err(EnqueueError::TimedOut),
+        }
     }
 
     /// Jobs waiting in the channel now.

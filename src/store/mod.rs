@@ -64,14 +64,6 @@ impl StoreError {
             "08" | "53" | "54" | "55" | "57" | "58" | "40" | "42" | "XX" | "3D" | "3F" | "28"
         ) || code == "25006"
     }
-
-    /// The SQLSTATE, when the server sent one.
-    pub fn sqlstate(&self) -> Option<&str> {
-        match self {
-            StoreError::Postgres(e) => e.code().map(|c| c.code()),
-            _ => None,
-        }
-    }
 }
 
 /// The server's own words (`postgres::Error`'s Display is just "db error").

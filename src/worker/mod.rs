@@ -188,11 +188,6 @@ impl Worker {
         Ok(Self { name, settings, redis, con: None, pool, shutdown, next_reclaim: Instant::now(), migrated })
     }
 
-    /// The consumer name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     /// Runs steps until shutdown; failures are logged once per change and retried.
     pub fn run(mut self) {
         info!(consumer = %self.name, "worker started");
