@@ -35,7 +35,7 @@ impl RedisServer {
         server
     }
 
-    fn launch(&mut self) {
+    pub fn launch(&mut self) {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
             .args(["--appendonly", "yes", "--appendfsync", "everysec", "--maxmemory-policy", "noeviction"])
@@ -170,7 +170,7 @@ impl PostgresServer {
         server
     }
 
-    fn launch(&mut self) {
+    pub fn launch(&mut self) {
         use std::os::unix::process::CommandExt;
         let mut cmd = Command::new(self.bindir.join("postgres"));
         cmd.arg("-D")
@@ -419,10 +419,15 @@ pub struct Client {
 
 impl Client {
     pub fn connect(addr: SocketAddr) -> Self {
-        let stream = TcpStream::connect(addr).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-        stream.set_nodelay(true).unwrap();
-        Self { stream, buf: Vec::new() }
+        Self::try_connect(addr).unwrap()
+    }
+
+    /// Like `connect`, but a refused connection is returned, not a panic.
+    pub fn try_connect(addr: SocketAddr) -> std::io::Result<Self> {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        stream.set_read_timeout(Some(Duration::from_secs(15)))?;
+        stream.set_nodelay(true)?;
+        Ok(Self { stream, buf: Vec::new() })
     }
 
     pub fn send(&mut self, bytes: &[u8]) {
@@ -441,19 +446,31 @@ impl Client {
 
     /// Reads one response; `None` if the server closed first.
     pub fn read_response(&mut self) -> Option<Response> {
+        match self.try_read_response() {
+            Ok(resp) => resp,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => None,
+            Err(e) => panic!("read failed: {e}"),
+        }
+    }
+
+    /// Like `read_response`, but every I/O error (a timeout included) is returned.
+    pub fn try_read_response(&mut self) -> std::io::Result<Option<Response>> {
         loop {
             if let Some((resp, used)) = parse_response(&self.buf) {
                 self.buf.drain(..used);
-                return Some(resp);
+                return Ok(Some(resp));
             }
             let mut chunk = [0u8; 16384];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return None,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
-                Err(e) => panic!("read failed: {e}"),
+            match self.stream.read(&mut chunk)? {
+                0 => return Ok(None),
+                n => self.buf.extend_from_slice(&chunk[..n]),
             }
         }
+    }
+
+    /// Sets how long a read may wait.
+    pub fn set_read_timeout(&self, timeout: Duration) {
+        self.stream.set_read_timeout(Some(timeout)).unwrap();
     }
 
     /// True when the server has closed the connection (EOF or reset).

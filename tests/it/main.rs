@@ -2,9 +2,12 @@
 //! one private Redis per test. Files follow the request's path: accepted
 //! requests, refused ones, HTTP framing, Redis failures, concurrency.
 
+mod abuse;
 mod accept;
+mod chaos;
 mod concurrency;
 mod errors;
+mod fault;
 mod harness;
 mod ops;
 mod outage;

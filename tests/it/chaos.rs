@@ -1,0 +1,212 @@
+//! Faults under load, each against real processes: the gateway binary,
+//! `redis-server` with AOF (`appendfsync everysec`) and `postgres`. Every
+//! scenario ends in [`settle`]: each 202'd event is one row, nothing else.
+
+use std::time::{Duration, Instant};
+
+use crate::fault::{pending, servers, settle, stored, Gateway, Load};
+use crate::harness::{free_port, wait_until};
+
+/// Four clients, each with a 5 ms pause: a few hundred events a second, a
+/// few thousand per scenario, light enough for two shared cores.
+const CLIENTS: usize = 4;
+const PACE: Duration = Duration::from_millis(5);
+
+#[test]
+fn gateway_killed_with_sigkill_mid_load_then_restarted() {
+    let (redis, pg) = servers();
+    let mut gateway = Gateway::spawn(free_port(), &redis, Some(&pg), "all", &[]);
+    let load = Load::start(gateway.addr(), CLIENTS, PACE, "kill9gw");
+    load.wait_for_more(500, Duration::from_secs(20));
+
+    gateway.kill9();
+    std::thread::sleep(Duration::from_millis(500));
+    gateway.restart();
+    load.wait_for_more(500, Duration::from_secs(20));
+    let ledger = load.stop();
+
+    let report = settle("gateway_kill9", &ledger, &redis, &pg);
+    assert!(report.other > 0 || report.sent > report.accepted, "the crash was felt: {report:?}");
+}
+
+#[test]
+fn a_worker_killed_mid_batch_has_its_entries_taken_over_by_the_other() {
+    let (redis, pg) = servers();
+    let api = Gateway::spawn(free_port(), &redis, Some(&pg), "api", &[]);
+    // Big, slowly filled batches keep entries pending long enough to be caught.
+    let slow = [("WORKER_LINGER_MS", "200"), ("WORKER_THREADS", "1")];
+    let mut doomed = Gateway::spawn(free_port(), &redis, Some(&pg), "worker", &slow);
+    let survivor = Gateway::spawn(free_port(), &redis, Some(&pg), "worker", &slow);
+    let load = Load::start(api.addr(), CLIENTS, PACE, "kill9worker");
+    load.wait_for_more(300, Duration::from_secs(20));
+
+    // Kill it the moment it holds delivered, unacknowledged entries.
+    let marker = format!("-{}-", doomed.pid());
+    let mut orphaned = 0;
+    wait_until(Duration::from_secs(20), "the doomed worker to hold a batch", || {
+        orphaned = pending(&redis).1.iter().filter(|(name, _)| name.contains(&marker)).map(|(_, n)| *n).sum();
+        orphaned > 0
+    });
+    doomed.kill9();
+    load.wait_for_more(300, Duration::from_secs(20));
+    let ledger = load.stop();
+
+    let report = settle("worker_kill9", &ledger, &redis, &pg);
+    let left: u64 = pending(&redis).1.iter().filter(|(n, _)| n.contains(&marker)).map(|(_, n)| *n).sum();
+    assert_eq!(left, 0, "the survivor claimed the {orphaned} entries the dead worker held");
+    eprintln!("orphaned at the kill: {orphaned}; {report:?}");
+    drop(survivor);
+}
+
+#[test]
+fn redis_killed_with_sigkill_mid_load_restarts_from_its_aof() {
+    let (mut redis, pg) = servers();
+    let _gateway = Gateway::spawn(free_port(), &redis, Some(&pg), "all", &[]);
+    let load = Load::start(_gateway.addr(), CLIENTS, PACE, "kill9redis");
+    load.wait_for_more(500, Duration::from_secs(20));
+
+    // The AOF is written before Redis replies, so a process crash keeps
+    // every acknowledged XADD; only a power loss can cost up to 1 s.
+    redis.kill();
+    std::thread::sleep(Duration::from_secs(1));
+    redis.launch();
+    load.wait_for_more(500, Duration::from_secs(30));
+    let ledger = load.stop();
+
+    let report = settle("redis_kill9", &ledger, &redis, &pg);
+    assert!(report.unavailable + report.other > 0, "Redis being down was felt: {report:?}");
+}
+
+#[test]
+fn a_frozen_redis_gets_503s_in_time_and_everything_recovers_after_sigcont() {
+    let (redis, pg) = servers();
+    let gateway = Gateway::spawn(free_port(), &redis, Some(&pg), "all", &[]);
+    let load = Load::start(gateway.addr(), CLIENTS, PACE, "sigstopredis");
+    load.wait_for_more(300, Duration::from_secs(20));
+
+    redis.pause();
+    std::thread::sleep(Duration::from_secs(10));
+    redis.resume();
+    load.wait_for_more(300, Duration::from_secs(30));
+    let ledger = load.stop();
+
+    let report = settle("redis_sigstop_10s", &ledger, &redis, &pg);
+    assert!(report.unavailable > 0, "requests during the freeze got 503: {report:?}");
+    // ENQUEUE_TIMEOUT_MS is 1 s: no request may hang for the 10 s freeze.
+    assert!(ledger.max_latency < Duration::from_secs(3), "a request hung: {report:?}");
+}
+
+#[test]
+fn postgres_restarted_mid_load() {
+    let (redis, mut pg) = servers();
+    let gateway = Gateway::spawn(free_port(), &redis, Some(&pg), "all", &[]);
+    let load = Load::start(gateway.addr(), CLIENTS, PACE, "pgrestart");
+    load.wait_for_more(500, Duration::from_secs(20));
+    pg.stop();
+    pg.launch();
+    load.wait_for_more(500, Duration::from_secs(20));
+    let ledger = load.stop();
+    settle("postgres_restart", &ledger, &redis, &pg);
+}
+
+#[test]
+fn postgres_down_for_30_s_mid_load_the_queue_absorbs_and_workers_catch_up() {
+    let (redis, mut pg) = servers();
+    let gateway = Gateway::spawn(free_port(), &redis, Some(&pg), "all", &[]);
+    let load = Load::start(gateway.addr(), CLIENTS, PACE, "pgdown");
+    load.wait_for_more(300, Duration::from_secs(20));
+
+    pg.stop();
+    let before = load.accepted();
+    std::thread::sleep(Duration::from_secs(30));
+    let during = load.accepted() - before;
+    pg.launch();
+    load.wait_for_more(300, Duration::from_secs(30));
+    let ledger = load.stop();
+
+    let report = settle("postgres_down_30s", &ledger, &redis, &pg);
+    assert!(during > 1000, "the gateway kept accepting while PostgreSQL was down: {during}");
+    eprintln!("accepted during the outage: {during}; {report:?}");
+}
+
+#[test]
+fn sigterm_mid_load_exits_0_drained_and_loses_nothing() {
+    let (redis, pg) = servers();
+    let mut gateway = Gateway::spawn(free_port(), &redis, Some(&pg), "all", &[]);
+    let load = Load::start(gateway.addr(), CLIENTS, PACE, "sigterm");
+    load.wait_for_more(500, Duration::from_secs(20));
+
+    let signalled = Instant::now();
+    gateway.signal("-TERM");
+    let status = gateway.wait_exit(Duration::from_secs(10));
+    let took = signalled.elapsed();
+    let ledger = load.stop();
+    assert_eq!(status.code(), Some(0), "a drained shutdown exits 0");
+    assert!(took < Duration::from_secs(6), "within SHUTDOWN_TIMEOUT_MS + slack: {took:?}");
+
+    // Whatever the stopped process had not yet written is waiting in Redis;
+    // a worker started afterwards stores it.
+    let _worker = Gateway::spawn(free_port(), &redis, Some(&pg), "worker", &[]);
+    settle("sigterm", &ledger, &redis, &pg);
+}
+
+#[test]
+fn a_read_only_postgres_makes_workers_wait_without_acking_anything() {
+    let (redis, pg) = servers();
+    let gateway = Gateway::spawn(free_port(), &redis, Some(&pg), "all", &[("MAX_ATTEMPTS", "2")]);
+    let load = Load::start(gateway.addr(), CLIENTS, PACE, "readonly");
+    load.wait_for_more(300, Duration::from_secs(20));
+
+    // Every session, pooled ones included, turns read-only at the reload.
+    let mut admin = pg.client("postgres");
+    admin.batch_execute("ALTER SYSTEM SET default_transaction_read_only = on").unwrap();
+    admin.batch_execute("SELECT pg_reload_conf()").unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let rows_frozen: i64 = stored(&pg).values().sum();
+    load.wait_for_more(500, Duration::from_secs(20));
+    std::thread::sleep(Duration::from_secs(2));
+    let rows_later: i64 = stored(&pg).values().sum();
+    let (held, _) = pending(&redis);
+    assert_eq!(rows_frozen, rows_later, "nothing can be written to a read-only database");
+    assert!(held > 0, "the workers hold their batches pending instead of acking them");
+
+    admin.batch_execute("ALTER SYSTEM RESET default_transaction_read_only").unwrap();
+    admin.batch_execute("SELECT pg_reload_conf()").unwrap();
+    load.wait_for_more(300, Duration::from_secs(20));
+    let ledger = load.stop();
+    // MAX_ATTEMPTS=2 and several reclaim periods read-only: a worker that
+    // counted the outage as failed deliveries would have dead-lettered them.
+    settle("postgres_read_only", &ledger, &redis, &pg);
+}
+
+/// Not a fault but the baseline row of the table: the same load, no fault.
+#[test]
+fn no_fault_baseline() {
+    let (redis, pg) = servers();
+    let gateway = Gateway::spawn(free_port(), &redis, Some(&pg), "all", &[]);
+    let load = Load::start(gateway.addr(), CLIENTS, PACE, "baseline");
+    load.wait_for_more(1000, Duration::from_secs(20));
+    let ledger = load.stop();
+    let report = settle("baseline", &ledger, &redis, &pg);
+    assert_eq!(report.accepted, report.sent, "no fault, every request 202: {report:?}");
+    assert_eq!(report.rows, report.accepted);
+}
+
+/// The ledger itself can fail: a row removed behind its back is reported lost.
+#[test]
+fn the_ledger_catches_a_lost_event() {
+    let (redis, pg) = servers();
+    let gateway = Gateway::spawn(free_port(), &redis, Some(&pg), "all", &[]);
+    let load = Load::start(gateway.addr(), 1, PACE, "ledgercheck");
+    load.wait_for_more(20, Duration::from_secs(20));
+    let ledger = load.stop();
+    wait_until(Duration::from_secs(30), "the rows", || stored(&pg).len() >= ledger.accepted.len());
+    let victim = &ledger.accepted[ledger.accepted.len() / 2];
+    pg.client(crate::harness::DB)
+        .execute("DELETE FROM webhook_events WHERE event_id = $1", &[victim])
+        .unwrap();
+    let caught = std::panic::catch_unwind(|| settle("ledger_self_check", &ledger, &redis, &pg));
+    let message = caught.expect_err("settle must fail when a 202'd event has no row");
+    let text = message.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(text.contains("lost: 1"), "{text}");
+}
