@@ -199,6 +199,7 @@ fn start_gateway(
     cpus: Vec<Option<core_affinity::CoreId>>,
     metrics: Arc<Metrics>,
 ) -> Result<(), StartError> {
+    raise_open_file_limit(config.max_connections_per_core.saturating_mul(cpus.len()));
     let requested = SocketAddr::new(config.host, config.port);
     let listeners = bind_listeners(requested, cpus.len())?;
     let local_addr =
@@ -384,4 +385,23 @@ fn bind_listeners(addr: SocketAddr, n: usize) -> Result<Vec<TcpListener>, StartE
         })
         .collect::<std::io::Result<Vec<TcpListener>>>()
         .map_err(listen_err)
+}
+
+/// Raises the soft open-file limit to the hard one, as nginx's
+/// `worker_rlimit_nofile` or Go's runtime do: the default soft limit (often
+/// 1024) would refuse connections far below `MAX_CONNECTIONS_PER_CORE`.
+/// Warns when even the hard limit cannot hold `connections` sockets.
+fn raise_open_file_limit(connections: usize) {
+    // Listeners, Redis, PostgreSQL, logs and the process's own files.
+    let wanted = connections as u64 + 256;
+    match rlimit::increase_nofile_limit(wanted) {
+        Ok(got) if got < wanted => tracing::warn!(
+            open_files = got,
+            wanted,
+            "the open-file limit (ulimit -n) holds fewer connections than MAX_CONNECTIONS_PER_CORE allows; \
+             raise it (docker: --ulimit nofile=N) or lower MAX_CONNECTIONS_PER_CORE"
+        ),
+        Ok(got) => tracing::debug!(open_files = got, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "could not read or raise the open-file limit"),
+    }
 }

@@ -26,7 +26,11 @@ pub enum ChunkError {
 enum State {
     /// Reading hex digits of a chunk size.
     Size { value: u64, digits: u8 },
-    /// After the size: extensions up to CR.
+    /// After the size and whitespace: only more whitespace, `;` or CR may follow
+    /// (`2 x` is refused: peers that read it as size 2 and peers that refuse
+    /// it would disagree about where the request ends).
+    SizeBws,
+    /// After `;`: extensions up to CR.
     Extension,
     /// Expecting the LF of the size line.
     SizeLf,
@@ -116,17 +120,23 @@ impl ChunkedDecoder {
                 State::Size { value: value * 16 + d, digits: digits + 1 }
             }
             (State::Size { digits: 0, .. }, _) => return Err(ChunkError::Malformed),
-            (State::Size { value, .. }, b';' | b' ' | b'\t') => {
+            (State::Size { value, .. }, b' ' | b'\t') => {
+                self.start_chunk(value)?;
+                State::SizeBws
+            }
+            (State::Size { value, .. }, b';') => {
                 self.start_chunk(value)?;
                 State::Extension
             }
+            (State::SizeBws, b' ' | b'\t') => State::SizeBws,
+            (State::SizeBws, b';') => State::Extension,
+            (State::SizeBws, b'\r') => State::SizeLf,
             (State::Size { value, .. }, b'\r') => {
                 self.start_chunk(value)?;
                 State::SizeLf
             }
             (State::Extension, b'\r') => State::SizeLf,
-            (State::Extension, b'\n') => return Err(ChunkError::Malformed),
-            (State::Extension, _) => State::Extension,
+            (State::Extension, b'\t' | 0x20..=0x7e | 0x80..) => State::Extension,
             (State::SizeLf, b'\n') => {
                 self.meta = 0;
                 match self.pending {
@@ -222,6 +232,15 @@ mod tests {
         assert_eq!(decode_all(b"32\r\n", 100).map(|r| r.1), Ok(false));
         let two = format!("32\r\n{}\r\n33\r\n", "a".repeat(50));
         assert_eq!(decode_all(two.as_bytes(), 100).unwrap_err(), ChunkError::TooLarge(100));
+    }
+
+    #[test]
+    fn whitespace_after_a_size_may_only_lead_to_an_extension() {
+        assert_eq!(decode_all(b"2 ;a=\"b c\"\r\nab\r\n0 \t\r\n\r\n", 100).unwrap().2, b"ab");
+        for bad in [&b"2 x\r\nab\r\n0\r\n\r\n"[..], b"2;a\x01\r\nab\r\n0\r\n\r\n", b"2 2\r\nab\r\n0\r\n\r\n"]
+        {
+            assert_eq!(decode_all(bad, 100).unwrap_err(), ChunkError::Malformed, "{bad:?}");
+        }
     }
 
     #[test]

@@ -30,6 +30,8 @@ use crate::telemetry::metrics::{CoreMetrics, Metrics, RouteLabel};
 
 /// Smallest free space kept at the end of the read buffer before a read.
 const READ_CHUNK: usize = 4096;
+/// Pending answers are written once they reach this size, even mid-pipeline.
+const WBUF_FLUSH_AT: usize = 64 * 1024;
 /// After a response that closes the connection, how long (and how much) we
 /// keep reading and discarding, so the client receives the answer instead of
 /// a reset caused by unread bytes.
@@ -176,6 +178,12 @@ impl Conn {
             if !head.keep_alive || resp.closes() {
                 self.flush(ctx).await?;
                 return Ok(());
+            }
+            // A client pipelining tiny requests faster than it reads would
+            // otherwise make us hold ~40× its bytes in answers: write them out
+            // now and let TCP push back on its sends.
+            if self.wbuf.len() >= WBUF_FLUSH_AT {
+                self.flush(ctx).await?;
             }
         }
     }

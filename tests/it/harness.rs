@@ -422,6 +422,11 @@ impl Client {
         Self::try_connect(addr).unwrap()
     }
 
+    /// Wraps an already connected stream.
+    pub fn from_stream(stream: TcpStream) -> Self {
+        Self { stream, buf: Vec::new() }
+    }
+
     /// Like `connect`, but a refused connection is returned, not a panic.
     pub fn try_connect(addr: SocketAddr) -> std::io::Result<Self> {
         let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
