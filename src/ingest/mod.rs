@@ -82,8 +82,8 @@ impl Ingestor {
         received_at_us: i64,
     ) -> Result<WebhookJob, IngestError> {
         let provider = provider.into();
-        if has_nul_escape(body) {
-            return Err(IngestError::Invalid(vec![NUL_MESSAGE.to_string()]));
+        if let Some(message) = unstorable_escape(body) {
+            return Err(IngestError::Invalid(vec![message.to_string()]));
         }
         let (event_id, event_timestamp_us) = match self.parser {
             JsonParser::Serde => {
@@ -123,14 +123,50 @@ fn extract(provider: &str, env: &Envelope<'_>) -> Result<(String, i64), IngestEr
 /// The message for a body PostgreSQL's `jsonb` cannot hold.
 const NUL_MESSAGE: &str = "body must not contain the escape \\u0000 (PostgreSQL jsonb cannot store it)";
 
-/// True when the JSON text contains the escape `\u0000` (not a literal
-/// backslash followed by `u0000`): valid JSON that `jsonb` rejects, so it
-/// would only ever reach the dead-letter stream. Refused at the door instead.
-fn has_nul_escape(body: &[u8]) -> bool {
-    memchr::memmem::find_iter(body, br"\u0000").any(|at| {
-        let backslashes = body[..at].iter().rev().take_while(|&&b| b == b'\\').count();
-        backslashes % 2 == 0
-    })
+/// The message for a lone UTF-16 surrogate escape, which `jsonb` also refuses.
+const SURROGATE_MESSAGE: &str =
+    "body must not contain an unpaired UTF-16 surrogate escape such as \\ud800 (PostgreSQL jsonb cannot store it)";
+
+/// Finds the `\u` escapes that are valid JSON but that `jsonb` rejects, so
+/// the event would only ever reach the dead-letter stream: `\u0000`, and a
+/// surrogate escape that is not a high one followed by a low one. serde_json
+/// does not check the second in the values it skips (found by the `ingest`
+/// fuzz target), so the whole body is scanned, like its UTF-8.
+fn unstorable_escape(body: &[u8]) -> Option<&'static str> {
+    let finder = memchr::memmem::Finder::new(br"\u");
+    let mut from = 0;
+    while let Some(found) = finder.find(&body[from..]) {
+        let at = from + found;
+        from = at + 2;
+        // `\\u0000` is an escaped backslash followed by text, not an escape.
+        if body[..at].iter().rev().take_while(|&&b| b == b'\\').count() % 2 == 1 {
+            continue;
+        }
+        let Some(unit) = hex4(&body[at + 2..]) else { continue };
+        match unit {
+            0 => return Some(NUL_MESSAGE),
+            0xD800..=0xDBFF => {
+                let low =
+                    body.get(at + 6..at + 8).filter(|p| *p == br"\u").and_then(|_| hex4(&body[at + 8..]));
+                match low {
+                    Some(0xDC00..=0xDFFF) => from = at + 12,
+                    _ => return Some(SURROGATE_MESSAGE),
+                }
+            }
+            0xDC00..=0xDFFF => return Some(SURROGATE_MESSAGE),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The value of four hex digits at the start of `s`, if they are there.
+fn hex4(s: &[u8]) -> Option<u16> {
+    let digits = std::str::from_utf8(s.get(..4)?).ok()?;
+    if !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u16::from_str_radix(digits, 16).ok()
 }
 
 #[cfg(test)]
@@ -227,6 +263,41 @@ mod tests {
         assert_eq!(both("s", literal).unwrap().event_id, "e\\u0000");
         let both_kinds = br#"{"provider":"s","eventId":"\\\u0000","timestamp":"2026-01-01","data":{}}"#;
         assert!(both("s", both_kinds).is_err());
+    }
+
+    #[test]
+    fn lone_surrogate_escapes_are_refused_and_pairs_kept() {
+        let body = |s: &str| {
+            format!(r#"{{"provider":"s","eventId":"e","timestamp":"2026-01-01","data":{{"x":"{s}"}}}}"#)
+        };
+        for bad in [r"\ud800", r"\udc00", r"a\ud83dx", r"\ud83d\ud83d", r"\ud65d\ude00", r"\uDBFF\u0041"] {
+            assert_eq!(both("s", body(bad).as_bytes()).unwrap_err().messages(), [SURROGATE_MESSAGE], "{bad}");
+        }
+        for good in [r"\ud83d\ude00", r"\uD83D\uDE00\u00e9", r"\\ud800", r"\ud7ff\ue000"] {
+            assert!(both("s", body(good).as_bytes()).is_ok(), "{good}");
+        }
+    }
+
+    #[test]
+    fn numbers_beyond_64_bits_and_doubles_are_accepted() {
+        // jsonb's numeric holds them; the payload is kept as sent, never re-encoded.
+        let body = |n: &str| {
+            format!(r#"{{"provider":"s","eventId":"e","timestamp":"2026-01-01","data":{{"x":{n}}}}}"#)
+        };
+        for n in [
+            "4208888888888888888888888888888888888888888880",
+            "-1e300",
+            "1.5e-320",
+            "123456789012345678901234567890.5",
+        ] {
+            assert!(both("s", body(n).as_bytes()).is_ok(), "{n}");
+        }
+        // Beyond a double's range only serde_json (the default) accepts it:
+        // simd-json refuses such numbers, a documented cost of JSON_PARSER=simd.
+        let huge = body("1e400");
+        assert!(Ingestor::new(JsonParser::Serde).ingest("s", huge.as_bytes(), 0).is_ok());
+        let refused = Ingestor::new(JsonParser::Simd).ingest("s", huge.as_bytes(), 0).unwrap_err();
+        assert!(matches!(&refused, IngestError::Json(m) if m.contains("Number")), "{refused:?}");
     }
 
     #[test]

@@ -46,6 +46,40 @@ fn a_posted_event_becomes_one_row_with_its_payload_and_timestamps() {
     assert_drained(&app);
 }
 
+/// Whatever the gateway accepts, jsonb can hold: the edge cases the fuzzer
+/// met (surrogate pairs, numbers beyond 64 bits and beyond a double) are
+/// stored, and the escapes jsonb refuses never get a 202.
+#[test]
+fn edge_case_json_that_gets_202_is_storable_and_what_jsonb_refuses_gets_400() {
+    let app = TestApp::spawn_full(|_| {});
+    let body = |id: &str, data: &str| {
+        format!(
+            r#"{{"provider":"stripe","eventId":"{id}","timestamp":"2026-01-01T00:00:00Z","data":{data}}}"#
+        )
+    };
+    let accepted = [
+        r#"{"emoji":"\ud83d\ude00","e":"\u00e9"}"#,
+        r#"{"wei":4208888888888888888888888888888888888888888880}"#,
+        r#"{"big":1e400,"tiny":-1.5e-320,"x":123456789012345678901234567890.5}"#,
+        r#"{"literal":"\\ud800 and \\u0000 are just text here"}"#,
+    ];
+    for (i, data) in accepted.iter().enumerate() {
+        assert_eq!(app.post("stripe", &body(&format!("evt_edge_{i}"), data)).status, 202, "{data}");
+    }
+    for data in [r#"{"x":"\ud800"}"#, r#"{"x":"\udc00\ud800"}"#, r#"{"x":"a\u0000"}"#] {
+        assert_eq!(app.post("stripe", &body("evt_refused", data)).status, 400, "{data}");
+    }
+    wait_until(DRAIN, "the rows", || app.rows() == accepted.len() as i64);
+    assert_drained(&app);
+    assert_eq!(app.dead_letters(), 0, "nothing accepted was unstorable");
+    let emoji: String = app
+        .pg()
+        .query_one("SELECT payload->'data'->>'emoji' FROM webhook_events WHERE event_id = 'evt_edge_0'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(emoji, "\u{1F600}");
+}
+
 #[test]
 fn the_same_event_five_times_is_one_row_and_providers_are_kept_apart() {
     let app = TestApp::spawn_full(|_| {});
