@@ -120,21 +120,11 @@ impl ChunkedDecoder {
                 State::Size { value: value * 16 + d, digits: digits + 1 }
             }
             (State::Size { digits: 0, .. }, _) => return Err(ChunkError::Malformed),
-            (State::Size { value, .. }, b' ' | b'\t') => {
+            (State::Size { value, .. }, b' ' | b'\t' | b';' | b'\r') => {
                 self.start_chunk(value)?;
-                State::SizeBws
+                after_size(b)
             }
-            (State::Size { value, .. }, b';') => {
-                self.start_chunk(value)?;
-                State::Extension
-            }
-            (State::SizeBws, b' ' | b'\t') => State::SizeBws,
-            (State::SizeBws, b';') => State::Extension,
-            (State::SizeBws, b'\r') => State::SizeLf,
-            (State::Size { value, .. }, b'\r') => {
-                self.start_chunk(value)?;
-                State::SizeLf
-            }
+            (State::SizeBws, b' ' | b'\t' | b';' | b'\r') => after_size(b),
             (State::Extension, b'\r') => State::SizeLf,
             (State::Extension, b'\t' | 0x20..=0x7e | 0x80..) => State::Extension,
             (State::SizeLf, b'\n') => {
@@ -166,6 +156,15 @@ impl ChunkedDecoder {
         self.decoded = total as usize;
         self.pending = size;
         Ok(())
+    }
+}
+
+/// Where a byte after the size digits (or their whitespace) leads.
+fn after_size(b: u8) -> State {
+    match b {
+        b';' => State::Extension,
+        b'\r' => State::SizeLf,
+        _ => State::SizeBws,
     }
 }
 

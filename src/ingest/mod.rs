@@ -133,27 +133,24 @@ const SURROGATE_MESSAGE: &str =
 /// does not check the second in the values it skips (found by the `ingest`
 /// fuzz target), so the whole body is scanned, like its UTF-8.
 fn unstorable_escape(body: &[u8]) -> Option<&'static str> {
-    let finder = memchr::memmem::Finder::new(br"\u");
-    let mut from = 0;
-    while let Some(found) = finder.find(&body[from..]) {
-        let at = from + found;
-        from = at + 2;
-        // `\\u0000` is an escaped backslash followed by text, not an escape.
-        if body[..at].iter().rev().take_while(|&&b| b == b'\\').count() % 2 == 1 {
+    let mut i = 0;
+    while let Some(found) = memchr::memchr(b'\\', &body[i..]) {
+        let at = i + found;
+        // Every backslash opens a two-byte escape; skipping both is what
+        // keeps `\\u0000` (an escaped backslash, then text) from matching.
+        i = at + 2;
+        if body.get(at + 1) != Some(&b'u') {
             continue;
         }
-        let Some(unit) = hex4(&body[at + 2..]) else { continue };
-        match unit {
-            0 => return Some(NUL_MESSAGE),
-            0xD800..=0xDBFF => {
-                let low =
-                    body.get(at + 6..at + 8).filter(|p| *p == br"\u").and_then(|_| hex4(&body[at + 8..]));
-                match low {
-                    Some(0xDC00..=0xDFFF) => from = at + 12,
+        match hex4(&body[at + 2..]) {
+            Some(0) => return Some(NUL_MESSAGE),
+            Some(0xD800..=0xDBFF) => {
+                match body.get(at + 6..at + 8).and_then(|p| hex4(&body[at + 8..]).filter(|_| p == br"\u")) {
+                    Some(0xDC00..=0xDFFF) => i = at + 12,
                     _ => return Some(SURROGATE_MESSAGE),
                 }
             }
-            0xDC00..=0xDFFF => return Some(SURROGATE_MESSAGE),
+            Some(0xDC00..=0xDFFF) => return Some(SURROGATE_MESSAGE),
             _ => {}
         }
     }
@@ -162,11 +159,7 @@ fn unstorable_escape(body: &[u8]) -> Option<&'static str> {
 
 /// The value of four hex digits at the start of `s`, if they are there.
 fn hex4(s: &[u8]) -> Option<u16> {
-    let digits = std::str::from_utf8(s.get(..4)?).ok()?;
-    if !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    u16::from_str_radix(digits, 16).ok()
+    s.get(..4)?.iter().try_fold(0u16, |acc, &b| Some(acc << 4 | (b as char).to_digit(16)? as u16))
 }
 
 #[cfg(test)]

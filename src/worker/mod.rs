@@ -370,23 +370,20 @@ impl Worker {
         self.ensure_migrated()?;
         let mut out = Stored::default();
         let mut to_write: Vec<Entry> = Vec::with_capacity(entries.len());
-        let mut first: HashSet<String> = HashSet::with_capacity(entries.len());
-        for entry in entries {
-            // `key` is `None` exactly when the job did not decode.
-            match (&entry.job, &entry.key) {
-                (Err(reason), _) => {
+        // The first copy of each key stands for the others (a sender retry in
+        // the same batch); decided on borrowed keys, so nothing is cloned.
+        let first_copy: Vec<bool> = {
+            let mut seen: HashSet<&str> = HashSet::with_capacity(entries.len());
+            entries.iter().map(|e| e.key.as_deref().is_none_or(|k| seen.insert(k))).collect()
+        };
+        for (entry, first) in entries.into_iter().zip(first_copy) {
+            match &entry.job {
+                Err(reason) => {
                     let reason = format!("undecodable stream entry: {reason}");
                     out.dead.push((entry, reason));
                 }
-                (Ok(_), key) => {
-                    if !first.insert(key.clone().unwrap_or_default()) {
-                        // Same event twice in one batch (a sender retry): the
-                        // first copy stands for both.
-                        out.skipped.push(entry.id);
-                    } else {
-                        to_write.push(entry);
-                    }
-                }
+                Ok(_) if !first => out.skipped.push(entry.id),
+                Ok(_) => to_write.push(entry),
             }
         }
 

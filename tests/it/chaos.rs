@@ -5,19 +5,30 @@
 use std::time::{Duration, Instant};
 
 use crate::fault::{pending, servers, settle, stored, Gateway, Load};
-use crate::harness::{free_port, wait_until};
+use crate::harness::{free_port, wait_until, PostgresServer, RedisServer};
 
 /// Four clients, each with a 5 ms pause: a few hundred events a second, a
 /// few thousand per scenario, light enough for two shared cores.
 const CLIENTS: usize = 4;
 const PACE: Duration = Duration::from_millis(5);
 
+/// A Redis, a PostgreSQL and the gateway (`--role all`, with `extra`
+/// settings) under the standard load, returned once `warm` events got 202.
+fn loaded_gateway(
+    tag: &str,
+    extra: &[(&str, &str)],
+    warm: u64,
+) -> (RedisServer, PostgresServer, Gateway, Load) {
+    let (redis, pg) = servers();
+    let gateway = Gateway::spawn(free_port(), &redis, Some(&pg), "all", extra);
+    let load = Load::start(gateway.addr(), CLIENTS, PACE, tag);
+    load.wait_for_more(warm, Duration::from_secs(20));
+    (redis, pg, gateway, load)
+}
+
 #[test]
 fn gateway_killed_with_sigkill_mid_load_then_restarted() {
-    let (redis, pg) = servers();
-    let mut gateway = Gateway::spawn(free_port(), &redis, Some(&pg), "all", &[]);
-    let load = Load::start(gateway.addr(), CLIENTS, PACE, "kill9gw");
-    load.wait_for_more(500, Duration::from_secs(20));
+    let (redis, pg, mut gateway, load) = loaded_gateway("kill9gw", &[], 500);
 
     gateway.kill9();
     std::thread::sleep(Duration::from_millis(500));
@@ -60,10 +71,7 @@ fn a_worker_killed_mid_batch_has_its_entries_taken_over_by_the_other() {
 
 #[test]
 fn redis_killed_with_sigkill_mid_load_restarts_from_its_aof() {
-    let (mut redis, pg) = servers();
-    let _gateway = Gateway::spawn(free_port(), &redis, Some(&pg), "all", &[]);
-    let load = Load::start(_gateway.addr(), CLIENTS, PACE, "kill9redis");
-    load.wait_for_more(500, Duration::from_secs(20));
+    let (mut redis, pg, _gateway, load) = loaded_gateway("kill9redis", &[], 500);
 
     // The AOF is written before Redis replies, so a process crash keeps
     // every acknowledged XADD; only a power loss can cost up to 1 s.
@@ -79,10 +87,7 @@ fn redis_killed_with_sigkill_mid_load_restarts_from_its_aof() {
 
 #[test]
 fn a_frozen_redis_gets_503s_in_time_and_everything_recovers_after_sigcont() {
-    let (redis, pg) = servers();
-    let gateway = Gateway::spawn(free_port(), &redis, Some(&pg), "all", &[]);
-    let load = Load::start(gateway.addr(), CLIENTS, PACE, "sigstopredis");
-    load.wait_for_more(300, Duration::from_secs(20));
+    let (redis, pg, _gateway, load) = loaded_gateway("sigstopredis", &[], 300);
 
     redis.pause();
     std::thread::sleep(Duration::from_secs(10));
@@ -98,10 +103,7 @@ fn a_frozen_redis_gets_503s_in_time_and_everything_recovers_after_sigcont() {
 
 #[test]
 fn postgres_restarted_mid_load() {
-    let (redis, mut pg) = servers();
-    let gateway = Gateway::spawn(free_port(), &redis, Some(&pg), "all", &[]);
-    let load = Load::start(gateway.addr(), CLIENTS, PACE, "pgrestart");
-    load.wait_for_more(500, Duration::from_secs(20));
+    let (redis, mut pg, _gateway, load) = loaded_gateway("pgrestart", &[], 500);
     pg.stop();
     pg.launch();
     load.wait_for_more(500, Duration::from_secs(20));
@@ -111,10 +113,7 @@ fn postgres_restarted_mid_load() {
 
 #[test]
 fn postgres_down_for_30_s_mid_load_the_queue_absorbs_and_workers_catch_up() {
-    let (redis, mut pg) = servers();
-    let gateway = Gateway::spawn(free_port(), &redis, Some(&pg), "all", &[]);
-    let load = Load::start(gateway.addr(), CLIENTS, PACE, "pgdown");
-    load.wait_for_more(300, Duration::from_secs(20));
+    let (redis, mut pg, _gateway, load) = loaded_gateway("pgdown", &[], 300);
 
     pg.stop();
     let before = load.accepted();
@@ -131,10 +130,7 @@ fn postgres_down_for_30_s_mid_load_the_queue_absorbs_and_workers_catch_up() {
 
 #[test]
 fn sigterm_mid_load_exits_0_drained_and_loses_nothing() {
-    let (redis, pg) = servers();
-    let mut gateway = Gateway::spawn(free_port(), &redis, Some(&pg), "all", &[]);
-    let load = Load::start(gateway.addr(), CLIENTS, PACE, "sigterm");
-    load.wait_for_more(500, Duration::from_secs(20));
+    let (redis, pg, mut gateway, load) = loaded_gateway("sigterm", &[], 500);
 
     let signalled = Instant::now();
     gateway.signal("-TERM");
@@ -152,10 +148,7 @@ fn sigterm_mid_load_exits_0_drained_and_loses_nothing() {
 
 #[test]
 fn a_read_only_postgres_makes_workers_wait_without_acking_anything() {
-    let (redis, pg) = servers();
-    let gateway = Gateway::spawn(free_port(), &redis, Some(&pg), "all", &[("MAX_ATTEMPTS", "2")]);
-    let load = Load::start(gateway.addr(), CLIENTS, PACE, "readonly");
-    load.wait_for_more(300, Duration::from_secs(20));
+    let (redis, pg, _gateway, load) = loaded_gateway("readonly", &[("MAX_ATTEMPTS", "2")], 300);
 
     // Every session, pooled ones included, turns read-only at the reload.
     let mut admin = pg.client("postgres");
@@ -182,10 +175,7 @@ fn a_read_only_postgres_makes_workers_wait_without_acking_anything() {
 /// Not a fault but the baseline row of the table: the same load, no fault.
 #[test]
 fn no_fault_baseline() {
-    let (redis, pg) = servers();
-    let gateway = Gateway::spawn(free_port(), &redis, Some(&pg), "all", &[]);
-    let load = Load::start(gateway.addr(), CLIENTS, PACE, "baseline");
-    load.wait_for_more(1000, Duration::from_secs(20));
+    let (redis, pg, _gateway, load) = loaded_gateway("baseline", &[], 1000);
     let ledger = load.stop();
     let report = settle("baseline", &ledger, &redis, &pg);
     assert_eq!(report.accepted, report.sent, "no fault, every request 202: {report:?}");
