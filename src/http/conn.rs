@@ -274,9 +274,20 @@ impl Conn {
             Body::Buffered(range) => &self.rbuf[range.clone()],
             Body::Owned(v) => &v[..],
         };
-        let job = match ctx.ingestor.borrow_mut().ingest(provider, bytes, now_us()) {
-            Ok(job) => job,
-            Err(e) => return Response::error(Status::BadRequest, Message::Many(e.messages())),
+        // A bug in parsing must cost one request a 500, not the core its
+        // runtime (and every connection on it): the body is attacker-chosen.
+        let ingested = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            ctx.ingestor.borrow_mut().ingest(provider, bytes, now_us())
+        }));
+        let job = match ingested {
+            Ok(Ok(job)) => job,
+            Ok(Err(e)) => return Response::error(Status::BadRequest, Message::Many(e.messages())),
+            Err(_) => {
+                tracing::error!(body_len = bytes.len(), "ingest panicked; answered 500");
+                let mut ingestor = ctx.ingestor.borrow_mut();
+                *ingestor = Ingestor::new(ingestor.parser());
+                return Response::error(Status::InternalServerError, Message::One("internal error".into()));
+            }
         };
         match ctx.enqueuer.enqueue(job).await {
             Ok(id) => Response::accepted(id),

@@ -37,7 +37,7 @@ pub enum Status {
     HeaderFieldsTooLarge,
     /// 501: a transfer coding the gateway does not implement.
     NotImplemented,
-    /// 500: a report could not be produced.
+    /// 500: a report could not be produced, or parsing failed unexpectedly.
     InternalServerError,
     /// 503: Redis unavailable, slow, or the hand-off channel full.
     ServiceUnavailable,

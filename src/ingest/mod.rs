@@ -69,6 +69,11 @@ impl Ingestor {
         Self { parser, scratch: Vec::new(), buffers: simd_json::Buffers::new(4096) }
     }
 
+    /// The parser this ingestor uses.
+    pub fn parser(&self) -> JsonParser {
+        self.parser
+    }
+
     /// Parses and validates `body` posted to `/webhooks/{provider}`. The
     /// provider is taken by value so the router's string becomes the job's.
     ///
@@ -134,7 +139,9 @@ const SURROGATE_MESSAGE: &str =
 /// fuzz target), so the whole body is scanned, like its UTF-8.
 fn unstorable_escape(body: &[u8]) -> Option<&'static str> {
     let mut i = 0;
-    while let Some(found) = memchr::memchr(b'\\', &body[i..]) {
+    // `i` passes the end when the body ends in a backslash (found by the
+    // `ingest` fuzz target), hence `get`.
+    while let Some(found) = body.get(i..).and_then(|rest| memchr::memchr(b'\\', rest)) {
         let at = i + found;
         // Every backslash opens a two-byte escape; skipping both is what
         // keeps `\\u0000` (an escaped backslash, then text) from matching.
@@ -268,6 +275,24 @@ mod tests {
         }
         for good in [r"\ud83d\ude00", r"\uD83D\uDE00\u00e9", r"\\ud800", r"\ud7ff\ue000"] {
             assert!(both("s", body(good).as_bytes()).is_ok(), "{good}");
+        }
+    }
+
+    #[test]
+    fn a_body_cut_inside_an_escape_is_a_json_error_not_a_panic() {
+        // A body ending in a backslash once sent the escape scan past the end
+        // and panicked the core (found by the `ingest` fuzz target).
+        let whole =
+            r#"{"provider":"s","eventId":"e","timestamp":"2026-01-01","data":{"x":"\ud83d\ude00\\"}}"#;
+        let start = whole.find(r"\ud83d").unwrap();
+        for end in start..whole.len() - 2 {
+            let cut = &whole.as_bytes()[..end];
+            for body in [cut.to_vec(), [cut, b"\\"].concat(), [cut, b"\\\\"].concat()] {
+                for parser in [JsonParser::Serde, JsonParser::Simd] {
+                    let r = Ingestor::new(parser).ingest("s", &body, 0);
+                    assert!(r.is_err(), "{}", String::from_utf8_lossy(&body));
+                }
+            }
         }
     }
 
