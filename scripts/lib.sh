@@ -138,10 +138,11 @@ wait_port() {
   return 1
 }
 
-# A throwaway Redis for benchmarks: start_bench_redis PORT DIR [APPENDFSYNC]
+# A throwaway Redis for benchmarks: start_bench_redis PORT DIR [APPENDFSYNC [more redis-server options]]
 start_bench_redis() {
   redis-server --port "$1" --bind 127.0.0.1 --dir "$2" --appendonly yes --appendfsync "${3:-everysec}" \
-    --maxmemory-policy noeviction --save '' --daemonize yes --pidfile "$2/redis.pid" --logfile "$2/redis.log"
+    --maxmemory-policy noeviction --save '' --daemonize yes --pidfile "$2/redis.pid" --logfile "$2/redis.log" \
+    "${@:4}"
   for _ in $(seq 50); do redis-cli -p "$1" ping >/dev/null 2>&1 && return 0; sleep 0.1; done
   die "bench redis on $1 did not start"
 }
