@@ -218,3 +218,22 @@ thread_ticks() {
   done | awk '{ name = $1; sub(/-[0-9]+$/, "", name); ticks[name] += $13 + $14 }
               END { for (n in ticks) print n, ticks[n] }' | sort
 }
+
+# CPU per stored event, the number that does not depend on the load generator.
+# cpu_mark DIR TAG GATEWAY_PID REDIS_PID PG_PID records the CPU ticks of the
+# three process trees and of the gateway's threads; cpu_report DIR EVENTS
+# prints what was spent between the marks "0" and "1", per event.
+cpu_mark() {
+  printf '%s %s %s\n' "$(cpu_ticks_tree "$3")" "$(cpu_ticks_tree "$4")" "$(cpu_ticks_tree "$5")" >"$1/cpu.$2"
+  thread_ticks "$3" >"$1/threads.$2"
+}
+cpu_report() {
+  local hz; hz=$(getconf CLK_TCK)
+  paste -d' ' "$1/cpu.0" "$1/cpu.1" | awk -v hz="$hz" -v n="$2" '
+    function us(t) { return n > 0 ? sprintf("%.1f", t / hz * 1e6 / n) : "-" }
+    { g = $4 - $1; r = $5 - $2; p = $6 - $3
+      printf "%-34s %s  (gateway %s + Redis %s + PostgreSQL %s)\n", "CPU µs per stored event", us(g + r + p), us(g), us(r), us(p) }'
+  # The gateway's share by thread: HTTP cores, the Redis pipeline thread, workers.
+  printf '%-34s %s\n' "  gateway threads, µs per event" "$(join "$1/threads.0" "$1/threads.1" | \
+    awk -v hz="$hz" -v n="$2" 'n > 0 && $3 > $2 { printf "%s %.1f  ", $1, ($3 - $2) / hz * 1e6 / n }')"
+}
