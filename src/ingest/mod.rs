@@ -11,6 +11,7 @@
 //! behind [`JsonParser`] so the choice stays measurable.
 
 pub mod envelope;
+mod numeric;
 mod validate;
 
 use thiserror::Error;
@@ -110,6 +111,11 @@ impl Ingestor {
                 extract(&provider, &env)?
             }
         };
+        // After the parse: the check assumes well-formed JSON, and a
+        // malformed body should be told so first.
+        if numeric::has_unstorable_number(body) {
+            return Err(IngestError::Invalid(vec![numeric::MESSAGE.to_string()]));
+        }
         Ok(WebhookJob { provider, event_id, event_timestamp_us, received_at_us, payload: body.to_vec() })
     }
 }
@@ -316,6 +322,22 @@ mod tests {
         assert!(Ingestor::new(JsonParser::Serde).ingest("s", huge.as_bytes(), 0).is_ok());
         let refused = Ingestor::new(JsonParser::Simd).ingest("s", huge.as_bytes(), 0).unwrap_err();
         assert!(matches!(&refused, IngestError::Json(m) if m.contains("Number")), "{refused:?}");
+    }
+
+    #[test]
+    fn numbers_numeric_cannot_hold_are_refused_after_the_parse() {
+        let body = |n: &str| {
+            format!(r#"{{"provider":"s","eventId":"e","timestamp":"2026-01-01","data":{{"x":{n}}}}}"#)
+        };
+        let serde = |b: &str| Ingestor::new(JsonParser::Serde).ingest("s", b.as_bytes(), 0);
+        assert_eq!(serde(&body("1e131072")).unwrap_err().messages(), [numeric::MESSAGE]);
+        assert!(serde(&body("1e131071")).is_ok());
+        // Both parsers refuse what is inside a double's range too.
+        let long_fraction = body(&format!("0.{}", "3".repeat(16_384)));
+        assert_eq!(both("s", long_fraction.as_bytes()).unwrap_err().messages(), [numeric::MESSAGE]);
+        assert!(both("s", body(&format!("0.{}", "3".repeat(16_383))).as_bytes()).is_ok());
+        // A malformed body is told so first.
+        assert!(matches!(serde(r#"{"x":1e131072"#), Err(IngestError::Json(_))));
     }
 
     #[test]

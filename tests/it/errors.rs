@@ -102,6 +102,10 @@ fn invalid_bodies_get_400_with_every_failed_rule() {
             &["body must not contain the escape"],
         ),
         (
+            format!(r#"{{"provider":"stripe","eventId":"e","timestamp":"{TS}","data":{{"wei":1e131072}}}}"#),
+            &["body must not contain a number beyond PostgreSQL numeric's range"],
+        ),
+        (
             format!(r#"{{"provider":"stripe","eventId":"e","timestamp":"{TS}","data":"x"}}"#),
             &["data must be an object"],
         ),

@@ -47,8 +47,9 @@ fn a_posted_event_becomes_one_row_with_its_payload_and_timestamps() {
 }
 
 /// Whatever the gateway accepts, jsonb can hold: the edge cases the fuzzer
-/// met (surrogate pairs, numbers beyond 64 bits and beyond a double) are
-/// stored, and the escapes jsonb refuses never get a 202.
+/// met (surrogate pairs, numbers beyond 64 bits and beyond a double) and
+/// numbers at `numeric`'s limits are stored, and the escapes and numbers
+/// jsonb refuses never get a 202.
 #[test]
 fn edge_case_json_that_gets_202_is_storable_and_what_jsonb_refuses_gets_400() {
     let app = TestApp::spawn_full(|_| {});
@@ -58,16 +59,31 @@ fn edge_case_json_that_gets_202_is_storable_and_what_jsonb_refuses_gets_400() {
         )
     };
     let accepted = [
-        r#"{"emoji":"\ud83d\ude00","e":"\u00e9"}"#,
-        r#"{"wei":4208888888888888888888888888888888888888888880}"#,
-        r#"{"big":1e400,"tiny":-1.5e-320,"x":123456789012345678901234567890.5}"#,
-        r#"{"literal":"\\ud800 and \\u0000 are just text here"}"#,
+        r#"{"emoji":"\ud83d\ude00","e":"\u00e9"}"#.to_string(),
+        r#"{"wei":4208888888888888888888888888888888888888888880}"#.into(),
+        r#"{"big":1e400,"tiny":-1.5e-320,"x":123456789012345678901234567890.5}"#.into(),
+        r#"{"literal":"\\ud800 and \\u0000 are just text here"}"#.into(),
+        // numeric's limits, just inside.
+        r#"{"top":1e131071,"scale":-1e-16383,"zero":0e1073741822,"s":"1e99999999"}"#.into(),
+        format!(r#"{{"fraction":0.{}}}"#, "7".repeat(16_383)),
     ];
     for (i, data) in accepted.iter().enumerate() {
-        assert_eq!(app.post("stripe", &body(&format!("evt_edge_{i}"), data)).status, 202, "{data}");
+        assert_eq!(app.post("stripe", &body(&format!("evt_edge_{i}"), data)).status, 202, "{data:.80}");
     }
-    for data in [r#"{"x":"\ud800"}"#, r#"{"x":"\udc00\ud800"}"#, r#"{"x":"a\u0000"}"#] {
-        assert_eq!(app.post("stripe", &body("evt_refused", data)).status, 400, "{data}");
+    let refused = [
+        r#"{"x":"\ud800"}"#.to_string(),
+        r#"{"x":"\udc00\ud800"}"#.into(),
+        r#"{"x":"a\u0000"}"#.into(),
+        // numeric's limits, just outside.
+        r#"{"x":1e131072}"#.into(),
+        r#"{"x":1e-16384}"#.into(),
+        r#"{"x":0e1073741823}"#.into(),
+        format!(r#"{{"fraction":0.{}}}"#, "7".repeat(16_384)),
+    ];
+    for data in &refused {
+        assert_eq!(app.post("stripe", &body("evt_refused", data)).status, 400, "{data:.80}");
+        // The gateway's line is PostgreSQL's: what it refuses, jsonb refuses too.
+        assert!(app.pg().query_one("SELECT $1::text::jsonb", &[data]).is_err(), "jsonb takes {data:.80}");
     }
     wait_until(DRAIN, "the rows", || app.rows() == accepted.len() as i64);
     assert_drained(&app);
