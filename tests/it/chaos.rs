@@ -1,6 +1,7 @@
 //! Faults under load, each against real processes: the gateway binary,
-//! `redis-server` with AOF (`appendfsync everysec`) and `postgres`. Every
-//! scenario ends in [`settle`]: each 202'd event is one row, nothing else.
+//! `redis-server` with AOF (`appendfsync everysec`, or `always` where a
+//! Redis crash is the fault) and `postgres`. Every scenario ends in
+//! [`settle`]: each 202'd event is one row, nothing else.
 
 use std::time::{Duration, Instant};
 
@@ -73,8 +74,12 @@ fn a_worker_killed_mid_batch_has_its_entries_taken_over_by_the_other() {
 fn redis_killed_with_sigkill_mid_load_restarts_from_its_aof() {
     let (mut redis, pg, _gateway, load) = loaded_gateway("kill9redis", &[], 500);
 
-    // The AOF is written before Redis replies, so a process crash keeps
-    // every acknowledged XADD; only a power loss can cost up to 1 s.
+    // `always`, the policy that promises this: with `everysec` Redis may
+    // postpone its AOF write for up to 2 s while a slow background fsync
+    // runs, and still reply (DESIGN.md §4). CI met that window once, under
+    // the parallel suite's disk load: 2 of 1,016 acknowledged jobs lost.
+    redis.set_appendfsync("always");
+    load.wait_for_more(200, Duration::from_secs(20));
     redis.kill();
     std::thread::sleep(Duration::from_secs(1));
     redis.launch();

@@ -21,16 +21,22 @@ pub struct RedisServer {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    appendfsync: &'static str,
 }
 
 impl RedisServer {
     /// A placeholder that owns no process (used when moving a server out).
     fn detached() -> Self {
-        Self { port: 0, dir: tempfile::tempdir().unwrap(), child: None }
+        Self { port: 0, dir: tempfile::tempdir().unwrap(), child: None, appendfsync: "everysec" }
     }
 
     pub fn start() -> Self {
-        let mut server = Self { port: free_port(), dir: tempfile::tempdir().unwrap(), child: None };
+        let mut server = Self {
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+            appendfsync: "everysec",
+        };
         server.launch();
         server
     }
@@ -38,7 +44,14 @@ impl RedisServer {
     pub fn launch(&mut self) {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
-            .args(["--appendonly", "yes", "--appendfsync", "everysec", "--maxmemory-policy", "noeviction"])
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                self.appendfsync,
+                "--maxmemory-policy",
+                "noeviction",
+            ])
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
@@ -56,6 +69,13 @@ impl RedisServer {
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!("redis-server on port {} did not come up", self.port);
+    }
+
+    /// Switches the running server's AOF fsync policy, and the policy of
+    /// later launches.
+    pub fn set_appendfsync(&mut self, policy: &'static str) {
+        redis::cmd("CONFIG").arg("SET").arg("appendfsync").arg(policy).exec(&mut self.con()).unwrap();
+        self.appendfsync = policy;
     }
 
     pub fn url(&self) -> String {
