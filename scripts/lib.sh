@@ -219,6 +219,17 @@ thread_ticks() {
               END { for (n in ticks) print n, ticks[n] }' | sort
 }
 
+# Waits until the stream is empty and no entry is pending (the workers XACK
+# after the commit): wait_drained REDIS_PORT [TIMEOUT_S, default 120].
+wait_drained() {
+  local deadline=$((SECONDS + ${2:-120}))
+  until [ "$(redis-cli -p "$1" xlen webhooks)" = 0 ] && \
+        [ "$(redis-cli -p "$1" xpending webhooks ingest | head -n 1)" = 0 ]; do
+    [ $SECONDS -lt $deadline ] || return 1
+    sleep 0.2
+  done
+}
+
 # CPU per stored event, the number that does not depend on the load generator.
 # cpu_mark DIR TAG GATEWAY_PID REDIS_PID PG_PID records the CPU ticks of the
 # three process trees and of the gateway's threads; cpu_report DIR EVENTS

@@ -284,8 +284,7 @@ impl Conn {
             Ok(Err(e)) => return Response::error(Status::BadRequest, Message::Many(e.messages())),
             Err(_) => {
                 tracing::error!(body_len = bytes.len(), "ingest panicked; answered 500");
-                let mut ingestor = ctx.ingestor.borrow_mut();
-                *ingestor = Ingestor::new(ingestor.parser());
+                ctx.ingestor.borrow_mut().reset();
                 return Response::error(Status::InternalServerError, Message::One("internal error".into()));
             }
         };

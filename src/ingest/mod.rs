@@ -11,7 +11,7 @@
 //! behind [`JsonParser`] so the choice stays measurable.
 
 pub mod envelope;
-mod numeric;
+mod jsonb;
 mod validate;
 
 use thiserror::Error;
@@ -70,9 +70,10 @@ impl Ingestor {
         Self { parser, scratch: Vec::new(), buffers: simd_json::Buffers::new(4096) }
     }
 
-    /// The parser this ingestor uses.
-    pub fn parser(&self) -> JsonParser {
-        self.parser
+    /// Starts over with fresh buffers, as after a panic that may have left
+    /// them half-written.
+    pub fn reset(&mut self) {
+        *self = Self::new(self.parser);
     }
 
     /// Parses and validates `body` posted to `/webhooks/{provider}`. The
@@ -88,7 +89,7 @@ impl Ingestor {
         received_at_us: i64,
     ) -> Result<WebhookJob, IngestError> {
         let provider = provider.into();
-        if let Some(message) = unstorable_escape(body) {
+        if let Some(message) = jsonb::unstorable_escape(body) {
             return Err(IngestError::Invalid(vec![message.to_string()]));
         }
         let (event_id, event_timestamp_us) = match self.parser {
@@ -113,8 +114,8 @@ impl Ingestor {
         };
         // After the parse: the check assumes well-formed JSON, and a
         // malformed body should be told so first.
-        if numeric::has_unstorable_number(body) {
-            return Err(IngestError::Invalid(vec![numeric::MESSAGE.to_string()]));
+        if let Some(message) = jsonb::unstorable_number(body) {
+            return Err(IngestError::Invalid(vec![message.to_string()]));
         }
         Ok(WebhookJob { provider, event_id, event_timestamp_us, received_at_us, payload: body.to_vec() })
     }
@@ -129,50 +130,6 @@ impl Default for Ingestor {
 fn extract(provider: &str, env: &Envelope<'_>) -> Result<(String, i64), IngestError> {
     let valid = validate::validate(provider, env).map_err(IngestError::Invalid)?;
     Ok((valid.event_id.to_owned(), valid.event_timestamp_us))
-}
-
-/// The message for a body PostgreSQL's `jsonb` cannot hold.
-const NUL_MESSAGE: &str = "body must not contain the escape \\u0000 (PostgreSQL jsonb cannot store it)";
-
-/// The message for a lone UTF-16 surrogate escape, which `jsonb` also refuses.
-const SURROGATE_MESSAGE: &str =
-    "body must not contain an unpaired UTF-16 surrogate escape such as \\ud800 (PostgreSQL jsonb cannot store it)";
-
-/// Finds the `\u` escapes that are valid JSON but that `jsonb` rejects, so
-/// the event would only ever reach the dead-letter stream: `\u0000`, and a
-/// surrogate escape that is not a high one followed by a low one. serde_json
-/// does not check the second in the values it skips (found by the `ingest`
-/// fuzz target), so the whole body is scanned, like its UTF-8.
-fn unstorable_escape(body: &[u8]) -> Option<&'static str> {
-    let mut i = 0;
-    // `i` passes the end when the body ends in a backslash (found by the
-    // `ingest` fuzz target), hence `get`.
-    while let Some(found) = body.get(i..).and_then(|rest| memchr::memchr(b'\\', rest)) {
-        let at = i + found;
-        // Every backslash opens a two-byte escape; skipping both is what
-        // keeps `\\u0000` (an escaped backslash, then text) from matching.
-        i = at + 2;
-        if body.get(at + 1) != Some(&b'u') {
-            continue;
-        }
-        match hex4(&body[at + 2..]) {
-            Some(0) => return Some(NUL_MESSAGE),
-            Some(0xD800..=0xDBFF) => {
-                match body.get(at + 6..at + 8).and_then(|p| hex4(&body[at + 8..]).filter(|_| p == br"\u")) {
-                    Some(0xDC00..=0xDFFF) => i = at + 12,
-                    _ => return Some(SURROGATE_MESSAGE),
-                }
-            }
-            Some(0xDC00..=0xDFFF) => return Some(SURROGATE_MESSAGE),
-            _ => {}
-        }
-    }
-    None
-}
-
-/// The value of four hex digits at the start of `s`, if they are there.
-fn hex4(s: &[u8]) -> Option<u16> {
-    s.get(..4)?.iter().try_fold(0u16, |acc, &b| Some(acc << 4 | (b as char).to_digit(16)? as u16))
 }
 
 #[cfg(test)]
@@ -264,7 +221,7 @@ mod tests {
     #[test]
     fn a_nul_escape_is_refused_but_an_escaped_backslash_is_not() {
         let nul = br#"{"provider":"s","eventId":"e\u0000","timestamp":"2026-01-01","data":{}}"#;
-        assert_eq!(both("s", nul).unwrap_err().messages(), [NUL_MESSAGE]);
+        assert_eq!(both("s", nul).unwrap_err().messages(), [jsonb::NUL_MESSAGE]);
         let literal = br#"{"provider":"s","eventId":"e\\u0000","timestamp":"2026-01-01","data":{}}"#;
         assert_eq!(both("s", literal).unwrap().event_id, "e\\u0000");
         let both_kinds = br#"{"provider":"s","eventId":"\\\u0000","timestamp":"2026-01-01","data":{}}"#;
@@ -277,7 +234,11 @@ mod tests {
             format!(r#"{{"provider":"s","eventId":"e","timestamp":"2026-01-01","data":{{"x":"{s}"}}}}"#)
         };
         for bad in [r"\ud800", r"\udc00", r"a\ud83dx", r"\ud83d\ud83d", r"\ud65d\ude00", r"\uDBFF\u0041"] {
-            assert_eq!(both("s", body(bad).as_bytes()).unwrap_err().messages(), [SURROGATE_MESSAGE], "{bad}");
+            assert_eq!(
+                both("s", body(bad).as_bytes()).unwrap_err().messages(),
+                [jsonb::SURROGATE_MESSAGE],
+                "{bad}"
+            );
         }
         for good in [r"\ud83d\ude00", r"\uD83D\uDE00\u00e9", r"\\ud800", r"\ud7ff\ue000"] {
             assert!(both("s", body(good).as_bytes()).is_ok(), "{good}");
@@ -330,11 +291,11 @@ mod tests {
             format!(r#"{{"provider":"s","eventId":"e","timestamp":"2026-01-01","data":{{"x":{n}}}}}"#)
         };
         let serde = |b: &str| Ingestor::new(JsonParser::Serde).ingest("s", b.as_bytes(), 0);
-        assert_eq!(serde(&body("1e131072")).unwrap_err().messages(), [numeric::MESSAGE]);
+        assert_eq!(serde(&body("1e131072")).unwrap_err().messages(), [jsonb::NUMBER_MESSAGE]);
         assert!(serde(&body("1e131071")).is_ok());
         // Both parsers refuse what is inside a double's range too.
         let long_fraction = body(&format!("0.{}", "3".repeat(16_384)));
-        assert_eq!(both("s", long_fraction.as_bytes()).unwrap_err().messages(), [numeric::MESSAGE]);
+        assert_eq!(both("s", long_fraction.as_bytes()).unwrap_err().messages(), [jsonb::NUMBER_MESSAGE]);
         assert!(both("s", body(&format!("0.{}", "3".repeat(16_383))).as_bytes()).is_ok());
         // A malformed body is told so first.
         assert!(matches!(serde(r#"{"x":1e131072"#), Err(IngestError::Json(_))));

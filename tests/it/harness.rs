@@ -31,12 +31,8 @@ impl RedisServer {
     }
 
     pub fn start() -> Self {
-        let mut server = Self {
-            port: free_port(),
-            dir: tempfile::tempdir().unwrap(),
-            child: None,
-            appendfsync: "everysec",
-        };
+        let mut server = Self::detached();
+        server.port = free_port();
         server.launch();
         server
     }

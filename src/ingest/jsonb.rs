@@ -1,20 +1,66 @@
-//! Numbers that are valid JSON but that `jsonb` cannot store.
+//! What is valid JSON but that PostgreSQL's `jsonb` cannot store. Such a
+//! body would get a 202 and then only ever reach the dead-letter stream, so
+//! the gateway refuses it with 400 instead. Two kinds, both checked on the
+//! whole body (serde_json does not look inside the values it skips):
 //!
-//! `jsonb` keeps numbers as `numeric`, whose input (PostgreSQL's
-//! `set_var_from_str` and `make_result`) refuses, with "value overflows
-//! numeric format": a value of 10^131072 or more, more than 16,383 digits
-//! after the decimal point *as written* (`1.000e-16381` counts 16,384), and
-//! an exponent of ±1,073,741,823 (`INT_MAX / 2`) or beyond, even on zero.
-//! Such a body would get a 202 and then only ever reach the dead-letter
-//! stream, so the gateway refuses it with 400 instead. The boundaries were
-//! checked against PostgreSQL 15 (`'1e131071'::jsonb` stores,
-//! `'1e131072'::jsonb` and `'1e-16384'::jsonb` do not).
-//!
-//! Cost: every body pays one branch-free pass over its bytes (0.7 µs for the
-//! 3.9 KiB Stripe event, tuning.md §2) and a look at the first bytes of each
-//! 4 KiB block; only a body they flag (an `e` followed by three digits or by
-//! a sign and two, or an aligned 4 KiB block of nothing but digits) is
-//! walked token by token.
+//! * `\u` escapes: `\u0000`, and a surrogate escape that is not a high one
+//!   followed by a low one (found by the `ingest` fuzz target). Checked
+//!   before the parse, so such an escape in a contract field gets this
+//!   message rather than the parser's.
+//! * numbers: `jsonb` keeps them as `numeric`, whose input (PostgreSQL's
+//!   `set_var_from_str` and `make_result`) refuses, with "value overflows
+//!   numeric format", a value of 10^131072 or more, more than 16,383 digits
+//!   after the decimal point *as written* (`1.000e-16381` counts 16,384),
+//!   and an exponent of ±1,073,741,823 (`INT_MAX / 2`) or beyond, even on
+//!   zero. Checked after the parse, which the token walk relies on. The
+//!   boundaries were checked against PostgreSQL 15 (`'1e131071'::jsonb`
+//!   stores, `'1e131072'::jsonb` and `'1e-16384'::jsonb` do not). Every body
+//!   pays one branch-free pass over its bytes (0.7 µs for the 3.9 KiB Stripe
+//!   event, tuning.md §2) and a look at the first bytes of each 4 KiB block;
+//!   only a body they flag (an `e` followed by three digits or by a sign and
+//!   two, or an aligned 4 KiB block of nothing but digits) is walked token by
+//!   token.
+
+/// The message for a `\u0000` escape.
+pub(crate) const NUL_MESSAGE: &str =
+    "body must not contain the escape \\u0000 (PostgreSQL jsonb cannot store it)";
+
+/// The message for a lone UTF-16 surrogate escape, which `jsonb` also refuses.
+pub(crate) const SURROGATE_MESSAGE: &str =
+    "body must not contain an unpaired UTF-16 surrogate escape such as \\ud800 (PostgreSQL jsonb cannot store it)";
+
+/// The message for the first `\u` escape in `body` that `jsonb` refuses.
+pub(crate) fn unstorable_escape(body: &[u8]) -> Option<&'static str> {
+    let mut i = 0;
+    // `i` passes the end when the body ends in a backslash (found by the
+    // `ingest` fuzz target), hence `get`.
+    while let Some(found) = body.get(i..).and_then(|rest| memchr::memchr(b'\\', rest)) {
+        let at = i + found;
+        // Every backslash opens a two-byte escape; skipping both is what
+        // keeps `\\u0000` (an escaped backslash, then text) from matching.
+        i = at + 2;
+        if body.get(at + 1) != Some(&b'u') {
+            continue;
+        }
+        match hex4(&body[at + 2..]) {
+            Some(0) => return Some(NUL_MESSAGE),
+            Some(0xD800..=0xDBFF) => {
+                match body.get(at + 6..at + 8).and_then(|p| hex4(&body[at + 8..]).filter(|_| p == br"\u")) {
+                    Some(0xDC00..=0xDFFF) => i = at + 12,
+                    _ => return Some(SURROGATE_MESSAGE),
+                }
+            }
+            Some(0xDC00..=0xDFFF) => return Some(SURROGATE_MESSAGE),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The value of four hex digits at the start of `s`, if they are there.
+fn hex4(s: &[u8]) -> Option<u16> {
+    s.get(..4)?.iter().try_fold(0u16, |acc, &b| Some(acc << 4 | (b as char).to_digit(16)? as u16))
+}
 
 /// Largest decimal exponent of a value's leading digit (value < 10^131072).
 const MAX_LEADING_EXPONENT: i64 = 131_071;
@@ -24,15 +70,15 @@ const MAX_SCALE: i64 = 16_383;
 const MAX_EXPONENT: i64 = (i32::MAX / 2) as i64;
 /// The block of the digit-run filter. A run of 2 × 4096 − 1 digits or more
 /// always covers one aligned block; the shortest run that can break a limit
-/// without a long exponent has 15,385 digits (see [`has_unstorable_number`]).
+/// without a long exponent has 15,385 digits (see [`unstorable_number`]).
 const DIGIT_BLOCK: usize = 4096;
 
-/// The message of the 400 for such a body.
-pub(crate) const MESSAGE: &str = "body must not contain a number beyond PostgreSQL numeric's range \
+/// The message for a number `numeric` cannot hold.
+pub(crate) const NUMBER_MESSAGE: &str = "body must not contain a number beyond PostgreSQL numeric's range \
      (10^131072, 16383 decimal places, exponent 1073741823)";
 
-/// True when some number in the (already well-formed) JSON `body` is beyond
-/// what `numeric` stores.
+/// [`NUMBER_MESSAGE`] when some number in the (already well-formed) JSON
+/// `body` is beyond what `numeric` stores.
 ///
 /// Without an exponent of 1,000 or more (four digits), a number breaks a
 /// limit only through its own digits: 16,383 − 999 fraction digits, or
@@ -40,13 +86,10 @@ pub(crate) const MESSAGE: &str = "body must not contain a number beyond PostgreS
 /// exponent of four digits or more starts with `e`, a digit or sign, and two
 /// more digits, which the first filter looks for (strings may match too: the
 /// walk that follows skips them).
-pub(crate) fn has_unstorable_number(body: &[u8]) -> bool {
-    (may_have_long_exponent(body) || body.chunks_exact(DIGIT_BLOCK).any(|b| b.iter().all(u8::is_ascii_digit)))
-        && scan(body)
-}
-
-fn is_digit(b: u8) -> bool {
-    b.wrapping_sub(b'0') < 10
+pub(crate) fn unstorable_number(body: &[u8]) -> Option<&'static str> {
+    let flagged = may_have_long_exponent(body)
+        || body.chunks_exact(DIGIT_BLOCK).any(|b| b.iter().all(u8::is_ascii_digit));
+    (flagged && scan(body)).then_some(NUMBER_MESSAGE)
 }
 
 /// `e` or `E`, a digit or sign, then two digits, anywhere. No early exit and
@@ -55,8 +98,8 @@ fn is_digit(b: u8) -> bool {
 fn may_have_long_exponent(body: &[u8]) -> bool {
     let mut found = false;
     for w in body.windows(4) {
-        let sign_or_digit = is_digit(w[1]) | (w[1] == b'-') | (w[1] == b'+');
-        found |= ((w[0] | 0x20) == b'e') & sign_or_digit & is_digit(w[2]) & is_digit(w[3]);
+        let sign_or_digit = w[1].is_ascii_digit() | (w[1] == b'-') | (w[1] == b'+');
+        found |= ((w[0] | 0x20) == b'e') & sign_or_digit & w[2].is_ascii_digit() & w[3].is_ascii_digit();
     }
     found
 }
@@ -142,7 +185,7 @@ mod tests {
     use super::*;
 
     fn in_body(n: &str) -> bool {
-        has_unstorable_number(format!(r#"{{"a":[1,{n},"x"],"s":"1e99999999"}}"#).as_bytes())
+        unstorable_number(format!(r#"{{"a":[1,{n},"x"],"s":"1e99999999"}}"#).as_bytes()).is_some()
     }
 
     #[test]
@@ -171,8 +214,8 @@ mod tests {
 
     #[test]
     fn numbers_inside_strings_do_not_count() {
-        assert!(!has_unstorable_number(br#"{"a":"1e200000","b":"\"1e200000","c":1}"#));
-        assert!(has_unstorable_number(br#"{"a":"\\","b":1e200000}"#));
+        assert!(unstorable_number(br#"{"a":"1e200000","b":"\"1e200000","c":1}"#).is_none());
+        assert!(unstorable_number(br#"{"a":"\\","b":1e200000}"#).is_some());
     }
 
     #[test]
@@ -181,20 +224,20 @@ mod tests {
         for end in 0..=whole.len() {
             for tail in [&b""[..], b"\\", b"-", b"e", b"."] {
                 let body = [&whole[..end], tail].concat();
-                let _ = (has_unstorable_number(&body), scan(&body));
+                let _ = (unstorable_number(&body), scan(&body));
             }
         }
-        assert!(has_unstorable_number(whole));
+        assert!(unstorable_number(whole).is_some());
     }
 
     #[test]
     fn long_digit_runs_in_large_bodies_are_measured() {
         // 131,072 nines store; 10^131072 (a one and 131,072 zeros) does not.
         let ok_int = format!(r#"{{"a":{}}}"#, "9".repeat(131_072));
-        assert!(!has_unstorable_number(ok_int.as_bytes()));
+        assert!(unstorable_number(ok_int.as_bytes()).is_none());
         let big_int = format!(r#"{{"a":1{}}}"#, "0".repeat(131_072));
-        assert!(has_unstorable_number(big_int.as_bytes()));
+        assert!(unstorable_number(big_int.as_bytes()).is_some());
         let long_fraction = format!(r#"{{"a":0.{}}}"#, "1".repeat(16_384));
-        assert!(has_unstorable_number(long_fraction.as_bytes()));
+        assert!(unstorable_number(long_fraction.as_bytes()).is_some());
     }
 }
