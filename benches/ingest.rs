@@ -120,7 +120,8 @@ where
 
 fn response_extras(c: &mut Criterion) {
     use webhook_ingestor::http::ratelimit::RateLimiter;
-    use webhook_ingestor::http::response::{Extra, RateHeaders, Response};
+    use webhook_ingestor::http::response::{Extra, RateHeaders, ReplyTo, Response};
+    const KEEP_ALIVE: ReplyTo = ReplyTo { http10: false, keep_alive: true, head: false };
     use webhook_ingestor::http::security::HELMET_HEADERS;
 
     let mut group = c.benchmark_group("response");
@@ -129,7 +130,7 @@ fn response_extras(c: &mut Criterion) {
     group.bench_function("encode_202_bare", |b| {
         b.iter(|| {
             out.clear();
-            resp.encode(false, true, black_box(&Extra::default()), &mut out);
+            resp.encode(KEEP_ALIVE, black_box(&Extra::default()), &mut out);
         })
     });
     let full = Extra {
@@ -141,7 +142,7 @@ fn response_extras(c: &mut Criterion) {
     group.bench_function("encode_202_helmet_and_ratelimit_headers", |b| {
         b.iter(|| {
             out.clear();
-            resp.encode(false, true, black_box(&full), &mut out);
+            resp.encode(KEEP_ALIVE, black_box(&full), &mut out);
         })
     });
     let mut limiter = RateLimiter::new(100_000, 20_000, 2);

@@ -81,6 +81,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         redis_url: redis_url.clone(),
         stream: "webhooks".into(),
         batch_max: env("WORKER_BATCH_MAX", "5000").parse()?,
+        batch_max_bytes: env("WORKER_BATCH_MAX_BYTES", &(64 << 20).to_string()).parse()?,
+        max_body_bytes: env("MAX_BODY_BYTES", &(1 << 20).to_string()).parse()?,
+        pg_timeouts: store::Timeouts::default(),
         block: Duration::from_millis(100),
         linger: Duration::from_millis(20),
         idempotency_ttl_secs: 86_400,
@@ -90,7 +93,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         migrate: false,
         metrics: webhook_ingestor::telemetry::metrics::Metrics::new(0),
     };
-    let pool = store::pool(&database_url, workers as u32 + 1, Duration::from_secs(5))?;
+    let pool = store::pool(&database_url, workers as u32 + 1, store::Timeouts::default())?;
     let t = Instant::now();
     let pool_handle = spawn_workers(workers, settings, pool, shutdown.clone())?;
     loop {

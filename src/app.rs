@@ -9,7 +9,6 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
 
 use socket2::{Domain, Socket, Type};
 use thiserror::Error;
@@ -88,7 +87,7 @@ pub struct RunningApp {
     shutdown: CancellationToken,
     cores: Vec<thread::JoinHandle<()>>,
     pipeline: Option<PipelineHandle>,
-    health: Option<thread::JoinHandle<()>>,
+    health: Vec<thread::JoinHandle<()>>,
     workers: Option<WorkerPool>,
 }
 
@@ -119,8 +118,8 @@ impl RunningApp {
         if let Some(pipeline) = self.pipeline {
             pipeline.join();
         }
-        if let Some(health) = self.health {
-            let _ = health.join();
+        for thread in self.health {
+            let _ = thread.join();
         }
         if let Some(workers) = self.workers {
             workers.join();
@@ -146,8 +145,14 @@ pub fn start(config: &Config, role: Role) -> Result<RunningApp, StartError> {
     let metrics = Metrics::new(cpus.len());
     let workers =
         if role.workers() { Some(start_workers(config, &shutdown, metrics.clone())?) } else { None };
-    let mut app =
-        RunningApp { local_addr: None, shutdown, cores: Vec::new(), pipeline: None, health: None, workers };
+    let mut app = RunningApp {
+        local_addr: None,
+        shutdown,
+        cores: Vec::new(),
+        pipeline: None,
+        health: Vec::new(),
+        workers,
+    };
     if role.gateway() {
         if let Err(e) = start_gateway(config, &mut app, cpus, metrics) {
             app.stop();
@@ -165,12 +170,15 @@ fn start_workers(
     let url = config.database_url.as_deref().ok_or_else(|| {
         StartError::Database("not set; the worker and all roles need PostgreSQL (or use --role api)".into())
     })?;
-    let pool = store::pool(url, config.pg_pool_size, Duration::from_secs(5))
+    let pool = store::pool(url, config.pg_pool_size, config.pg_timeouts)
         .map_err(|e| StartError::Database(e.to_string()))?;
     let settings = WorkerSettings {
         redis_url: config.redis_url.clone(),
         stream: config.queue_name.clone(),
         batch_max: config.worker_batch_max,
+        batch_max_bytes: config.worker_batch_max_bytes,
+        max_body_bytes: config.max_body_bytes,
+        pg_timeouts: config.pg_timeouts,
         block: config.worker_block,
         linger: config.worker_linger,
         idempotency_ttl_secs: config.idempotency_ttl_secs,
@@ -184,7 +192,7 @@ fn start_workers(
         .map_err(|e| StartError::Spawn { what: "worker threads", source: std::io::Error::other(e) })?;
     info!(
         workers = config.worker_threads,
-        database = %config.database_url.as_deref().map(crate::config::redact_url).unwrap_or_default(),
+        database = %config.database_url.as_deref().map(crate::config::redact).unwrap_or_default(),
         batch_max = config.worker_batch_max,
         max_attempts = config.max_attempts,
         reclaim_idle_ms = config.reclaim_idle.as_millis() as u64,
@@ -213,6 +221,7 @@ fn start_gateway(
         enqueue_timeout: config.enqueue_timeout,
         channel_capacity: config.channel_capacity,
         max_queue_depth: config.max_queue_depth,
+        max_memory_percent: config.max_redis_memory_percent,
         metrics: metrics.clone(),
     })
     .map_err(|source| StartError::Spawn { what: "redis pipeline thread", source })?;
@@ -220,11 +229,13 @@ fn start_gateway(
     let (health, health_thread) = spawn_health(HealthSettings {
         redis_url: config.redis_url.clone(),
         database_url: config.database_url.clone(),
+        pg_timeouts: config.pg_timeouts,
         memory_limit_bytes: config.memory_limit_bytes,
         stream: config.queue_name.clone(),
+        show_errors: config.health_show_errors,
     })
     .map_err(|source| StartError::Spawn { what: "health thread", source })?;
-    app.health = Some(health_thread);
+    app.health = health_thread;
 
     let settings = CoreSettings {
         limits: Limits { max_head: config.max_header_bytes, max_body: config.max_body_bytes },
@@ -232,14 +243,17 @@ fn start_gateway(
         keepalive_timeout: config.keepalive_timeout,
         retry_after_secs: config.retry_after_secs,
         max_connections: config.max_connections_per_core,
+        max_connections_per_ip: config.max_connections_per_ip,
+        max_buffer_bytes: config.max_buffer_bytes_per_core,
         shutdown_timeout: config.shutdown_timeout,
         json_parser: config.json_parser,
+        max_json_depth: config.max_json_depth,
         security_headers: config.security_headers,
         cors: config.cors.clone(),
         rate_limit_global: config.rate_limit_global,
         rate_limit_per_ip: config.rate_limit_per_ip,
         cores: cpus.len(),
-        trust_proxy: config.trust_proxy,
+        trusted_proxies: config.trusted_proxies.clone(),
     };
     let (started_tx, started_rx) = mpsc::channel::<(usize, Option<usize>, Driver)>();
     for (index, (cpu, listener)) in cpus.into_iter().zip(listeners).enumerate() {

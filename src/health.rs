@@ -6,21 +6,27 @@
 //!
 //! One entry per dependency: `redis` (`PING`), `database` (a real round trip,
 //! when `DATABASE_URL` is set) and `memory_rss` (resident memory under
-//! `MEMORY_LIMIT_BYTES`). 200 when all are up, 503 otherwise.
+//! `MEMORY_LIMIT_BYTES`). 200 when all are up, 503 otherwise. A dependency
+//! that is down shows `"message":"unreachable"`; its error text (which can
+//! name hosts, users, databases) goes to the log, once per change, and into
+//! the answer only with `HEALTH_SHOW_ERRORS=true`.
 //!
-//! The checks block, so they run on one `health` thread, never on a core.
-//! A core asks over a channel and waits at most [`ANSWER_TIMEOUT`]; past it,
+//! The checks block, so they run on threads of their own, never on a core,
+//! one for the report and one for the queue gauges of `/metrics`: a flood of
+//! scrapes can slow only the gauges, never `/health`. Each thread caches
+//! its answer for [`CACHE_FOR`] in a slot the cores read directly, so a
+//! flood of probes costs one query a second and no cross-thread hop while
+//! the answer is fresh. A core waits at most [`ANSWER_TIMEOUT`]; past it,
 //! the core answers 503 itself, so `/health` never hangs even if a
-//! dependency does. Each check has its own connect/read timeout, and a
-//! report is reused for [`CACHE_FOR`] so a flood of probes cannot turn into a
-//! flood of queries.
+//! dependency does.
 
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use futures_channel::oneshot;
 use serde_json::{json, Map, Value};
-use tracing::error;
+use tracing::{error, info, warn};
 
 use crate::telemetry::metrics::QueueGauges;
 
@@ -30,6 +36,10 @@ pub const ANSWER_TIMEOUT: Duration = Duration::from_millis(2500);
 const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long one report answers every probe.
 pub const CACHE_FOR: Duration = Duration::from_secs(1);
+/// Requests that may wait for a thread. Every waiting core request is
+/// answered from the one refresh in progress, so this only needs to hold
+/// the requests one refresh can see arrive.
+const WAITING: usize = 4096;
 
 /// A finished health report.
 #[derive(Debug, Clone)]
@@ -47,47 +57,86 @@ pub struct HealthSettings {
     pub redis_url: String,
     /// `DATABASE_URL`, when this process uses PostgreSQL.
     pub database_url: Option<String>,
+    /// `PG_*_TIMEOUT_MS` (the check's own connect timeout stays 1 s).
+    pub pg_timeouts: crate::store::Timeouts,
     /// `MEMORY_LIMIT_BYTES`.
     pub memory_limit_bytes: u64,
     /// `QUEUE_NAME`, for the queue gauges.
     pub stream: String,
+    /// `HEALTH_SHOW_ERRORS`: put dependency error text in the answer.
+    pub show_errors: bool,
 }
 
-/// What a core can ask the health thread.
-enum Ask {
-    Health(oneshot::Sender<Report>),
-    Queue(oneshot::Sender<Option<QueueGauges>>),
+/// One cached, thread-computed value that cores can read.
+struct Probe<T> {
+    tx: crossbeam_channel::Sender<oneshot::Sender<T>>,
+    cache: Arc<Mutex<Option<(Instant, T)>>>,
 }
 
-/// The cores' handle to the health thread. Cloning is cheap.
+impl<T> Clone for Probe<T> {
+    fn clone(&self) -> Self {
+        Self { tx: self.tx.clone(), cache: self.cache.clone() }
+    }
+}
+
+impl<T: Clone + Send + 'static> Probe<T> {
+    /// A thread named `name` answering with `compute`, cached for [`CACHE_FOR`].
+    fn spawn(
+        name: &str,
+        mut compute: impl FnMut() -> T + Send + 'static,
+    ) -> std::io::Result<(Self, thread::JoinHandle<()>)> {
+        let (tx, rx) = crossbeam_channel::bounded::<oneshot::Sender<T>>(WAITING);
+        let cache: Arc<Mutex<Option<(Instant, T)>>> = Arc::default();
+        let slot = cache.clone();
+        let thread = thread::Builder::new().name(name.into()).spawn(move || {
+            while let Ok(reply) = rx.recv() {
+                let value = fresh(&slot).unwrap_or_else(|| {
+                    let v = compute();
+                    *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), v.clone()));
+                    v
+                });
+                let _ = reply.send(value);
+            }
+        })?;
+        Ok((Self { tx, cache }, thread))
+    }
+
+    /// The cached value if fresh, else the thread's, within [`ANSWER_TIMEOUT`].
+    async fn get(&self) -> Option<T> {
+        if let Some(v) = fresh(&self.cache) {
+            return Some(v);
+        }
+        let (tx, rx) = oneshot::channel();
+        self.tx.try_send(tx).ok()?;
+        monoio::time::timeout(ANSWER_TIMEOUT, rx).await.ok()?.ok()
+    }
+}
+
+fn fresh<T: Clone>(slot: &Mutex<Option<(Instant, T)>>) -> Option<T> {
+    match &*slot.lock().unwrap_or_else(|e| e.into_inner()) {
+        Some((at, v)) if at.elapsed() < CACHE_FOR => Some(v.clone()),
+        _ => None,
+    }
+}
+
+/// The cores' handle to the health and gauge threads. Cloning is cheap.
 #[derive(Clone)]
 pub struct Health {
-    tx: crossbeam_channel::Sender<Ask>,
+    reports: Probe<Report>,
+    gauges: Probe<Option<QueueGauges>>,
 }
 
 impl Health {
     /// Asks for a report, inside a monoio runtime with timers enabled.
     /// A late or missing answer is itself an unhealthy report.
     pub async fn check(&self) -> Report {
-        let (tx, rx) = oneshot::channel();
-        if self.tx.try_send(Ask::Health(tx)).is_err() {
-            return timed_out("health checks are saturated");
-        }
-        match monoio::time::timeout(ANSWER_TIMEOUT, rx).await {
-            Ok(Ok(report)) => report,
-            Ok(Err(_)) => timed_out("health thread stopped"),
-            Err(_) => timed_out("health checks did not finish in time"),
-        }
+        self.reports.get().await.unwrap_or_else(|| timed_out("health checks did not finish in time"))
     }
-}
 
-impl Health {
     /// Stream length, pending entries and dead letters, for `/metrics`;
     /// `None` if Redis did not answer in time.
     pub async fn queue_gauges(&self) -> Option<QueueGauges> {
-        let (tx, rx) = oneshot::channel();
-        self.tx.try_send(Ask::Queue(tx)).ok()?;
-        monoio::time::timeout(ANSWER_TIMEOUT, rx).await.ok()?.ok()?
+        self.gauges.get().await.flatten()
     }
 }
 
@@ -101,27 +150,17 @@ fn timed_out(message: &str) -> Report {
     Report { healthy: false, json: serde_json::to_vec(&doc).unwrap_or_default() }
 }
 
-/// Starts the health thread; it exits when every [`Health`] handle is dropped.
+/// Starts the health and gauge threads; they exit when every [`Health`]
+/// handle is dropped.
 ///
 /// # Errors
-/// The thread cannot be spawned.
-pub fn spawn_health(settings: HealthSettings) -> std::io::Result<(Health, thread::JoinHandle<()>)> {
-    // Small: probes are rare, and a backlog only means the thread is stuck.
-    let (tx, rx) = crossbeam_channel::bounded::<Ask>(64);
-    let thread = thread::Builder::new().name("health".into()).spawn(move || {
-        let mut checker = Checker { settings, redis: None, pg: None, cached: None };
-        while let Ok(ask) = rx.recv() {
-            match ask {
-                Ask::Health(reply) => {
-                    let _ = reply.send(checker.report());
-                }
-                Ask::Queue(reply) => {
-                    let _ = reply.send(checker.queue());
-                }
-            }
-        }
-    })?;
-    Ok((Health { tx }, thread))
+/// A thread cannot be spawned.
+pub fn spawn_health(settings: HealthSettings) -> std::io::Result<(Health, Vec<thread::JoinHandle<()>>)> {
+    let mut checker = Checker::new(settings.clone());
+    let (reports, a) = Probe::spawn("health", move || checker.report())?;
+    let mut gauger = Checker::new(settings);
+    let (gauges, b) = Probe::spawn("metrics-gauges", move || gauger.queue())?;
+    Ok((Health { reports, gauges }, vec![a, b]))
 }
 
 /// One check's outcome: extra fields when up, the reason when down.
@@ -131,17 +170,17 @@ struct Checker {
     settings: HealthSettings,
     redis: Option<redis::Connection>,
     pg: Option<postgres::Client>,
-    cached: Option<(Instant, Report)>,
+    /// The last reason logged per check, so each change is logged once.
+    logged: Vec<(&'static str, Option<String>)>,
 }
 
 impl Checker {
+    fn new(settings: HealthSettings) -> Self {
+        Self { settings, redis: None, pg: None, logged: Vec::new() }
+    }
+
     fn report(&mut self) -> Report {
-        if let Some((at, report)) = &self.cached {
-            if at.elapsed() < CACHE_FOR {
-                return report.clone();
-            }
-        }
-        let mut checks: Vec<(&str, Check)> = vec![("redis", self.redis())];
+        let mut checks: Vec<(&'static str, Check)> = vec![("redis", self.redis())];
         if self.settings.database_url.is_some() {
             checks.push(("database", self.database()));
         }
@@ -149,6 +188,7 @@ impl Checker {
 
         let (mut info, mut errors, mut details) = (Map::new(), Map::new(), Map::new());
         for (name, outcome) in checks {
+            self.log_change(name, outcome.as_ref().err());
             let entry = match outcome {
                 Ok(mut fields) => {
                     fields.insert("status".into(), "up".into());
@@ -156,9 +196,14 @@ impl Checker {
                     fields
                 }
                 Err(message) => {
+                    let shown = if self.settings.show_errors || name == "memory_rss" {
+                        message
+                    } else {
+                        "unreachable".to_string()
+                    };
                     let mut fields = Map::new();
                     fields.insert("status".into(), "down".into());
-                    fields.insert("message".into(), message.into());
+                    fields.insert("message".into(), shown.into());
                     errors.insert(name.into(), Value::Object(fields.clone()));
                     fields
                 }
@@ -172,9 +217,26 @@ impl Checker {
             "error": errors,
             "details": details,
         });
-        let report = Report { healthy, json: serde_json::to_vec(&doc).unwrap_or_default() };
-        self.cached = Some((Instant::now(), report.clone()));
-        report
+        Report { healthy, json: serde_json::to_vec(&doc).unwrap_or_default() }
+    }
+
+    /// Logs a check going down, changing its reason, or coming back.
+    fn log_change(&mut self, name: &'static str, error: Option<&String>) {
+        let last = match self.logged.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, last)) => last,
+            None => {
+                self.logged.push((name, None));
+                &mut self.logged.last_mut().expect("just pushed").1
+            }
+        };
+        if last.as_ref() == error {
+            return;
+        }
+        match error {
+            Some(e) => warn!(check = name, error = %e, "health check down"),
+            None => info!(check = name, "health check up again"),
+        }
+        *last = error.cloned();
     }
 
     fn queue(&mut self) -> Option<QueueGauges> {
@@ -215,8 +277,8 @@ impl Checker {
     fn database(&mut self) -> Check {
         if self.pg.as_ref().is_none_or(postgres::Client::is_closed) {
             let url = self.settings.database_url.as_deref().unwrap_or_default();
-            let mut config: postgres::Config = url.parse().map_err(|e: postgres::Error| e.to_string())?;
-            config.connect_timeout(CHECK_TIMEOUT);
+            let timeouts = crate::store::Timeouts { connect: CHECK_TIMEOUT, ..self.settings.pg_timeouts };
+            let config = crate::store::connect_config(url, timeouts).map_err(|e| e.to_string())?;
             self.pg = Some(
                 config.connect(postgres::NoTls).map_err(|e| crate::store::StoreError::from(e).to_string())?,
             );

@@ -77,23 +77,54 @@ impl WebhookJob {
             .arg(&self.payload[..]);
     }
 
-    /// Reads a job back from a stream entry's field map.
+    /// Reads a job back from a stream entry's field map, taking the payload
+    /// out of it, so the body is held once, not twice.
     ///
     /// # Errors
-    /// [`JobDecodeError`] when a field is missing or malformed, or the entry's
-    /// version is unknown.
-    pub fn from_stream_fields(map: &HashMap<String, redis::Value>) -> Result<Self, JobDecodeError> {
-        let version = text(map, fields::VERSION)?;
-        if version != FORMAT_VERSION.to_string() {
-            return Err(JobDecodeError::UnknownVersion(version));
-        }
-        let provider = text(map, fields::PROVIDER)?;
-        let event_id = text(map, fields::EVENT_ID)?;
-        let event_timestamp_us = int(map, fields::EVENT_TIMESTAMP)?;
-        let received_at_us = int(map, fields::RECEIVED_AT)?;
-        let payload = bytes(map, fields::PAYLOAD)?.to_vec();
-        Ok(Self { provider, event_id, event_timestamp_us, received_at_us, payload })
+    /// [`Undecodable`], with the fields untouched, when a field is missing
+    /// or malformed, or the entry's version is unknown.
+    pub fn from_stream_fields(mut map: HashMap<String, redis::Value>) -> Result<Self, Undecodable> {
+        let header = (|| {
+            let version = text(&map, fields::VERSION)?;
+            if version != FORMAT_VERSION.to_string() {
+                return Err(JobDecodeError::UnknownVersion(version));
+            }
+            Ok((
+                text(&map, fields::PROVIDER)?,
+                text(&map, fields::EVENT_ID)?,
+                int(&map, fields::EVENT_TIMESTAMP)?,
+                int(&map, fields::RECEIVED_AT)?,
+            ))
+        })();
+        let error = match (header, map.remove(fields::PAYLOAD)) {
+            (
+                Ok((provider, event_id, event_timestamp_us, received_at_us)),
+                Some(redis::Value::BulkString(payload)),
+            ) => {
+                return Ok(Self { provider, event_id, event_timestamp_us, received_at_us, payload });
+            }
+            (Err(e), payload) => {
+                map.extend(payload.map(|p| (fields::PAYLOAD.to_string(), p)));
+                e
+            }
+            (Ok(_), Some(other)) => {
+                map.insert(fields::PAYLOAD.to_string(), other);
+                JobDecodeError::Malformed(fields::PAYLOAD)
+            }
+            (Ok(_), None) => JobDecodeError::MissingField(fields::PAYLOAD),
+        };
+        Err(Undecodable { error, fields: map })
     }
+}
+
+/// A stream entry that is not a job this build can read, with its fields
+/// as found (for the dead-letter stream).
+#[derive(Debug)]
+pub struct Undecodable {
+    /// Why it could not be read.
+    pub error: JobDecodeError,
+    /// The entry's fields.
+    pub fields: HashMap<String, redis::Value>,
 }
 
 fn bytes<'m>(
@@ -145,7 +176,7 @@ mod tests {
             received_at_us: -5,
             payload: b"{\"x\":\"\xff\"}".to_vec(),
         };
-        assert_eq!(WebhookJob::from_stream_fields(&entry_of(&job)).unwrap(), job);
+        assert_eq!(WebhookJob::from_stream_fields(entry_of(&job)).unwrap(), job);
     }
 
     #[test]
@@ -159,9 +190,12 @@ mod tests {
         };
         let mut map = entry_of(&job);
         map.insert("v".into(), redis::Value::BulkString(b"2".to_vec()));
-        assert_eq!(WebhookJob::from_stream_fields(&map), Err(JobDecodeError::UnknownVersion("2".into())));
+        let refused = WebhookJob::from_stream_fields(map).unwrap_err();
+        assert_eq!(refused.error, JobDecodeError::UnknownVersion("2".into()));
+        let mut map = refused.fields;
+        assert!(map.contains_key("b"), "the fields come back whole");
         map.remove("p");
         map.insert("v".into(), redis::Value::BulkString(b"1".to_vec()));
-        assert_eq!(WebhookJob::from_stream_fields(&map), Err(JobDecodeError::MissingField("p")));
+        assert_eq!(WebhookJob::from_stream_fields(map).unwrap_err().error, JobDecodeError::MissingField("p"));
     }
 }

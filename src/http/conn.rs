@@ -18,11 +18,13 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use super::budget::{BufferBudget, Grant, SMALL_BODY};
 use super::chunked::{ChunkError, ChunkedDecoder};
 use super::cors::Cors;
+use super::proxy::TrustedProxies;
 use super::ratelimit::RateLimiter;
 use super::request::{parse_head, BodyFraming, ContentType, HeadError, Limits, Method, RequestHead};
-use super::response::{Extra, Message, RateHeaders, Response, Status, CONTINUE};
+use super::response::{Extra, Message, RateHeaders, ReplyTo, Response, Status, CONTINUE};
 use super::router::{Route, WEBHOOK_ALLOW};
 use crate::ingest::Ingestor;
 use crate::queue::{EnqueueError, Enqueuer};
@@ -37,6 +39,13 @@ const WBUF_FLUSH_AT: usize = 64 * 1024;
 /// a reset caused by unread bytes.
 const LINGER_TIME: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 256 * 1024;
+/// The same for a connection refused at accept.
+const REFUSE_LINGER_TIME: Duration = Duration::from_millis(100);
+/// A buffer grown past this for one large request is given back before
+/// the connection waits for the next one, so an idle keep-alive connection
+/// holds a few KiB, not its largest request.
+const RBUF_KEEP: usize = 64 * 1024;
+const WBUF_KEEP: usize = 2 * WBUF_FLUSH_AT;
 
 /// Everything a connection needs from its core; one per core, shared by `Rc`.
 pub(crate) struct CoreContext {
@@ -51,8 +60,10 @@ pub(crate) struct CoreContext {
     pub(crate) fixed_headers: &'static [u8],
     pub(crate) cors: Cors,
     pub(crate) limiter: RefCell<RateLimiter>,
-    /// Take the client address from `X-Forwarded-For` (behind a proxy).
-    pub(crate) trust_proxy: bool,
+    /// Peers whose `X-Forwarded-For` names the client (`TRUST_PROXY`).
+    pub(crate) proxies: TrustedProxies,
+    /// Body bytes in flight on this core (`MAX_BUFFER_BYTES_PER_CORE`).
+    pub(crate) buffers: BufferBudget,
     pub(crate) health: crate::health::Health,
     /// This core's counters (only this core writes them).
     pub(crate) metrics: Arc<CoreMetrics>,
@@ -84,15 +95,22 @@ impl From<std::io::Error> for End {
 
 /// Serves one accepted connection to completion.
 pub(crate) async fn serve(stream: TcpStream, peer: std::net::IpAddr, ctx: Rc<CoreContext>) {
-    let mut conn = Conn {
-        stream,
-        peer,
-        rbuf: Vec::with_capacity(READ_CHUNK * 2),
-        start: 0,
-        wbuf: Vec::with_capacity(512),
-    };
+    let mut conn = Conn::new(stream, peer);
     if let Err(End::Io(e)) = conn.run(&ctx).await {
         tracing::debug!(error = %e, "connection ended by an I/O error");
+    }
+}
+
+/// Answers a connection the core will not serve (a cap is reached) with
+/// 503 and `Retry-After`, without reading a request, and closes it. The
+/// linger is short: a refused client must not hold a socket for long.
+pub(crate) async fn refuse(stream: TcpStream, ctx: Rc<CoreContext>, why: &'static str) {
+    let mut conn = Conn::new(stream, std::net::Ipv4Addr::UNSPECIFIED.into());
+    let resp = Response::unavailable(why, ctx.retry_after_secs).closing();
+    resp.encode(ReplyTo::default(), &ctx.bare_extra(), &mut conn.wbuf);
+    ctx.metrics.record(RouteLabel::Unknown, Status::ServiceUnavailable, Duration::ZERO);
+    if conn.flush(&ctx).await.is_ok() {
+        let _ = conn.linger_close(REFUSE_LINGER_TIME).await;
     }
 }
 
@@ -117,6 +135,16 @@ enum Wait {
 }
 
 impl Conn {
+    fn new(stream: TcpStream, peer: std::net::IpAddr) -> Self {
+        Self {
+            stream,
+            peer,
+            rbuf: Vec::with_capacity(READ_CHUNK * 2),
+            start: 0,
+            wbuf: Vec::with_capacity(512),
+        }
+    }
+
     async fn run(&mut self, ctx: &CoreContext) -> Result<(), End> {
         loop {
             // Set when the first byte of this request is seen.
@@ -137,14 +165,18 @@ impl Conn {
                     }
                     Err(e) => {
                         let resp = head_error_response(&e);
-                        return self
-                            .close_with(ctx, resp, false, ctx.bare_extra(), RouteLabel::Unknown)
-                            .await;
+                        let to = ReplyTo::default();
+                        return self.close_with(ctx, resp, to, ctx.bare_extra(), RouteLabel::Unknown).await;
                     }
                 }
             };
             let now = Instant::now();
             let deadline = deadline.unwrap_or_else(|| now + ctx.request_timeout);
+            let to = ReplyTo {
+                http10: head.http10,
+                keep_alive: head.keep_alive,
+                head: head.method == Method::Head,
+            };
             let (refusal, rate) = self.precheck(ctx, &head, now);
             let origin = head.origin.as_deref().filter(|o| ctx.cors.allows(o));
             let extra = Extra {
@@ -156,15 +188,12 @@ impl Conn {
             if let (Some(resp), true) = (&refusal, head.expect_continue && head.body != BodyFraming::Empty) {
                 // The client is waiting for our word before sending the body:
                 // answer now and never read it (RFC 9110 §10.1.1).
-                return self
-                    .close_with(ctx, resp.clone(), head.http10, extra, route_label(&head.route))
-                    .await;
+                return self.close_with(ctx, resp.clone(), to, extra, route_label(&head.route)).await;
             }
-            let body = match self.read_body(ctx, &head, deadline).await? {
-                Ok(body) => body,
-                Err(resp) => {
-                    return self.close_with(ctx, resp, head.http10, extra, route_label(&head.route)).await
-                }
+            // Held until the answer is decided: the body is in memory until then.
+            let (body, _grant) = match self.read_body(ctx, &head, deadline).await? {
+                Ok(read) => read,
+                Err(resp) => return self.close_with(ctx, resp, to, extra, route_label(&head.route)).await,
             };
             let mut resp = match refusal {
                 Some(resp) => resp,
@@ -173,10 +202,11 @@ impl Conn {
             if ctx.shutdown.is_cancelled() {
                 resp = resp.closing();
             }
-            resp.encode(head.http10, head.keep_alive, &extra, &mut self.wbuf);
+            resp.encode(to, &extra, &mut self.wbuf);
             ctx.metrics.record(route_label(&head.route), resp.status(), now.elapsed());
             if !head.keep_alive || resp.closes() {
                 self.flush(ctx).await?;
+                self.linger_close(LINGER_TIME).await?;
                 return Ok(());
             }
             // A client pipelining tiny requests faster than it reads would
@@ -190,17 +220,26 @@ impl Conn {
 
     /// Reads the body of `head` (whose head starts at `self.start`) and
     /// consumes the whole request from the buffer. `Err(response)` refuses it.
+    /// A body beyond [`SMALL_BODY`] comes with its grant on the core's
+    /// budget, to be held until the request is answered.
     ///
     /// Positions are kept relative to `self.start`, because `fill` may move
     /// the unconsumed bytes to the front of the buffer.
-    async fn read_body(
+    async fn read_body<'c>(
         &mut self,
-        ctx: &CoreContext,
+        ctx: &'c CoreContext,
         head: &RequestHead,
         deadline: Instant,
-    ) -> Result<Result<Body, Response>, End> {
+    ) -> Result<Result<(Body, Option<Grant<'c>>), Response>, End> {
         let off = head.head_len;
         let buffered = self.rbuf.len() - self.start - off;
+        let mut grant = match head.body {
+            BodyFraming::Length(n) if n > SMALL_BODY => match ctx.buffers.take(n) {
+                Some(g) => Some(g),
+                None => return Ok(Err(self.over_budget(ctx))),
+            },
+            _ => None,
+        };
         let needs_more = match head.body {
             BodyFraming::Empty => false,
             BodyFraming::Length(n) => buffered < n,
@@ -213,7 +252,7 @@ impl Conn {
         match head.body {
             BodyFraming::Empty => {
                 self.start += off;
-                Ok(Ok(Body::Buffered(self.start..self.start)))
+                Ok(Ok((Body::Buffered(self.start..self.start), None)))
             }
             BodyFraming::Length(n) => {
                 self.rbuf.reserve((self.start + off + n).saturating_sub(self.rbuf.len()));
@@ -222,7 +261,7 @@ impl Conn {
                 }
                 let body = self.start + off;
                 self.start = body + n;
-                Ok(Ok(Body::Buffered(body..body + n)))
+                Ok(Ok((Body::Buffered(body..body + n), grant)))
             }
             BodyFraming::Chunked => {
                 let mut decoder = ChunkedDecoder::new(ctx.limits.max_body);
@@ -240,6 +279,15 @@ impl Conn {
                             return Ok(Err(bad_request("malformed chunked body").closing()));
                         }
                     }
+                    if body.len() > SMALL_BODY {
+                        let covered = match &mut grant {
+                            Some(g) => g.grow_to(body.len()),
+                            None => ctx.buffers.take(body.len()).map(|g| grant = Some(g)).is_some(),
+                        };
+                        if !covered {
+                            return Ok(Err(self.over_budget(ctx)));
+                        }
+                    }
                     // Everything after the head is decoded into `body`: drop it
                     // so a long chunked body does not sit in memory twice.
                     self.rbuf.truncate(self.start + off);
@@ -247,9 +295,16 @@ impl Conn {
                     self.fill(ctx, Wait::Until(deadline)).await?;
                 }
                 self.start += pos;
-                Ok(Ok(Body::Owned(body)))
+                Ok(Ok((Body::Owned(body), grant)))
             }
         }
+    }
+
+    /// The core holds `MAX_BUFFER_BYTES_PER_CORE` of bodies already: refuse
+    /// this one unread, as busy (the sender retries), and close.
+    fn over_budget(&self, ctx: &CoreContext) -> Response {
+        Response::unavailable("server is busy with large requests, retry later", ctx.retry_after_secs)
+            .closing()
     }
 
     /// Runs the routes that wait on another thread: the webhook route
@@ -298,6 +353,9 @@ impl Conn {
     /// shutdown.
     async fn fill(&mut self, ctx: &CoreContext, wait: Wait) -> Result<(), End> {
         if self.start == self.rbuf.len() {
+            if self.rbuf.capacity() > RBUF_KEEP {
+                self.rbuf = Vec::with_capacity(READ_CHUNK * 2);
+            }
             self.rbuf.clear();
             self.start = 0;
         } else if self.start > 0 && self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK {
@@ -327,8 +385,8 @@ impl Conn {
                             Status::RequestTimeout,
                             Message::One("request not received in time".into()),
                         );
-                        let _ =
-                            self.close_with(ctx, resp, false, ctx.bare_extra(), RouteLabel::Unknown).await;
+                        let to = ReplyTo::default();
+                        let _ = self.close_with(ctx, resp, to, ctx.bare_extra(), RouteLabel::Unknown).await;
                         return Err(End::Quiet);
                     }
                 }
@@ -350,6 +408,9 @@ impl Conn {
         match monoio::time::timeout(ctx.request_timeout, self.stream.write_all(buf)).await {
             Ok((res, mut buf)) => {
                 res?;
+                if buf.capacity() > WBUF_KEEP {
+                    buf = Vec::with_capacity(512);
+                }
                 buf.clear();
                 self.wbuf = buf;
                 Ok(())
@@ -367,22 +428,28 @@ impl Conn {
     }
 
     /// Sends `resp` (after any answers still pending) and closes the
-    /// connection, reading and discarding for a moment so that bytes the
-    /// client already sent do not turn our answer into a reset.
+    /// connection (see [`Conn::linger_close`]).
     async fn close_with(
         &mut self,
         ctx: &CoreContext,
         resp: Response,
-        http10: bool,
+        to: ReplyTo,
         extra: Extra<'_>,
         route: RouteLabel,
     ) -> Result<(), End> {
         let status = resp.status();
-        resp.closing().encode(http10, false, &extra, &mut self.wbuf);
+        resp.closing().encode(to, &extra, &mut self.wbuf);
         ctx.metrics.record(route, status, Duration::ZERO);
         self.flush(ctx).await?;
+        self.linger_close(LINGER_TIME).await
+    }
+
+    /// Closes our side after the last answer is written, then reads and
+    /// discards for a moment, so that bytes the client already sent do not
+    /// turn that answer (a 202 included) into a reset.
+    async fn linger_close(&mut self, linger: Duration) -> Result<(), End> {
         self.stream.shutdown().await?;
-        let until = Instant::now() + LINGER_TIME;
+        let until = Instant::now() + linger;
         let mut discarded = 0;
         let mut buf = std::mem::take(&mut self.rbuf);
         while discarded < LINGER_BYTES {
@@ -442,8 +509,7 @@ impl Conn {
             Route::Webhook { .. } => {
                 let mut limiter = ctx.limiter.borrow_mut();
                 let rate = if limiter.enabled() {
-                    let ip =
-                        if ctx.trust_proxy { head.forwarded_for.unwrap_or(self.peer) } else { self.peer };
+                    let ip = ctx.proxies.client(self.peer, head.forwarded_for.as_deref());
                     let d = limiter.check(ip, now);
                     let headers =
                         RateHeaders { limit: d.limit, remaining: d.remaining, reset_secs: d.reset_secs };
@@ -484,6 +550,9 @@ fn head_error_response(e: &HeadError) -> Response {
         HeadError::UnsupportedEncoding => {
             Response::error(Status::NotImplemented, Message::One(e.to_string()))
         }
+        HeadError::ExpectationFailed => {
+            Response::error(Status::ExpectationFailed, Message::One(e.to_string()))
+        }
         HeadError::HeadTooLarge => Response::error(Status::HeaderFieldsTooLarge, Message::One(e.to_string())),
         HeadError::BodyTooLarge { limit } => too_large(*limit),
     }
@@ -504,6 +573,7 @@ fn unavailable_message(e: &EnqueueError) -> &'static str {
         EnqueueError::Unavailable(_) => "queue is unavailable, retry later",
         EnqueueError::TimedOut => "queue did not answer in time, retry later",
         EnqueueError::QueueFull => "queue is full, retry later",
+        EnqueueError::MemoryFull => "queue is full (redis memory), retry later",
         EnqueueError::Closed => "server is shutting down, retry later",
     }
 }

@@ -15,12 +15,16 @@
 //! Status mapping, all in one place ([`conn`]): 202 only when Redis has the
 //! job; 400 bad syntax or body; 404/405 routing; 408 slow request; 413 body
 //! over `MAX_BODY_BYTES` (refused from the header, unread); 415 not JSON;
-//! 431 head over `MAX_HEADER_BYTES`; 501 unknown transfer coding; 503 with
-//! `Retry-After` when the job could not be put in Redis.
+//! 417 an `Expect` other than `100-continue`; 431 head over
+//! `MAX_HEADER_BYTES`; 501 unknown transfer coding; 503 with `Retry-After`
+//! when the job could not be put in Redis, or a per-core bound ([`budget`]:
+//! connections, connections per client, body bytes in flight) is reached.
 
+pub mod budget;
 pub mod chunked;
 mod conn;
 pub mod cors;
+pub mod proxy;
 pub mod ratelimit;
 pub mod request;
 pub mod response;

@@ -10,14 +10,19 @@
 //!   on every core and to at most N× the limit overall. This errs towards
 //!   serving a legitimate sender whose connections land on several cores.
 //!
-//! Buckets hold one second of tokens (the burst). The per-IP table is
+//! Buckets hold one second of tokens (the burst), and never less than one
+//! token: a global limit below the number of cores would otherwise give
+//! each core a bucket that can never pay for a request. The per-IP table is
 //! bounded: past [`MAX_TRACKED_IPS`] entries, idle clients (full buckets) are
 //! dropped, at most one sweep per second; if every tracked client is active,
 //! a new client is not tracked and only the global limit applies to it.
+//! Clients are keyed by [`client_key`]: an IPv6 client by its /64.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::Instant;
+
+use super::proxy::client_key;
 
 /// Most client IPs a core tracks before forgetting idle ones.
 pub const MAX_TRACKED_IPS: usize = 100_000;
@@ -69,7 +74,7 @@ impl RateLimiter {
         let now = Instant::now();
         let global = (global > 0).then(|| {
             let rate = global as f64 / cores.max(1) as f64;
-            (rate, Bucket::full(rate, now))
+            (rate, Bucket::full(rate.max(1.0), now))
         });
         let per_ip_rate = (per_ip > 0).then_some(per_ip as f64);
         Self { global, per_ip_rate, per_ip: HashMap::new(), next_sweep: now }
@@ -77,11 +82,12 @@ impl RateLimiter {
 
     /// Takes a token for `ip` if both buckets have one.
     pub fn check(&mut self, ip: IpAddr, now: Instant) -> Decision {
+        let ip = client_key(ip);
         let mut decision = Decision { allowed: true, limit: u64::MAX, remaining: u64::MAX, reset_secs: 1 };
         let mut take: [Option<&mut Bucket>; 2] = [None, None];
         let mut rates = [0.0f64; 2];
         if let Some((rate, bucket)) = &mut self.global {
-            bucket.refill(*rate, *rate, now);
+            bucket.refill(*rate, rate.max(1.0), now);
             rates[0] = *rate;
             take[0] = Some(bucket);
         }
@@ -121,7 +127,7 @@ impl RateLimiter {
             for (bucket, rate) in take.into_iter().zip(rates) {
                 if let Some(bucket) = bucket {
                     bucket.tokens -= 1.0;
-                    let refill = ((rate - bucket.tokens) / rate).ceil() as u64;
+                    let refill = ((rate.max(1.0) - bucket.tokens) / rate).ceil() as u64;
                     decision.reset_secs = decision.reset_secs.max(refill.max(1));
                 }
             }
@@ -166,6 +172,28 @@ mod tests {
         let t0 = Instant::now();
         let allowed = (0..10).filter(|i| rl.check(ip(*i as u8), t0).allowed).count();
         assert_eq!(allowed, 5, "this core's share of the burst");
+    }
+
+    #[test]
+    fn a_global_limit_below_the_core_count_still_serves() {
+        // 1 request/s over 4 cores: each core may serve one now and one
+        // every 4 s, not refuse forever.
+        let mut rl = RateLimiter::new(1, 0, 4);
+        let t0 = Instant::now();
+        assert!(rl.check(ip(1), t0).allowed);
+        assert!(!rl.check(ip(1), t0 + Duration::from_secs(1)).allowed);
+        assert!(rl.check(ip(1), t0 + Duration::from_secs(4)).allowed);
+    }
+
+    #[test]
+    fn an_ipv6_client_rotating_addresses_in_its_64_is_one_client() {
+        let mut rl = RateLimiter::new(0, 3, 1);
+        let t0 = Instant::now();
+        let allowed = (0..6u16)
+            .filter(|i| rl.check(IpAddr::from([0x2001, 0xdb8, 0, 1, *i, 0, 0, 1]), t0).allowed)
+            .count();
+        assert_eq!(allowed, 3);
+        assert!(rl.check(IpAddr::from([0x2001, 0xdb8, 0, 2, 0, 0, 0, 1]), t0).allowed, "another /64");
     }
 
     #[test]

@@ -73,9 +73,9 @@ pub struct RequestHead {
     pub head_len: usize,
     /// The `Origin` header (browsers only; allocated only when present).
     pub origin: Option<String>,
-    /// The first address of `X-Forwarded-For`, if it parses (used only
-    /// when `TRUST_PROXY` is on).
-    pub forwarded_for: Option<std::net::IpAddr>,
+    /// Every `X-Forwarded-For` value, comma-joined in order (allocated only
+    /// when present; read only when the peer is a trusted proxy).
+    pub forwarded_for: Option<String>,
 }
 
 /// Why a head is refused. Every variant closes the connection after its answer.
@@ -90,6 +90,9 @@ pub enum HeadError {
     /// A transfer coding other than a lone `chunked`.
     #[error("unsupported transfer-encoding")]
     UnsupportedEncoding,
+    /// An `Expect` other than `100-continue` on HTTP/1.1 (417).
+    #[error("unsupported expectation; only 100-continue is understood")]
+    ExpectationFailed,
     /// The head is larger than `MAX_HEADER_BYTES` or has too many headers.
     #[error("request header fields too large")]
     HeadTooLarge,
@@ -166,18 +169,27 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<RequestHead>, He
                 conn_close |= token.eq_ignore_ascii_case(b"close");
                 conn_keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
             }
-        } else if name.eq_ignore_ascii_case("expect") {
+        } else if name.eq_ignore_ascii_case("expect") && !http10 {
+            // An HTTP/1.0 client cannot wait for a 100: RFC 9110 §10.1.1
+            // says to ignore the expectation there.
             if !trim(h.value).eq_ignore_ascii_case(b"100-continue") {
-                return Err(HeadError::Malformed("unsupported Expect value"));
+                return Err(HeadError::ExpectationFailed);
             }
             expect_continue = true;
         } else if name.eq_ignore_ascii_case("content-type") {
             content_type = classify_content_type(h.value);
         } else if name.eq_ignore_ascii_case("origin") {
             origin = std::str::from_utf8(trim(h.value)).ok().map(str::to_owned);
-        } else if name.eq_ignore_ascii_case("x-forwarded-for") && forwarded_for.is_none() {
-            let first = h.value.split(|&b| b == b',').next().map(trim).unwrap_or_default();
-            forwarded_for = std::str::from_utf8(first).ok().and_then(|v| v.parse().ok());
+        } else if name.eq_ignore_ascii_case("x-forwarded-for") {
+            // Several headers are one list (RFC 9110 §5.3); order is what counts.
+            let value = String::from_utf8_lossy(trim(h.value));
+            match &mut forwarded_for {
+                None => forwarded_for = Some(value.into_owned()),
+                Some(list) => {
+                    list.push_str(", ");
+                    list.push_str(&value);
+                }
+            }
         }
     }
 
@@ -260,7 +272,11 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(h.origin.as_deref(), Some("https://a.test"));
-        assert_eq!(h.forwarded_for, Some([203, 0, 113, 7].into()));
+        assert_eq!(h.forwarded_for.as_deref(), Some("203.0.113.7, 10.0.0.1"));
+        let h = parse("POST /webhooks/s HTTP/1.1\r\nX-Forwarded-For: 1.1.1.1\r\nx-forwarded-for: 2.2.2.2, 3.3.3.3\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.forwarded_for.as_deref(), Some("1.1.1.1, 2.2.2.2, 3.3.3.3"));
     }
 
     #[test]
@@ -290,6 +306,16 @@ mod tests {
     fn body_limit_is_checked_from_the_header() {
         let r = parse("POST / HTTP/1.1\r\nContent-Length: 101\r\n\r\n");
         assert_eq!(r, Err(HeadError::BodyTooLarge { limit: 100 }));
+    }
+
+    #[test]
+    fn expect_is_ignored_on_http10_and_unknown_expectations_fail() {
+        let h =
+            parse("POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n").unwrap().unwrap();
+        assert!(!h.expect_continue);
+        assert!(parse("POST / HTTP/1.0\r\nExpect: something\r\n\r\n").unwrap().is_some());
+        assert_eq!(parse("POST / HTTP/1.1\r\nExpect: something\r\n\r\n"), Err(HeadError::ExpectationFailed));
+        assert!(parse("POST / HTTP/1.1\r\nExpect: 100-Continue\r\n\r\n").unwrap().unwrap().expect_continue);
     }
 
     #[test]

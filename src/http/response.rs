@@ -31,6 +31,8 @@ pub enum Status {
     PayloadTooLarge,
     /// 415: body not JSON.
     UnsupportedMediaType,
+    /// 417: an `Expect` other than `100-continue`.
+    ExpectationFailed,
     /// 429: over the rate limit.
     TooManyRequests,
     /// 431: head over `MAX_HEADER_BYTES`.
@@ -45,7 +47,7 @@ pub enum Status {
 
 impl Status {
     /// Every status, in the order of [`Status::index`].
-    pub const ALL: [Status; 14] = [
+    pub const ALL: [Status; 15] = [
         Status::Ok,
         Status::Accepted,
         Status::NoContent,
@@ -55,6 +57,7 @@ impl Status {
         Status::RequestTimeout,
         Status::PayloadTooLarge,
         Status::UnsupportedMediaType,
+        Status::ExpectationFailed,
         Status::TooManyRequests,
         Status::HeaderFieldsTooLarge,
         Status::NotImplemented,
@@ -80,6 +83,7 @@ impl Status {
             Self::RequestTimeout => 408,
             Self::PayloadTooLarge => 413,
             Self::UnsupportedMediaType => 415,
+            Self::ExpectationFailed => 417,
             Self::TooManyRequests => 429,
             Self::HeaderFieldsTooLarge => 431,
             Self::NotImplemented => 501,
@@ -100,6 +104,7 @@ impl Status {
             Self::RequestTimeout => "Request Timeout",
             Self::PayloadTooLarge => "Payload Too Large",
             Self::UnsupportedMediaType => "Unsupported Media Type",
+            Self::ExpectationFailed => "Expectation Failed",
             Self::TooManyRequests => "Too Many Requests",
             Self::HeaderFieldsTooLarge => "Request Header Fields Too Large",
             Self::NotImplemented => "Not Implemented",
@@ -136,6 +141,18 @@ pub struct RateHeaders {
     pub remaining: u64,
     /// `x-ratelimit-reset`, seconds.
     pub reset_secs: u64,
+}
+
+/// The request a response answers, as far as encoding cares.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReplyTo {
+    /// Answer in HTTP/1.0 (and say `keep-alive` explicitly when keeping it).
+    pub http10: bool,
+    /// The request allows reusing the connection.
+    pub keep_alive: bool,
+    /// A `HEAD` request: the headers a `GET` would get, never a body
+    /// (a keep-alive client would read the body as the next answer).
+    pub head: bool,
 }
 
 /// Per-response headers decided by the connection, not the handler.
@@ -251,9 +268,10 @@ impl Response {
         self.close
     }
 
-    /// Appends the encoded response. `keep_alive` is what the request asked
-    /// for; the connection stays open only if that and `!self.close` hold.
-    pub fn encode(&self, http10: bool, keep_alive: bool, extra: &Extra<'_>, out: &mut Vec<u8>) {
+    /// Appends the encoded response. The connection stays open only if the
+    /// request allows it and `!self.close`.
+    pub fn encode(&self, to: ReplyTo, extra: &Extra<'_>, out: &mut Vec<u8>) {
+        let ReplyTo { http10, keep_alive, head } = to;
         const ACCEPTED_OPEN: &[u8] = b"{\"accepted\":true,\"jobId\":\"";
         const ACCEPTED_CLOSE: &[u8] = b"\"}";
         // Error bodies go through serde for escaping; the 202 body is written
@@ -318,6 +336,9 @@ impl Response {
             (true, false) => {}
         }
         out.extend_from_slice(b"\r\n");
+        if head {
+            return;
+        }
         match (&self.body, error_body) {
             (Body::Accepted(id), _) => {
                 out.extend_from_slice(ACCEPTED_OPEN);
@@ -340,8 +361,18 @@ mod tests {
 
     fn text(r: &Response, http10: bool, keep_alive: bool) -> String {
         let mut out = Vec::new();
-        r.encode(http10, keep_alive, &Extra::default(), &mut out);
+        r.encode(ReplyTo { http10, keep_alive, head: false }, &Extra::default(), &mut out);
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn a_head_answer_has_the_get_headers_and_no_body() {
+        let mut out = Vec::new();
+        let r = Response::json(Status::Ok, &b"{\"status\":\"ok\"}"[..]);
+        r.encode(ReplyTo { http10: false, keep_alive: true, head: true }, &Extra::default(), &mut out);
+        let t = String::from_utf8(out).unwrap();
+        assert!(t.contains("content-length: 15\r\n"), "{t}");
+        assert!(t.ends_with("\r\n\r\n"), "{t}");
     }
 
     #[test]

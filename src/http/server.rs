@@ -16,8 +16,10 @@ use monoio::{FusionDriver, FusionRuntime, RuntimeBuilder};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::conn::{serve, CoreContext};
+use super::budget::{BufferBudget, ConnectionsPerClient};
+use super::conn::{refuse, serve, CoreContext};
 use super::cors::Cors;
+use super::proxy::TrustedProxies;
 use super::ratelimit::RateLimiter;
 use super::request::Limits;
 use super::security::HELMET_HEADERS;
@@ -79,10 +81,16 @@ pub struct CoreSettings {
     pub retry_after_secs: u32,
     /// `MAX_CONNECTIONS_PER_CORE`.
     pub max_connections: usize,
+    /// `MAX_CONNECTIONS_PER_IP` (per core; 0 = no cap; trusted proxies are exempt).
+    pub max_connections_per_ip: u32,
+    /// `MAX_BUFFER_BYTES_PER_CORE`: request bodies in flight on one core.
+    pub max_buffer_bytes: usize,
     /// `SHUTDOWN_TIMEOUT_MS`.
     pub shutdown_timeout: Duration,
     /// `JSON_PARSER`.
     pub json_parser: JsonParser,
+    /// `MAX_JSON_DEPTH` (0 = unchecked).
+    pub max_json_depth: usize,
     /// `SECURITY_HEADERS`.
     pub security_headers: bool,
     /// `CORS_ORIGINS`.
@@ -93,8 +101,8 @@ pub struct CoreSettings {
     pub rate_limit_per_ip: u64,
     /// How many runtimes share the global limit.
     pub cores: usize,
-    /// `TRUST_PROXY`.
-    pub trust_proxy: bool,
+    /// `TRUST_PROXY`: the proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: TrustedProxies,
 }
 
 /// Runs one core until shutdown has drained it. Reports the driver in use
@@ -127,7 +135,7 @@ async fn accept_loop(spec: CoreSpec) -> std::io::Result<()> {
         keepalive_timeout: settings.keepalive_timeout,
         retry_after_secs: settings.retry_after_secs,
         enqueuer: spec.enqueuer,
-        ingestor: RefCell::new(Ingestor::new(settings.json_parser)),
+        ingestor: RefCell::new(Ingestor::new(settings.json_parser).with_max_depth(settings.max_json_depth)),
         shutdown: spec.shutdown.clone(),
         fixed_headers: if settings.security_headers { HELMET_HEADERS } else { b"" },
         cors: settings.cors.clone(),
@@ -136,12 +144,14 @@ async fn accept_loop(spec: CoreSpec) -> std::io::Result<()> {
             settings.rate_limit_per_ip,
             settings.cores,
         )),
-        trust_proxy: settings.trust_proxy,
+        proxies: settings.trusted_proxies.clone(),
+        buffers: BufferBudget::new(settings.max_buffer_bytes),
         health: spec.health,
         metrics: spec.metrics.core(spec.index),
         all_metrics: spec.metrics.clone(),
     });
     let open = Rc::new(Cell::new(0usize));
+    let per_client = Rc::new(ConnectionsPerClient::new(settings.max_connections_per_ip));
     // Each connection task holds a sender; when the last is dropped the
     // receiver ends, which is how draining knows all connections are done.
     let (done_tx, mut done_rx) = futures_channel::mpsc::channel::<()>(0);
@@ -154,16 +164,29 @@ async fn accept_loop(spec: CoreSpec) -> std::io::Result<()> {
         match accepted {
             Ok((stream, peer)) => {
                 accept_backoff = Duration::from_millis(5);
-                if open.get() >= settings.max_connections {
-                    // Over the bound: refuse rather than let one core drown.
-                    drop(stream);
+                let peer = peer.ip();
+                // Over a bound: refuse rather than let one core, or one client, drown.
+                let refusal = if open.get() >= settings.max_connections {
+                    Some("too many connections, retry later")
+                } else if !ctx.proxies.contains(peer) && !per_client.admit(peer) {
+                    Some("too many connections from this client, retry later")
+                } else {
+                    None
+                };
+                if let Some(why) = refusal {
+                    monoio::spawn(refuse(stream, ctx.clone(), why));
                     continue;
                 }
                 let _ = stream.set_nodelay(true);
                 open.set(open.get() + 1);
-                let (ctx, open, guard) = (ctx.clone(), open.clone(), done_tx.clone());
+                let (ctx, open, per_client, guard) =
+                    (ctx.clone(), open.clone(), per_client.clone(), done_tx.clone());
                 monoio::spawn(async move {
-                    serve(stream, peer.ip(), ctx).await;
+                    let counted = !ctx.proxies.contains(peer);
+                    serve(stream, peer, ctx).await;
+                    if counted {
+                        per_client.release(peer);
+                    }
                     open.set(open.get() - 1);
                     drop(guard);
                 });

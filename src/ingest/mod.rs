@@ -16,7 +16,8 @@ mod validate;
 
 use thiserror::Error;
 
-pub use validate::{parse_iso8601_us, MAX_EVENT_ID_BYTES};
+pub use jsonb::DEFAULT_MAX_DEPTH;
+pub use validate::{parse_iso8601_us, MAX_EVENT_ID_BYTES, MIN_TIMESTAMP_US};
 
 use crate::job::WebhookJob;
 use envelope::Envelope;
@@ -55,6 +56,8 @@ pub enum JsonParser {
 /// allocate for the parse itself.
 pub struct Ingestor {
     parser: JsonParser,
+    /// `MAX_JSON_DEPTH`; 0 = unchecked.
+    max_depth: usize,
     scratch: Vec<u8>,
     buffers: simd_json::Buffers,
 }
@@ -65,15 +68,27 @@ impl Ingestor {
     /// faster on a 3.9 KiB Stripe event, because only four fields are read.
     pub const DEFAULT_PARSER: JsonParser = JsonParser::Serde;
 
-    /// A fresh ingestor using `parser`.
+    /// A fresh ingestor using `parser`, refusing nesting deeper than
+    /// [`DEFAULT_MAX_DEPTH`].
     pub fn new(parser: JsonParser) -> Self {
-        Self { parser, scratch: Vec::new(), buffers: simd_json::Buffers::new(4096) }
+        Self {
+            parser,
+            max_depth: DEFAULT_MAX_DEPTH,
+            scratch: Vec::new(),
+            buffers: simd_json::Buffers::new(4096),
+        }
+    }
+
+    /// The same, refusing nesting deeper than `max_depth` (0 = no check).
+    pub fn with_max_depth(mut self, max_depth: usize) -> Self {
+        self.max_depth = max_depth;
+        self
     }
 
     /// Starts over with fresh buffers, as after a panic that may have left
     /// them half-written.
     pub fn reset(&mut self) {
-        *self = Self::new(self.parser);
+        *self = Self::new(self.parser).with_max_depth(self.max_depth);
     }
 
     /// Parses and validates `body` posted to `/webhooks/{provider}`. The
@@ -91,6 +106,9 @@ impl Ingestor {
         let provider = provider.into();
         if let Some(message) = jsonb::unstorable_escape(body) {
             return Err(IngestError::Invalid(vec![message.to_string()]));
+        }
+        if let Some(message) = jsonb::too_deep(body, self.max_depth) {
+            return Err(IngestError::Invalid(vec![message]));
         }
         let (event_id, event_timestamp_us) = match self.parser {
             JsonParser::Serde => {
@@ -302,21 +320,54 @@ mod tests {
     }
 
     #[test]
-    fn deep_nesting_neither_crashes_nor_hangs() {
-        // serde_json skips nested values iteratively (no depth limit needed);
-        // simd-json stops at depth 1024. Either way: an answer, not a crash.
-        let deep = format!(
-            r#"{{"provider":"s","eventId":"e","timestamp":"2026-01-01","data":{{"x":{}{}}}}}"#,
-            "[".repeat(100_000),
-            "]".repeat(100_000)
-        );
-        assert!(Ingestor::new(JsonParser::Serde).ingest("s", deep.as_bytes(), 0).is_ok());
-        let simd = Ingestor::new(JsonParser::Simd).ingest("s", deep.as_bytes(), 0);
+    fn deep_nesting_is_refused_at_the_limit_and_neither_crashes_nor_hangs() {
+        let deep = |n: usize| {
+            format!(
+                r#"{{"provider":"s","eventId":"e","timestamp":"2026-01-01","data":{{"x":{}{}}}}}"#,
+                "[".repeat(n),
+                "]".repeat(n)
+            )
+        };
+        // The envelope and `data` are levels 1 and 2.
+        let limit = DEFAULT_MAX_DEPTH;
+        assert!(both("s", deep(limit - 2).as_bytes()).is_ok());
+        let refused = both("s", deep(limit - 1).as_bytes()).unwrap_err().messages();
+        assert_eq!(refused.len(), 1);
+        assert!(refused[0].contains("deeper than 1000 levels"), "{refused:?}");
+        // With the check off, serde_json skips nested values iteratively (no
+        // depth limit needed); simd-json stops at depth 1024. Either way: an
+        // answer, not a crash.
+        let unchecked = |p| Ingestor::new(p).with_max_depth(0);
+        assert!(unchecked(JsonParser::Serde).ingest("s", deep(100_000).as_bytes(), 0).is_ok());
+        let simd = unchecked(JsonParser::Simd).ingest("s", deep(100_000).as_bytes(), 0);
         assert!(matches!(simd, Err(IngestError::Json(_))));
         let unclosed = "[".repeat(100_000);
         for parser in [JsonParser::Serde, JsonParser::Simd] {
-            let r = Ingestor::new(parser).ingest("s", unclosed.as_bytes(), 0);
+            let r = unchecked(parser).ingest("s", unclosed.as_bytes(), 0);
             assert!(matches!(r, Err(IngestError::Json(_))), "{parser:?}");
+            let r = Ingestor::new(parser).ingest("s", unclosed.as_bytes(), 0);
+            assert!(matches!(r, Err(IngestError::Invalid(_))), "{parser:?}");
         }
+    }
+
+    #[test]
+    fn instants_outside_postgresql_timestamptz_are_refused_and_sub_microseconds_round() {
+        let body = |t: &str| format!(r#"{{"provider":"s","eventId":"e","timestamp":"{t}","data":{{}}}}"#);
+        let at = |t: &str| both("s", body(t).as_bytes()).map(|j| j.event_timestamp_us);
+        // Past the year 9999 in UTC, still PostgreSQL's: kept exactly.
+        assert_eq!(at("9999-12-31T23:00:00-05:00"), Ok(253_402_315_200_000_000));
+        assert_eq!(at("-004713-11-24T00:00:00Z"), Ok(MIN_TIMESTAMP_US));
+        for before in ["-005000-01-01T00:00:00Z", "-004713-11-23T23:59:59.999999Z"] {
+            assert_eq!(
+                both("s", body(before).as_bytes()).unwrap_err().messages(),
+                [validate::TIMESTAMP_RANGE_MESSAGE],
+                "{before}"
+            );
+        }
+        // PostgreSQL rounds to the microsecond (half to even); so do we.
+        assert_eq!(at("1970-01-01T00:00:00.0000015Z"), Ok(2));
+        assert_eq!(at("1970-01-01T00:00:00.0000025Z"), Ok(2));
+        assert_eq!(at("1970-01-01T00:00:00.000002501Z"), Ok(3));
+        assert_eq!(at("1969-12-31T23:59:59.9999985Z"), Ok(-2));
     }
 }

@@ -10,6 +10,16 @@ use super::envelope::{Envelope, Field};
 /// Longest accepted `eventId`, in bytes (the Postgres column and Redis key bound).
 pub const MAX_EVENT_ID_BYTES: usize = 255;
 
+/// The earliest instant PostgreSQL's `timestamptz` holds, 4714-11-24 BC
+/// 00:00 UTC (ISO year -4713), in µs since the Unix epoch. Its latest,
+/// 294276 AD, lies beyond what ISO 8601 parsing here accepts (year 9999 in
+/// local time), so every parsed instant from this one on can be stored.
+pub const MIN_TIMESTAMP_US: i64 = -210_866_803_200_000_000;
+
+/// The message for an instant `timestamptz` cannot hold.
+pub(crate) const TIMESTAMP_RANGE_MESSAGE: &str =
+    "timestamp must not be before 4714-11-24T00:00:00Z BC (-004713-11-24), the earliest instant PostgreSQL stores";
+
 /// What validation extracts from a valid envelope.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Valid<'e> {
@@ -47,9 +57,18 @@ pub(crate) fn validate<'e>(path_provider: &str, env: &'e Envelope<'_>) -> Result
             None
         }
     };
-    if timestamp.is_none() {
-        errors.push("timestamp must be a valid ISO 8601 date string".to_string());
-    }
+    // Refused, never clamped: the stored instant is the one sent.
+    let timestamp = match timestamp {
+        None => {
+            errors.push("timestamp must be a valid ISO 8601 date string".to_string());
+            None
+        }
+        Some(us) if us < MIN_TIMESTAMP_US => {
+            errors.push(TIMESTAMP_RANGE_MESSAGE.to_string());
+            None
+        }
+        some => some,
+    };
 
     if env.data != Field::Object {
         if is_empty(&env.data) {
@@ -90,13 +109,18 @@ fn is_empty(field: &Field<'_>) -> bool {
 
 /// Parses an ISO 8601 date or date-time (calendar, ordinal or week form,
 /// basic or extended) into µs since the Unix epoch. Without an offset the time
-/// is taken as UTC; a date alone is its midnight UTC.
+/// is taken as UTC; a date alone is its midnight UTC. Digits below the
+/// microsecond round to the nearest one, half to even, as PostgreSQL's
+/// input does (`rint`).
 pub fn parse_iso8601_us(s: &str) -> Option<i64> {
     let at = OffsetDateTime::parse(s, &Iso8601::PARSING)
         .or_else(|_| PrimitiveDateTime::parse(s, &Iso8601::PARSING).map(PrimitiveDateTime::assume_utc))
         .or_else(|_| Date::parse(s, &Iso8601::PARSING).map(|d| d.midnight().assume_utc()))
         .ok()?;
-    i64::try_from(at.unix_timestamp_nanos() / 1000).ok()
+    let ns = at.unix_timestamp_nanos();
+    let (us, rest) = (ns.div_euclid(1000), ns.rem_euclid(1000));
+    let rounded = if rest > 500 || (rest == 500 && us % 2 != 0) { us + 1 } else { us };
+    i64::try_from(rounded).ok()
 }
 
 #[cfg(test)]

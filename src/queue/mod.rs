@@ -32,6 +32,7 @@
 //! down jobs fail at once (fast 503s) instead of piling up. Each state change
 //! is logged once, never per request.
 
+pub mod keys;
 mod pipeline;
 
 use std::time::Duration;
@@ -63,6 +64,9 @@ pub enum EnqueueError {
     /// The stream holds `MAX_QUEUE_DEPTH` entries: the workers are behind.
     #[error("queue is full")]
     QueueFull,
+    /// Redis uses `MAX_REDIS_MEMORY_PERCENT` of its `maxmemory`.
+    #[error("redis memory is nearly full")]
+    MemoryFull,
     /// The pipeline thread has stopped (shutdown).
     #[error("enqueue pipeline stopped")]
     Closed,

@@ -14,6 +14,9 @@ const MIN_BACKOFF: Duration = Duration::from_millis(50);
 /// Longest wait between reconnect attempts, so recovery after Redis returns
 /// takes at most this long.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// How often `INFO memory` rides along with a batch (never on its own: an
+/// idle pipeline adds nothing to Redis's memory).
+const MEMORY_REFRESH: Duration = Duration::from_millis(100);
 
 /// What the pipeline thread needs from the configuration.
 #[derive(Debug, Clone)]
@@ -35,6 +38,10 @@ pub struct PipelineSettings {
     /// `MAX_QUEUE_DEPTH`: stream length at which new jobs are refused (the
     /// workers are behind or PostgreSQL is down and Redis memory is finite).
     pub max_queue_depth: u64,
+    /// `MAX_REDIS_MEMORY_PERCENT`: share of Redis's `maxmemory` in use at
+    /// which new jobs are refused (0 = never), so Redis keeps room for the
+    /// workers' writes and never reaches its own out-of-memory refusals.
+    pub max_memory_percent: u8,
 }
 
 /// The running pipeline thread.
@@ -94,6 +101,10 @@ struct Pipeline {
     pipe: redis::Pipeline,
     /// Stream length after the last pipeline (`XLEN` rides along with each).
     depth: u64,
+    /// When Redis's memory was last read.
+    memory_read_at: Option<Instant>,
+    /// Whether the last reading was over `MAX_REDIS_MEMORY_PERCENT`.
+    memory_full: bool,
 }
 
 impl Pipeline {
@@ -105,7 +116,7 @@ impl Pipeline {
         // job; only a connection-level error fails the whole batch.
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
-        Self { client, settings, link, batch, pipe, depth: 0 }
+        Self { client, settings, link, batch, pipe, depth: 0, memory_read_at: None, memory_full: false }
     }
 
     fn run(mut self, rx: Receiver<Pending>) {
@@ -149,7 +160,14 @@ impl Pipeline {
         if self.batch.is_empty() {
             return;
         }
-        let full = self.depth >= self.settings.max_queue_depth;
+        let refusal = if self.depth >= self.settings.max_queue_depth {
+            Some(EnqueueError::QueueFull)
+        } else if self.memory_full {
+            Some(EnqueueError::MemoryFull)
+        } else {
+            None
+        };
+        let full = refusal.is_some();
         self.pipe.clear();
         if !full {
             for p in &self.batch {
@@ -160,15 +178,24 @@ impl Pipeline {
             }
         }
         self.pipe.cmd("XLEN").arg(&self.settings.stream);
+        let read_memory = self.memory_read_at.is_none_or(|at| at.elapsed() >= MEMORY_REFRESH);
+        if read_memory {
+            self.pipe.cmd("INFO").arg("memory");
+        }
         self.ensure_link();
         let sent_at = Instant::now();
         let outcome = match &mut self.link {
             Link::Up(con) => self.pipe.query::<Vec<redis::RedisResult<redis::Value>>>(con),
             Link::Down { .. } => Err(redis::RedisError::from((redis::ErrorKind::Io, "redis is down"))),
         };
-        let metrics = &self.settings.metrics.pipeline;
+        let metrics = self.settings.metrics.clone();
+        let metrics = &metrics.pipeline;
         match outcome {
             Ok(mut replies) => {
+                if read_memory {
+                    let info = replies.pop().and_then(|r| r.ok());
+                    self.note_memory(info.and_then(|v| redis::from_redis_value::<String>(v).ok()).as_deref());
+                }
                 let enqueued =
                     if full { 0 } else { replies.iter().filter(|r| r.is_ok()).count().saturating_sub(1) };
                 metrics.record_batch(self.batch.len(), sent_at.elapsed(), enqueued);
@@ -177,9 +204,9 @@ impl Pipeline {
                 if let Some(depth) = depth {
                     self.note_depth(depth);
                 }
-                if full {
+                if let Some(refusal) = refusal {
                     for p in self.batch.drain(..) {
-                        let _ = p.reply.send(Err(EnqueueError::QueueFull));
+                        let _ = p.reply.send(Err(refusal.clone()));
                     }
                 } else {
                     for (p, reply) in self.batch.drain(..).zip(replies) {
@@ -224,6 +251,31 @@ impl Pipeline {
         self.depth = depth;
     }
 
+    /// Records Redis's memory from an `INFO memory` reply, logging when the
+    /// `MAX_REDIS_MEMORY_PERCENT` line is crossed.
+    fn note_memory(&mut self, info: Option<&str>) {
+        self.memory_read_at = Some(Instant::now());
+        let Some((used, max)) = info.and_then(parse_memory) else { return };
+        self.settings.metrics.pipeline.set_redis_memory(used, max);
+        let percent = u64::from(self.settings.max_memory_percent);
+        let full = percent > 0 && max > 0 && used.saturating_mul(100) >= max.saturating_mul(percent);
+        if full && !self.memory_full {
+            warn!(
+                used_memory = used,
+                maxmemory = max,
+                max_redis_memory_percent = percent,
+                "redis memory is nearly full: new requests get 503 until the workers free some"
+            );
+        } else if !full && self.memory_full {
+            info!(
+                used_memory = used,
+                maxmemory = max,
+                "redis memory below MAX_REDIS_MEMORY_PERCENT again: accepting"
+            );
+        }
+        self.memory_full = full;
+    }
+
     /// Reconnects if the link is down and the backoff allows.
     fn ensure_link(&mut self) {
         let Link::Down { retry_at, backoff, .. } = &self.link else { return };
@@ -233,7 +285,7 @@ impl Pipeline {
         let backoff = *backoff;
         match self.connect() {
             Ok(con) => {
-                info!(redis = %crate::config::redact_url(&self.settings.redis_url), "redis connected");
+                info!(redis = %crate::config::redact(&self.settings.redis_url), "redis connected");
                 self.link = Link::Up(con);
             }
             Err(e) => self.fail_connect(e.to_string(), backoff),
@@ -256,7 +308,7 @@ impl Pipeline {
             Link::Up(_) => true,
         };
         if first {
-            warn!(error = %reason, redis = %crate::config::redact_url(&self.settings.redis_url),
+            warn!(error = %reason, redis = %crate::config::redact(&self.settings.redis_url),
                   "redis unreachable; requests get 503 until it is back");
         }
         let next = (backoff * 2).min(MAX_BACKOFF);
@@ -289,6 +341,14 @@ pub fn prepare_stream(con: &mut redis::Connection, stream: &str) -> redis::Redis
     }
 }
 
+/// `(used_memory, maxmemory)` from an `INFO memory` reply.
+fn parse_memory(info: &str) -> Option<(u64, u64)> {
+    let field = |name: &str| {
+        info.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':')).and_then(|v| v.trim().parse().ok())
+    };
+    Some((field("used_memory")?, field("maxmemory")?))
+}
+
 /// Warns when Redis is set up so that an acknowledged job could be lost.
 fn check_durability(con: &mut redis::Connection) {
     let get = |con: &mut redis::Connection, key: &str| -> Option<String> {
@@ -297,6 +357,12 @@ fn check_durability(con: &mut redis::Connection) {
     };
     match (get(con, "appendonly"), get(con, "maxmemory-policy")) {
         (Some(aof), Some(policy)) => {
+            if get(con, "maxmemory").as_deref() == Some("0") {
+                warn!(
+                    "redis has no maxmemory: the gateway cannot refuse new jobs (503) before the host runs \
+                       out of memory; set maxmemory and keep MAX_REDIS_MEMORY_PERCENT below 100"
+                );
+            }
             if aof != "yes" {
                 warn!(appendonly = %aof, "redis has no AOF: accepted jobs are lost if Redis restarts");
             }
@@ -308,5 +374,15 @@ fn check_durability(con: &mut redis::Connection) {
         _ => warn!(
             "could not read redis CONFIG (disabled?): check appendonly=yes and maxmemory-policy=noeviction"
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn memory_is_read_from_info() {
+        let info = "# Memory\r\nused_memory:1048576\r\nused_memory_human:1.00M\r\nmaxmemory:2097152\r\nmaxmemory_human:2.00M\r\n";
+        assert_eq!(super::parse_memory(info), Some((1_048_576, 2_097_152)));
+        assert_eq!(super::parse_memory("used_memory:1\r\n"), None);
     }
 }

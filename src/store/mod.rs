@@ -15,7 +15,16 @@
 //! Errors are classified for the worker ([`StoreError::is_systemic`]):
 //! connection loss, disk full, shutdown, read-only, schema errors affect every
 //! batch alike and are retried; data errors belong to one entry and are
-//! isolated by splitting the batch.
+//! isolated by splitting the batch. A code can look systemic and still be one
+//! entry's doing (`54001 stack depth limit exceeded` from a deeply nested
+//! body): [`StoreError::may_be_caused_by_rows`] says which ones the worker may
+//! test with [`probe`], the same statements with no rows.
+//!
+//! Every connection carries `PG_CONNECT_TIMEOUT_MS`, TCP keepalives and
+//! `TCP_USER_TIMEOUT` from `PG_SOCKET_TIMEOUT_MS` (a dead peer or a
+//! black-holed network is noticed in that time, not the kernel's ~15
+//! minutes), and `statement_timeout` from `PG_STATEMENT_TIMEOUT_MS` (a
+//! statement stuck behind a lock or a slow server ends with `57014`).
 
 mod migrate;
 
@@ -26,7 +35,6 @@ use postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use postgres::NoTls;
 use r2d2_postgres::PostgresConnectionManager;
 use thiserror::Error;
-use time::OffsetDateTime;
 
 use crate::job::WebhookJob;
 
@@ -34,6 +42,29 @@ pub use migrate::{migrate, MIGRATIONS};
 
 /// The pool type.
 pub type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
+
+/// How long PostgreSQL work may take before it is given up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// `PG_CONNECT_TIMEOUT_MS`: a TCP connect, and waiting for a pooled connection.
+    pub connect: Duration,
+    /// `PG_SOCKET_TIMEOUT_MS`: unacknowledged data or unanswered keepalives
+    /// for this long end the connection (`TCP_USER_TIMEOUT`, keepalives).
+    pub socket: Duration,
+    /// `PG_STATEMENT_TIMEOUT_MS`: the server cancels a statement running longer
+    /// (`Duration::ZERO` = never).
+    pub statement: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(5),
+            socket: Duration::from_secs(30),
+            statement: Duration::from_secs(60),
+        }
+    }
+}
 
 /// A PostgreSQL failure.
 #[derive(Debug, Error)]
@@ -57,6 +88,9 @@ impl StoreError {
     /// than the handled unique conflict, …), which one entry causes.
     pub fn is_systemic(&self) -> bool {
         let StoreError::Postgres(e) = self else { return true };
+        if row_error(e).is_some() {
+            return false; // a value this build refused to encode
+        }
         let Some(code) = e.code() else { return true }; // I/O, closed connection
         let code = code.code();
         matches!(
@@ -64,6 +98,28 @@ impl StoreError {
             "08" | "53" | "54" | "55" | "57" | "58" | "40" | "42" | "XX" | "3D" | "3F" | "28"
         ) || code == "25006"
     }
+
+    /// True when a systemic-looking failure could still come from the rows
+    /// of the batch, so that a [`probe`] that passes points at them: the
+    /// server answered with a code, and the code is not one that by nature
+    /// concerns the server alone (the connection, a shutdown, a full disk,
+    /// too many connections, a cancelled connect). Read-only and schema
+    /// errors are included: the probe fails for those, which settles it.
+    pub fn may_be_caused_by_rows(&self) -> bool {
+        let StoreError::Postgres(e) = self else { return false };
+        let Some(code) = e.code() else { return false };
+        let code = code.code();
+        !(code.starts_with("08") || code.starts_with("57P") || matches!(code, "53100" | "53300"))
+    }
+}
+
+/// A value [`CopyRow`] cannot encode (found inside a `postgres::Error`).
+#[derive(Debug, Error)]
+#[error("{0}")]
+pub struct RowError(&'static str);
+
+fn row_error(e: &postgres::Error) -> Option<&RowError> {
+    std::error::Error::source(e).and_then(|s| s.downcast_ref::<RowError>())
 }
 
 /// The server's own words (`postgres::Error`'s Display is just "db error").
@@ -92,19 +148,55 @@ pub struct Written {
     pub duplicates: u64,
 }
 
+/// The connection settings for `database_url` with `timeouts` applied.
+///
+/// # Errors
+/// [`StoreError::Config`] when the URL cannot be parsed (the message never
+/// repeats the URL, which may hold a password).
+pub fn connect_config(database_url: &str, timeouts: Timeouts) -> Result<postgres::Config, StoreError> {
+    let mut config: postgres::Config =
+        database_url.parse().map_err(|e: postgres::Error| StoreError::Config(e.to_string()))?;
+    config.connect_timeout(timeouts.connect);
+    let socket = timeouts.socket;
+    // Keepalives: the first probe after a third of the budget, then probes
+    // every sixth, so four unanswered ones end it in about the budget.
+    config
+        .keepalives(true)
+        .keepalives_idle((socket / 3).max(Duration::from_secs(1)))
+        .keepalives_interval((socket / 6).max(Duration::from_secs(1)))
+        .keepalives_retries(4)
+        .tcp_user_timeout(socket);
+    if !timeouts.statement.is_zero() {
+        let ms = timeouts.statement.as_millis();
+        let options = match config.get_options() {
+            Some(o) if !o.trim().is_empty() => format!("{o} -c statement_timeout={ms}"),
+            _ => format!("-c statement_timeout={ms}"),
+        };
+        config.options(&options);
+    }
+    Ok(config)
+}
+
 /// Builds the connection pool (connections are opened lazily).
 ///
 /// # Errors
 /// [`StoreError::Config`] when the URL cannot be parsed.
-pub fn pool(database_url: &str, size: u32, connect_timeout: Duration) -> Result<Pool, StoreError> {
-    let config: postgres::Config =
-        database_url.parse().map_err(|e: postgres::Error| StoreError::Config(e.to_string()))?;
-    let manager = PostgresConnectionManager::new(config, NoTls);
+pub fn pool(database_url: &str, size: u32, timeouts: Timeouts) -> Result<Pool, StoreError> {
+    let manager = PostgresConnectionManager::new(connect_config(database_url, timeouts)?, NoTls);
     Ok(r2d2::Pool::builder()
         .max_size(size)
         .min_idle(Some(0))
-        .connection_timeout(connect_timeout)
+        .connection_timeout(timeouts.connect)
         .build_unchecked(manager))
+}
+
+/// Runs the statements of [`write_batch`] with no rows and commits nothing
+/// new: whether the database can take a write at all right now.
+///
+/// # Errors
+/// [`StoreError`]: what a batch of good rows would meet too.
+pub fn probe(client: &mut postgres::Client) -> Result<(), StoreError> {
+    write_batch(client, &[]).map(|_| ())
 }
 
 /// Columns of the staging table, in COPY order.
@@ -147,8 +239,8 @@ pub fn write_batch(client: &mut postgres::Client, jobs: &[&WebhookJob]) -> Resul
 pub struct CopyRow<'a> {
     provider: &'a str,
     event_id: &'a str,
-    event_timestamp: OffsetDateTime,
-    received_at: OffsetDateTime,
+    event_timestamp: Timestamptz,
+    received_at: Timestamptz,
     payload: RawJsonb<'a>,
 }
 
@@ -158,8 +250,8 @@ impl<'a> CopyRow<'a> {
         Self {
             provider: &job.provider,
             event_id: &job.event_id,
-            event_timestamp: micros_to_datetime(job.event_timestamp_us),
-            received_at: micros_to_datetime(job.received_at_us),
+            event_timestamp: Timestamptz(job.event_timestamp_us),
+            received_at: Timestamptz(job.received_at_us),
             payload: RawJsonb(&job.payload),
         }
     }
@@ -170,8 +262,34 @@ impl<'a> CopyRow<'a> {
     }
 }
 
-fn micros_to_datetime(us: i64) -> OffsetDateTime {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+/// Microseconds between the Unix epoch and PostgreSQL's (2000-01-01 UTC).
+const PG_EPOCH_US: i64 = 946_684_800_000_000;
+
+/// µs since the Unix epoch, sent as `timestamptz`'s binary form (µs since
+/// 2000-01-01) without a detour through a date type, whose smaller range
+/// once turned a valid instant into 1970-01-01. An instant before
+/// PostgreSQL's first is refused as a [`RowError`], never replaced.
+#[derive(Debug)]
+struct Timestamptz(i64);
+
+impl ToSql for Timestamptz {
+    fn to_sql(
+        &self,
+        _: &Type,
+        out: &mut postgres::types::private::BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        if self.0 < crate::ingest::MIN_TIMESTAMP_US {
+            return Err(Box::new(RowError("timestamp before PostgreSQL's earliest (4714-11-24 BC)")));
+        }
+        out.extend_from_slice(&(self.0 - PG_EPOCH_US).to_be_bytes());
+        Ok(IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::TIMESTAMPTZ
+    }
+
+    to_sql_checked!();
 }
 
 /// Already-validated JSON text sent as `jsonb` without parsing it into a

@@ -146,6 +146,8 @@ pub struct PipelineMetrics {
     enqueued: AtomicU64,
     redis_errors: AtomicU64,
     stream_length: AtomicU64,
+    redis_used_memory: AtomicU64,
+    redis_max_memory: AtomicU64,
 }
 
 impl PipelineMetrics {
@@ -165,6 +167,12 @@ impl PipelineMetrics {
     pub fn set_stream_length(&self, len: u64) {
         self.stream_length.store(len, Relaxed);
     }
+
+    /// Redis's `used_memory` and `maxmemory` (0 = no limit), as last read.
+    pub fn set_redis_memory(&self, used: u64, max: u64) {
+        self.redis_used_memory.store(used, Relaxed);
+        self.redis_max_memory.store(max, Relaxed);
+    }
 }
 
 /// The workers' counters (shared by the worker threads).
@@ -175,6 +183,7 @@ pub struct WorkerMetrics {
     dead_lettered: AtomicU64,
     postgres_errors: AtomicU64,
     redis_errors: AtomicU64,
+    keys_not_set: AtomicU64,
 }
 
 impl WorkerMetrics {
@@ -194,6 +203,11 @@ impl WorkerMetrics {
     /// A Redis failure seen by a worker.
     pub fn record_redis_error(&self) {
         self.redis_errors.fetch_add(1, Relaxed);
+    }
+
+    /// Idempotency keys Redis refused to set (out of memory).
+    pub fn record_keys_not_set(&self, n: u64) {
+        self.keys_not_set.fetch_add(n, Relaxed);
     }
 }
 
@@ -234,6 +248,8 @@ impl Metrics {
                 enqueued: AtomicU64::new(0),
                 redis_errors: AtomicU64::new(0),
                 stream_length: AtomicU64::new(0),
+                redis_used_memory: AtomicU64::new(0),
+                redis_max_memory: AtomicU64::new(0),
             },
             workers: WorkerMetrics {
                 batch_size: Histogram::new(),
@@ -242,6 +258,7 @@ impl Metrics {
                 dead_lettered: AtomicU64::new(0),
                 postgres_errors: AtomicU64::new(0),
                 redis_errors: AtomicU64::new(0),
+                keys_not_set: AtomicU64::new(0),
             },
         })
     }
@@ -344,6 +361,24 @@ impl Metrics {
             "webhook_redis_errors_total",
             "Redis failures (pipeline thread and workers).",
             redis_errors,
+        );
+        render_counter(
+            &mut out,
+            "webhook_idempotency_keys_not_set_total",
+            "Idempotency keys Redis refused after a commit (the unique constraint still dedupes).",
+            w.keys_not_set.load(Relaxed),
+        );
+        render_gauge(
+            &mut out,
+            "webhook_redis_used_memory_bytes",
+            "Redis used_memory, as last read by the pipeline thread.",
+            p.redis_used_memory.load(Relaxed),
+        );
+        render_gauge(
+            &mut out,
+            "webhook_redis_maxmemory_bytes",
+            "Redis maxmemory (0 = no limit), as last read by the pipeline thread.",
+            p.redis_max_memory.load(Relaxed),
         );
         let length = queue.map_or(p.stream_length.load(Relaxed), |q| q.length);
         render_gauge(&mut out, "webhook_queue_length", "Entries in the Redis stream.", length);

@@ -23,18 +23,25 @@ pub mod fields {
 
 /// The dead-letter stream of `stream`.
 pub fn dead_letter_stream(stream: &str) -> String {
-    format!("{stream}:dead")
+    crate::queue::keys::dead_letters(stream)
 }
 
-/// Appends the `XADD` of `entry` to the dead-letter stream to `pipe`.
-pub(super) fn push(pipe: &mut redis::Pipeline, dead_stream: &str, entry: &Entry, reason: &str) {
+/// The `XADD` of `entry` to the dead-letter stream: its fields as they
+/// were in the main stream, plus why, how often, and where from.
+pub(super) fn xadd(dead_stream: &str, entry: &Entry, reason: &str) -> redis::Cmd {
     let now_us = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0);
-    let cmd = pipe.cmd("XADD").arg(dead_stream).arg("*");
-    let mut names: Vec<&String> = entry.fields.keys().collect();
-    names.sort();
-    for name in names {
-        if let redis::Value::BulkString(value) = &entry.fields[name] {
-            cmd.arg(name).arg(&value[..]);
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(dead_stream).arg("*");
+    match &entry.job {
+        Ok(job) => job.write_stream_fields(&mut cmd),
+        Err(undecodable) => {
+            let mut names: Vec<&String> = undecodable.fields.keys().collect();
+            names.sort();
+            for name in names {
+                if let redis::Value::BulkString(value) = &undecodable.fields[name] {
+                    cmd.arg(name).arg(&value[..]);
+                }
+            }
         }
     }
     cmd.arg(fields::ERROR)
@@ -44,8 +51,8 @@ pub(super) fn push(pipe: &mut redis::Pipeline, dead_stream: &str, entry: &Entry,
         .arg(fields::SOURCE_ID)
         .arg(&entry.id)
         .arg(fields::DEAD_AT)
-        .arg(now_us)
-        .ignore();
+        .arg(now_us);
+    cmd
 }
 
 /// Which dead letters to replay.

@@ -4,14 +4,24 @@
 //! [`crate::queue::GROUP`] named `<host>-<pid>-<n>` (unique per process and
 //! thread). One step ([`Worker::run_once`]) is:
 //!
-//! 1. **read**: reclaim entries other consumers left idle longer than
-//!    `RECLAIM_IDLE_MS` (a worker died), else `XREADGROUP … COUNT
-//!    WORKER_BATCH_MAX BLOCK` new ones;
-//! 2. **store**: drop entries whose idempotency key exists (one pipelined
-//!    `EXISTS` round trip) and duplicates inside the batch, then write the rest
-//!    in ONE transaction ([`crate::store::write_batch`]);
-//! 3. **finalize**: one atomic Redis pipeline: `SET` each idempotency key
-//!    with `EX IDEMPOTENCY_TTL_SECS`, `XADD` dead letters, `XACK`, `XDEL`.
+//! 1. **read** ([`read`]): first what this consumer already holds after a
+//!    reconnect, and (worker 0, at start) what consumers of this host whose
+//!    process is gone left pending; then entries other consumers left idle
+//!    longer than `RECLAIM_IDLE_MS`, when a reclaim is due; else `XREADGROUP
+//!    … >` new ones. Reads are sized so a batch holds at most
+//!    `WORKER_BATCH_MAX` entries and `WORKER_BATCH_MAX_BYTES` bytes;
+//! 2. **store** ([`write`]): drop entries whose idempotency key exists (one
+//!    pipelined `EXISTS`; skipped if Redis does not answer) and later copies
+//!    of a key inside the batch, then write the rest in ONE transaction
+//!    ([`crate::store::write_batch`]);
+//! 3. **finalize** ([`finalize`]): dead letters (each `XADD` atomic with its
+//!    `XACK`), then `XACK` + `XDEL` of the rest, then the idempotency keys
+//!    with `EX IDEMPOTENCY_TTL_SECS`. Acknowledging never waits on the keys:
+//!    they only save work; the unique constraint is the guarantee.
+//!
+//! While a batch is in hand, [`claims`] keeps its entries' idle time fresh
+//! (`XCLAIM … JUSTID`, not a delivery), even during one long `COPY`, so no
+//! other worker reclaims and reloads it.
 //!
 //! Keys are set only after the commit, so a crash anywhere causes a redo,
 //! never a loss, and the unique `(provider, event_id)` makes the redo a
@@ -19,40 +29,54 @@
 //!
 //! # Failures
 //! * Systemic PostgreSQL failures (down, read-only, disk full, broken
-//!   schema) retry the batch with capped exponential backoff and jitter. The
-//!   worker keeps refreshing its claim (`XCLAIM … JUSTID`, which does not
-//!   count as a delivery) so an outage is never mistaken for a dead worker and
-//!   never pushes good events to the dead-letter stream.
+//!   schema) retry the batch with capped exponential backoff and jitter,
+//!   its claim kept fresh, so an outage is never counted as failed
+//!   deliveries and never pushes good events to the dead-letter stream. A
+//!   worker started while PostgreSQL is down reads nothing until it is back.
 //! * A data error (an entry PostgreSQL rejects) splits the batch until the
-//!   bad entry is alone; the others are stored. The bad entry stays pending
-//!   and is retried on reclaim; once delivered `MAX_ATTEMPTS` times it moves to
-//!   the dead-letter stream `<QUEUE_NAME>:dead` with its last error and count.
+//!   bad entry is alone; the others are stored. So does a systemic-looking
+//!   error that persists ([`write::SUSPECT_AFTER`] tries) while the same
+//!   statements with no rows ([`crate::store::probe`]) pass: the rows are
+//!   the cause (`54001` from a deeply nested body is one). The bad entry
+//!   stays pending and is retried on reclaim; once delivered `MAX_ATTEMPTS`
+//!   times it moves to the dead-letter stream `<QUEUE_NAME>:dead` with its
+//!   last error and count.
 //! * An entry that cannot be decoded goes to the dead-letter stream at once.
-//! * Redis failures back off and retry; nothing is acknowledged that was not
-//!   committed.
+//! * Redis failures: a batch in hand is kept (its write goes on; its
+//!   acknowledgement is retried) and after a reconnect the worker first
+//!   takes back its own pending entries by id, which is not a delivery. So a
+//!   Redis blip neither delays an event by `RECLAIM_IDLE_MS` nor counts
+//!   against it. Nothing is acknowledged that was not committed.
 
+mod claims;
 mod dead_letter;
+mod entry;
+mod finalize;
+mod read;
+mod write;
 
-use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use redis::streams::{StreamId, StreamReadOptions, StreamReadReply};
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::job::WebhookJob;
-use crate::queue::GROUP;
-use crate::store::{self, Pool, StoreError};
+use crate::store::{self, Pool, StoreError, Timeouts};
 
+pub use claims::Claims;
 pub use dead_letter::{dead_letter_stream, fields as dead_letter_fields, replay, ReplayScope};
+pub use entry::Entry;
+pub use write::{Stored, SUSPECT_AFTER};
 
 /// Longest wait between retries of a failing batch.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Longest wait between retries of an acknowledgement: Redis is back, and
+/// every moment the batch stays unacknowledged another worker could take it.
+const MAX_ACK_BACKOFF: Duration = Duration::from_secs(1);
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 
 /// What the workers need from the configuration.
@@ -64,6 +88,10 @@ pub struct WorkerSettings {
     pub stream: String,
     /// `WORKER_BATCH_MAX`: most entries read and written per transaction.
     pub batch_max: usize,
+    /// `WORKER_BATCH_MAX_BYTES`: most entry bytes in hand.
+    pub batch_max_bytes: usize,
+    /// `MAX_BODY_BYTES`: the largest body an entry can carry, which sizes reads.
+    pub max_body_bytes: usize,
     /// `WORKER_BLOCK_MS`: how long `XREADGROUP` waits for new entries.
     pub block: Duration,
     /// `WORKER_LINGER_MS`: after a read that returned less than a full
@@ -80,8 +108,23 @@ pub struct WorkerSettings {
     pub shutdown_timeout: Duration,
     /// `MIGRATE_ON_START`: apply migrations before the first write.
     pub migrate: bool,
+    /// `PG_*_TIMEOUT_MS`: bound how long one PostgreSQL step can block,
+    /// hence how long a silent worker's claim is kept fresh.
+    pub pg_timeouts: Timeouts,
     /// Where the workers count batches, rows and errors.
     pub metrics: Arc<crate::telemetry::metrics::Metrics>,
+}
+
+impl WorkerSettings {
+    /// How long a worker may block in one step before its claim is let go:
+    /// every PostgreSQL statement of a transaction at its timeout, a
+    /// connect, and a dead socket noticed, or `RECLAIM_IDLE_MS` if longer.
+    /// Past it the worker is taken for hung and others may reclaim.
+    fn hang_limit(&self) -> Duration {
+        let t = self.pg_timeouts;
+        let statement = if t.statement.is_zero() { Duration::from_secs(3600) } else { t.statement };
+        (statement * 4 + t.connect + t.socket).max(self.reclaim_idle)
+    }
 }
 
 /// Why a worker step failed. The step is retried; nothing was acknowledged.
@@ -98,50 +141,9 @@ pub enum WorkerError {
     ShuttingDown,
 }
 
-/// One stream entry in hand.
-#[derive(Debug)]
-pub struct Entry {
-    /// Stream id.
-    pub id: String,
-    /// The decoded job, or why it could not be decoded.
-    pub job: Result<WebhookJob, String>,
-    /// How many times the group has delivered it (1 on first read).
-    pub deliveries: u64,
-    /// The raw fields, kept for the dead-letter stream.
-    fields: HashMap<String, redis::Value>,
-    /// The idempotency key, computed once (none when the job did not decode).
-    key: Option<String>,
-}
-
-impl Entry {
-    fn new(e: StreamId, deliveries: u64, stream: &str) -> Self {
-        let job = WebhookJob::from_stream_fields(&e.map).map_err(|err| err.to_string());
-        let key = job.as_ref().ok().map(|j| idempotency_key(stream, &j.provider, &j.event_id));
-        Self { id: e.id, job, deliveries, fields: e.map, key }
-    }
-}
-
 /// The Redis key recording that `(provider, event_id)` is stored.
-/// Providers never contain `:`, so the key is unambiguous.
 pub fn idempotency_key(stream: &str, provider: &str, event_id: &str) -> String {
-    format!("{stream}:seen:{provider}:{event_id}")
-}
-
-/// A batch after [`Worker::store`]: what to do with each entry in Redis.
-#[derive(Debug, Default)]
-pub struct Stored {
-    /// Committed (new or duplicate rows): set the key, ack.
-    pub committed: Vec<(String, String)>,
-    /// Known already (key present) or repeated in the batch: ack only.
-    pub skipped: Vec<String>,
-    /// To the dead-letter stream, with the reason and delivery count.
-    pub dead: Vec<(Entry, String)>,
-    /// Left pending for a later attempt (data error, attempts remain).
-    pub retry_later: Vec<String>,
-    /// New rows inserted.
-    pub inserted: u64,
-    /// Rows that already existed.
-    pub duplicates: u64,
+    crate::queue::keys::seen(stream, provider, event_id)
 }
 
 /// What one step did.
@@ -165,34 +167,73 @@ pub struct Worker {
     settings: Arc<WorkerSettings>,
     redis: redis::Client,
     con: Option<redis::Connection>,
+    /// Where the scan of this consumer's own pending entries resumes after
+    /// a (re)connect; `None` once it has passed them all.
+    own_cursor: Option<String>,
+    /// Take over what dead consumers of this host left (worker 0, at start).
+    adopt_orphans: bool,
     pool: Pool,
     shutdown: CancellationToken,
     next_reclaim: Instant,
     /// Shared by the workers of a process: set once migrations are applied.
     migrated: Arc<AtomicBool>,
+    claims: Claims,
 }
 
 impl Worker {
-    /// A worker named `name` (its consumer name in the group).
+    /// A worker named `name` (its consumer name in the group), with its own
+    /// claim keeper. [`spawn_workers`] shares one keeper between its threads.
     ///
     /// # Errors
-    /// `REDIS_URL` cannot be parsed.
+    /// `REDIS_URL` cannot be parsed, or the keeper thread cannot start.
     pub fn new(
         name: String,
         settings: Arc<WorkerSettings>,
         pool: Pool,
         shutdown: CancellationToken,
     ) -> Result<Self, WorkerError> {
+        let claims = Claims::start(&settings)?;
+        Self::with_claims(name, settings, pool, shutdown, claims)
+    }
+
+    fn with_claims(
+        name: String,
+        settings: Arc<WorkerSettings>,
+        pool: Pool,
+        shutdown: CancellationToken,
+        claims: Claims,
+    ) -> Result<Self, WorkerError> {
         let redis = redis::Client::open(settings.redis_url.as_str())?;
         let migrated = Arc::new(AtomicBool::new(!settings.migrate));
-        Ok(Self { name, settings, redis, con: None, pool, shutdown, next_reclaim: Instant::now(), migrated })
+        Ok(Self {
+            name,
+            settings,
+            redis,
+            con: None,
+            own_cursor: None,
+            adopt_orphans: false,
+            pool,
+            shutdown,
+            next_reclaim: Instant::now(),
+            migrated,
+            claims,
+        })
+    }
+
+    /// Also takes over, before anything else, the entries that consumers of
+    /// this host whose process is gone left pending (a restart after a crash).
+    pub fn adopting_orphans(mut self) -> Self {
+        self.adopt_orphans = true;
+        self
     }
 
     /// Runs steps until shutdown; failures are logged once per change and retried.
     pub fn run(mut self) {
         info!(consumer = %self.name, "worker started");
-        // Migrate now if PostgreSQL is up; otherwise the first batch retries it.
-        let _ = self.ensure_migrated();
+        if !self.wait_for_database() {
+            info!(consumer = %self.name, "worker stopped");
+            return;
+        }
         let mut backoff = MIN_BACKOFF;
         let mut last_error: Option<String> = None;
         while !self.shutdown.is_cancelled() {
@@ -223,7 +264,7 @@ impl Worker {
                         warn!(consumer = %self.name, error = %msg, "worker step failed; retrying with backoff");
                         last_error = Some(msg);
                     }
-                    self.con = None;
+                    self.disconnect();
                     self.sleep(jitter(backoff));
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
@@ -232,7 +273,38 @@ impl Worker {
         info!(consumer = %self.name, "worker stopped");
     }
 
-    /// One full step: read, store, finalize.
+    /// Takes nothing from Redis until PostgreSQL answers and is migrated: a
+    /// worker started during an outage would otherwise read batches it cannot
+    /// write. False if shutdown came first.
+    fn wait_for_database(&mut self) -> bool {
+        let mut backoff = MIN_BACKOFF;
+        let mut warned = false;
+        loop {
+            match self.ensure_migrated() {
+                Ok(()) => {
+                    if warned {
+                        info!(consumer = %self.name, "postgres is reachable; reading");
+                    }
+                    return true;
+                }
+                Err(e) => {
+                    if !warned {
+                        warn!(consumer = %self.name, error = %e,
+                              "postgres unavailable at start; reading nothing until it is back");
+                        warned = true;
+                    }
+                }
+            }
+            if self.shutdown.is_cancelled() {
+                return false;
+            }
+            self.sleep(jitter(backoff));
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// One full step: read, store, finalize. The entries read are kept fresh
+    /// against reclaim until the step ends.
     ///
     /// # Errors
     /// [`WorkerError`]; whatever was read stays pending and will be redone.
@@ -242,16 +314,29 @@ impl Worker {
             return Ok(Report::default());
         }
         let read = entries.len();
-        let stored = self.store(entries)?;
-        let report = Report {
-            read,
-            inserted: stored.inserted,
-            duplicates: stored.duplicates + stored.skipped.len() as u64,
-            dead_lettered: stored.dead.len(),
-            left_pending: stored.retry_later.len(),
-        };
-        self.finalize(stored)?;
-        Ok(report)
+        self.claims.hold(&self.name, entries.iter().map(|e| e.id.clone()).collect(), self.live_until());
+        let result = self.store(entries).and_then(|stored| {
+            let report = Report {
+                read,
+                inserted: stored.inserted,
+                duplicates: stored.duplicates + stored.skipped.len() as u64,
+                dead_lettered: stored.dead.len(),
+                left_pending: stored.retry_later.len(),
+            };
+            self.finalize(stored).map(|()| report)
+        });
+        self.claims.release(&self.name);
+        result
+    }
+
+    /// Until when the keeper may refresh this worker's claim without news.
+    fn live_until(&self) -> Instant {
+        Instant::now() + self.settings.hang_limit()
+    }
+
+    /// Tells the keeper this worker is alive and still working on its batch.
+    fn touch(&self) {
+        self.claims.touch(&self.name, self.live_until());
     }
 
     /// Applies migrations once per process, before anything is written: a
@@ -266,289 +351,6 @@ impl Worker {
         Ok(())
     }
 
-    /// Step 1: entries abandoned by others (when a reclaim is due), else new ones.
-    ///
-    /// # Errors
-    /// Redis failed.
-    pub fn read(&mut self) -> Result<Vec<Entry>, WorkerError> {
-        if Instant::now() >= self.next_reclaim {
-            self.next_reclaim = Instant::now() + self.settings.reclaim_idle / 2;
-            let reclaimed = self.reclaim()?;
-            if !reclaimed.is_empty() {
-                return Ok(reclaimed);
-            }
-        }
-        let settings = self.settings.clone();
-        let opts = StreamReadOptions::default()
-            .group(GROUP, &self.name)
-            .count(settings.batch_max)
-            .block(settings.block.as_millis() as usize);
-        let mut entries = self.read_new(&opts)?;
-        if !entries.is_empty() && entries.len() < settings.batch_max && !settings.linger.is_zero() {
-            self.sleep(settings.linger);
-            let more = StreamReadOptions::default()
-                .group(GROUP, &self.name)
-                .count(settings.batch_max - entries.len());
-            entries.extend(self.read_new(&more)?);
-        }
-        Ok(entries)
-    }
-
-    /// One `XREADGROUP … >` with `opts`.
-    fn read_new(&mut self, opts: &StreamReadOptions) -> Result<Vec<Entry>, WorkerError> {
-        let settings = self.settings.clone();
-        let con = self.con()?;
-        let reply: Result<Option<StreamReadReply>, _> =
-            redis::Commands::xread_options(con, &[&settings.stream], &[">"], opts);
-        let reply = match reply {
-            Ok(r) => r,
-            // The stream or group vanished (FLUSHALL, a Redis restarted empty):
-            // recreate them and read again next step.
-            Err(e) if e.code() == Some("NOGROUP") => {
-                crate::queue::prepare_stream(con, &settings.stream)?;
-                return Ok(Vec::new());
-            }
-            Err(e) => return Err(e.into()),
-        };
-        Ok(reply
-            .map(|r| {
-                r.keys.into_iter().flat_map(|k| k.ids).map(|e| Entry::new(e, 1, &settings.stream)).collect()
-            })
-            .unwrap_or_default())
-    }
-
-    /// Claims entries pending longer than `RECLAIM_IDLE_MS` (their consumer
-    /// died or stalled). Claiming counts as a delivery.
-    fn reclaim(&mut self) -> Result<Vec<Entry>, WorkerError> {
-        let settings = self.settings.clone();
-        let idle_ms = settings.reclaim_idle.as_millis() as u64;
-        let name = self.name.clone();
-        let con = self.con()?;
-        // XPENDING … IDLE gives the delivery counts XAUTOCLAIM does not.
-        let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
-            .arg(&settings.stream)
-            .arg(GROUP)
-            .arg("IDLE")
-            .arg(idle_ms)
-            .arg("-")
-            .arg("+")
-            .arg(settings.batch_max)
-            .query(con)
-            .or_else(|e| if e.code() == Some("NOGROUP") { Ok(Vec::new()) } else { Err(e) })?;
-        if pending.is_empty() {
-            return Ok(Vec::new());
-        }
-        let deliveries: HashMap<&str, u64> =
-            pending.iter().map(|(id, _, _, n)| (id.as_str(), *n + 1)).collect();
-        let mut claim = redis::cmd("XCLAIM");
-        claim.arg(&settings.stream).arg(GROUP).arg(&name).arg(idle_ms);
-        for (id, ..) in &pending {
-            claim.arg(id);
-        }
-        let claimed: redis::streams::StreamClaimReply = claim.query(con)?;
-        let entries: Vec<Entry> = claimed
-            .ids
-            .into_iter()
-            .map(|e| {
-                let n = deliveries.get(e.id.as_str()).copied().unwrap_or(1);
-                Entry::new(e, n, &settings.stream)
-            })
-            .collect();
-        if !entries.is_empty() {
-            info!(consumer = %name, reclaimed = entries.len(), "took over entries left pending by another consumer");
-        }
-        Ok(entries)
-    }
-
-    /// Step 2: dedupe and write to PostgreSQL. Systemic failures are retried
-    /// here (with backoff, keeping the claim fresh) until they pass or the
-    /// shutdown deadline passes.
-    ///
-    /// # Errors
-    /// Redis failed during the idempotency check, or shutdown cut retries short.
-    pub fn store(&mut self, entries: Vec<Entry>) -> Result<Stored, WorkerError> {
-        self.ensure_migrated()?;
-        let mut out = Stored::default();
-        let mut to_write: Vec<Entry> = Vec::with_capacity(entries.len());
-        // The first copy of each key stands for the others (a sender retry in
-        // the same batch); decided on borrowed keys, so nothing is cloned.
-        let first_copy: Vec<bool> = {
-            let mut seen: HashSet<&str> = HashSet::with_capacity(entries.len());
-            entries.iter().map(|e| e.key.as_deref().is_none_or(|k| seen.insert(k))).collect()
-        };
-        for (entry, first) in entries.into_iter().zip(first_copy) {
-            match &entry.job {
-                Err(reason) => {
-                    let reason = format!("undecodable stream entry: {reason}");
-                    out.dead.push((entry, reason));
-                }
-                Ok(_) if !first => out.skipped.push(entry.id),
-                Ok(_) => to_write.push(entry),
-            }
-        }
-
-        // One round trip: which events are already known?
-        if !to_write.is_empty() {
-            let mut pipe = redis::pipe();
-            for e in &to_write {
-                pipe.cmd("EXISTS").arg(&e.key);
-            }
-            let known: Vec<bool> = pipe.query(self.con()?)?;
-            let mut fresh = Vec::with_capacity(to_write.len());
-            for (e, known) in to_write.into_iter().zip(known) {
-                if known {
-                    out.skipped.push(e.id);
-                } else {
-                    fresh.push(e);
-                }
-            }
-            to_write = fresh;
-        }
-
-        let deadline_after_shutdown = self.settings.shutdown_timeout;
-        let mut backoff = MIN_BACKOFF;
-        let mut shutdown_at: Option<Instant> = None;
-        let mut remaining: Vec<Entry> = to_write;
-        let mut warned = false;
-        while !remaining.is_empty() {
-            match self.write_split(remaining, &mut out) {
-                Ok(()) => break,
-                Err((e, left)) => {
-                    self.settings.metrics.workers.record_postgres_error();
-                    remaining = left;
-                    if !warned {
-                        warn!(consumer = %self.name, error = %e, pending = remaining.len(),
-                              "postgres unavailable; batch kept pending and retried");
-                        warned = true;
-                    }
-                    if self.shutdown.is_cancelled() {
-                        let at = *shutdown_at.get_or_insert_with(Instant::now);
-                        if at.elapsed() >= deadline_after_shutdown {
-                            return Err(WorkerError::Store(e));
-                        }
-                    }
-                    self.heartbeat(&remaining);
-                    self.sleep(jitter(backoff));
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
-            }
-        }
-        if warned {
-            info!(consumer = %self.name, "postgres is back; batch written");
-        }
-        Ok(out)
-    }
-
-    /// Writes `items`, splitting on data errors. On a systemic error returns
-    /// it with the entries not yet written.
-    fn write_split(&mut self, items: Vec<Entry>, out: &mut Stored) -> Result<(), (StoreError, Vec<Entry>)> {
-        let mut client = match self.pool.get() {
-            Ok(c) => c,
-            Err(e) => return Err((StoreError::Pool(e), items)),
-        };
-        let mut stack = vec![items];
-        while let Some(batch) = stack.pop() {
-            let jobs: Vec<&WebhookJob> = batch.iter().filter_map(|e| e.job.as_ref().ok()).collect();
-            match store::write_batch(&mut client, &jobs) {
-                Ok(written) => {
-                    out.inserted += written.inserted;
-                    out.duplicates += written.duplicates;
-                    out.committed.extend(batch.into_iter().filter_map(|e| e.key.map(|k| (e.id, k))));
-                }
-                Err(e) if e.is_systemic() => {
-                    let mut left: Vec<Entry> = batch;
-                    left.extend(stack.into_iter().flatten());
-                    return Err((e, left));
-                }
-                Err(e) if batch.len() == 1 => {
-                    let entry = batch.into_iter().next().expect("one entry");
-                    let reason = e.to_string();
-                    if entry.deliveries >= self.settings.max_attempts {
-                        error!(consumer = %self.name, id = %entry.id, deliveries = entry.deliveries, error = %reason,
-                               "entry rejected by postgres on its last attempt; dead-lettered");
-                        out.dead.push((entry, reason));
-                    } else {
-                        warn!(consumer = %self.name, id = %entry.id, deliveries = entry.deliveries, error = %reason,
-                              "entry rejected by postgres; left pending for another attempt");
-                        out.retry_later.push(entry.id);
-                    }
-                }
-                Err(_) => {
-                    // One entry spoils the batch: find it by halving.
-                    let mut left = batch;
-                    let right = left.split_off(left.len() / 2);
-                    stack.push(right);
-                    stack.push(left);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Step 3: one atomic Redis pipeline: keys (after the commit), dead
-    /// letters, acks, deletes. Retried until it passes or shutdown's deadline.
-    ///
-    /// # Errors
-    /// Redis stayed down past the shutdown deadline; the entries stay pending.
-    pub fn finalize(&mut self, stored: Stored) -> Result<(), WorkerError> {
-        let settings = self.settings.clone();
-        let dead_stream = dead_letter_stream(&settings.stream);
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        let mut ids: Vec<&str> = Vec::new();
-        for (id, key) in &stored.committed {
-            pipe.cmd("SET").arg(key).arg(1).arg("EX").arg(settings.idempotency_ttl_secs).ignore();
-            ids.push(id);
-        }
-        for (entry, reason) in &stored.dead {
-            dead_letter::push(&mut pipe, &dead_stream, entry, reason);
-            ids.push(&entry.id);
-        }
-        ids.extend(stored.skipped.iter().map(String::as_str));
-        if ids.is_empty() {
-            return Ok(());
-        }
-        pipe.cmd("XACK").arg(&settings.stream).arg(GROUP).arg(&ids).ignore();
-        pipe.cmd("XDEL").arg(&settings.stream).arg(&ids).ignore();
-        let mut backoff = MIN_BACKOFF;
-        let mut shutdown_at: Option<Instant> = None;
-        loop {
-            let result: redis::RedisResult<()> = self.con().and_then(|con| pipe.query(con));
-            match result {
-                Ok(()) => return Ok(()),
-                Err(e) => {
-                    self.con = None;
-                    if self.shutdown.is_cancelled()
-                        && shutdown_at.get_or_insert_with(Instant::now).elapsed() >= settings.shutdown_timeout
-                    {
-                        return Err(e.into());
-                    }
-                    warn!(consumer = %self.name, error = %e, "cannot acknowledge a committed batch yet; retrying");
-                    self.sleep(jitter(backoff));
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
-            }
-        }
-    }
-
-    /// Resets the idle time of entries we are still working on, without
-    /// counting a delivery, so no other consumer reclaims them meanwhile.
-    fn heartbeat(&mut self, entries: &[Entry]) {
-        if entries.is_empty() {
-            return;
-        }
-        let settings = self.settings.clone();
-        let mut cmd = redis::cmd("XCLAIM");
-        cmd.arg(&settings.stream).arg(GROUP).arg(&self.name).arg(0);
-        for e in entries {
-            cmd.arg(&e.id);
-        }
-        cmd.arg("JUSTID");
-        if let Ok(con) = self.con() {
-            let _: redis::RedisResult<Vec<String>> = cmd.query(con);
-        }
-    }
-
     fn con(&mut self) -> redis::RedisResult<&mut redis::Connection> {
         if self.con.is_none() {
             let timeout = Duration::from_secs(2);
@@ -557,8 +359,16 @@ impl Worker {
             con.set_read_timeout(Some(self.settings.block + Duration::from_secs(5)))?;
             con.set_write_timeout(Some(timeout))?;
             self.con = Some(con);
+            // Whatever this consumer held when the link broke (a read whose
+            // reply was lost, entries left for another attempt) is taken
+            // back first, by id: no new delivery, no waiting for a reclaim.
+            self.own_cursor = Some("-".into());
         }
         Ok(self.con.as_mut().expect("just set"))
+    }
+
+    fn disconnect(&mut self) {
+        self.con = None;
     }
 
     /// Sleeps, waking early on shutdown.
@@ -567,6 +377,13 @@ impl Worker {
         while Instant::now() < until && !self.shutdown.is_cancelled() {
             thread::sleep((until - Instant::now()).min(Duration::from_millis(50)));
         }
+    }
+
+    /// Whether shutdown has been asked for longer than `SHUTDOWN_TIMEOUT_MS`
+    /// (`since` remembers when it was first seen).
+    fn past_shutdown_deadline(&self, since: &mut Option<Instant>) -> bool {
+        self.shutdown.is_cancelled()
+            && since.get_or_insert_with(Instant::now).elapsed() >= self.settings.shutdown_timeout
     }
 }
 
@@ -591,7 +408,8 @@ impl WorkerPool {
     }
 }
 
-/// Starts `count` worker threads.
+/// Starts `count` worker threads sharing one claim keeper; the first one
+/// also takes over what dead consumers of this host left.
 ///
 /// # Errors
 /// A thread could not be spawned, or `REDIS_URL` is invalid.
@@ -605,11 +423,16 @@ pub fn spawn_workers(
     let migrated = Arc::new(AtomicBool::new(!settings.migrate));
     let host = hostname();
     let pid = std::process::id();
+    let claims = Claims::start(&settings)?;
     let mut threads = Vec::with_capacity(count);
     for n in 0..count {
+        let name = crate::queue::keys::consumer(&host, pid, n);
         let mut worker =
-            Worker::new(format!("{host}-{pid}-{n}"), settings.clone(), pool.clone(), shutdown.clone())?;
+            Worker::with_claims(name, settings.clone(), pool.clone(), shutdown.clone(), claims.clone())?;
         worker.migrated = migrated.clone();
+        if n == 0 {
+            worker = worker.adopting_orphans();
+        }
         let t = thread::Builder::new()
             .name(format!("worker-{n}"))
             .spawn(move || worker.run())
@@ -619,7 +442,8 @@ pub fn spawn_workers(
     Ok(WorkerPool { threads })
 }
 
-fn hostname() -> String {
+/// This machine's name, as consumer names carry it.
+pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "host".into())

@@ -244,7 +244,7 @@ fn a_pipelined_flood_is_answered_in_order() {
     let ids: Vec<String> = app
         .stream_entries()
         .into_iter()
-        .map(|(_, f)| webhook_ingestor::job::WebhookJob::from_stream_fields(&f).unwrap().event_id)
+        .map(|(_, f)| webhook_ingestor::job::WebhookJob::from_stream_fields(f.clone()).unwrap().event_id)
         .collect();
     let sent: Vec<String> = (0..N).filter(|i| expected(*i) == 202).map(|i| format!("evt_{i:05}")).collect();
     assert_eq!(ids, sent);

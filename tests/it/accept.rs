@@ -25,7 +25,7 @@ fn a_valid_webhook_gets_202_with_the_stream_id_of_its_entry() {
     assert_eq!(entries.len(), 1);
     let (id, fields) = &entries[0];
     assert_eq!(&resp.job_id(), id);
-    let job = WebhookJob::from_stream_fields(fields).unwrap();
+    let job = WebhookJob::from_stream_fields(fields.clone()).unwrap();
     assert_eq!(job.provider, "stripe");
     assert_eq!(job.event_id, "evt_123");
     assert_eq!(job.event_timestamp_us, 1_795_383_325_123_000);
@@ -41,7 +41,7 @@ fn extra_fields_whitespace_and_unicode_are_kept_exactly() {
     let resp = app.post("github", body);
     assert_eq!(resp.status, 202, "{}", String::from_utf8_lossy(&resp.body));
     let (_, fields) = &app.stream_entries()[0];
-    let job = WebhookJob::from_stream_fields(fields).unwrap();
+    let job = WebhookJob::from_stream_fields(fields.clone()).unwrap();
     assert_eq!(job.event_id, "d\u{e9}livery-\u{1f600}");
     assert_eq!(job.payload, body.as_bytes());
 }
@@ -62,7 +62,7 @@ fn a_chunked_body_is_accepted_and_stored_decoded() {
     );
     let resp = client.read_response().unwrap();
     assert_eq!(resp.status, 202, "{}", String::from_utf8_lossy(&resp.body));
-    let job = WebhookJob::from_stream_fields(&app.stream_entries()[0].1).unwrap();
+    let job = WebhookJob::from_stream_fields(app.stream_entries()[0].1.clone()).unwrap();
     assert_eq!(job.payload, body.as_bytes());
     // The connection is still usable afterwards.
     assert_eq!(client.post("shopify", &event("shopify", "evt_next")).status, 202);

@@ -115,7 +115,20 @@ fn invalid_bodies_get_400_with_every_failed_rule() {
                 "[".repeat(5000),
                 "]".repeat(5000)
             ),
-            &["data must be an object"],
+            &["body must not nest arrays and objects deeper than 1000 levels"],
+        ),
+        (
+            format!(
+                r#"{{"provider":"stripe","eventId":"e","timestamp":"{TS}","data":{}1{}}}"#,
+                r#"{"a":"#.repeat(1000),
+                "}".repeat(1000)
+            ),
+            &["body must not nest arrays and objects deeper than 1000 levels"],
+        ),
+        (
+            r#"{"provider":"stripe","eventId":"e","timestamp":"-005000-01-01T00:00:00Z","data":{}}"#
+                .to_string(),
+            &["timestamp must not be before 4714-11-24T00:00:00Z BC"],
         ),
     ];
     assert!(cases.len() >= 20);

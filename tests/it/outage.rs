@@ -44,7 +44,7 @@ fn redis_down_gives_503_with_retry_after_and_recovers_without_a_restart() {
     let entries = app.stream_entries();
     let ids: Vec<String> = entries
         .iter()
-        .map(|(_, f)| webhook_ingestor::job::WebhookJob::from_stream_fields(f).unwrap().event_id)
+        .map(|(_, f)| webhook_ingestor::job::WebhookJob::from_stream_fields(f.clone()).unwrap().event_id)
         .collect();
     assert!(
         ids.iter().all(|id| !id.starts_with("evt_down_") && id != "evt_during"),

@@ -40,7 +40,7 @@ fn pipelined_requests_are_answered_in_order() {
     let mut expected: Vec<String> = (0..50).map(|i| format!("evt_{i}")).collect();
     expected.push("evt_last".into());
     let order: Vec<String> =
-        entries.iter().map(|(_, f)| WebhookJob::from_stream_fields(f).unwrap().event_id).collect();
+        entries.iter().map(|(_, f)| WebhookJob::from_stream_fields(f.clone()).unwrap().event_id).collect();
     assert_eq!(order, expected, "entries are stored in request order");
     let ids: Vec<String> = answers.iter().filter(|r| r.status == 202).map(|r| r.job_id()).collect();
     let stored: Vec<String> = entries.into_iter().map(|(id, _)| id).collect();

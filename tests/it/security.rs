@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use webhook_ingestor::http::cors::Cors;
+use webhook_ingestor::http::proxy::TrustedProxies;
 
 use crate::harness::{event, post_request, wait_until, Client, Response, TestApp};
 
@@ -154,34 +155,46 @@ fn over_the_limit_gets_429_with_its_headers_and_every_202_is_stored() {
 }
 
 #[test]
-fn x_forwarded_for_counts_only_behind_a_trusted_proxy() {
-    let post_as = |client: &mut Client, ip: &str, id: &str| {
+fn x_forwarded_for_counts_only_behind_a_trusted_proxy_and_only_its_right_end() {
+    let post_as = |client: &mut Client, forwarded: &str, id: &str| {
         let body = event("stripe", id);
         client.send(
             format!(
-                "POST /webhooks/stripe HTTP/1.1\r\nX-Forwarded-For: {ip}, 10.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                "POST /webhooks/stripe HTTP/1.1\r\nX-Forwarded-For: {forwarded}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
                 body.len()
             )
             .as_bytes(),
         );
         client.read_response().unwrap().status
     };
+    let limited = |statuses: &[u16]| statuses.iter().filter(|s| **s == 429).count();
+    // The test client (127.0.0.1) is a trusted load balancer, behind it a
+    // trusted internal proxy (10.0.0.1) appends the client's address.
     let trusted = TestApp::spawn_with(|c| {
         c.rate_limit_per_ip = 2;
-        c.trust_proxy = true;
+        c.cores = webhook_ingestor::config::CoreSelection::Count(1);
+        c.trusted_proxies = TrustedProxies::parse("127.0.0.1, 10.0.0.0/8").unwrap();
     });
     let mut client = trusted.client();
-    let statuses: Vec<u16> =
-        (0..6).map(|i| post_as(&mut client, &format!("203.0.113.{i}"), &format!("evt_{i}"))).collect();
-    assert!(statuses.iter().all(|s| *s == 202), "six clients behind the proxy: {statuses:?}");
+    let statuses: Vec<u16> = (0..6)
+        .map(|i| post_as(&mut client, &format!("203.0.113.{i}, 10.0.0.1"), &format!("evt_{i}")))
+        .collect();
+    assert_eq!(limited(&statuses), 0, "six clients behind the proxies: {statuses:?}");
 
-    let untrusted = TestApp::spawn_with(|c| c.rate_limit_per_ip = 2);
+    // One client rotating the leftmost entry (which it writes itself) is
+    // still the one address the trusted proxy appended.
+    let statuses: Vec<u16> = (0..6)
+        .map(|i| post_as(&mut client, &format!("192.0.2.{i}, 198.51.100.9"), &format!("evt_rot_{i}")))
+        .collect();
+    assert_eq!(limited(&statuses), 4, "a rotated left end changes nothing: {statuses:?}");
+
+    // Without trusted proxies the header is ignored: one client, the peer.
+    let untrusted = TestApp::spawn_with(|c| {
+        c.rate_limit_per_ip = 2;
+        c.cores = webhook_ingestor::config::CoreSelection::Count(1);
+    });
     let mut client = untrusted.client();
     let statuses: Vec<u16> =
         (0..6).map(|i| post_as(&mut client, &format!("203.0.113.{i}"), &format!("evt_{i}"))).collect();
-    assert_eq!(
-        statuses.iter().filter(|s| **s == 429).count(),
-        4,
-        "a spoofed header changes nothing: {statuses:?}"
-    );
+    assert_eq!(limited(&statuses), 4, "a spoofed header changes nothing: {statuses:?}");
 }

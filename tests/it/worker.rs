@@ -201,6 +201,10 @@ fn worker_settings(app: &TestApp, reclaim_idle: Duration) -> Arc<WorkerSettings>
         redis_url: app.config.redis_url.clone(),
         stream: app.config.queue_name.clone(),
         batch_max: 1000,
+        batch_max_bytes: 64 << 20,
+        // Small bodies: one read can take the whole test batch.
+        max_body_bytes: 64 << 10,
+        pg_timeouts: store::Timeouts::default(),
         block: Duration::from_millis(100),
         linger: Duration::from_millis(20),
         idempotency_ttl_secs: 86_400,
@@ -220,7 +224,7 @@ fn a_worker_dying_between_commit_and_ack_causes_a_redo_not_a_duplicate() {
     for i in 0..100 {
         assert_eq!(client.post("stripe", &event("stripe", &format!("evt_{i}"))).status, 202);
     }
-    let pool = store::pool(&app.postgres.as_ref().unwrap().url(DB), 2, Duration::from_secs(5)).unwrap();
+    let pool = store::pool(&app.postgres.as_ref().unwrap().url(DB), 2, store::Timeouts::default()).unwrap();
     let settings = worker_settings(&app, Duration::from_millis(200));
 
     // Worker A reads and commits, then "dies": no keys, no XACK.

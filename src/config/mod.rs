@@ -6,11 +6,21 @@
 //! that names the variable, the value and what was expected. The README's
 //! configuration table lists the same variables with the same defaults.
 
+mod redact;
+
 use std::fmt;
 use std::net::IpAddr;
 use std::time::Duration;
 
 use thiserror::Error;
+
+pub use redact::redact;
+
+use crate::http::proxy::TrustedProxies;
+use crate::store::Timeouts;
+
+/// Variables whose values may hold a password: never printed as given.
+const SECRET_VARS: &[&str] = &["REDIS_URL", "DATABASE_URL"];
 
 /// Which cores the per-core HTTP runtimes run on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,8 +72,17 @@ pub struct Config {
     pub request_timeout: Duration,
     /// `KEEPALIVE_TIMEOUT_MS` (default 30000): an idle connection is closed after this.
     pub keepalive_timeout: Duration,
-    /// `MAX_CONNECTIONS_PER_CORE` (default 20000): connections beyond it are closed at accept.
+    /// `MAX_CONNECTIONS_PER_CORE` (default 20000): connections beyond it get
+    /// 503 at accept and are closed.
     pub max_connections_per_core: usize,
+    /// `MAX_CONNECTIONS_PER_IP` (default 4096, 0 = no cap): connections one
+    /// client (an IPv4 address, an IPv6 /64) may hold on each core; beyond
+    /// it, 503 at accept. Trusted proxies (`TRUST_PROXY`) are exempt.
+    pub max_connections_per_ip: u32,
+    /// `MAX_BUFFER_BYTES_PER_CORE` (default 256 MiB, at least
+    /// `MAX_BODY_BYTES`): request bodies over 16 KiB in flight on one core;
+    /// a body that would pass it gets 503 unread.
+    pub max_buffer_bytes_per_core: usize,
     /// `RETRY_AFTER_SECS` (default 1): the `Retry-After` sent with 503.
     pub retry_after_secs: u32,
     /// `SHUTDOWN_TIMEOUT_MS` (default 10000): how long in-flight requests may
@@ -72,10 +91,22 @@ pub struct Config {
     /// `MAX_QUEUE_DEPTH` (default 1000000): stream length at which new
     /// requests get 503 (workers behind, or PostgreSQL down too long).
     pub max_queue_depth: u64,
+    /// `MAX_REDIS_MEMORY_PERCENT` (default 90, 0 = off): share of Redis's
+    /// `maxmemory` in use at which new requests get 503, before Redis itself
+    /// refuses writes (the workers' acknowledgements still free memory).
+    pub max_redis_memory_percent: u8,
+    /// `MAX_JSON_DEPTH` (default 1000, 0 = unchecked): bodies nesting arrays
+    /// and objects deeper get 400 (PostgreSQL's jsonb parser stops at its
+    /// stack limit, ~13,000 levels under the default `max_stack_depth`).
+    pub max_json_depth: usize,
     /// `WORKER_THREADS` (default 2): consumer threads writing to PostgreSQL.
     pub worker_threads: usize,
     /// `WORKER_BATCH_MAX` (default 5000): most entries per read and per transaction.
     pub worker_batch_max: usize,
+    /// `WORKER_BATCH_MAX_BYTES` (default 64 MiB, at least `MAX_BODY_BYTES`):
+    /// most entry bytes a worker thread holds; reads are sized so that a
+    /// batch of `MAX_BODY_BYTES` entries stays within it.
+    pub worker_batch_max_bytes: usize,
     /// `WORKER_BLOCK_MS` (default 1000): how long a worker's read waits for new entries.
     pub worker_block: Duration,
     /// `WORKER_LINGER_MS` (default 50): after a short read, wait this long
@@ -91,10 +122,17 @@ pub struct Config {
     pub reclaim_idle: Duration,
     /// `PG_POOL_SIZE` (default WORKER_THREADS + 1): PostgreSQL connections.
     pub pg_pool_size: u32,
+    /// `PG_CONNECT_TIMEOUT_MS` (default 5000), `PG_SOCKET_TIMEOUT_MS` (default
+    /// 30000: TCP keepalives and `TCP_USER_TIMEOUT`), `PG_STATEMENT_TIMEOUT_MS`
+    /// (default 60000, 0 = none: the server's `statement_timeout`).
+    pub pg_timeouts: Timeouts,
     /// `MIGRATE_ON_START` (default true): apply `sql/` migrations when serving.
     pub migrate_on_start: bool,
     /// `MEMORY_LIMIT_BYTES` (default 1 GiB): `/health` reports down above this resident memory.
     pub memory_limit_bytes: u64,
+    /// `HEALTH_SHOW_ERRORS` (default false): put the Redis and PostgreSQL
+    /// error text in `/health` answers; otherwise it goes to the log only.
+    pub health_show_errors: bool,
     /// `SECURITY_HEADERS` (default true): helmet's default headers on every response.
     pub security_headers: bool,
     /// `CORS_ORIGINS` (default empty = no cross-origin access): comma list of origins, or `*`.
@@ -103,8 +141,10 @@ pub struct Config {
     pub rate_limit_global: u64,
     /// `RATE_LIMIT_PER_IP` (default 20000): requests/s per client IP, 0 = off.
     pub rate_limit_per_ip: u64,
-    /// `TRUST_PROXY` (default false): take the client IP from `X-Forwarded-For`.
-    pub trust_proxy: bool,
+    /// `TRUST_PROXY` (default `false`): the proxies' networks (a comma list
+    /// of CIDRs and addresses). A request from one of them is counted as the
+    /// rightmost `X-Forwarded-For` address that is not a trusted proxy.
+    pub trusted_proxies: TrustedProxies,
     /// `JSON_PARSER` (default `serde`): `serde` (serde_json into borrowed
     /// fields) or `simd` (simd-json). Measured in `benches/ingest.rs`.
     pub json_parser: crate::ingest::JsonParser,
@@ -131,24 +171,31 @@ impl Default for Config {
             request_timeout: Duration::from_millis(10_000),
             keepalive_timeout: Duration::from_millis(30_000),
             max_connections_per_core: 20_000,
+            max_connections_per_ip: 4096,
+            max_buffer_bytes_per_core: 256 << 20,
             retry_after_secs: 1,
             shutdown_timeout: Duration::from_millis(10_000),
             max_queue_depth: 1_000_000,
+            max_redis_memory_percent: 90,
+            max_json_depth: crate::ingest::DEFAULT_MAX_DEPTH,
             worker_threads: 2,
             worker_batch_max: 5000,
+            worker_batch_max_bytes: 64 << 20,
             worker_block: Duration::from_millis(1000),
             worker_linger: Duration::from_millis(50),
             idempotency_ttl_secs: 86_400,
             max_attempts: 5,
             reclaim_idle: Duration::from_millis(30_000),
             pg_pool_size: 3,
+            pg_timeouts: Timeouts::default(),
             migrate_on_start: true,
             memory_limit_bytes: 1 << 30,
+            health_show_errors: false,
             security_headers: true,
             cors: crate::http::cors::Cors::default(),
             rate_limit_global: 100_000,
             rate_limit_per_ip: 20_000,
-            trust_proxy: false,
+            trusted_proxies: TrustedProxies::default(),
             json_parser: crate::ingest::Ingestor::DEFAULT_PARSER,
             log_level: "info".into(),
         }
@@ -190,7 +237,7 @@ impl Config {
         // Read first: the pool size defaults to it.
         let worker_threads = var("WORKER_THREADS").in_range(d.worker_threads, 0, 256)?;
         let default_pool = u32::try_from(worker_threads + 1).unwrap_or(u32::MAX);
-        Ok(Self {
+        let config = Self {
             host: var("HOST").parse_or(d.host, "an IP address such as 0.0.0.0 or 127.0.0.1")?,
             port: var("PORT").parse_or(d.port, "a port number from 0 to 65535")?,
             cores: var("CORES").map_or(d.cores, parse_cores)?,
@@ -225,11 +272,32 @@ impl Config {
                 1,
                 10_000_000,
             )?,
+            max_connections_per_ip: var("MAX_CONNECTIONS_PER_IP").in_range(
+                d.max_connections_per_ip,
+                0,
+                10_000_000,
+            )?,
+            max_buffer_bytes_per_core: var("MAX_BUFFER_BYTES_PER_CORE").in_range(
+                d.max_buffer_bytes_per_core,
+                1 << 16,
+                1 << 40,
+            )?,
             retry_after_secs: var("RETRY_AFTER_SECS").in_range(d.retry_after_secs, 0, 86_400)?,
             shutdown_timeout: millis(var("SHUTDOWN_TIMEOUT_MS").in_range(10_000, 0, 3_600_000)?),
             max_queue_depth: var("MAX_QUEUE_DEPTH").in_range(d.max_queue_depth, 1, 1_000_000_000)?,
+            max_redis_memory_percent: var("MAX_REDIS_MEMORY_PERCENT").in_range(
+                d.max_redis_memory_percent,
+                0,
+                100,
+            )?,
+            max_json_depth: var("MAX_JSON_DEPTH").in_range(d.max_json_depth, 0, 1_000_000)?,
             worker_threads,
             worker_batch_max: var("WORKER_BATCH_MAX").in_range(d.worker_batch_max, 1, 50_000)?,
+            worker_batch_max_bytes: var("WORKER_BATCH_MAX_BYTES").in_range(
+                d.worker_batch_max_bytes,
+                1 << 16,
+                1 << 40,
+            )?,
             worker_block: millis(var("WORKER_BLOCK_MS").in_range(1000, 1, 60_000)?),
             worker_linger: millis(var("WORKER_LINGER_MS").in_range(50, 0, 10_000)?),
             idempotency_ttl_secs: var("IDEMPOTENCY_TTL_SECS").in_range(
@@ -240,13 +308,19 @@ impl Config {
             max_attempts: var("MAX_ATTEMPTS").in_range(d.max_attempts, 1, 1000)?,
             reclaim_idle: millis(var("RECLAIM_IDLE_MS").in_range(30_000, 50, 86_400_000)?),
             pg_pool_size: var("PG_POOL_SIZE").in_range(default_pool, 1, 1000)?,
+            pg_timeouts: Timeouts {
+                connect: millis(var("PG_CONNECT_TIMEOUT_MS").in_range(5000, 100, 600_000)?),
+                socket: millis(var("PG_SOCKET_TIMEOUT_MS").in_range(30_000, 1000, 3_600_000)?),
+                statement: millis(var("PG_STATEMENT_TIMEOUT_MS").in_range(60_000, 0, 86_400_000)?),
+            },
             migrate_on_start: var("MIGRATE_ON_START").map_or(d.migrate_on_start, parse_bool)?,
             memory_limit_bytes: var("MEMORY_LIMIT_BYTES").in_range(d.memory_limit_bytes, 1 << 20, 1 << 50)?,
+            health_show_errors: var("HEALTH_SHOW_ERRORS").map_or(d.health_show_errors, parse_bool)?,
             security_headers: var("SECURITY_HEADERS").map_or(d.security_headers, parse_bool)?,
             cors: var("CORS_ORIGINS").map_or(d.cors, crate::http::cors::Cors::parse)?,
             rate_limit_global: var("RATE_LIMIT_GLOBAL").in_range(d.rate_limit_global, 0, 100_000_000)?,
             rate_limit_per_ip: var("RATE_LIMIT_PER_IP").in_range(d.rate_limit_per_ip, 0, 100_000_000)?,
-            trust_proxy: var("TRUST_PROXY").map_or(d.trust_proxy, parse_bool)?,
+            trusted_proxies: var("TRUST_PROXY").map_or(d.trusted_proxies, TrustedProxies::parse)?,
             json_parser: var("JSON_PARSER").map_or(d.json_parser, |v| {
                 match v.to_ascii_lowercase().as_str() {
                     "serde" => Ok(crate::ingest::JsonParser::Serde),
@@ -259,12 +333,33 @@ impl Config {
                     .map(|_| v.to_string())
                     .map_err(|e| format!("a tracing filter such as `info` or `debug,redis=warn` ({e})"))
             })?,
-        })
+        };
+        config.check_together(&var)?;
+        Ok(config)
+    }
+
+    /// Settings that must fit each other (each message names the variable).
+    fn check_together(&self, var: &impl Fn(&'static str) -> Var) -> Result<(), ConfigError> {
+        let at_least_body = |name: &'static str, value: usize| {
+            if value >= self.max_body_bytes {
+                return Ok(());
+            }
+            Err(ConfigError {
+                var: name,
+                value: var(name).value.unwrap_or_else(|| value.to_string()),
+                expected: format!(
+                    "at least MAX_BODY_BYTES ({}), so one body of that size fits",
+                    self.max_body_bytes
+                ),
+            })
+        };
+        at_least_body("WORKER_BATCH_MAX_BYTES", self.worker_batch_max_bytes)?;
+        at_least_body("MAX_BUFFER_BYTES_PER_CORE", self.max_buffer_bytes_per_core)
     }
 
     /// `REDIS_URL` with any password replaced by `***`, for logs.
     pub fn redis_url_redacted(&self) -> String {
-        redact_url(&self.redis_url)
+        redact(&self.redis_url)
     }
 }
 
@@ -276,7 +371,7 @@ impl fmt::Debug for Config {
             .field("cores", &self.cores)
             .field("pin_cores", &self.pin_cores)
             .field("redis_url", &self.redis_url_redacted())
-            .field("database_url", &self.database_url.as_deref().map(redact_url))
+            .field("database_url", &self.database_url.as_deref().map(redact))
             .field("queue_name", &self.queue_name)
             .field("batch_max", &self.batch_max)
             .field("batch_linger", &self.batch_linger)
@@ -287,43 +382,34 @@ impl fmt::Debug for Config {
             .field("request_timeout", &self.request_timeout)
             .field("keepalive_timeout", &self.keepalive_timeout)
             .field("max_connections_per_core", &self.max_connections_per_core)
+            .field("max_connections_per_ip", &self.max_connections_per_ip)
+            .field("max_buffer_bytes_per_core", &self.max_buffer_bytes_per_core)
             .field("retry_after_secs", &self.retry_after_secs)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("max_queue_depth", &self.max_queue_depth)
+            .field("max_redis_memory_percent", &self.max_redis_memory_percent)
+            .field("max_json_depth", &self.max_json_depth)
             .field("worker_threads", &self.worker_threads)
             .field("worker_batch_max", &self.worker_batch_max)
+            .field("worker_batch_max_bytes", &self.worker_batch_max_bytes)
             .field("worker_block", &self.worker_block)
             .field("worker_linger", &self.worker_linger)
             .field("idempotency_ttl_secs", &self.idempotency_ttl_secs)
             .field("max_attempts", &self.max_attempts)
             .field("reclaim_idle", &self.reclaim_idle)
             .field("pg_pool_size", &self.pg_pool_size)
+            .field("pg_timeouts", &self.pg_timeouts)
             .field("migrate_on_start", &self.migrate_on_start)
             .field("memory_limit_bytes", &self.memory_limit_bytes)
+            .field("health_show_errors", &self.health_show_errors)
             .field("security_headers", &self.security_headers)
             .field("cors", &self.cors)
             .field("rate_limit_global", &self.rate_limit_global)
             .field("rate_limit_per_ip", &self.rate_limit_per_ip)
-            .field("trust_proxy", &self.trust_proxy)
+            .field("trusted_proxies", &self.trusted_proxies)
             .field("json_parser", &self.json_parser)
             .field("log_level", &self.log_level)
             .finish()
-    }
-}
-
-/// Replaces the password of `scheme://user:password@host/…` with `***`.
-pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else { return url.to_string() };
-    let rest = &url[scheme_end..];
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => {
-            let userinfo = &rest[..at];
-            let user = userinfo.split(':').next().unwrap_or("");
-            let redacted = if userinfo.contains(':') { format!("{user}:***") } else { "***".to_string() };
-            format!("{}{}{}", &url[..scheme_end], redacted, &rest[at..])
-        }
-        None => url.to_string(),
     }
 }
 
@@ -337,7 +423,10 @@ impl Var {
     fn map_or<T>(self, default: T, parse: impl FnOnce(&str) -> Result<T, String>) -> Result<T, ConfigError> {
         match self.value {
             None => Ok(default),
-            Some(v) => parse(v.trim()).map_err(|expected| ConfigError { var: self.name, value: v, expected }),
+            Some(v) => parse(v.trim()).map_err(|expected| {
+                let value = if SECRET_VARS.contains(&self.name) { redact(&v) } else { v.clone() };
+                ConfigError { var: self.name, value, expected }
+            }),
         }
     }
 
@@ -436,11 +525,30 @@ mod tests {
     }
 
     #[test]
-    fn passwords_never_reach_the_logs() {
-        assert_eq!(redact_url("redis://:s3cret@h:6379/0"), "redis://:***@h:6379/0");
-        assert_eq!(redact_url("postgres://u:p@h/db"), "postgres://u:***@h/db");
-        assert_eq!(redact_url("redis://h:6379/"), "redis://h:6379/");
-        let c = load(&[("REDIS_URL", "redis://:s3cret@127.0.0.1:1/")]).unwrap();
-        assert!(!format!("{c:?}").contains("s3cret"));
+    fn passwords_never_reach_the_logs_nor_an_error() {
+        let c = load(&[
+            ("REDIS_URL", "redis://:s3cret@127.0.0.1:1/"),
+            ("DATABASE_URL", "host=db user=u password='pa ss/w@rd' dbname=x"),
+        ])
+        .unwrap();
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("s3cret") && !shown.contains("pa ss"), "{shown}");
+        let e = load(&[("DATABASE_URL", "mysql://u:s3cret@h/db")]).unwrap_err();
+        assert_eq!(e.var, "DATABASE_URL");
+        assert!(!e.to_string().contains("s3cret"), "{e}");
+        let e = load(&[("REDIS_URL", "redis://:s3cret@h:port/")]).unwrap_err();
+        assert!(!e.to_string().contains("s3cret"), "{e}");
+    }
+
+    #[test]
+    fn settings_that_must_fit_each_other_are_checked_by_name() {
+        let e = load(&[("MAX_BODY_BYTES", "2000000"), ("WORKER_BATCH_MAX_BYTES", "1000000")]).unwrap_err();
+        assert_eq!(e.var, "WORKER_BATCH_MAX_BYTES");
+        assert!(e.expected.contains("MAX_BODY_BYTES"), "{e}");
+        let e = load(&[("MAX_BODY_BYTES", "300000000")]).unwrap_err();
+        assert_eq!(e.var, "WORKER_BATCH_MAX_BYTES", "the default is below such a body");
+        assert_eq!(load(&[("TRUST_PROXY", "true")]).unwrap_err().var, "TRUST_PROXY");
+        let c = load(&[("TRUST_PROXY", "10.0.0.0/8")]).unwrap();
+        assert!(c.trusted_proxies.contains("10.1.1.1".parse().unwrap()));
     }
 }

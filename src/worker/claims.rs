@@ -1,0 +1,119 @@
+//! The claim keeper: one thread per process that keeps the entries each
+//! worker holds from looking abandoned.
+//!
+//! Another worker reclaims an entry once it has been idle for
+//! `RECLAIM_IDLE_MS`. A worker blocked in a long `COPY`, or retrying through
+//! a PostgreSQL outage, cannot say it is alive itself, so every
+//! `RECLAIM_IDLE_MS / 3` the keeper sends `XCLAIM <stream> <group> <worker>
+//! 0 <ids…> JUSTID` for each batch in hand: the idle time restarts, the
+//! delivery count does not move. A worker that stops giving news for longer
+//! than its hang limit (see [`super::WorkerSettings`]) is no longer covered,
+//! so a hung worker's entries do move on.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use tracing::debug;
+
+use super::{WorkerError, WorkerSettings};
+use crate::queue::GROUP;
+
+/// A batch in hand.
+#[derive(Debug)]
+struct Held {
+    ids: Vec<String>,
+    live_until: Instant,
+}
+
+/// A worker's handle on the keeper. Cloning is cheap; the keeper stops when
+/// the last handle is dropped.
+#[derive(Clone)]
+pub struct Claims {
+    held: Arc<Mutex<HashMap<String, Held>>>,
+    /// Never sent on: its disconnection is the keeper's signal to stop.
+    _alive: Sender<()>,
+}
+
+impl Claims {
+    /// Starts the keeper thread.
+    ///
+    /// # Errors
+    /// `REDIS_URL` cannot be parsed, or the thread cannot start.
+    pub fn start(settings: &WorkerSettings) -> Result<Self, WorkerError> {
+        let client = redis::Client::open(settings.redis_url.as_str())?;
+        let held: Arc<Mutex<HashMap<String, Held>>> = Arc::default();
+        let (alive, stop) = crossbeam_channel::bounded(0);
+        let period = (settings.reclaim_idle / 3).max(Duration::from_millis(10));
+        let (stream, shared) = (settings.stream.clone(), held.clone());
+        thread::Builder::new()
+            .name("claim-keeper".into())
+            .spawn(move || keep(client, stream, period, shared, stop))
+            .map_err(|e| WorkerError::Redis(redis::RedisError::from(e)))?;
+        Ok(Self { held, _alive: alive })
+    }
+
+    /// `consumer` now holds `ids`, and is alive until `live_until`.
+    pub(crate) fn hold(&self, consumer: &str, ids: Vec<String>, live_until: Instant) {
+        self.lock().insert(consumer.to_string(), Held { ids, live_until });
+    }
+
+    /// `consumer` is still working on its batch.
+    pub(crate) fn touch(&self, consumer: &str, live_until: Instant) {
+        if let Some(h) = self.lock().get_mut(consumer) {
+            h.live_until = live_until;
+        }
+    }
+
+    /// `consumer` is done with its batch (acknowledged, or left pending).
+    pub(crate) fn release(&self, consumer: &str) {
+        self.lock().remove(consumer);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Held>> {
+        // A panic while holding this lock cannot leave the map half-written.
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn keep(
+    client: redis::Client,
+    stream: String,
+    period: Duration,
+    held: Arc<Mutex<HashMap<String, Held>>>,
+    stop: Receiver<()>,
+) {
+    let mut con: Option<redis::Connection> = None;
+    while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(period) {
+        let now = Instant::now();
+        let mut pipe = redis::pipe();
+        {
+            let held = held.lock().unwrap_or_else(|e| e.into_inner());
+            for (consumer, h) in held.iter().filter(|(_, h)| h.live_until > now && !h.ids.is_empty()) {
+                let cmd = pipe.cmd("XCLAIM").arg(&stream).arg(GROUP).arg(consumer).arg(0);
+                for id in &h.ids {
+                    cmd.arg(id);
+                }
+                cmd.arg("JUSTID").ignore();
+            }
+        }
+        if pipe.is_empty() {
+            continue;
+        }
+        if con.is_none() {
+            con = client.get_connection_with_timeout(period.min(Duration::from_secs(2))).ok();
+            if let Some(c) = &con {
+                let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+                let _ = c.set_write_timeout(Some(Duration::from_secs(2)));
+            }
+        }
+        let Some(c) = con.as_mut() else { continue };
+        if let Err(e) = pipe.query::<()>(c) {
+            // Redis is away: nobody can reclaim meanwhile either.
+            debug!(error = %e, "claim keeper could not refresh claims");
+            con = None;
+        }
+    }
+}

@@ -1,0 +1,40 @@
+//! One stream entry in a worker's hands: the decoded job (its body held
+//! once, moved out of the Redis reply), or the raw fields of an entry that
+//! does not decode, kept for the dead-letter stream.
+
+use redis::streams::StreamId;
+
+use crate::job::{Undecodable, WebhookJob};
+
+/// Bytes an entry costs beyond its field values (ids, names, map slots),
+/// used when sizing reads to `WORKER_BATCH_MAX_BYTES`.
+pub(crate) const ENTRY_OVERHEAD: usize = 512;
+
+/// One stream entry in hand.
+#[derive(Debug)]
+pub struct Entry {
+    /// Stream id.
+    pub id: String,
+    /// The decoded job, or the entry as found and why it did not decode.
+    pub job: Result<WebhookJob, Undecodable>,
+    /// How many times the group has delivered it (1 on first read).
+    pub deliveries: u64,
+    /// The idempotency key, computed once (none when the job did not decode).
+    pub(crate) key: Option<String>,
+    /// What holding it costs, for the byte budget.
+    pub(crate) bytes: usize,
+}
+
+impl Entry {
+    pub(crate) fn new(e: StreamId, deliveries: u64, stream: &str) -> Self {
+        let bytes = ENTRY_OVERHEAD
+            + e.id.len()
+            + e.map
+                .iter()
+                .map(|(k, v)| k.len() + if let redis::Value::BulkString(b) = v { b.len() } else { 16 })
+                .sum::<usize>();
+        let job = WebhookJob::from_stream_fields(e.map);
+        let key = job.as_ref().ok().map(|j| crate::queue::keys::seen(stream, &j.provider, &j.event_id));
+        Self { id: e.id, job, deliveries, key, bytes }
+    }
+}

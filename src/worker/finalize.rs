@@ -1,0 +1,138 @@
+//! Step 3: tell Redis what became of the batch, in one pipelined round trip
+//! that never lets the optional part block the essential one:
+//!
+//! 1. dead letters: `MULTI`, their `XADD`s to `<QUEUE_NAME>:dead`, their
+//!    `XACK` + `XDEL`, `EXEC`, so an entry is never acknowledged without its
+//!    dead letter. Refused as a whole (Redis out of memory refuses `XADD`),
+//!    they stay pending and are tried again after a reclaim;
+//! 2. `XACK` + `XDEL` of everything committed or skipped. Redis accepts
+//!    these even at `maxmemory` under `noeviction`, and they free memory;
+//! 3. the idempotency keys, `SET … EX`. Refusals (out of memory) are counted
+//!    and logged, never retried: the keys only save database work.
+//!
+//! A connection failure retries the whole round trip once Redis is back
+//! (the batch stays in hand); dead letters are then re-sent only for
+//! entries still pending, so a lost reply does not write them twice.
+
+use std::time::Instant;
+
+use tracing::warn;
+
+use super::dead_letter::{dead_letter_stream, xadd};
+use super::write::Stored;
+use super::{jitter, Entry, Worker, WorkerError, MAX_ACK_BACKOFF, MIN_BACKOFF};
+use crate::queue::GROUP;
+
+impl Worker {
+    /// Step 3: see the module docs. Retried until it passes or shutdown's
+    /// deadline passes.
+    ///
+    /// # Errors
+    /// Redis stayed down past the shutdown deadline; the entries stay pending.
+    pub fn finalize(&mut self, stored: Stored) -> Result<(), WorkerError> {
+        let acks: Vec<&str> = stored
+            .committed
+            .iter()
+            .map(|(id, _)| id.as_str())
+            .chain(stored.skipped.iter().map(String::as_str))
+            .collect();
+        let mut dead: Vec<&(Entry, String)> = stored.dead.iter().collect();
+        if acks.is_empty() && dead.is_empty() {
+            return Ok(());
+        }
+        let mut backoff = MIN_BACKOFF;
+        let mut shutdown_seen: Option<Instant> = None;
+        let mut first = true;
+        loop {
+            let result = if first { Ok(()) } else { self.keep_still_pending(&mut dead) }
+                .and_then(|()| self.acknowledge(&acks, &dead, &stored.committed));
+            first = false;
+            match result {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    self.disconnect();
+                    self.settings.metrics.workers.record_redis_error();
+                    if self.past_shutdown_deadline(&mut shutdown_seen) {
+                        return Err(e.into());
+                    }
+                    warn!(consumer = %self.name, error = %e, "cannot acknowledge a committed batch yet; retrying");
+                    self.touch();
+                    self.sleep(jitter(backoff));
+                    backoff = (backoff * 2).min(MAX_ACK_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// The round trip itself.
+    fn acknowledge(
+        &mut self,
+        acks: &[&str],
+        dead: &[&(Entry, String)],
+        committed: &[(String, String)],
+    ) -> redis::RedisResult<()> {
+        let settings = self.settings.clone();
+        let stream = &settings.stream;
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        if !dead.is_empty() {
+            let dead_stream = dead_letter_stream(stream);
+            let ids: Vec<&str> = dead.iter().map(|(e, _)| e.id.as_str()).collect();
+            pipe.cmd("MULTI");
+            for (entry, reason) in dead {
+                pipe.add_command(xadd(&dead_stream, entry, reason));
+            }
+            pipe.cmd("XACK").arg(stream).arg(GROUP).arg(&ids);
+            pipe.cmd("XDEL").arg(stream).arg(&ids);
+            pipe.cmd("EXEC");
+        }
+        if !acks.is_empty() {
+            pipe.cmd("XACK").arg(stream).arg(GROUP).arg(acks);
+            pipe.cmd("XDEL").arg(stream).arg(acks);
+        }
+        for (_, key) in committed {
+            pipe.cmd("SET").arg(key).arg(1).arg("EX").arg(settings.idempotency_ttl_secs);
+        }
+        let replies: Vec<redis::RedisResult<redis::Value>> = pipe.query(self.con()?)?;
+        let mut replies = replies.into_iter();
+        if !dead.is_empty() {
+            // MULTI, each command's QUEUED, then EXEC's verdict.
+            let exec = replies.by_ref().take(dead.len() + 4).last();
+            if let Some(Err(e)) = exec {
+                warn!(consumer = %self.name, error = %e, entries = dead.len(),
+                      "redis refused the dead letters; they stay pending and are tried again");
+            }
+        }
+        if !acks.is_empty() {
+            for reply in replies.by_ref().take(2) {
+                // XACK and XDEL are refused only when something is badly
+                // wrong (the group deleted): retry rather than forget.
+                reply?;
+            }
+        }
+        let refused = replies.filter(|r| r.is_err()).count();
+        if refused > 0 {
+            self.settings.metrics.workers.record_keys_not_set(refused as u64);
+            warn!(consumer = %self.name, keys = refused,
+                  "redis refused idempotency keys (out of memory?); PostgreSQL's unique constraint still dedupes");
+        }
+        Ok(())
+    }
+
+    /// Before a retry: keeps only the dead letters whose entry is still
+    /// pending (the previous try may have gone through, its reply lost).
+    fn keep_still_pending(&mut self, dead: &mut Vec<&(Entry, String)>) -> redis::RedisResult<()> {
+        if dead.is_empty() {
+            return Ok(());
+        }
+        let stream = self.settings.stream.clone();
+        let mut pipe = redis::pipe();
+        for (entry, _) in dead.iter() {
+            pipe.cmd("XPENDING").arg(&stream).arg(GROUP).arg(&entry.id).arg(&entry.id).arg(1);
+        }
+        let still: Vec<redis::streams::StreamPendingCountReply> = pipe.query(self.con()?)?;
+        let mut still = still.into_iter();
+        dead.retain(|_| still.next().is_some_and(|r| !r.ids.is_empty()));
+        Ok(())
+    }
+}
