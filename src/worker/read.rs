@@ -32,8 +32,17 @@ impl Worker {
     /// Step 1: see the module docs.
     ///
     /// # Errors
-    /// Redis failed.
+    /// Redis failed; the connection is dropped, so the next read reconnects
+    /// and starts with this consumer's own pending entries.
     pub fn read(&mut self) -> Result<Vec<Entry>, WorkerError> {
+        let read = self.read_in_order();
+        if read.is_err() {
+            self.disconnect();
+        }
+        read
+    }
+
+    fn read_in_order(&mut self) -> Result<Vec<Entry>, WorkerError> {
         self.con()?;
         while self.own_cursor.is_some() {
             let own = self.own_pending()?;

@@ -73,7 +73,7 @@ fn slowloris_clients_sending_a_byte_a_second_are_cut_off_by_the_request_timeout(
 }
 
 /// Resident memory of a process, from `/proc`.
-fn rss_bytes(pid: u32) -> u64 {
+pub fn rss_bytes(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let kb: u64 = status
         .lines()

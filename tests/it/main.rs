@@ -4,6 +4,7 @@
 
 mod abuse;
 mod accept;
+mod bounds;
 mod chaos;
 mod concurrency;
 mod errors;
@@ -11,7 +12,10 @@ mod fault;
 mod harness;
 mod ops;
 mod outage;
+mod poison;
 mod process;
 mod protocol;
+mod redis_memory;
 mod security;
 mod worker;
+mod worker_faults;

@@ -140,3 +140,121 @@ fn cores_outside_this_process_cpu_set_are_refused_by_name() {
         assert!(err.to_string().starts_with("CORES:"), "{err}");
     }
 }
+
+/// Everything the server sends within `wait` after `bytes`, as text.
+fn raw_exchange(app: &TestApp, bytes: &[u8], wait: Duration) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(app.addr).unwrap();
+    s.write_all(bytes).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let until = Instant::now() + wait;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    while Instant::now() < until {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn a_head_answer_carries_no_body_so_the_next_answer_is_read_right() {
+    let app = TestApp::spawn();
+    let text = raw_exchange(
+        &app,
+        b"HEAD /health/live HTTP/1.1\r\nHost: t\r\n\r\nHEAD /nope HTTP/1.1\r\nHost: t\r\n\r\nGET /health/live HTTP/1.1\r\nHost: t\r\n\r\n",
+        Duration::from_secs(1),
+    );
+    let answers: Vec<&str> = text.split("HTTP/1.1 ").skip(1).collect();
+    assert_eq!(answers.len(), 3, "{text}");
+    assert!(
+        answers[0].starts_with("200 OK") && answers[0].ends_with("\r\n\r\n"),
+        "no body after HEAD: {text}"
+    );
+    assert!(answers[0].contains("content-length: 15\r\n"), "the headers GET would get");
+    assert!(
+        answers[1].starts_with("404") && answers[1].ends_with("\r\n\r\n"),
+        "no body on an error either: {text}"
+    );
+    assert!(answers[2].ends_with("\r\n\r\n{\"status\":\"ok\"}"), "{text}");
+}
+
+#[test]
+fn connection_close_with_bytes_still_unread_ends_in_a_clean_close_not_a_reset() {
+    use std::io::{Read, Write};
+    let app = TestApp::spawn();
+    let body = event("stripe", "evt_close_unread");
+    let mut req = format!(
+        "POST /webhooks/stripe HTTP/1.1\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes();
+    // More than one read takes: still in the kernel when the answer is sent.
+    req.extend(std::iter::repeat_n(b'x', 256 * 1024));
+    let mut s = std::net::TcpStream::connect(app.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(&req).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let end = loop {
+        match s.read(&mut buf) {
+            Ok(0) => break Ok(()),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => break Err(e),
+        }
+    };
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 202 Accepted"), "{text}");
+    // Closing with unread bytes would reset the connection (and can destroy
+    // the answer); lingering reads them first and closes cleanly.
+    assert!(end.is_ok(), "the connection was reset: {end:?}");
+}
+
+#[test]
+fn expect_100_continue_is_ignored_on_http10_and_an_unknown_expectation_gets_417() {
+    use std::io::{Read, Write};
+    let app = TestApp::spawn();
+    let body = event("stripe", "evt_http10");
+    let mut s = std::net::TcpStream::connect(app.addr).unwrap();
+    s.write_all(
+        format!(
+            "POST /webhooks/stripe HTTP/1.0\r\nExpect: 100-continue\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    let mut buf = [0u8; 4096];
+    let early = s.read(&mut buf);
+    assert!(
+        early.is_err(),
+        "an HTTP/1.0 client got an interim answer: {:?}",
+        early.map(|n| String::from_utf8_lossy(&buf[..n]).into_owned())
+    );
+    s.write_all(body.as_bytes()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let n = s.read(&mut buf).unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.0 202 Accepted"), "{}", String::from_utf8_lossy(&buf[..n]));
+
+    let text = raw_exchange(
+        &app,
+        b"POST /webhooks/stripe HTTP/1.1\r\nExpect: 200-ok\r\nContent-Length: 0\r\n\r\n",
+        Duration::from_secs(1),
+    );
+    assert!(text.starts_with("HTTP/1.1 417 Expectation Failed"), "{text}");
+}
+
+#[test]
+fn a_global_rate_limit_below_the_core_count_still_serves() {
+    // One request a second over two cores: half a token each, which used to
+    // refuse every request forever.
+    let app = TestApp::spawn_with(|c| {
+        c.rate_limit_global = 1;
+        c.rate_limit_per_ip = 0;
+    });
+    assert_eq!(app.post("stripe", &event("stripe", "evt_slow_lane")).status, 202);
+}

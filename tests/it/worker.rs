@@ -196,7 +196,7 @@ fn postgres_down_while_events_arrive_loses_nothing_and_dead_letters_nothing() {
     assert_eq!(app.dead_letters(), 0, "an outage is not a poison entry");
 }
 
-fn worker_settings(app: &TestApp, reclaim_idle: Duration) -> Arc<WorkerSettings> {
+pub fn worker_settings(app: &TestApp, reclaim_idle: Duration) -> Arc<WorkerSettings> {
     Arc::new(WorkerSettings {
         redis_url: app.config.redis_url.clone(),
         stream: app.config.queue_name.clone(),

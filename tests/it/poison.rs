@@ -1,0 +1,156 @@
+//! Bodies PostgreSQL cannot take, against a real PostgreSQL: refused at the
+//! door where the gateway can know, isolated by the worker where it cannot,
+//! and never allowed to hold back the events around them.
+
+use std::time::Duration;
+
+use crate::harness::{event, post_request, wait_until, TestApp};
+
+/// A seed-shaped body with `data` as given.
+fn with_data(id: &str, data: &str) -> String {
+    format!(r#"{{"provider":"stripe","eventId":"{id}","timestamp":"2026-11-22T21:35:25Z","data":{data}}}"#)
+}
+
+/// `data` nested `depth` levels deep (so the body is `depth + 1` deep).
+fn nested(depth: usize) -> String {
+    format!("{}1{}", r#"{"a":"#.repeat(depth), "}".repeat(depth))
+}
+
+fn dead_letter_text(app: &TestApp, field: &str) -> Vec<String> {
+    let dead: redis::streams::StreamRangeReply =
+        redis::cmd("XRANGE").arg("webhooks:dead").arg("-").arg("+").query(&mut app.redis.con()).unwrap();
+    dead.ids
+        .iter()
+        .map(|e| match &e.map[field] {
+            redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+            v => panic!("{field}: {v:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn the_depth_limit_is_far_inside_what_postgresql_stores_and_deeper_gets_400() {
+    let app = TestApp::spawn_full(|_| {});
+    // Body level 1, `data` level 2: 998 more objects make 1000 levels.
+    assert_eq!(app.post("stripe", &with_data("evt_deep", &nested(999))).status, 202);
+    let refused = app.post("stripe", &with_data("evt_deeper", &nested(1000)));
+    assert_eq!(refused.status, 400);
+    assert!(refused.messages()[0].contains("deeper than 1000 levels"), "{:?}", refused.messages());
+    wait_until(Duration::from_secs(30), "the deep row", || app.rows() == 1);
+    // The margin is real: PostgreSQL takes ten times deeper, and refuses the
+    // depth that used to stall a batch.
+    let pg = &mut app.pg();
+    assert!(pg.query_one("SELECT $1::text::jsonb", &[&nested(10_000)]).is_ok());
+    let err = pg.query_one("SELECT $1::text::jsonb", &[&nested(100_000)]).unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("54001"), "{err}");
+}
+
+#[test]
+fn a_nesting_poison_that_passed_the_door_is_isolated_dead_lettered_and_holds_back_nothing() {
+    // The door check off: only the worker stands between the poison and a stall.
+    let app = TestApp::spawn_full(|c| {
+        c.max_json_depth = 0;
+        c.max_attempts = 2;
+        c.reclaim_idle = Duration::from_millis(300);
+        c.worker_threads = 1;
+        c.worker_linger = Duration::from_millis(300);
+    });
+    assert_eq!(app.post("stripe", &event("stripe", "evt_warm")).status, 202);
+    wait_until(Duration::from_secs(30), "migrations and a first row", || app.rows() == 1);
+
+    let mut batch = Vec::new();
+    for i in 0..20 {
+        let body = if i == 10 {
+            with_data("evt_poison", &nested(100_000))
+        } else {
+            event("stripe", &format!("evt_{i}"))
+        };
+        batch.extend(post_request("stripe", &body));
+    }
+    let mut client = app.client();
+    client.send(&batch);
+    for _ in 0..20 {
+        assert_eq!(client.read_response().unwrap().status, 202);
+    }
+    // Before the fix PostgreSQL's 54001 counted as an outage: the batch was
+    // retried forever and none of the 19 arrived.
+    wait_until(Duration::from_secs(20), "the 19 good events stored", || app.rows() == 20);
+    wait_until(Duration::from_secs(20), "the poison in the dead-letter stream", || app.dead_letters() == 1);
+    wait_until(Duration::from_secs(10), "the stream drained", || app.stream_len() == 0 && app.pending() == 0);
+    assert_eq!(dead_letter_text(&app, "e"), ["evt_poison"]);
+    let error = &dead_letter_text(&app, "error")[0];
+    assert!(error.contains("54001"), "the dead letter carries PostgreSQL's error: {error}");
+}
+
+#[test]
+fn instants_are_stored_exactly_and_those_timestamptz_cannot_hold_get_400() {
+    let app = TestApp::spawn_full(|_| {});
+    let at = |id: &str, ts: &str| {
+        format!(r#"{{"provider":"stripe","eventId":"{id}","timestamp":"{ts}","data":{{}}}}"#)
+    };
+    // Year 10000 in UTC: valid ISO 8601 local time, and PostgreSQL's. It was
+    // stored as 1970-01-01 before.
+    assert_eq!(app.post("stripe", &at("evt_y10k", "9999-12-31T23:00:00-05:00")).status, 202);
+    assert_eq!(app.post("stripe", &at("evt_min", "-004713-11-24T00:00:00Z")).status, 202);
+    for (id, ts) in
+        [("evt_before", "-005000-01-01T00:00:00Z"), ("evt_just_before", "-004713-11-23T23:59:59.999999Z")]
+    {
+        let resp = app.post("stripe", &at(id, ts));
+        assert_eq!(resp.status, 400, "{ts}");
+        assert!(resp.messages()[0].starts_with("timestamp must not be before"), "{:?}", resp.messages());
+    }
+    wait_until(Duration::from_secs(30), "both rows", || app.rows() == 2);
+    let mut pg = app.pg();
+    pg.batch_execute("SET TIME ZONE 'UTC'").unwrap();
+    let stored: Vec<(String, String)> = pg
+        .query("SELECT event_id, event_timestamp::text FROM webhook_events ORDER BY event_id", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        stored,
+        [
+            ("evt_min".to_string(), "4714-11-24 00:00:00+00 BC".to_string()),
+            ("evt_y10k".to_string(), "10000-01-01 04:00:00+00".to_string())
+        ]
+    );
+    assert_eq!(app.dead_letters(), 0);
+}
+
+#[test]
+fn a_retry_in_the_same_batch_waits_for_its_first_copy_and_is_stored_when_that_one_is_dead() {
+    let app = TestApp::spawn_full(|c| {
+        c.max_attempts = 2;
+        c.reclaim_idle = Duration::from_millis(300);
+        c.worker_threads = 1;
+        c.worker_linger = Duration::from_millis(300);
+    });
+    assert_eq!(app.post("stripe", &event("stripe", "evt_warm")).status, 202);
+    wait_until(Duration::from_secs(30), "migrations and a first row", || app.rows() == 1);
+    // PostgreSQL now refuses the first copy's payload, not the sender's retry.
+    app.pg()
+        .batch_execute(
+            "ALTER TABLE webhook_events ADD CONSTRAINT no_bad CHECK (payload->'data'->>'bad' IS NULL)",
+        )
+        .unwrap();
+    let mut batch = post_request("stripe", &with_data("evt_retried", r#"{"bad":1}"#));
+    batch.extend(post_request("stripe", &with_data("evt_retried", r#"{"fixed":true}"#)));
+    batch.extend(post_request("stripe", &event("stripe", "evt_other")));
+    let mut client = app.client();
+    client.send(&batch);
+    for _ in 0..3 {
+        assert_eq!(client.read_response().unwrap().status, 202);
+    }
+    // Before the fix the retry was acknowledged and deleted at once as a
+    // duplicate, then the first copy was dead-lettered: the event was gone.
+    wait_until(Duration::from_secs(30), "the first copy dead-lettered", || app.dead_letters() == 1);
+    wait_until(Duration::from_secs(30), "the stream drained", || app.stream_len() == 0 && app.pending() == 0);
+    let data: String = app
+        .pg()
+        .query_one("SELECT payload->>'data' FROM webhook_events WHERE event_id = 'evt_retried'", &[])
+        .expect("the retry is stored")
+        .get(0);
+    assert_eq!(data, r#"{"fixed": true}"#);
+    assert_eq!(app.rows(), 3);
+}
