@@ -5,13 +5,19 @@
 
 use std::time::{Duration, Instant};
 
-use crate::fault::{pending, servers, settle, stored, Gateway, Load};
+use crate::fault::{pending, servers, settle, settle_within, stored, Gateway, Load};
 use crate::harness::{free_port, wait_until, PostgresServer, RedisServer};
 
 /// Four clients, each with a 5 ms pause: a few hundred events a second, a
 /// few thousand per scenario, light enough for two shared cores.
 const CLIENTS: usize = 4;
 const PACE: Duration = Duration::from_millis(5);
+/// A reclaim timeout no scenario may wait for: entries held when a process
+/// or Redis died must come back by other means.
+const SLOW_RECLAIM: (&str, &str) = ("RECLAIM_IDLE_MS", "60000");
+/// How long such a scenario may take to drain after its load stops: well
+/// before a 60 s reclaim, far beyond the seconds it takes.
+const BEFORE_A_RECLAIM: Duration = Duration::from_secs(30);
 
 /// A Redis, a PostgreSQL and the gateway (`--role all`, with `extra`
 /// settings) under the standard load, returned once `warm` events got 202.
@@ -29,7 +35,9 @@ fn loaded_gateway(
 
 #[test]
 fn gateway_killed_with_sigkill_mid_load_then_restarted() {
-    let (redis, pg, mut gateway, load) = loaded_gateway("kill9gw", &[], 500);
+    // A reclaim would take a minute: the restarted process must take over
+    // its dead predecessor's entries itself, at once.
+    let (redis, pg, mut gateway, load) = loaded_gateway("kill9gw", &[SLOW_RECLAIM], 500);
 
     gateway.kill9();
     std::thread::sleep(Duration::from_millis(500));
@@ -37,7 +45,7 @@ fn gateway_killed_with_sigkill_mid_load_then_restarted() {
     load.wait_for_more(500, Duration::from_secs(20));
     let ledger = load.stop();
 
-    let report = settle("gateway_kill9", &ledger, &redis, &pg);
+    let report = settle_within("gateway_kill9", &ledger, &redis, &pg, BEFORE_A_RECLAIM);
     assert!(report.other > 0 || report.sent > report.accepted, "the crash was felt: {report:?}");
 }
 
@@ -72,7 +80,9 @@ fn a_worker_killed_mid_batch_has_its_entries_taken_over_by_the_other() {
 
 #[test]
 fn redis_killed_with_sigkill_mid_load_restarts_from_its_aof() {
-    let (mut redis, pg, _gateway, load) = loaded_gateway("kill9redis", &[], 500);
+    // The workers take back what they held when Redis died, without the
+    // minute-long reclaim.
+    let (mut redis, pg, _gateway, load) = loaded_gateway("kill9redis", &[SLOW_RECLAIM], 500);
 
     // `always`, the policy that promises this: with `everysec` Redis may
     // postpone its AOF write for up to 2 s while a slow background fsync
@@ -86,7 +96,7 @@ fn redis_killed_with_sigkill_mid_load_restarts_from_its_aof() {
     load.wait_for_more(500, Duration::from_secs(30));
     let ledger = load.stop();
 
-    let report = settle("redis_kill9", &ledger, &redis, &pg);
+    let report = settle_within("redis_kill9", &ledger, &redis, &pg, BEFORE_A_RECLAIM);
     assert!(report.unavailable + report.other > 0, "Redis being down was felt: {report:?}");
 }
 
@@ -204,4 +214,24 @@ fn the_ledger_catches_a_lost_event() {
     let message = caught.expect_err("settle must fail when a 202'd event has no row");
     let text = message.downcast_ref::<String>().cloned().unwrap_or_default();
     assert!(text.contains("lost: 1"), "{text}");
+}
+
+/// And a row changed behind its back is reported corrupt.
+#[test]
+fn the_ledger_catches_a_changed_row() {
+    let (redis, pg) = servers();
+    let gateway = Gateway::spawn(free_port(), &redis, Some(&pg), "all", &[]);
+    let load = Load::start(gateway.addr(), 1, PACE, "corruptcheck");
+    load.wait_for_more(20, Duration::from_secs(20));
+    let ledger = load.stop();
+    wait_until(Duration::from_secs(30), "the rows", || stored(&pg).len() >= ledger.accepted.len());
+    // The substitution this project once made: a timestamp replaced by the epoch.
+    let victim = &ledger.accepted[ledger.accepted.len() / 2];
+    pg.client(crate::harness::DB)
+        .execute("UPDATE webhook_events SET event_timestamp = 'epoch' WHERE event_id = $1", &[victim])
+        .unwrap();
+    let caught = std::panic::catch_unwind(|| settle("ledger_self_check_corrupt", &ledger, &redis, &pg));
+    let message = caught.expect_err("settle must fail when a row is not what was sent");
+    let text = message.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(text.contains("corrupt: 1"), "{text}");
 }

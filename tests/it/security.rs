@@ -198,3 +198,61 @@ fn x_forwarded_for_counts_only_behind_a_trusted_proxy_and_only_its_right_end() {
         (0..6).map(|i| post_as(&mut client, &format!("203.0.113.{i}"), &format!("evt_{i}"))).collect();
     assert_eq!(limited(&statuses), 4, "a spoofed header changes nothing: {statuses:?}");
 }
+
+/// A password in every spelling the clients accept, none of which may be printed.
+const SECRET: &str = "Sup3r/S3cr?t@x";
+
+fn secret_env() -> Vec<(&'static str, String)> {
+    vec![
+        ("REDIS_URL", format!("redis://:{}@127.0.0.1:1/", SECRET.replace(['/', '?', '@'], "_"))),
+        ("DATABASE_URL", format!("host=127.0.0.1 port=1 user=u password='{}' dbname=webhooks", SECRET.replace('\'', "\\'"))),
+    ]
+}
+
+fn run_binary(args: &[&str], env: &[(&str, String)], for_at_most: Duration) -> String {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_webhook-ingestor"))
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() && started.elapsed() < for_at_most {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+#[test]
+fn passwords_never_reach_check_config_the_start_log_or_a_configuration_error() {
+    let shown = run_binary(&["check-config"], &secret_env(), Duration::from_secs(10));
+    assert!(shown.contains("database_url") && shown.contains("password=***"), "{shown}");
+    // A URL whose password holds `/`, and one in a query parameter.
+    let urls = vec![
+        ("DATABASE_URL", format!("postgres://u:{SECRET}@127.0.0.1:1/webhooks")),
+        ("REDIS_URL", format!("redis://127.0.0.1:1/?password={}", SECRET.replace(['/', '?', '@'], "_"))),
+    ];
+    let shown_urls = run_binary(&["check-config"], &urls, Duration::from_secs(10));
+
+    let port = crate::harness::free_port().to_string();
+    let mut env = secret_env();
+    env.extend([("PORT", port), ("HOST", "127.0.0.1".into()), ("LOG_LEVEL", "debug".into()), ("CORES", "1".into())]);
+    let log = run_binary(&["serve", "--role", "all"], &env, Duration::from_secs(3));
+    assert!(log.contains("webhook-ingestor serving"), "the gateway started: {log:.2000}");
+
+    let bad = vec![("DATABASE_URL", format!("mysql://u:{SECRET}@h/db"))];
+    let error = run_binary(&["check-config"], &bad, Duration::from_secs(10));
+    assert!(error.contains("DATABASE_URL"), "{error}");
+
+    for (what, text) in [("check-config", &shown), ("check-config (URLs)", &shown_urls), ("the start log", &log), ("a configuration error", &error)] {
+        for piece in ["Sup3r", "S3cr", SECRET] {
+            assert!(!text.contains(piece), "{what} shows the password: {text:.3000}");
+        }
+    }
+}
