@@ -62,36 +62,90 @@ as_pg() {
 
 pid_alive() { [ -f "$1" ] && kill -0 "$(head -n 1 "$1")" 2>/dev/null; }
 
-# A private Redis under $DATA_DIR/redis: AOF on, fsync every second, never evicts.
-start_private_redis() {
-  ensure_redis
-  mkdir -p "$DATA_DIR/redis"
-  if pid_alive "$DATA_DIR/redis/redis.pid"; then
-    say "private redis already running on 127.0.0.1:$PRIVATE_REDIS_PORT"
+# The data folder: only its owner may enter (0700); as root, the `postgres`
+# group may pass through to the server's own 0700 folders (0710).
+private_dir() {
+  mkdir -p "$1"
+  if [ "$(id -u)" = 0 ]; then
+    ensure_pg_user
+    chgrp "$(id -gn postgres)" "$1" && chmod 710 "$1"
   else
-    redis-server --port "$PRIVATE_REDIS_PORT" --bind 127.0.0.1 --dir "$DATA_DIR/redis" \
-      --appendonly yes --appendfsync "${REDIS_APPENDFSYNC:-everysec}" --maxmemory-policy noeviction --save '' \
-      --daemonize yes --pidfile "$DATA_DIR/redis/redis.pid" --logfile "$DATA_DIR/redis/redis.log"
-    for _ in $(seq 100); do redis-cli -p "$PRIVATE_REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
-    redis-cli -p "$PRIVATE_REDIS_PORT" ping >/dev/null || die "private redis did not start; see $DATA_DIR/redis/redis.log"
-    say "private redis on 127.0.0.1:$PRIVATE_REDIS_PORT (AOF everysec, data in $DATA_DIR/redis)"
+    chmod 700 "$1"
   fi
-  export REDIS_URL="redis://127.0.0.1:$PRIVATE_REDIS_PORT/"
 }
 
-# A private PostgreSQL cluster under $DATA_DIR/postgres with a `webhooks` database.
+# The secret NAME kept in $DATA_DIR/secrets/NAME (mode 0600, folder 0700),
+# generated once: 32 random letters and digits.
+private_secret() {
+  local dir="$DATA_DIR/secrets" f="$DATA_DIR/secrets/$1"
+  private_dir "$DATA_DIR"
+  mkdir -p "$dir"; chmod 700 "$dir"
+  if [ ! -s "$f" ]; then
+    (umask 077; LC_ALL=C tr -dc 'A-Za-z0-9' </dev/urandom | head -c 32 >"$f")
+  fi
+  chmod 600 "$f"
+  cat "$f"
+}
+
+# A private Redis under $DATA_DIR/redis: AOF on, fsync every second, never
+# evicts, a generated password. The settings go in a 0600 config file so the
+# password is not on a command line other users can read.
+start_private_redis() {
+  ensure_redis
+  local pw; pw=$(private_secret redis-password)
+  mkdir -p "$DATA_DIR/redis"; chmod 700 "$DATA_DIR/redis"
+  export REDISCLI_AUTH="$pw"
+  if pid_alive "$DATA_DIR/redis/redis.pid"; then
+    # One started by an older version has no password: give it this one.
+    if env -u REDISCLI_AUTH redis-cli -p "$PRIVATE_REDIS_PORT" ping 2>/dev/null | grep -q PONG; then
+      env -u REDISCLI_AUTH redis-cli -p "$PRIVATE_REDIS_PORT" config set requirepass "$pw" >/dev/null
+      say "private redis had no password: set the generated one"
+    fi
+    say "private redis already running on 127.0.0.1:$PRIVATE_REDIS_PORT"
+  else
+    (umask 077; cat >"$DATA_DIR/redis/redis.conf" <<CONF
+port $PRIVATE_REDIS_PORT
+bind 127.0.0.1
+dir $DATA_DIR/redis
+appendonly yes
+appendfsync ${REDIS_APPENDFSYNC:-everysec}
+maxmemory-policy noeviction
+maxmemory ${PRIVATE_REDIS_MAXMEMORY:-1gb}
+save ""
+daemonize yes
+pidfile $DATA_DIR/redis/redis.pid
+logfile $DATA_DIR/redis/redis.log
+requirepass $pw
+CONF
+)
+    redis-server "$DATA_DIR/redis/redis.conf"
+    for _ in $(seq 100); do redis-cli -p "$PRIVATE_REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+    redis-cli -p "$PRIVATE_REDIS_PORT" ping >/dev/null || die "private redis did not start; see $DATA_DIR/redis/redis.log"
+    say "private redis on 127.0.0.1:$PRIVATE_REDIS_PORT (AOF ${REDIS_APPENDFSYNC:-everysec}, password in $DATA_DIR/secrets, data in $DATA_DIR/redis)"
+  fi
+  export REDIS_URL="redis://:$pw@127.0.0.1:$PRIVATE_REDIS_PORT/"
+}
+
+# A private PostgreSQL cluster under $DATA_DIR/postgres with a `webhooks`
+# database, reachable only with the generated password (scram-sha-256, TCP
+# and the Unix socket alike; the socket folder is 0700).
 start_private_postgres() {
   local bin; bin=$(pg_bindir)
-  local pgdata="$DATA_DIR/postgres"
-  mkdir -p "$DATA_DIR/pgrun"
+  local pgdata="$DATA_DIR/postgres" pw; pw=$(private_secret postgres-password)
+  mkdir -p "$DATA_DIR/pgrun"; chmod 700 "$DATA_DIR/pgrun"
+  [ "$(id -u)" = 0 ] && chown postgres "$DATA_DIR/pgrun"
   if [ ! -f "$pgdata/PG_VERSION" ]; then
     mkdir -p "$pgdata"
-    [ "$(id -u)" = 0 ] && chown -R postgres "$pgdata" "$DATA_DIR/pgrun"
+    [ "$(id -u)" = 0 ] && chown -R postgres "$pgdata"
     chmod 700 "$pgdata"
+    # initdb reads the password from a file only the server's user can read.
+    local pwfile="$DATA_DIR/pgrun/initdb-password"
+    (umask 077; printf '%s\n' "$pw" >"$pwfile")
+    [ "$(id -u)" = 0 ] && chown postgres "$pwfile"
     say "initdb $pgdata"
-    as_pg "$bin/initdb" -D "$pgdata" -U "$PG_USER" --auth=trust -E UTF8 >/dev/null
+    as_pg "$bin/initdb" -D "$pgdata" -U "$PG_USER" --auth=scram-sha-256 --pwfile="$pwfile" -E UTF8 >/dev/null
+    rm -f "$pwfile"
   fi
-  [ "$(id -u)" = 0 ] && chown -R postgres "$DATA_DIR/pgrun"
   if as_pg "$bin/pg_ctl" -D "$pgdata" status >/dev/null 2>&1; then
     say "private postgres already running on 127.0.0.1:$PRIVATE_PG_PORT"
   else
@@ -100,11 +154,22 @@ start_private_postgres() {
       || die "private postgres did not start; see $DATA_DIR/pgrun/postgres.log"
     say "private postgres on 127.0.0.1:$PRIVATE_PG_PORT (data in $pgdata)"
   fi
+  # A cluster made by an older version trusted every local user: give the
+  # role the generated password and require it from now on.
+  if grep -qE '^[^#].*[[:space:]]trust[[:space:]]*$' "$pgdata/pg_hba.conf"; then
+    "$bin/psql" -h 127.0.0.1 -p "$PRIVATE_PG_PORT" -U "$PG_USER" -d postgres -qtAc \
+      "ALTER ROLE $PG_USER PASSWORD '$pw'" >/dev/null
+    as_pg sed -i -E 's/[[:space:]]trust[[:space:]]*$/ scram-sha-256/' "$pgdata/pg_hba.conf"
+    as_pg "$bin/pg_ctl" -D "$pgdata" reload >/dev/null
+    say "private postgres trusted local users: now it requires the generated password"
+  fi
+  export PGPASSWORD="$pw"
   if ! "$bin/psql" -h 127.0.0.1 -p "$PRIVATE_PG_PORT" -U "$PG_USER" -d postgres -tAc \
       "SELECT 1 FROM pg_database WHERE datname = '$PG_DB'" | grep -q 1; then
     "$bin/createdb" -h 127.0.0.1 -p "$PRIVATE_PG_PORT" -U "$PG_USER" "$PG_DB"
   fi
-  export DATABASE_URL="postgres://$PG_USER@127.0.0.1:$PRIVATE_PG_PORT/$PG_DB"
+  unset PGPASSWORD
+  export DATABASE_URL="postgres://$PG_USER:$pw@127.0.0.1:$PRIVATE_PG_PORT/$PG_DB"
 }
 
 stop_private_services() {
@@ -112,7 +177,8 @@ stop_private_services() {
     kill -TERM "$(cat "$DATA_DIR/gateway.pid")" && say "gateway stopping (SIGTERM)"
   fi
   if pid_alive "$DATA_DIR/redis/redis.pid"; then
-    redis-cli -p "$PRIVATE_REDIS_PORT" shutdown >/dev/null 2>&1 || kill "$(cat "$DATA_DIR/redis/redis.pid")"
+    REDISCLI_AUTH="$(cat "$DATA_DIR/secrets/redis-password" 2>/dev/null)" \
+      redis-cli -p "$PRIVATE_REDIS_PORT" shutdown >/dev/null 2>&1 || kill "$(cat "$DATA_DIR/redis/redis.pid")"
     say "private redis stopped"
   fi
   if [ -f "$DATA_DIR/postgres/postmaster.pid" ]; then
@@ -248,3 +314,19 @@ cpu_report() {
   printf '%-34s %s\n' "  gateway threads, µs per event" "$(join "$1/threads.0" "$1/threads.1" | \
     awk -v hz="$hz" -v n="$2" 'n > 0 && $3 > $2 { printf "%s %.1f  ", $1, ($3 - $2) / hz * 1e6 / n }')"
 }
+
+# What a wrk run with benches/wrk/post.lua answered, from its output file:
+# wrk_status FILE CODE -> how many answers had that status (0 if none).
+wrk_status() { awk -v c="$2" '$1 == "status" && $2 == c":" {n = $3} END {print n + 0}' "$1"; }
+# wrk_others FILE -> "429:12 503:4" for every status but 202 ("" if none),
+# followed by wrk's socket errors ("errors:connect 0, read 3, …") if any.
+wrk_others() {
+  awk '$1 == "status" && $2 != "202:" {printf "%s%s:%s", sep, substr($2, 1, length($2) - 1), $3; sep = " "}
+       /Socket errors/ {sub(/^ *Socket errors: */, ""); gsub(/ /, ""); printf "%serrors:%s", sep, $0; sep = " "}' "$1"
+}
+# wrk_seconds FILE -> the run's measured duration in seconds.
+wrk_seconds() { awk '/requests in/ {d = $4; sub(/,$/, "", d); if (d ~ /ms$/) {sub(/ms$/, "", d); d /= 1000} else if (d ~ /m$/) {sub(/m$/, "", d); d *= 60} else sub(/s$/, "", d); print d}' "$1"; }
+# The gateway's settings every benchmark runs with unless the caller sets
+# them: no rate limits (a load generator is one client on one address),
+# said in the output.
+BENCH_LIMITS="RATE_LIMIT_GLOBAL=${RATE_LIMIT_GLOBAL:-0} RATE_LIMIT_PER_IP=${RATE_LIMIT_PER_IP:-0}"
