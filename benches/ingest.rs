@@ -3,6 +3,8 @@
 //! * `parse_validate/*`: body → `WebhookJob` with each JSON parser, on the
 //!   seed's k6 payload (~230 B) and a real-world Stripe
 //!   `payment_intent.succeeded` event (~3.9 KiB). Decides `Ingestor::DEFAULT_PARSER`.
+//!   `Serde-depth-unchecked` is the default parser with `MAX_JSON_DEPTH` off: the
+//!   difference is what the depth check costs.
 //! * `handoff/*`: the cross-thread hop a request makes to the Redis pipeline
 //!   thread and back (crossbeam channel → std thread → oneshot → waker), with
 //!   64 requests in flight on one monoio runtime, against the same work done
@@ -33,6 +35,11 @@ fn parse_validate(c: &mut Criterion) {
                 b.iter(|| ingestor.ingest(black_box("stripe"), black_box(body.as_bytes()), 0).unwrap())
             });
         }
+        // What MAX_JSON_DEPTH costs: the default parser with the check off.
+        let mut unchecked = Ingestor::new(JsonParser::Serde).with_max_depth(0);
+        group.bench_with_input(BenchmarkId::new("Serde-depth-unchecked", name), body, |b, body| {
+            b.iter(|| unchecked.ingest(black_box("stripe"), black_box(body.as_bytes()), 0).unwrap())
+        });
     }
     group.finish();
 }

@@ -205,7 +205,13 @@ const SECRET: &str = "Sup3r/S3cr?t@x";
 fn secret_env() -> Vec<(&'static str, String)> {
     vec![
         ("REDIS_URL", format!("redis://:{}@127.0.0.1:1/", SECRET.replace(['/', '?', '@'], "_"))),
-        ("DATABASE_URL", format!("host=127.0.0.1 port=1 user=u password='{}' dbname=webhooks", SECRET.replace('\'', "\\'"))),
+        (
+            "DATABASE_URL",
+            format!(
+                "host=127.0.0.1 port=1 user=u password='{}' dbname=webhooks",
+                SECRET.replace('\'', "\\'")
+            ),
+        ),
     ]
 }
 
@@ -242,7 +248,12 @@ fn passwords_never_reach_check_config_the_start_log_or_a_configuration_error() {
 
     let port = crate::harness::free_port().to_string();
     let mut env = secret_env();
-    env.extend([("PORT", port), ("HOST", "127.0.0.1".into()), ("LOG_LEVEL", "debug".into()), ("CORES", "1".into())]);
+    env.extend([
+        ("PORT", port),
+        ("HOST", "127.0.0.1".into()),
+        ("LOG_LEVEL", "debug".into()),
+        ("CORES", "1".into()),
+    ]);
     let log = run_binary(&["serve", "--role", "all"], &env, Duration::from_secs(3));
     assert!(log.contains("webhook-ingestor serving"), "the gateway started: {log:.2000}");
 
@@ -250,7 +261,12 @@ fn passwords_never_reach_check_config_the_start_log_or_a_configuration_error() {
     let error = run_binary(&["check-config"], &bad, Duration::from_secs(10));
     assert!(error.contains("DATABASE_URL"), "{error}");
 
-    for (what, text) in [("check-config", &shown), ("check-config (URLs)", &shown_urls), ("the start log", &log), ("a configuration error", &error)] {
+    for (what, text) in [
+        ("check-config", &shown),
+        ("check-config (URLs)", &shown_urls),
+        ("the start log", &log),
+        ("a configuration error", &error),
+    ] {
         for piece in ["Sup3r", "S3cr", SECRET] {
             assert!(!text.contains(piece), "{what} shows the password: {text:.3000}");
         }
