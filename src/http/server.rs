@@ -165,10 +165,12 @@ async fn accept_loop(spec: CoreSpec) -> std::io::Result<()> {
             Ok((stream, peer)) => {
                 accept_backoff = Duration::from_millis(5);
                 let peer = peer.ip();
+                // A trusted proxy carries many clients: it is not one of them.
+                let counted = !ctx.proxies.contains(peer);
                 // Over a bound: refuse rather than let one core, or one client, drown.
                 let refusal = if open.get() >= settings.max_connections {
                     Some("too many connections, retry later")
-                } else if !ctx.proxies.contains(peer) && !per_client.admit(peer) {
+                } else if counted && !per_client.admit(peer) {
                     Some("too many connections from this client, retry later")
                 } else {
                     None
@@ -182,7 +184,6 @@ async fn accept_loop(spec: CoreSpec) -> std::io::Result<()> {
                 let (ctx, open, per_client, guard) =
                     (ctx.clone(), open.clone(), per_client.clone(), done_tx.clone());
                 monoio::spawn(async move {
-                    let counted = !ctx.proxies.contains(peer);
                     serve(stream, peer, ctx).await;
                     if counted {
                         per_client.release(peer);

@@ -197,41 +197,35 @@ fn no_fault_baseline() {
     assert_eq!(report.rows, report.accepted);
 }
 
-/// The ledger itself can fail: a row removed behind its back is reported lost.
-#[test]
-fn the_ledger_catches_a_lost_event() {
+/// The ledger itself can fail: `sabotage` changes one 202'd event's row
+/// behind its back, and settle must report `expected`.
+fn ledger_catches(tag: &str, sabotage: &str, expected: &str) {
     let (redis, pg) = servers();
     let gateway = Gateway::spawn(free_port(), &redis, Some(&pg), "all", &[]);
-    let load = Load::start(gateway.addr(), 1, PACE, "ledgercheck");
+    let load = Load::start(gateway.addr(), 1, PACE, tag);
     load.wait_for_more(20, Duration::from_secs(20));
     let ledger = load.stop();
     wait_until(Duration::from_secs(30), "the rows", || stored(&pg).len() >= ledger.accepted.len());
     let victim = &ledger.accepted[ledger.accepted.len() / 2];
-    pg.client(crate::harness::DB)
-        .execute("DELETE FROM webhook_events WHERE event_id = $1", &[victim])
-        .unwrap();
-    let caught = std::panic::catch_unwind(|| settle("ledger_self_check", &ledger, &redis, &pg));
-    let message = caught.expect_err("settle must fail when a 202'd event has no row");
+    pg.client(crate::harness::DB).execute(sabotage, &[victim]).unwrap();
+    let caught =
+        std::panic::catch_unwind(|| settle(&format!("ledger_self_check_{tag}"), &ledger, &redis, &pg));
+    let message = caught.expect_err("settle must fail after the sabotage");
     let text = message.downcast_ref::<String>().cloned().unwrap_or_default();
-    assert!(text.contains("lost: 1"), "{text}");
+    assert!(text.contains(expected), "{text}");
 }
 
-/// And a row changed behind its back is reported corrupt.
+#[test]
+fn the_ledger_catches_a_lost_event() {
+    ledger_catches("lost", "DELETE FROM webhook_events WHERE event_id = $1", "lost: 1");
+}
+
 #[test]
 fn the_ledger_catches_a_changed_row() {
-    let (redis, pg) = servers();
-    let gateway = Gateway::spawn(free_port(), &redis, Some(&pg), "all", &[]);
-    let load = Load::start(gateway.addr(), 1, PACE, "corruptcheck");
-    load.wait_for_more(20, Duration::from_secs(20));
-    let ledger = load.stop();
-    wait_until(Duration::from_secs(30), "the rows", || stored(&pg).len() >= ledger.accepted.len());
     // The substitution this project once made: a timestamp replaced by the epoch.
-    let victim = &ledger.accepted[ledger.accepted.len() / 2];
-    pg.client(crate::harness::DB)
-        .execute("UPDATE webhook_events SET event_timestamp = 'epoch' WHERE event_id = $1", &[victim])
-        .unwrap();
-    let caught = std::panic::catch_unwind(|| settle("ledger_self_check_corrupt", &ledger, &redis, &pg));
-    let message = caught.expect_err("settle must fail when a row is not what was sent");
-    let text = message.downcast_ref::<String>().cloned().unwrap_or_default();
-    assert!(text.contains("corrupt: 1"), "{text}");
+    ledger_catches(
+        "corrupt",
+        "UPDATE webhook_events SET event_timestamp = 'epoch' WHERE event_id = $1",
+        "corrupt: 1",
+    );
 }

@@ -16,6 +16,21 @@ fn nested(depth: usize) -> String {
     format!("{}1{}", r#"{"a":"#.repeat(depth), "}".repeat(depth))
 }
 
+/// One worker that batches what arrives together, retries a bad entry after
+/// 300 ms and dead-letters it on its second delivery; migrated and warm.
+fn quick_retries(tweak: impl FnOnce(&mut webhook_ingestor::config::Config)) -> TestApp {
+    let app = TestApp::spawn_full(|c| {
+        c.max_attempts = 2;
+        c.reclaim_idle = Duration::from_millis(300);
+        c.worker_threads = 1;
+        c.worker_linger = Duration::from_millis(300);
+        tweak(c);
+    });
+    assert_eq!(app.post("stripe", &event("stripe", "evt_warm")).status, 202);
+    wait_until(Duration::from_secs(30), "migrations and a first row", || app.rows() == 1);
+    app
+}
+
 fn dead_letter_text(app: &TestApp, field: &str) -> Vec<String> {
     let dead: redis::streams::StreamRangeReply =
         redis::cmd("XRANGE").arg("webhooks:dead").arg("-").arg("+").query(&mut app.redis.con()).unwrap();
@@ -48,15 +63,7 @@ fn the_depth_limit_is_far_inside_what_postgresql_stores_and_deeper_gets_400() {
 #[test]
 fn a_nesting_poison_that_passed_the_door_is_isolated_dead_lettered_and_holds_back_nothing() {
     // The door check off: only the worker stands between the poison and a stall.
-    let app = TestApp::spawn_full(|c| {
-        c.max_json_depth = 0;
-        c.max_attempts = 2;
-        c.reclaim_idle = Duration::from_millis(300);
-        c.worker_threads = 1;
-        c.worker_linger = Duration::from_millis(300);
-    });
-    assert_eq!(app.post("stripe", &event("stripe", "evt_warm")).status, 202);
-    wait_until(Duration::from_secs(30), "migrations and a first row", || app.rows() == 1);
+    let app = quick_retries(|c| c.max_json_depth = 0);
 
     let mut batch = Vec::new();
     for i in 0..20 {
@@ -120,14 +127,7 @@ fn instants_are_stored_exactly_and_those_timestamptz_cannot_hold_get_400() {
 
 #[test]
 fn a_retry_in_the_same_batch_waits_for_its_first_copy_and_is_stored_when_that_one_is_dead() {
-    let app = TestApp::spawn_full(|c| {
-        c.max_attempts = 2;
-        c.reclaim_idle = Duration::from_millis(300);
-        c.worker_threads = 1;
-        c.worker_linger = Duration::from_millis(300);
-    });
-    assert_eq!(app.post("stripe", &event("stripe", "evt_warm")).status, 202);
-    wait_until(Duration::from_secs(30), "migrations and a first row", || app.rows() == 1);
+    let app = quick_retries(|_| {});
     // PostgreSQL now refuses the first copy's payload, not the sender's retry.
     app.pg()
         .batch_execute(
