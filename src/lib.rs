@@ -6,7 +6,7 @@
 //! http/    per-core monoio runtimes: listeners, HTTP/1.1 framing, routing, replies
 //! ingest/  body parse (JSON) + validation → WebhookJob, or the 400 messages
 //! queue/   bounded channel → one Redis pipeline thread → XADD batches → reply per job
-//! worker/  XREADGROUP → dedupe → store/ → SET keys, XACK, XDEL; reclaim, dead letters
+//! worker/  XREADGROUP → dedupe → store/ → XACK, XDEL, then SET keys; reclaim, dead letters
 //! store/   PostgreSQL: one transaction per batch (binary COPY → INSERT … ON CONFLICT)
 //! ```
 //!
