@@ -51,6 +51,8 @@ fn job() -> WebhookJob {
     WebhookJob {
         provider: "stripe".into(),
         event_id: "evt_1".into(),
+        event_type: String::new(),
+        verified_by: None,
         event_timestamp_us: 0,
         received_at_us: 0,
         payload: SEED.as_bytes().to_vec(),

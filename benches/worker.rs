@@ -31,6 +31,8 @@ fn job(i: usize) -> WebhookJob {
     WebhookJob {
         provider: "stripe".into(),
         event_id: format!("evt_bench_{i}"),
+        event_type: String::new(),
+        verified_by: None,
         event_timestamp_us: 1_795_383_325_123_000,
         received_at_us: 1_795_383_325_123_000 + i as i64,
         payload: payload.into_bytes(),

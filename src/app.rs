@@ -141,8 +141,12 @@ impl RunningApp {
 /// not configured for a role that needs it, or a thread cannot start.
 pub fn start(config: &Config, role: Role) -> Result<RunningApp, StartError> {
     let shutdown = CancellationToken::new();
-    let cpus = if role.gateway() { select_cores(&config.cores, config.pin_cores)? } else { Vec::new() };
-    let metrics = Metrics::new(cpus.len());
+    let cpus =
+        if role.gateway() { select_cores(&config.http.cores, config.http.pin_cores)? } else { Vec::new() };
+    let sources = config.ingest.sources.clone().unwrap_or_default();
+    let source_names =
+        if sources.from_file() { sources.iter().map(|s| s.route.clone()).collect() } else { Vec::new() };
+    let metrics = Metrics::with_sources(cpus.len(), source_names);
     let workers =
         if role.workers() { Some(start_workers(config, &shutdown, metrics.clone())?) } else { None };
     let mut app = RunningApp {
@@ -154,7 +158,7 @@ pub fn start(config: &Config, role: Role) -> Result<RunningApp, StartError> {
         workers,
     };
     if role.gateway() {
-        if let Err(e) = start_gateway(config, &mut app, cpus, metrics) {
+        if let Err(e) = start_gateway(config, &mut app, cpus, metrics, sources) {
             app.stop();
             return Err(e);
         }
@@ -167,35 +171,35 @@ fn start_workers(
     shutdown: &CancellationToken,
     metrics: Arc<Metrics>,
 ) -> Result<WorkerPool, StartError> {
-    let url = config.database_url.as_deref().ok_or_else(|| {
+    let url = config.store.database_url.as_deref().ok_or_else(|| {
         StartError::Database("not set; the worker and all roles need PostgreSQL (or use --role api)".into())
     })?;
-    let pool = store::pool(url, config.pg_pool_size, config.pg_timeouts)
+    let pool = store::pool(url, config.store.pool_size, config.store.timeouts)
         .map_err(|e| StartError::Database(e.to_string()))?;
     let settings = WorkerSettings {
-        redis_url: config.redis_url.clone(),
-        stream: config.queue_name.clone(),
-        batch_max: config.worker_batch_max,
-        batch_max_bytes: config.worker_batch_max_bytes,
-        max_body_bytes: config.max_body_bytes,
-        pg_timeouts: config.pg_timeouts,
-        block: config.worker_block,
-        linger: config.worker_linger,
-        idempotency_ttl_secs: config.idempotency_ttl_secs,
-        max_attempts: config.max_attempts,
-        reclaim_idle: config.reclaim_idle,
-        shutdown_timeout: config.shutdown_timeout,
-        migrate: config.migrate_on_start,
+        redis_url: config.queue.redis_url.clone(),
+        stream: config.queue.queue_name.clone(),
+        batch_max: config.worker.batch_max,
+        batch_max_bytes: config.worker.batch_max_bytes,
+        max_body_bytes: config.http.max_body_bytes,
+        pg_timeouts: config.store.timeouts,
+        block: config.worker.block,
+        linger: config.worker.linger,
+        idempotency_ttl_secs: config.worker.idempotency_ttl_secs,
+        max_attempts: config.worker.max_attempts,
+        reclaim_idle: config.worker.reclaim_idle,
+        shutdown_timeout: config.ops.shutdown_timeout,
+        migrate: config.store.migrate_on_start,
         metrics,
     };
-    let workers = spawn_workers(config.worker_threads, settings, pool, shutdown.clone())
+    let workers = spawn_workers(config.worker.threads, settings, pool, shutdown.clone())
         .map_err(|e| StartError::Spawn { what: "worker threads", source: std::io::Error::other(e) })?;
     info!(
-        workers = config.worker_threads,
-        database = %config.database_url.as_deref().map(crate::config::redact).unwrap_or_default(),
-        batch_max = config.worker_batch_max,
-        max_attempts = config.max_attempts,
-        reclaim_idle_ms = config.reclaim_idle.as_millis() as u64,
+        workers = config.worker.threads,
+        database = %config.store.database_url.as_deref().map(crate::config::redact).unwrap_or_default(),
+        batch_max = config.worker.batch_max,
+        max_attempts = config.worker.max_attempts,
+        reclaim_idle_ms = config.worker.reclaim_idle.as_millis() as u64,
         "workers started"
     );
     Ok(workers)
@@ -206,54 +210,56 @@ fn start_gateway(
     app: &mut RunningApp,
     cpus: Vec<Option<core_affinity::CoreId>>,
     metrics: Arc<Metrics>,
+    sources: Arc<crate::ingest::sources::Sources>,
 ) -> Result<(), StartError> {
-    raise_open_file_limit(config.max_connections_per_core.saturating_mul(cpus.len()));
-    let requested = SocketAddr::new(config.host, config.port);
+    raise_open_file_limit(config.http.max_connections_per_core.saturating_mul(cpus.len()));
+    let requested = SocketAddr::new(config.http.host, config.http.port);
     let listeners = bind_listeners(requested, cpus.len())?;
     let local_addr =
         listeners[0].local_addr().map_err(|source| StartError::Listen { addr: requested, source })?;
 
     let (enqueuer, pipeline) = spawn_pipeline(PipelineSettings {
-        redis_url: config.redis_url.clone(),
-        stream: config.queue_name.clone(),
-        batch_max: config.batch_max,
-        batch_linger: config.batch_linger,
-        enqueue_timeout: config.enqueue_timeout,
-        channel_capacity: config.channel_capacity,
-        max_queue_depth: config.max_queue_depth,
-        max_memory_percent: config.max_redis_memory_percent,
+        redis_url: config.queue.redis_url.clone(),
+        stream: config.queue.queue_name.clone(),
+        batch_max: config.queue.batch_max,
+        batch_linger: config.queue.batch_linger,
+        enqueue_timeout: config.queue.enqueue_timeout,
+        channel_capacity: config.queue.channel_capacity,
+        max_queue_depth: config.queue.max_queue_depth,
+        max_memory_percent: config.queue.max_redis_memory_percent,
         metrics: metrics.clone(),
     })
     .map_err(|source| StartError::Spawn { what: "redis pipeline thread", source })?;
     app.pipeline = Some(pipeline);
     let (health, health_thread) = spawn_health(HealthSettings {
-        redis_url: config.redis_url.clone(),
-        database_url: config.database_url.clone(),
-        pg_timeouts: config.pg_timeouts,
-        memory_limit_bytes: config.memory_limit_bytes,
-        stream: config.queue_name.clone(),
-        show_errors: config.health_show_errors,
+        redis_url: config.queue.redis_url.clone(),
+        database_url: config.store.database_url.clone(),
+        pg_timeouts: config.store.timeouts,
+        memory_limit_bytes: config.ops.memory_limit_bytes,
+        stream: config.queue.queue_name.clone(),
+        show_errors: config.ops.health_show_errors,
     })
     .map_err(|source| StartError::Spawn { what: "health thread", source })?;
     app.health = health_thread;
 
     let settings = CoreSettings {
-        limits: Limits { max_head: config.max_header_bytes, max_body: config.max_body_bytes },
-        request_timeout: config.request_timeout,
-        keepalive_timeout: config.keepalive_timeout,
-        retry_after_secs: config.retry_after_secs,
-        max_connections: config.max_connections_per_core,
-        max_connections_per_ip: config.max_connections_per_ip,
-        max_buffer_bytes: config.max_buffer_bytes_per_core,
-        shutdown_timeout: config.shutdown_timeout,
-        json_parser: config.json_parser,
-        max_json_depth: config.max_json_depth,
-        security_headers: config.security_headers,
-        cors: config.cors.clone(),
-        rate_limit_global: config.rate_limit_global,
-        rate_limit_per_ip: config.rate_limit_per_ip,
+        limits: Limits { max_head: config.http.max_header_bytes, max_body: config.http.max_body_bytes },
+        request_timeout: config.http.request_timeout,
+        keepalive_timeout: config.http.keepalive_timeout,
+        retry_after_secs: config.http.retry_after_secs,
+        max_connections: config.http.max_connections_per_core,
+        max_connections_per_ip: config.http.max_connections_per_ip,
+        max_buffer_bytes: config.http.max_buffer_bytes_per_core,
+        shutdown_timeout: config.ops.shutdown_timeout,
+        json_parser: config.ingest.json_parser,
+        max_json_depth: config.ingest.max_json_depth,
+        security_headers: config.http.security_headers,
+        cors: config.http.cors.clone(),
+        rate_limit_global: config.http.rate_limit_global,
+        rate_limit_per_ip: config.http.rate_limit_per_ip,
         cores: cpus.len(),
-        trusted_proxies: config.trusted_proxies.clone(),
+        trusted_proxies: config.http.trusted_proxies.clone(),
+        sources: sources.clone(),
     };
     let (started_tx, started_rx) = mpsc::channel::<(usize, Option<usize>, Driver)>();
     for (index, (cpu, listener)) in cpus.into_iter().zip(listeners).enumerate() {
@@ -318,13 +324,13 @@ fn log_started(config: &Config, addr: SocketAddr, drivers: &[(usize, Option<usiz
         runtimes = drivers.len(),
         pinning = %mapping.join(" "),
         listen = %addr,
-        redis = %config.redis_url_redacted(),
-        stream = %config.queue_name,
-        batch_max = config.batch_max,
-        batch_linger_us = config.batch_linger.as_micros() as u64,
-        enqueue_timeout_ms = config.enqueue_timeout.as_millis() as u64,
-        max_body_bytes = config.max_body_bytes,
-        json_parser = ?config.json_parser,
+        redis = %config.queue.redis_url_redacted(),
+        stream = %config.queue.queue_name,
+        batch_max = config.queue.batch_max,
+        batch_linger_us = config.queue.batch_linger.as_micros() as u64,
+        enqueue_timeout_ms = config.queue.enqueue_timeout.as_millis() as u64,
+        max_body_bytes = config.http.max_body_bytes,
+        json_parser = ?config.ingest.json_parser,
         "webhook-ingestor serving"
     );
 }

@@ -1,17 +1,20 @@
 //! The one data contract: [`WebhookJob`], produced by `ingest/`, carried by
-//! `queue/` into Redis, and (next) consumed by the workers.
+//! `queue/` into Redis, and consumed by the workers.
 //!
 //! In Redis a job is one stream entry with short field names, listed in
 //! [`fields`]. The entry carries a format version ([`fields::VERSION`] =
 //! [`FORMAT_VERSION`]) so the layout can change without a flag day: a reader
-//! rejects versions it does not know instead of guessing.
+//! rejects versions it does not know instead of guessing. Version 2 added
+//! the sender's event type and the verifying scheme; entries of version 1
+//! still in a stream when the gateway is upgraded read as an untyped,
+//! unverified envelope, which is what they were.
 
 use std::collections::HashMap;
 
 use thiserror::Error;
 
 /// Version written in every stream entry; bump it when the field layout changes.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Field names of a job's stream entry. Short, because they are repeated in
 /// every entry and Redis stores them per entry (unless the stream's listpack
@@ -29,6 +32,10 @@ pub mod fields {
     pub const RECEIVED_AT: &str = "r";
     /// The raw request body, byte for byte as received.
     pub const PAYLOAD: &str = "b";
+    /// The sender's event type (v2; empty for the envelope).
+    pub const EVENT_TYPE: &str = "y";
+    /// The scheme that verified the signature (v2; absent when none did).
+    pub const VERIFIED_BY: &str = "s";
 }
 
 /// A validated webhook, the unit that crosses every stage.
@@ -36,12 +43,18 @@ pub mod fields {
 pub struct WebhookJob {
     /// The `:provider` path segment (equal to the body's `provider`).
     pub provider: String,
-    /// The body's `eventId`; with `provider`, the idempotency key.
+    /// The sender's id (the envelope's `eventId`, Stripe's `id`, GitHub's
+    /// `X-GitHub-Delivery`…); with `provider`, the idempotency key.
     pub event_id: String,
+    /// The sender's event type (`invoice.paid`, `push`…); empty for the envelope.
+    pub event_type: String,
     /// The body's `timestamp`, parsed from ISO 8601, in µs since the Unix epoch.
     pub event_timestamp_us: i64,
     /// When the gateway accepted the request, in µs since the Unix epoch.
     pub received_at_us: i64,
+    /// The signature scheme that verified the request (`stripe`, `hmac`…);
+    /// `None` for an unsigned envelope.
+    pub verified_by: Option<String>,
     /// The request body exactly as received (kept for audit and re-verification).
     pub payload: Vec<u8>,
 }
@@ -73,8 +86,12 @@ impl WebhookJob {
             .arg(self.event_timestamp_us)
             .arg(fields::RECEIVED_AT)
             .arg(self.received_at_us)
-            .arg(fields::PAYLOAD)
-            .arg(&self.payload[..]);
+            .arg(fields::EVENT_TYPE)
+            .arg(&self.event_type);
+        if let Some(scheme) = &self.verified_by {
+            cmd.arg(fields::VERIFIED_BY).arg(scheme);
+        }
+        cmd.arg(fields::PAYLOAD).arg(&self.payload[..]);
     }
 
     /// Reads a job back from a stream entry's field map, taking the payload
@@ -86,23 +103,32 @@ impl WebhookJob {
     pub fn from_stream_fields(mut map: HashMap<String, redis::Value>) -> Result<Self, Undecodable> {
         let header = (|| {
             let version = text(&map, fields::VERSION)?;
-            if version != FORMAT_VERSION.to_string() {
-                return Err(JobDecodeError::UnknownVersion(version));
-            }
-            Ok((
-                text(&map, fields::PROVIDER)?,
-                text(&map, fields::EVENT_ID)?,
-                int(&map, fields::EVENT_TIMESTAMP)?,
-                int(&map, fields::RECEIVED_AT)?,
-            ))
+            let v2 = match version.parse::<u32>() {
+                Ok(1) => false,
+                Ok(2) => true,
+                _ => return Err(JobDecodeError::UnknownVersion(version)),
+            };
+            let (event_type, verified_by) = if v2 {
+                let scheme = match map.contains_key(fields::VERIFIED_BY) {
+                    true => Some(text(&map, fields::VERIFIED_BY)?),
+                    false => None,
+                };
+                (text(&map, fields::EVENT_TYPE)?, scheme)
+            } else {
+                (String::new(), None)
+            };
+            Ok(Self {
+                provider: text(&map, fields::PROVIDER)?,
+                event_id: text(&map, fields::EVENT_ID)?,
+                event_type,
+                event_timestamp_us: int(&map, fields::EVENT_TIMESTAMP)?,
+                received_at_us: int(&map, fields::RECEIVED_AT)?,
+                verified_by,
+                payload: Vec::new(),
+            })
         })();
         let error = match (header, map.remove(fields::PAYLOAD)) {
-            (
-                Ok((provider, event_id, event_timestamp_us, received_at_us)),
-                Some(redis::Value::BulkString(payload)),
-            ) => {
-                return Ok(Self { provider, event_id, event_timestamp_us, received_at_us, payload });
-            }
+            (Ok(job), Some(redis::Value::BulkString(payload))) => return Ok(Self { payload, ..job }),
             (Err(e), payload) => {
                 map.extend(payload.map(|p| (fields::PAYLOAD.to_string(), p)));
                 e
@@ -172,11 +198,15 @@ mod tests {
         let job = WebhookJob {
             provider: "stripe".into(),
             event_id: "evt_1".into(),
+            event_type: "invoice.paid".into(),
             event_timestamp_us: 1_700_000_000_123_456,
             received_at_us: -5,
+            verified_by: Some("stripe".into()),
             payload: b"{\"x\":\"\xff\"}".to_vec(),
         };
         assert_eq!(WebhookJob::from_stream_fields(entry_of(&job)).unwrap(), job);
+        let unverified = WebhookJob { verified_by: None, event_type: String::new(), ..job };
+        assert_eq!(WebhookJob::from_stream_fields(entry_of(&unverified)).unwrap(), unverified);
     }
 
     #[test]
@@ -184,18 +214,32 @@ mod tests {
         let job = WebhookJob {
             provider: "p".into(),
             event_id: "e".into(),
+            event_type: "t".into(),
             event_timestamp_us: 0,
             received_at_us: 0,
+            verified_by: None,
             payload: vec![],
         };
         let mut map = entry_of(&job);
-        map.insert("v".into(), redis::Value::BulkString(b"2".to_vec()));
+        map.insert("v".into(), redis::Value::BulkString(b"3".to_vec()));
         let refused = WebhookJob::from_stream_fields(map).unwrap_err();
-        assert_eq!(refused.error, JobDecodeError::UnknownVersion("2".into()));
+        assert_eq!(refused.error, JobDecodeError::UnknownVersion("3".into()));
         let mut map = refused.fields;
         assert!(map.contains_key("b"), "the fields come back whole");
         map.remove("p");
         map.insert("v".into(), redis::Value::BulkString(b"1".to_vec()));
         assert_eq!(WebhookJob::from_stream_fields(map).unwrap_err().error, JobDecodeError::MissingField("p"));
+    }
+
+    #[test]
+    fn a_version_1_entry_reads_as_an_untyped_unverified_envelope() {
+        // As the gateway before sources wrote it: no `y`, no `s`.
+        let mut map = HashMap::new();
+        for (k, v) in [("v", "1"), ("p", "stripe"), ("e", "evt_old"), ("t", "7"), ("r", "8"), ("b", "{}")] {
+            map.insert(k.to_string(), redis::Value::BulkString(v.as_bytes().to_vec()));
+        }
+        let job = WebhookJob::from_stream_fields(map).unwrap();
+        assert_eq!((job.event_id.as_str(), job.event_type.as_str(), job.verified_by), ("evt_old", "", None));
+        assert_eq!((job.event_timestamp_us, job.received_at_us, job.payload), (7, 8, b"{}".to_vec()));
     }
 }

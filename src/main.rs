@@ -81,7 +81,7 @@ fn main() -> ExitCode {
 }
 
 fn serve(config: &Config, role: RoleArg) -> ExitCode {
-    telemetry::init(&config.log_level);
+    telemetry::init(&config.ops.log_level);
     let role = match role {
         RoleArg::All => Role::All,
         RoleArg::Api => Role::Api,
@@ -106,7 +106,7 @@ fn serve(config: &Config, role: RoleArg) -> ExitCode {
 type CliResult = Result<(), Box<dyn std::error::Error>>;
 
 fn migrate(config: &Config) -> CliResult {
-    let url = config.database_url.as_deref().ok_or("DATABASE_URL is not set")?;
+    let url = config.store.database_url.as_deref().ok_or("DATABASE_URL is not set")?;
     let mut client = postgres::Client::connect(url, postgres::NoTls)?;
     let applied = store::migrate(&mut client)?;
     println!("migrations applied: {applied} (known: {})", store::MIGRATIONS.len());
@@ -114,19 +114,19 @@ fn migrate(config: &Config) -> CliResult {
 }
 
 fn redis_con(config: &Config) -> Result<redis::Connection, redis::RedisError> {
-    redis::Client::open(config.redis_url.as_str())?.get_connection_with_timeout(Duration::from_secs(5))
+    redis::Client::open(config.queue.redis_url.as_str())?.get_connection_with_timeout(Duration::from_secs(5))
 }
 
 fn replay(config: &Config, ids: Vec<String>) -> CliResult {
     let scope = if ids.is_empty() { ReplayScope::All } else { ReplayScope::Ids(ids) };
-    let moved = worker::replay(&mut redis_con(config)?, &config.queue_name, &scope)?;
-    println!("replayed {moved} dead-lettered entries into {}", config.queue_name);
+    let moved = worker::replay(&mut redis_con(config)?, &config.queue.queue_name, &scope)?;
+    println!("replayed {moved} dead-lettered entries into {}", config.queue.queue_name);
     Ok(())
 }
 
 fn stats(config: &Config) -> CliResult {
     let mut con = redis_con(config)?;
-    let stream = &config.queue_name;
+    let stream = &config.queue.queue_name;
     let len: u64 = redis::cmd("XLEN").arg(stream).query(&mut con)?;
     let pending: u64 = redis::cmd("XPENDING")
         .arg(stream)
@@ -139,7 +139,7 @@ fn stats(config: &Config) -> CliResult {
     println!("queue_length: {len}");
     println!("pending:      {pending}");
     println!("dead_letters: {dead}");
-    if let Some(url) = config.database_url.as_deref() {
+    if let Some(url) = config.store.database_url.as_deref() {
         let mut client = postgres::Client::connect(url, postgres::NoTls)?;
         let rows: i64 = client.query_one("SELECT count(*) FROM webhook_events", &[])?.get(0);
         println!("rows_stored:  {rows}");
@@ -149,7 +149,7 @@ fn stats(config: &Config) -> CliResult {
 
 fn healthcheck(config: &Config) -> CliResult {
     use std::io::{Read, Write};
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], config.port));
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], config.http.port));
     let timeout = Duration::from_secs(2);
     let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
     stream.set_read_timeout(Some(timeout))?;

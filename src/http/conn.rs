@@ -8,10 +8,9 @@
 //! between requests, `REQUEST_TIMEOUT_MS` from a request's first byte to its
 //! last and for writing its answer.
 
-use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
@@ -20,15 +19,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::budget::{BufferBudget, Grant, SMALL_BODY};
 use super::chunked::{ChunkError, ChunkedDecoder};
-use super::cors::Cors;
-use super::proxy::TrustedProxies;
-use super::ratelimit::RateLimiter;
-use super::request::{parse_head, BodyFraming, ContentType, HeadError, Limits, Method, RequestHead};
-use super::response::{Extra, Message, RateHeaders, ReplyTo, Response, Status, CONTINUE};
-use super::router::{Route, WEBHOOK_ALLOW};
-use crate::ingest::Ingestor;
-use crate::queue::{EnqueueError, Enqueuer};
-use crate::telemetry::metrics::{CoreMetrics, Metrics, RouteLabel};
+use super::handler::{bad_request, Handler};
+use super::request::{parse_head, BodyFraming, HeadError, Limits, Method, RequestHead};
+use super::response::{Extra, Message, ReplyTo, Response, Status, CONTINUE};
+use crate::telemetry::metrics::{CoreMetrics, RouteLabel};
 
 /// Smallest free space kept at the end of the read buffer before a read.
 const READ_CHUNK: usize = 4096;
@@ -52,30 +46,13 @@ pub(crate) struct CoreContext {
     pub(crate) limits: Limits,
     pub(crate) request_timeout: Duration,
     pub(crate) keepalive_timeout: Duration,
-    pub(crate) retry_after_secs: u32,
-    pub(crate) enqueuer: Enqueuer,
-    pub(crate) ingestor: RefCell<Ingestor>,
     pub(crate) shutdown: CancellationToken,
-    /// Header lines sent on every response (helmet's, or none).
-    pub(crate) fixed_headers: &'static [u8],
-    pub(crate) cors: Cors,
-    pub(crate) limiter: RefCell<RateLimiter>,
-    /// Peers whose `X-Forwarded-For` names the client (`TRUST_PROXY`).
-    pub(crate) proxies: TrustedProxies,
     /// Body bytes in flight on this core (`MAX_BUFFER_BYTES_PER_CORE`).
     pub(crate) buffers: BufferBudget,
-    pub(crate) health: crate::health::Health,
+    /// What each request gets.
+    pub(crate) handler: Handler,
     /// This core's counters (only this core writes them).
     pub(crate) metrics: Arc<CoreMetrics>,
-    /// Everyone's, for rendering `/metrics`.
-    pub(crate) all_metrics: Arc<Metrics>,
-}
-
-impl CoreContext {
-    /// Headers for a response that has no parsed request (framing errors).
-    fn bare_extra(&self) -> Extra<'static> {
-        Extra { fixed: self.fixed_headers, ..Extra::default() }
-    }
 }
 
 /// Why a connection ended early; only for debug logs.
@@ -106,8 +83,8 @@ pub(crate) async fn serve(stream: TcpStream, peer: std::net::IpAddr, ctx: Rc<Cor
 /// linger is short: a refused client must not hold a socket for long.
 pub(crate) async fn refuse(stream: TcpStream, ctx: Rc<CoreContext>, why: &'static str) {
     let mut conn = Conn::new(stream, std::net::Ipv4Addr::UNSPECIFIED.into());
-    let resp = Response::unavailable(why, ctx.retry_after_secs).closing();
-    resp.encode(ReplyTo::default(), &ctx.bare_extra(), &mut conn.wbuf);
+    let resp = Response::unavailable(why, ctx.handler.retry_after_secs).closing();
+    resp.encode(ReplyTo::default(), &ctx.handler.bare_extra(), &mut conn.wbuf);
     ctx.metrics.record(RouteLabel::Unknown, Status::ServiceUnavailable, Duration::ZERO);
     if conn.flush(&ctx).await.is_ok() {
         let _ = conn.linger_close(REFUSE_LINGER_TIME).await;
@@ -149,7 +126,7 @@ impl Conn {
         loop {
             // Set when the first byte of this request is seen.
             let mut deadline = None;
-            let mut head = loop {
+            let head = loop {
                 match parse_head(&self.rbuf[self.start..], &ctx.limits) {
                     Ok(Some(head)) => break head,
                     Ok(None) => {
@@ -166,7 +143,9 @@ impl Conn {
                     Err(e) => {
                         let resp = head_error_response(&e);
                         let to = ReplyTo::default();
-                        return self.close_with(ctx, resp, to, ctx.bare_extra(), RouteLabel::Unknown).await;
+                        return self
+                            .close_with(ctx, resp, to, ctx.handler.bare_extra(), RouteLabel::Unknown)
+                            .await;
                     }
                 }
             };
@@ -177,33 +156,38 @@ impl Conn {
                 keep_alive: head.keep_alive,
                 head: head.method == Method::Head,
             };
-            let (refusal, rate) = self.precheck(ctx, &head, now);
-            let origin = head.origin.as_deref().filter(|o| ctx.cors.allows(o));
-            let extra = Extra {
-                fixed: ctx.fixed_headers,
-                cors_origin: origin,
-                vary_origin: ctx.cors.enabled(),
-                rate,
-            };
-            if let (Some(resp), true) = (&refusal, head.expect_continue && head.body != BodyFraming::Empty) {
+            let route = ctx.handler.route(head.target_in(&self.rbuf[self.start..]));
+            let label = Handler::label(&route);
+            let check = ctx.handler.precheck(&head, &route, self.peer, now);
+            let extra = check.extra;
+            if let (Some(resp), true) =
+                (&check.refusal, head.expect_continue && head.body != BodyFraming::Empty)
+            {
                 // The client is waiting for our word before sending the body:
                 // answer now and never read it (RFC 9110 §10.1.1).
-                return self.close_with(ctx, resp.clone(), to, extra, route_label(&head.route)).await;
+                return self.close_with(ctx, resp.clone(), to, extra, label).await;
             }
             // Held until the answer is decided: the body is in memory until then.
-            let (body, _grant) = match self.read_body(ctx, &head, deadline).await? {
+            let (body, head_at, _grant) = match self.read_body(ctx, &head, deadline).await? {
                 Ok(read) => read,
-                Err(resp) => return self.close_with(ctx, resp, to, extra, route_label(&head.route)).await,
+                Err(resp) => return self.close_with(ctx, resp, to, extra, label).await,
             };
-            let mut resp = match refusal {
+            let mut resp = match check.refusal {
                 Some(resp) => resp,
-                None => self.dispatch(ctx, &mut head.route, &body).await,
+                None => {
+                    let headers = head.headers.of(&self.rbuf[head_at..head_at + head.head_len]);
+                    let bytes = match &body {
+                        Body::Buffered(range) => &self.rbuf[range.clone()],
+                        Body::Owned(v) => &v[..],
+                    };
+                    ctx.handler.respond(route, headers, bytes).await
+                }
             };
             if ctx.shutdown.is_cancelled() {
                 resp = resp.closing();
             }
             resp.encode(to, &extra, &mut self.wbuf);
-            ctx.metrics.record(route_label(&head.route), resp.status(), now.elapsed());
+            ctx.metrics.record(label, resp.status(), now.elapsed());
             if !head.keep_alive || resp.closes() {
                 self.flush(ctx).await?;
                 self.linger_close(LINGER_TIME).await?;
@@ -219,7 +203,8 @@ impl Conn {
     }
 
     /// Reads the body of `head` (whose head starts at `self.start`) and
-    /// consumes the whole request from the buffer. `Err(response)` refuses it.
+    /// consumes the whole request from the buffer; also says where the head's
+    /// bytes now are (reading may move them). `Err(response)` refuses it.
     /// A body beyond [`SMALL_BODY`] comes with its grant on the core's
     /// budget, to be held until the request is answered.
     ///
@@ -230,7 +215,7 @@ impl Conn {
         ctx: &'c CoreContext,
         head: &RequestHead,
         deadline: Instant,
-    ) -> Result<Result<(Body, Option<Grant<'c>>), Response>, End> {
+    ) -> Result<Result<(Body, usize, Option<Grant<'c>>), Response>, End> {
         let off = head.head_len;
         let buffered = self.rbuf.len() - self.start - off;
         let mut grant = match head.body {
@@ -251,17 +236,18 @@ impl Conn {
         }
         match head.body {
             BodyFraming::Empty => {
+                let head_at = self.start;
                 self.start += off;
-                Ok(Ok((Body::Buffered(self.start..self.start), None)))
+                Ok(Ok((Body::Buffered(self.start..self.start), head_at, None)))
             }
             BodyFraming::Length(n) => {
                 self.rbuf.reserve((self.start + off + n).saturating_sub(self.rbuf.len()));
                 while self.rbuf.len() - self.start - off < n {
                     self.fill(ctx, Wait::Until(deadline)).await?;
                 }
-                let body = self.start + off;
+                let (head_at, body) = (self.start, self.start + off);
                 self.start = body + n;
-                Ok(Ok((Body::Buffered(body..body + n), grant)))
+                Ok(Ok((Body::Buffered(body..body + n), head_at, grant)))
             }
             BodyFraming::Chunked => {
                 let mut decoder = ChunkedDecoder::new(ctx.limits.max_body);
@@ -294,8 +280,9 @@ impl Conn {
                     pos = off;
                     self.fill(ctx, Wait::Until(deadline)).await?;
                 }
+                let head_at = self.start;
                 self.start += pos;
-                Ok(Ok((Body::Owned(body), grant)))
+                Ok(Ok((Body::Owned(body), head_at, grant)))
             }
         }
     }
@@ -303,50 +290,8 @@ impl Conn {
     /// The core holds `MAX_BUFFER_BYTES_PER_CORE` of bodies already: refuse
     /// this one unread, as busy (the sender retries), and close.
     fn over_budget(&self, ctx: &CoreContext) -> Response {
-        Response::unavailable("server is busy with large requests, retry later", ctx.retry_after_secs)
+        Response::unavailable("server is busy with large requests, retry later", ctx.handler.retry_after_secs)
             .closing()
-    }
-
-    /// Runs the routes that wait on another thread: the webhook route
-    /// (ingest, enqueue, wait for Redis) and the readiness report.
-    /// The webhook's provider string moves into the job (the route keeps
-    /// its variant, which is all the caller still reads).
-    async fn dispatch(&self, ctx: &CoreContext, route: &mut Route, body: &Body) -> Response {
-        let provider = match route {
-            Route::Webhook { provider } => std::mem::take(provider),
-            Route::Metrics => {
-                let gauges = ctx.health.queue_gauges().await;
-                return Response::prometheus(ctx.all_metrics.render(ctx.enqueuer.backlog() as u64, gauges));
-            }
-            Route::Health => {
-                let report = ctx.health.check().await;
-                let status = if report.healthy { Status::Ok } else { Status::ServiceUnavailable };
-                return Response::json(status, report.json);
-            }
-            _ => unreachable!("precheck answers every other route"),
-        };
-        let bytes = match body {
-            Body::Buffered(range) => &self.rbuf[range.clone()],
-            Body::Owned(v) => &v[..],
-        };
-        // A bug in parsing must cost one request a 500, not the core its
-        // runtime (and every connection on it): the body is attacker-chosen.
-        let ingested = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            ctx.ingestor.borrow_mut().ingest(provider, bytes, now_us())
-        }));
-        let job = match ingested {
-            Ok(Ok(job)) => job,
-            Ok(Err(e)) => return Response::error(Status::BadRequest, Message::Many(e.messages())),
-            Err(_) => {
-                tracing::error!(body_len = bytes.len(), "ingest panicked; answered 500");
-                ctx.ingestor.borrow_mut().reset();
-                return Response::error(Status::InternalServerError, Message::One("internal error".into()));
-            }
-        };
-        match ctx.enqueuer.enqueue(job).await {
-            Ok(id) => Response::accepted(id),
-            Err(e) => Response::unavailable(unavailable_message(&e), ctx.retry_after_secs),
-        }
     }
 
     /// Reads more bytes; ends the connection on EOF, timeout, or (while idle)
@@ -386,7 +331,9 @@ impl Conn {
                             Message::One("request not received in time".into()),
                         );
                         let to = ReplyTo::default();
-                        let _ = self.close_with(ctx, resp, to, ctx.bare_extra(), RouteLabel::Unknown).await;
+                        let _ = self
+                            .close_with(ctx, resp, to, ctx.handler.bare_extra(), RouteLabel::Unknown)
+                            .await;
                         return Err(End::Quiet);
                     }
                 }
@@ -474,76 +421,6 @@ enum Body {
     Owned(Vec<u8>),
 }
 
-impl Conn {
-    /// Refusals decided by the head alone, in this order: route, method
-    /// (`OPTIONS` answers a preflight), provider, rate limit, content type.
-    /// Also returns the rate-limit state to report.
-    fn precheck(
-        &self,
-        ctx: &CoreContext,
-        head: &RequestHead,
-        now: Instant,
-    ) -> (Option<Response>, Option<RateHeaders>) {
-        let refusal = match &head.route {
-            Route::NotFound => {
-                Response::error(Status::NotFound, Message::One("Cannot find the requested route".into()))
-            }
-            Route::Live if matches!(head.method, Method::Get | Method::Head) => Response::live(),
-            Route::Health | Route::Metrics if matches!(head.method, Method::Get | Method::Head) => {
-                return (None, None)
-            }
-            Route::Live | Route::Health | Route::Metrics => {
-                Response::error(Status::MethodNotAllowed, Message::One("only GET is allowed".into()))
-                    .with_allow("GET, HEAD")
-            }
-            Route::BadProvider | Route::Webhook { .. } if head.method == Method::Options => {
-                let granted = head.origin.as_deref().is_some_and(|o| ctx.cors.allows(o));
-                Response::preflight(granted)
-            }
-            Route::BadProvider | Route::Webhook { .. } if head.method != Method::Post => Response::error(
-                Status::MethodNotAllowed,
-                Message::One("only POST is allowed on /webhooks/:provider".into()),
-            )
-            .with_allow(WEBHOOK_ALLOW),
-            Route::BadProvider => bad_request("provider must match ^[a-z0-9_-]{1,64}$"),
-            Route::Webhook { .. } => {
-                let mut limiter = ctx.limiter.borrow_mut();
-                let rate = if limiter.enabled() {
-                    let ip = ctx.proxies.client(self.peer, head.forwarded_for.as_deref());
-                    let d = limiter.check(ip, now);
-                    let headers =
-                        RateHeaders { limit: d.limit, remaining: d.remaining, reset_secs: d.reset_secs };
-                    if !d.allowed {
-                        let retry = u32::try_from(d.reset_secs).unwrap_or(u32::MAX);
-                        return (Some(Response::rate_limited(retry)), Some(headers));
-                    }
-                    Some(headers)
-                } else {
-                    None
-                };
-                if head.content_type != ContentType::Json {
-                    let resp = Response::error(
-                        Status::UnsupportedMediaType,
-                        Message::One("Content-Type must be application/json".into()),
-                    );
-                    return (Some(resp), rate);
-                }
-                return (None, rate);
-            }
-        };
-        (Some(refusal), None)
-    }
-}
-
-fn route_label(route: &Route) -> RouteLabel {
-    match route {
-        Route::Webhook { .. } | Route::BadProvider => RouteLabel::Webhook,
-        Route::Health => RouteLabel::Health,
-        Route::Live => RouteLabel::Live,
-        Route::Metrics | Route::NotFound => RouteLabel::Unknown,
-    }
-}
-
 fn head_error_response(e: &HeadError) -> Response {
     match e {
         HeadError::Malformed(_) | HeadError::Framing(_) => bad_request(&e.to_string()),
@@ -558,27 +435,7 @@ fn head_error_response(e: &HeadError) -> Response {
     }
 }
 
-fn bad_request(message: &str) -> Response {
-    Response::error(Status::BadRequest, Message::Many(vec![message.to_owned()]))
-}
-
 fn too_large(limit: usize) -> Response {
     Response::error(Status::PayloadTooLarge, Message::One(format!("request body larger than {limit} bytes")))
         .closing()
-}
-
-fn unavailable_message(e: &EnqueueError) -> &'static str {
-    match e {
-        EnqueueError::Saturated => "queue is saturated, retry later",
-        EnqueueError::Unavailable(_) => "queue is unavailable, retry later",
-        EnqueueError::TimedOut => "queue did not answer in time, retry later",
-        EnqueueError::QueueFull => "queue is full, retry later",
-        EnqueueError::MemoryFull => "queue is full (redis memory), retry later",
-        EnqueueError::Closed => "server is shutting down, retry later",
-    }
-}
-
-/// Microseconds since the Unix epoch, from the system clock.
-fn now_us() -> i64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
 }

@@ -24,6 +24,7 @@ pub mod budget;
 pub mod chunked;
 mod conn;
 pub mod cors;
+mod handler;
 pub mod proxy;
 pub mod ratelimit;
 pub mod request;

@@ -1,7 +1,7 @@
 //! Request-head parsing: bytes → [`RequestHead`], pure and allocation-light,
 //! so it can be unit-tested and fuzzed without a socket.
 //!
-//! Only what the gateway acts on is kept (method, route, framing, content
+//! Only what the gateway acts on is kept (method, target, framing, content
 //! type, connection handling). Framing is strict, because a lenient server
 //! behind a proxy is how request smuggling happens: `Content-Length` together
 //! with `Transfer-Encoding`, two `Content-Length`s, a non-decimal length, or
@@ -9,8 +9,6 @@
 //! is closed.
 
 use thiserror::Error;
-
-use super::router::{route, Route};
 
 /// Most headers one request may carry; more is answered 431.
 pub const MAX_HEADERS: usize = 64;
@@ -52,13 +50,80 @@ pub enum ContentType {
     Other,
 }
 
+/// Where each header's name and value lie in the head's bytes, so the
+/// handler (a sender's signature check) can read any header later without
+/// the parser keeping copies. Offsets are from the start of the head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderSpans {
+    spans: [(u32, u32, u32, u32); MAX_HEADERS],
+    len: usize,
+}
+
+impl Default for HeaderSpans {
+    fn default() -> Self {
+        Self { spans: [(0, 0, 0, 0); MAX_HEADERS], len: 0 }
+    }
+}
+
+impl HeaderSpans {
+    fn push(&mut self, head: &[u8], name: &[u8], value: &[u8]) {
+        let at = |part: &[u8]| (part.as_ptr() as usize - head.as_ptr() as usize) as u32;
+        self.spans[self.len] = (at(name), name.len() as u32, at(value), value.len() as u32);
+        self.len += 1;
+    }
+
+    /// The headers of the head `bytes` these spans were made from.
+    pub fn of<'a>(&'a self, bytes: &'a [u8]) -> Headers<'a> {
+        Headers { spans: &self.spans[..self.len], bytes }
+    }
+}
+
+/// A request's headers, read from its head bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct Headers<'a> {
+    spans: &'a [(u32, u32, u32, u32)],
+    bytes: &'a [u8],
+}
+
+impl<'a> Headers<'a> {
+    /// `(name, value)` of every header, in order (values trimmed).
+    pub fn iter(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + '_ {
+        let b = self.bytes;
+        self.spans.iter().map(move |&(n, nl, v, vl)| {
+            (&b[n as usize..(n + nl) as usize], trim(&b[v as usize..(v + vl) as usize]))
+        })
+    }
+
+    /// The first header called `name` (any letter case), trimmed.
+    pub fn get(&self, name: &str) -> Option<&'a [u8]> {
+        self.iter().find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes())).map(|(_, v)| v)
+    }
+
+    /// The same, as text (`None` if absent or not UTF-8).
+    pub fn text(&self, name: &str) -> Option<&'a str> {
+        self.get(name).and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// Headers built from raw text, for tests and benches: `"Name: value\r\n…"`.
+    pub fn parse_block(block: &'a [u8], spans: &'a mut HeaderSpans) -> Self {
+        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        if let Ok(httparse::Status::Complete((_, parsed))) = httparse::parse_headers(block, &mut slots) {
+            for h in parsed {
+                spans.push(block, h.name.as_bytes(), h.value);
+            }
+        }
+        spans.of(block)
+    }
+}
+
 /// A parsed request head.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestHead {
     /// The method.
     pub method: Method,
-    /// Where the path leads (query string ignored).
-    pub route: Route,
+    /// Where the request target lies in the head's bytes (routing needs the
+    /// sources, so it happens after parsing: [`RequestHead::target`]).
+    pub target: (u32, u32),
     /// Body framing, already checked against the body limit.
     pub body: BodyFraming,
     /// `Expect: 100-continue` was sent.
@@ -76,6 +141,17 @@ pub struct RequestHead {
     /// Every `X-Forwarded-For` value, comma-joined in order (allocated only
     /// when present; read only when the peer is a trusted proxy).
     pub forwarded_for: Option<String>,
+    /// Every header, by position in the head's bytes.
+    pub headers: HeaderSpans,
+}
+
+impl RequestHead {
+    /// The request target (path and query) in `head`, the bytes it was parsed from.
+    pub fn target_in<'a>(&self, head: &'a [u8]) -> &'a str {
+        let (at, len) = (self.target.0 as usize, self.target.1 as usize);
+        // httparse only accepts visible ASCII in a target.
+        std::str::from_utf8(&head[at..at + len]).unwrap_or_default()
+    }
 }
 
 /// Why a head is refused. Every variant closes the connection after its answer.
@@ -142,7 +218,8 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<RequestHead>, He
         "OPTIONS" => Method::Options,
         _ => Method::Other,
     };
-    let route = route(req.path.unwrap_or_default());
+    let path = req.path.unwrap_or_default();
+    let target = ((path.as_ptr() as usize - buf.as_ptr() as usize) as u32, path.len() as u32);
 
     let mut content_length: Option<usize> = None;
     let mut chunked = false;
@@ -152,7 +229,9 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<RequestHead>, He
     let mut content_type = ContentType::Missing;
     let mut origin = None;
     let mut forwarded_for = None;
+    let mut headers = HeaderSpans::default();
     for h in req.headers.iter() {
+        headers.push(buf, h.name.as_bytes(), h.value);
         let name = h.name;
         if name.eq_ignore_ascii_case("content-length") {
             if content_length.is_some() {
@@ -206,7 +285,7 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<RequestHead>, He
     let keep_alive = if http10 { conn_keep_alive && !conn_close } else { !conn_close };
     Ok(Some(RequestHead {
         method,
-        route,
+        target,
         body,
         expect_continue,
         keep_alive,
@@ -215,6 +294,7 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<RequestHead>, He
         head_len,
         origin,
         forwarded_for,
+        headers,
     }))
 }
 
@@ -258,11 +338,10 @@ mod tests {
 
     #[test]
     fn a_webhook_post_is_understood() {
-        let h = parse("POST /webhooks/stripe?x=1 HTTP/1.1\r\nHost: a\r\ncontent-type: Application/JSON; charset=utf-8\r\nContent-Length: 12\r\n\r\n{...")
-            .unwrap()
-            .unwrap();
+        let raw = "POST /webhooks/stripe?x=1 HTTP/1.1\r\nHost: a\r\ncontent-type: Application/JSON; charset=utf-8\r\nContent-Length: 12\r\n\r\n{...";
+        let h = parse(raw).unwrap().unwrap();
         assert_eq!(h.method, Method::Post);
-        assert_eq!(h.route, Route::Webhook { provider: "stripe".into() });
+        assert_eq!(h.target_in(raw.as_bytes()), "/webhooks/stripe?x=1");
         assert_eq!(h.body, BodyFraming::Length(12));
         assert_eq!(h.content_type, ContentType::Json);
         assert!(h.keep_alive && !h.http10 && !h.expect_continue);
@@ -277,6 +356,17 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(h.forwarded_for.as_deref(), Some("1.1.1.1, 2.2.2.2, 3.3.3.3"));
+    }
+
+    #[test]
+    fn every_header_can_be_read_back_from_the_head_bytes() {
+        let raw = "POST /webhooks/s HTTP/1.1\r\nStripe-Signature:  t=1,v1=ab \r\nX-A: 1\r\nx-a: 2\r\n\r\n";
+        let h = parse(raw).unwrap().unwrap();
+        let headers = h.headers.of(raw.as_bytes());
+        assert_eq!(headers.text("stripe-signature"), Some("t=1,v1=ab"));
+        assert_eq!(headers.get("X-A"), Some(&b"1"[..]), "the first of two");
+        assert_eq!(headers.iter().count(), 3);
+        assert_eq!(headers.get("missing"), None);
     }
 
     #[test]

@@ -21,6 +21,8 @@ pub enum Status {
     NoContent,
     /// 400: malformed request or invalid body.
     BadRequest,
+    /// 401: a source's signature is missing, wrong, or its timestamp stale.
+    Unauthorized,
     /// 404: unknown path.
     NotFound,
     /// 405: known path, other method.
@@ -47,11 +49,12 @@ pub enum Status {
 
 impl Status {
     /// Every status, in the order of [`Status::index`].
-    pub const ALL: [Status; 15] = [
+    pub const ALL: [Status; 16] = [
         Status::Ok,
         Status::Accepted,
         Status::NoContent,
         Status::BadRequest,
+        Status::Unauthorized,
         Status::NotFound,
         Status::MethodNotAllowed,
         Status::RequestTimeout,
@@ -78,6 +81,7 @@ impl Status {
             Self::Accepted => 202,
             Self::NoContent => 204,
             Self::BadRequest => 400,
+            Self::Unauthorized => 401,
             Self::NotFound => 404,
             Self::MethodNotAllowed => 405,
             Self::RequestTimeout => 408,
@@ -99,6 +103,7 @@ impl Status {
             Self::Accepted => "Accepted",
             Self::NoContent => "No Content",
             Self::BadRequest => "Bad Request",
+            Self::Unauthorized => "Unauthorized",
             Self::NotFound => "Not Found",
             Self::MethodNotAllowed => "Method Not Allowed",
             Self::RequestTimeout => "Request Timeout",

@@ -1,14 +1,21 @@
-//! Path → [`Route`]. The gateway has one real route; everything else is
-//! answered by the caller as 404 (unknown path) or 405 (known path, other
+//! Path → [`Route`]. `/webhooks/:provider` leads to the provider's source
+//! (every valid provider without a `SOURCES_FILE`, only the listed ones with
+//! it); `/health`, `/health/live` and `/metrics` are the operations routes;
+//! everything else is answered 404 (unknown path) or 405 (known path, other
 //! method).
+
+use crate::ingest::sources::Sources;
 
 /// Where a request path leads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
-    /// `/webhooks/:provider` with a provider matching `[a-z0-9_-]{1,64}`.
+    /// `/webhooks/:provider` with a provider matching `[a-z0-9_-]{1,64}`
+    /// that has a source.
     Webhook {
         /// The provider segment.
         provider: String,
+        /// Its source's index in the [`Sources`].
+        source: usize,
     },
     /// `/webhooks/:segment` where the segment is not a valid provider name.
     BadProvider,
@@ -28,8 +35,13 @@ pub const MAX_PROVIDER_LEN: usize = 64;
 /// Methods the webhook route answers, for the `Allow` header of a 405.
 pub const WEBHOOK_ALLOW: &str = "POST";
 
+/// Whether `name` is a valid provider segment: `[a-z0-9_-]{1,64}`.
+pub fn is_provider(name: &str) -> bool {
+    !name.is_empty() && name.len() <= MAX_PROVIDER_LEN && name.bytes().all(is_provider_byte)
+}
+
 /// Matches a request target (query string and fragment ignored).
-pub fn route(target: &str) -> Route {
+pub fn route(target: &str, sources: &Sources) -> Route {
     let path = target.split(['?', '#']).next().unwrap_or_default();
     match path {
         "/health" | "/health/" => return Route::Health,
@@ -42,10 +54,12 @@ pub fn route(target: &str) -> Route {
     if provider.is_empty() || provider.contains('/') {
         return Route::NotFound;
     }
-    if provider.len() <= MAX_PROVIDER_LEN && provider.bytes().all(is_provider_byte) {
-        Route::Webhook { provider: provider.to_owned() }
-    } else {
-        Route::BadProvider
+    if !is_provider(provider) {
+        return Route::BadProvider;
+    }
+    match sources.lookup(provider) {
+        Some(source) => Route::Webhook { provider: provider.to_owned(), source: source.index },
+        None => Route::NotFound,
     }
 }
 
@@ -58,7 +72,23 @@ mod tests {
     use super::*;
 
     fn webhook(p: &str) -> Route {
-        Route::Webhook { provider: p.into() }
+        Route::Webhook { provider: p.into(), source: 0 }
+    }
+
+    fn route(target: &str) -> Route {
+        super::route(target, &Sources::default())
+    }
+
+    #[test]
+    fn only_the_listed_routes_exist_with_a_sources_file() {
+        let file = "[[source]]\nroute = \"stripe\"\nkind = \"stripe\"\nsecrets = [\"x\"]\n[[source]]\nroute = \"gh\"\nkind = \"github\"\nsecrets = [\"y\"]";
+        let sources = Sources::parse(file, &|_| None).unwrap();
+        assert_eq!(
+            super::route("/webhooks/gh", &sources),
+            Route::Webhook { provider: "gh".into(), source: 1 }
+        );
+        assert_eq!(super::route("/webhooks/other", &sources), Route::NotFound);
+        assert_eq!(super::route("/webhooks/Bad!", &sources), Route::BadProvider);
     }
 
     #[test]

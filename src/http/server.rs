@@ -19,6 +19,7 @@ use tracing::{info, warn};
 use super::budget::{BufferBudget, ConnectionsPerClient};
 use super::conn::{refuse, serve, CoreContext};
 use super::cors::Cors;
+use super::handler::Handler;
 use super::proxy::TrustedProxies;
 use super::ratelimit::RateLimiter;
 use super::request::Limits;
@@ -103,6 +104,8 @@ pub struct CoreSettings {
     pub cores: usize,
     /// `TRUST_PROXY`: the proxies whose `X-Forwarded-For` names the client.
     pub trusted_proxies: TrustedProxies,
+    /// `SOURCES_FILE`: who may post to which route (the envelope everywhere without it).
+    pub sources: std::sync::Arc<crate::ingest::sources::Sources>,
 }
 
 /// Runs one core until shutdown has drained it. Reports the driver in use
@@ -129,14 +132,12 @@ async fn accept_loop(spec: CoreSpec) -> std::io::Result<()> {
     // Adopted inside the runtime: monoio registers sockets with the current driver.
     let listener = TcpListener::from_std(spec.listener)?;
     let settings = spec.settings;
-    let ctx = Rc::new(CoreContext {
-        limits: settings.limits,
-        request_timeout: settings.request_timeout,
-        keepalive_timeout: settings.keepalive_timeout,
+    let metrics = spec.metrics.core(spec.index);
+    let handler = Handler {
         retry_after_secs: settings.retry_after_secs,
         enqueuer: spec.enqueuer,
         ingestor: RefCell::new(Ingestor::new(settings.json_parser).with_max_depth(settings.max_json_depth)),
-        shutdown: spec.shutdown.clone(),
+        sources: settings.sources.clone(),
         fixed_headers: if settings.security_headers { HELMET_HEADERS } else { b"" },
         cors: settings.cors.clone(),
         limiter: RefCell::new(RateLimiter::new(
@@ -145,10 +146,18 @@ async fn accept_loop(spec: CoreSpec) -> std::io::Result<()> {
             settings.cores,
         )),
         proxies: settings.trusted_proxies.clone(),
-        buffers: BufferBudget::new(settings.max_buffer_bytes),
         health: spec.health,
-        metrics: spec.metrics.core(spec.index),
+        metrics: metrics.clone(),
         all_metrics: spec.metrics.clone(),
+    };
+    let ctx = Rc::new(CoreContext {
+        limits: settings.limits,
+        request_timeout: settings.request_timeout,
+        keepalive_timeout: settings.keepalive_timeout,
+        shutdown: spec.shutdown.clone(),
+        buffers: BufferBudget::new(settings.max_buffer_bytes),
+        handler,
+        metrics,
     });
     let open = Rc::new(Cell::new(0usize));
     let per_client = Rc::new(ConnectionsPerClient::new(settings.max_connections_per_ip));
@@ -166,7 +175,7 @@ async fn accept_loop(spec: CoreSpec) -> std::io::Result<()> {
                 accept_backoff = Duration::from_millis(5);
                 let peer = peer.ip();
                 // A trusted proxy carries many clients: it is not one of them.
-                let counted = !ctx.proxies.contains(peer);
+                let counted = !ctx.handler.proxies.contains(peer);
                 // Over a bound: refuse rather than let one core, or one client, drown.
                 let refusal = if open.get() >= settings.max_connections {
                     Some("too many connections, retry later")

@@ -12,7 +12,8 @@
 
 pub mod envelope;
 mod jsonb;
-mod validate;
+pub mod sources;
+pub(crate) mod validate;
 
 use thiserror::Error;
 
@@ -104,13 +105,26 @@ impl Ingestor {
         received_at_us: i64,
     ) -> Result<WebhookJob, IngestError> {
         let provider = provider.into();
-        if let Some(message) = jsonb::unstorable_escape(body) {
-            return Err(IngestError::Invalid(vec![message.to_string()]));
-        }
-        if let Some(message) = jsonb::too_deep(body, self.max_depth) {
-            return Err(IngestError::Invalid(vec![message]));
-        }
-        let (event_id, event_timestamp_us) = match self.parser {
+        let (event_id, event_timestamp_us) = self.envelope(&provider, body)?;
+        Ok(WebhookJob {
+            provider,
+            event_id,
+            event_type: String::new(),
+            event_timestamp_us,
+            received_at_us,
+            verified_by: None,
+            payload: body.to_vec(),
+        })
+    }
+
+    /// The seed's envelope in `body`, posted to `/webhooks/{provider}`:
+    /// its `eventId` and `timestamp` (µs), once the body is known storable.
+    ///
+    /// # Errors
+    /// As [`Ingestor::ingest`].
+    pub fn envelope(&mut self, provider: &str, body: &[u8]) -> Result<(String, i64), IngestError> {
+        self.before_parse(body)?;
+        let identity = match self.parser {
             JsonParser::Serde => {
                 // serde_json does not check UTF-8 inside values it skips, and
                 // the stored payload must be valid UTF-8 for jsonb: check it all.
@@ -118,7 +132,7 @@ impl Ingestor {
                     .map_err(|e| IngestError::Json(format!("invalid UTF-8 at byte {}", e.valid_up_to())))?;
                 let env: Envelope<'_> =
                     serde_json::from_str(text).map_err(|e| IngestError::Json(e.to_string()))?;
-                extract(&provider, &env)?
+                extract(provider, &env)?
             }
             JsonParser::Simd => {
                 // simd-json unescapes in place; the job must keep the original bytes.
@@ -127,15 +141,48 @@ impl Ingestor {
                 let env: Envelope<'_> =
                     simd_json::serde::from_slice_with_buffers(&mut self.scratch, &mut self.buffers)
                         .map_err(|e| IngestError::Json(e.to_string()))?;
-                extract(&provider, &env)?
+                extract(provider, &env)?
             }
         };
-        // After the parse: the check assumes well-formed JSON, and a
-        // malformed body should be told so first.
-        if let Some(message) = jsonb::unstorable_number(body) {
+        Self::after_parse(body)?;
+        Ok(identity)
+    }
+
+    /// A sender's own body format: `body` parsed into `T` (with serde_json,
+    /// borrowing from the body), once it is known to be JSON that `jsonb`
+    /// stores: UTF-8 throughout, no escape or nesting it refuses, no number
+    /// beyond `numeric`.
+    ///
+    /// # Errors
+    /// [`IngestError::Json`] for a body that is not JSON of that shape,
+    /// [`IngestError::Invalid`] for one `jsonb` cannot store.
+    pub fn parse_storable<'b, T: serde::Deserialize<'b>>(&self, body: &'b [u8]) -> Result<T, IngestError> {
+        self.before_parse(body)?;
+        let text = std::str::from_utf8(body)
+            .map_err(|e| IngestError::Json(format!("invalid UTF-8 at byte {}", e.valid_up_to())))?;
+        let parsed = serde_json::from_str(text).map_err(|e| IngestError::Json(e.to_string()))?;
+        Self::after_parse(body)?;
+        Ok(parsed)
+    }
+
+    /// What `jsonb` refuses that is best told before a parse.
+    fn before_parse(&self, body: &[u8]) -> Result<(), IngestError> {
+        if let Some(message) = jsonb::unstorable_escape(body) {
             return Err(IngestError::Invalid(vec![message.to_string()]));
         }
-        Ok(WebhookJob { provider, event_id, event_timestamp_us, received_at_us, payload: body.to_vec() })
+        if let Some(message) = jsonb::too_deep(body, self.max_depth) {
+            return Err(IngestError::Invalid(vec![message]));
+        }
+        Ok(())
+    }
+
+    /// After the parse: the number check assumes well-formed JSON, and a
+    /// malformed body should be told so first.
+    fn after_parse(body: &[u8]) -> Result<(), IngestError> {
+        match jsonb::unstorable_number(body) {
+            Some(message) => Err(IngestError::Invalid(vec![message.to_string()])),
+            None => Ok(()),
+        }
     }
 }
 

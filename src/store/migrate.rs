@@ -10,7 +10,10 @@ use tracing::info;
 use super::StoreError;
 
 /// `(version, name, sql)`, in order. Add new files here, never edit old ones.
-pub const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "0001_init.sql", include_str!("../../sql/0001_init.sql"))];
+pub const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "0001_init.sql", include_str!("../../sql/0001_init.sql")),
+    (2, "0002_sources.sql", include_str!("../../sql/0002_sources.sql")),
+];
 
 /// Arbitrary constant for `pg_advisory_xact_lock`, shared by every instance.
 const MIGRATION_LOCK: i64 = 0x7765_6268_6f6f_6b31; // "webhook1"

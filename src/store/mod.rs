@@ -200,8 +200,8 @@ pub fn probe(client: &mut postgres::Client) -> Result<(), StoreError> {
 }
 
 /// Columns of the staging table, in COPY order.
-pub const STAGING_TYPES: [Type; 5] =
-    [Type::TEXT, Type::TEXT, Type::TIMESTAMPTZ, Type::TIMESTAMPTZ, Type::JSONB];
+pub const STAGING_TYPES: [Type; 7] =
+    [Type::TEXT, Type::TEXT, Type::TEXT, Type::TEXT, Type::TIMESTAMPTZ, Type::TIMESTAMPTZ, Type::JSONB];
 
 /// Writes `jobs` in one transaction (see the module docs).
 ///
@@ -211,14 +211,17 @@ pub fn write_batch(client: &mut postgres::Client, jobs: &[&WebhookJob]) -> Resul
     let mut tx = client.transaction()?;
     // Per session; ON COMMIT DELETE ROWS empties it at every commit. The
     // "already exists" NOTICE would be a log line per batch: silence it.
+    // Named for its columns: a session never meets an older layout.
     tx.batch_execute(
         "SET LOCAL client_min_messages = warning;
-         CREATE TEMP TABLE IF NOT EXISTS webhook_staging (
-             provider text, event_id text, event_timestamp timestamptz, received_at timestamptz, payload jsonb
+         CREATE TEMP TABLE IF NOT EXISTS webhook_staging_v2 (
+             provider text, event_id text, event_type text, verified_by text,
+             event_timestamp timestamptz, received_at timestamptz, payload jsonb
          ) ON COMMIT DELETE ROWS",
     )?;
     let sink = tx.copy_in(
-        "COPY webhook_staging (provider, event_id, event_timestamp, received_at, payload) FROM STDIN (FORMAT binary)",
+        "COPY webhook_staging_v2 (provider, event_id, event_type, verified_by, event_timestamp, received_at, payload)
+         FROM STDIN (FORMAT binary)",
     )?;
     let mut writer = BinaryCopyInWriter::new(sink, &STAGING_TYPES);
     for job in jobs {
@@ -226,8 +229,8 @@ pub fn write_batch(client: &mut postgres::Client, jobs: &[&WebhookJob]) -> Resul
     }
     writer.finish()?;
     let inserted = tx.execute(
-        "INSERT INTO webhook_events (provider, event_id, event_timestamp, received_at, payload)
-         SELECT provider, event_id, event_timestamp, received_at, payload FROM webhook_staging
+        "INSERT INTO webhook_events (provider, event_id, event_type, verified_by, event_timestamp, received_at, payload)
+         SELECT provider, event_id, event_type, verified_by, event_timestamp, received_at, payload FROM webhook_staging_v2
          ON CONFLICT (provider, event_id) DO NOTHING",
         &[],
     )?;
@@ -239,6 +242,8 @@ pub fn write_batch(client: &mut postgres::Client, jobs: &[&WebhookJob]) -> Resul
 pub struct CopyRow<'a> {
     provider: &'a str,
     event_id: &'a str,
+    event_type: &'a str,
+    verified_by: Option<&'a str>,
     event_timestamp: Timestamptz,
     received_at: Timestamptz,
     payload: RawJsonb<'a>,
@@ -250,6 +255,8 @@ impl<'a> CopyRow<'a> {
         Self {
             provider: &job.provider,
             event_id: &job.event_id,
+            event_type: &job.event_type,
+            verified_by: job.verified_by.as_deref(),
             event_timestamp: Timestamptz(job.event_timestamp_us),
             received_at: Timestamptz(job.received_at_us),
             payload: RawJsonb(&job.payload),
@@ -257,8 +264,16 @@ impl<'a> CopyRow<'a> {
     }
 
     /// The values, for `BinaryCopyInWriter::write`.
-    pub fn params(&self) -> [&(dyn ToSql + Sync); 5] {
-        [&self.provider, &self.event_id, &self.event_timestamp, &self.received_at, &self.payload]
+    pub fn params(&self) -> [&(dyn ToSql + Sync); 7] {
+        [
+            &self.provider,
+            &self.event_id,
+            &self.event_type,
+            &self.verified_by,
+            &self.event_timestamp,
+            &self.received_at,
+            &self.payload,
+        ]
     }
 }
 

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::http::response::Status;
+use crate::ingest::sources::REJECTION_REASONS;
 
 /// Route labels of `webhook_http_requests_total`.
 pub const ROUTES: [&str; 4] = ["webhook", "health", "health_live", "unknown"];
@@ -112,20 +113,64 @@ fn render_gauge(out: &mut String, name: &str, help: &str, value: u64) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
 }
 
+/// What became of one request to a source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceOutcome {
+    /// A 202: the job is in Redis.
+    Accepted,
+    /// A challenge answered and not stored (Slack's `url_verification`, GitHub's `ping`).
+    Answered,
+    /// Refused, for this reason (one of [`REJECTION_REASONS`]).
+    Rejected(&'static str),
+}
+
+/// One source's counters on one core.
+struct SourceCounters {
+    accepted: AtomicU64,
+    answered: AtomicU64,
+    rejected: [AtomicU64; REJECTION_REASONS.len()],
+}
+
+impl SourceCounters {
+    fn new() -> Self {
+        Self {
+            accepted: AtomicU64::new(0),
+            answered: AtomicU64::new(0),
+            rejected: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
 /// One core's HTTP counters. Only that core writes them.
 #[repr(align(128))]
 pub struct CoreMetrics {
     requests: [[AtomicU64; Status::ALL.len()]; ROUTES.len()],
     latency: Histogram<{ LATENCY_BUCKETS.len() }>,
     rate_limited: AtomicU64,
+    sources: Vec<SourceCounters>,
 }
 
 impl CoreMetrics {
-    fn new() -> Self {
+    fn new(sources: usize) -> Self {
         Self {
             requests: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
             latency: Histogram::new(),
             rate_limited: AtomicU64::new(0),
+            sources: (0..sources).map(|_| SourceCounters::new()).collect(),
+        }
+    }
+
+    /// Counts one request to source `index` (call only from the owning core).
+    pub fn record_source(&self, index: usize, outcome: SourceOutcome) {
+        let Some(c) = self.sources.get(index) else { return };
+        match outcome {
+            SourceOutcome::Accepted => bump(&c.accepted, 1),
+            SourceOutcome::Answered => bump(&c.answered, 1),
+            SourceOutcome::Rejected(reason) => {
+                if let Some(i) = REJECTION_REASONS.iter().position(|r| *r == reason) {
+                    bump(&c.rejected[i], 1);
+                }
+            }
         }
     }
 
@@ -225,6 +270,8 @@ pub struct QueueGauges {
 /// Every metric of the process.
 pub struct Metrics {
     cores: Vec<Arc<CoreMetrics>>,
+    /// The `source` label of each source, by index.
+    source_names: Vec<String>,
     /// The pipeline thread's.
     pub pipeline: PipelineMetrics,
     /// The workers'.
@@ -238,10 +285,17 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
-    /// Metrics for `cores` runtimes.
+    /// Metrics for `cores` runtimes and no per-source counters.
     pub fn new(cores: usize) -> Arc<Self> {
+        Self::with_sources(cores, Vec::new())
+    }
+
+    /// Metrics for `cores` runtimes and the sources named `source_names`.
+    pub fn with_sources(cores: usize, source_names: Vec<String>) -> Arc<Self> {
+        let n = source_names.len();
         Arc::new(Self {
-            cores: (0..cores).map(|_| Arc::new(CoreMetrics::new())).collect(),
+            cores: (0..cores).map(|_| Arc::new(CoreMetrics::new(n))).collect(),
+            source_names,
             pipeline: PipelineMetrics {
                 batch_size: Histogram::new(),
                 batch_seconds: Histogram::new(),
@@ -261,6 +315,42 @@ impl Metrics {
                 keys_not_set: AtomicU64::new(0),
             },
         })
+    }
+
+    fn render_sources(&self, out: &mut String) {
+        if self.source_names.is_empty() {
+            return;
+        }
+        let sum = |f: &dyn Fn(&SourceCounters) -> u64, i: usize| -> u64 {
+            self.cores.iter().map(|c| c.sources.get(i).map_or(0, f)).sum()
+        };
+        type Read = fn(&SourceCounters) -> u64;
+        let families: [(&str, &str, Read); 2] = [
+            (
+                "webhook_source_accepted_total",
+                "Events a source's sender delivered that Redis acknowledged (202).",
+                |c| c.accepted.load(Relaxed),
+            ),
+            (
+                "webhook_source_challenges_total",
+                "Challenges answered and not stored (Slack url_verification, GitHub ping).",
+                |c| c.answered.load(Relaxed),
+            ),
+        ];
+        for (name, help, get) in families {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (i, source) in self.source_names.iter().enumerate() {
+                let _ = writeln!(out, "{name}{{source=\"{source}\"}} {}", sum(&get, i));
+            }
+        }
+        let name = "webhook_source_rejected_total";
+        let _ = writeln!(out, "# HELP {name} Requests a source refused, by reason (401 for signatures, 400 for bodies).\n# TYPE {name} counter");
+        for (i, source) in self.source_names.iter().enumerate() {
+            for (r, reason) in REJECTION_REASONS.iter().enumerate() {
+                let n = sum(&|c| c.rejected[r].load(Relaxed), i);
+                let _ = writeln!(out, "{name}{{source=\"{source}\",reason=\"{reason}\"}} {n}");
+            }
+        }
     }
 
     /// Core `index`'s counters (each core must use only its own).
@@ -296,6 +386,7 @@ impl Metrics {
         );
         let limited = self.cores.iter().map(|c| c.rate_limited.load(Relaxed)).sum();
         render_counter(&mut out, "webhook_rate_limited_total", "Requests refused with 429.", limited);
+        self.render_sources(&mut out);
         let p = &self.pipeline;
         render_histogram(
             &mut out,

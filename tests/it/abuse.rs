@@ -42,7 +42,7 @@ fn two_thousand_idle_keep_alive_connections_do_not_stop_a_normal_client() {
 
 #[test]
 fn slowloris_clients_sending_a_byte_a_second_are_cut_off_by_the_request_timeout() {
-    let app = TestApp::spawn_with(|c| c.request_timeout = Duration::from_secs(2));
+    let app = TestApp::spawn_with(|c| c.http.request_timeout = Duration::from_secs(2));
     let head = b"POST /webhooks/stripe HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n";
     let addr = app.addr;
     let started = Instant::now();

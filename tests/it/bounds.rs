@@ -49,8 +49,8 @@ fn idle_keep_alive_connections_give_back_the_buffers_of_their_large_requests() {
 #[test]
 fn bodies_beyond_the_core_budget_get_503_unread_and_the_budget_comes_back() {
     let app = TestApp::spawn_with(|c| {
-        c.cores = CoreSelection::Count(1);
-        c.max_buffer_bytes_per_core = 2 << 20;
+        c.http.cores = CoreSelection::Count(1);
+        c.http.max_buffer_bytes_per_core = 2 << 20;
     });
     let body = |id: &str| padded_event(id, 900_000);
     let head = |b: &str| {
@@ -91,8 +91,8 @@ fn bodies_beyond_the_core_budget_get_503_unread_and_the_budget_comes_back() {
 #[test]
 fn connections_per_client_are_capped_and_trusted_proxies_are_exempt() {
     let app = TestApp::spawn_with(|c| {
-        c.cores = CoreSelection::Count(1);
-        c.max_connections_per_ip = 3;
+        c.http.cores = CoreSelection::Count(1);
+        c.http.max_connections_per_ip = 3;
     });
     let mut held: Vec<Client> = (0..3)
         .map(|i| {
@@ -114,9 +114,9 @@ fn connections_per_client_are_capped_and_trusted_proxies_are_exempt() {
 
     // Behind a proxy every client has the proxy's address: it is exempt.
     let proxied = TestApp::spawn_with(|c| {
-        c.cores = CoreSelection::Count(1);
-        c.max_connections_per_ip = 3;
-        c.trusted_proxies = TrustedProxies::parse("127.0.0.1").unwrap();
+        c.http.cores = CoreSelection::Count(1);
+        c.http.max_connections_per_ip = 3;
+        c.http.trusted_proxies = TrustedProxies::parse("127.0.0.1").unwrap();
     });
     let _many: Vec<Client> = (0..6)
         .map(|i| {

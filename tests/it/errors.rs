@@ -209,7 +209,7 @@ fn non_json_content_types_get_415() {
 
 #[test]
 fn oversized_bodies_get_413_before_they_are_read() {
-    let app = TestApp::spawn_with(|c| c.max_body_bytes = 4096);
+    let app = TestApp::spawn_with(|c| c.http.max_body_bytes = 4096);
 
     // Declared too large: refused from the header, the body is never sent.
     let mut client = app.client();
@@ -235,7 +235,7 @@ fn oversized_bodies_get_413_before_they_are_read() {
 
 #[test]
 fn an_oversized_head_gets_431() {
-    let app = TestApp::spawn_with(|c| c.max_header_bytes = 2048);
+    let app = TestApp::spawn_with(|c| c.http.max_header_bytes = 2048);
     let mut client = app.client();
     let _ = client
         .try_send(format!("POST /webhooks/stripe HTTP/1.1\r\nX-Big: {}\r\n", "a".repeat(4096)).as_bytes());

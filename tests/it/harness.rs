@@ -285,16 +285,14 @@ impl TestApp {
         postgres: Option<PostgresServer>,
         tweak: impl FnOnce(&mut Config),
     ) -> Self {
-        let mut config = Config {
-            host: [127, 0, 0, 1].into(),
-            port: 0,
-            cores: CoreSelection::Count(2),
-            pin_cores: false,
-            redis_url: redis.url(),
-            database_url: postgres.as_ref().map(|pg| pg.url(DB)),
-            worker_block: Duration::from_millis(100),
-            ..Config::default()
-        };
+        let mut config = Config::default();
+        config.http.host = [127, 0, 0, 1].into();
+        config.http.port = 0;
+        config.http.cores = CoreSelection::Count(2);
+        config.http.pin_cores = false;
+        config.queue.redis_url = redis.url();
+        config.store.database_url = postgres.as_ref().map(|pg| pg.url(DB));
+        config.worker.block = Duration::from_millis(100);
         tweak(&mut config);
         let app = app::start(&config, role).expect("app starts");
         let addr = app.local_addr().unwrap_or_else(|| "127.0.0.1:9".parse().unwrap());
@@ -321,7 +319,7 @@ impl TestApp {
     /// Entries delivered to a worker and not yet acknowledged.
     pub fn pending(&self) -> u64 {
         redis::cmd("XPENDING")
-            .arg(&self.config.queue_name)
+            .arg(&self.config.queue.queue_name)
             .arg("ingest")
             .query::<(u64, redis::Value, redis::Value, redis::Value)>(&mut self.redis.con())
             .map(|r| r.0)
@@ -330,7 +328,7 @@ impl TestApp {
 
     pub fn dead_letters(&self) -> usize {
         redis::cmd("XLEN")
-            .arg(format!("{}:dead", self.config.queue_name))
+            .arg(format!("{}:dead", self.config.queue.queue_name))
             .query(&mut self.redis.con())
             .unwrap()
     }
@@ -345,13 +343,13 @@ impl TestApp {
     }
 
     pub fn stream_len(&self) -> usize {
-        redis::cmd("XLEN").arg(&self.config.queue_name).query(&mut self.redis.con()).unwrap()
+        redis::cmd("XLEN").arg(&self.config.queue.queue_name).query(&mut self.redis.con()).unwrap()
     }
 
     /// Every entry of the stream, oldest first: `(id, fields)`.
     pub fn stream_entries(&self) -> Vec<(String, HashMap<String, redis::Value>)> {
         let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-            .arg(&self.config.queue_name)
+            .arg(&self.config.queue.queue_name)
             .arg("-")
             .arg("+")
             .query(&mut self.redis.con())

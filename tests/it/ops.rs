@@ -106,7 +106,7 @@ fn health_goes_503_when_redis_stops_and_200_when_it_returns() {
 
 #[test]
 fn health_checks_memory_and_only_the_dependencies_of_the_role() {
-    let app = TestApp::spawn_with(|c| c.memory_limit_bytes = 1 << 20);
+    let app = TestApp::spawn_with(|c| c.ops.memory_limit_bytes = 1 << 20);
     let (status, doc) = health(&app);
     assert_eq!(status, 503);
     assert_eq!(doc["error"]["memory_rss"]["status"], "down");
@@ -190,7 +190,7 @@ fn metrics_parse_as_prometheus_text_and_count_every_request() {
 
 #[test]
 fn health_shows_dependency_errors_only_when_asked_to() {
-    let mut app = TestApp::spawn_with(|c| c.health_show_errors = true);
+    let mut app = TestApp::spawn_with(|c| c.ops.health_show_errors = true);
     app.redis.kill();
     let (_, doc) = health_becomes(&app, 503, Duration::from_secs(5));
     let message = doc["error"]["redis"]["message"].as_str().unwrap();

@@ -23,7 +23,7 @@ fn post_until_status(app: &TestApp, status: u16, within: Duration) -> Duration {
 
 #[test]
 fn redis_down_gives_503_with_retry_after_and_recovers_without_a_restart() {
-    let mut app = TestApp::spawn_with(|c| c.enqueue_timeout = ENQUEUE_TIMEOUT);
+    let mut app = TestApp::spawn_with(|c| c.queue.enqueue_timeout = ENQUEUE_TIMEOUT);
     assert_eq!(app.post("stripe", &event("stripe", "evt_before")).status, 202);
 
     app.redis.kill();
@@ -54,7 +54,7 @@ fn redis_down_gives_503_with_retry_after_and_recovers_without_a_restart() {
 
 #[test]
 fn a_frozen_redis_gives_503_in_time_and_recovers_when_thawed() {
-    let app = TestApp::spawn_with(|c| c.enqueue_timeout = ENQUEUE_TIMEOUT);
+    let app = TestApp::spawn_with(|c| c.queue.enqueue_timeout = ENQUEUE_TIMEOUT);
     assert_eq!(app.post("stripe", &event("stripe", "evt_before")).status, 202);
 
     app.redis.pause();
@@ -75,9 +75,9 @@ fn a_frozen_redis_gives_503_in_time_and_recovers_when_thawed() {
 #[test]
 fn a_full_hand_off_channel_answers_503_at_once() {
     let app = TestApp::spawn_with(|c| {
-        c.channel_capacity = 1;
-        c.batch_max = 1;
-        c.enqueue_timeout = Duration::from_secs(3);
+        c.queue.channel_capacity = 1;
+        c.queue.batch_max = 1;
+        c.queue.enqueue_timeout = Duration::from_secs(3);
     });
     assert_eq!(app.post("stripe", &event("stripe", "evt_link_up")).status, 202);
     app.redis.pause();

@@ -20,10 +20,10 @@ fn nested(depth: usize) -> String {
 /// 300 ms and dead-letters it on its second delivery; migrated and warm.
 fn quick_retries(tweak: impl FnOnce(&mut webhook_ingestor::config::Config)) -> TestApp {
     let app = TestApp::spawn_full(|c| {
-        c.max_attempts = 2;
-        c.reclaim_idle = Duration::from_millis(300);
-        c.worker_threads = 1;
-        c.worker_linger = Duration::from_millis(300);
+        c.worker.max_attempts = 2;
+        c.worker.reclaim_idle = Duration::from_millis(300);
+        c.worker.threads = 1;
+        c.worker.linger = Duration::from_millis(300);
         tweak(c);
     });
     assert_eq!(app.post("stripe", &event("stripe", "evt_warm")).status, 202);
@@ -63,7 +63,7 @@ fn the_depth_limit_is_far_inside_what_postgresql_stores_and_deeper_gets_400() {
 #[test]
 fn a_nesting_poison_that_passed_the_door_is_isolated_dead_lettered_and_holds_back_nothing() {
     // The door check off: only the worker stands between the poison and a stall.
-    let app = quick_retries(|c| c.max_json_depth = 0);
+    let app = quick_retries(|c| c.ingest.max_json_depth = 0);
 
     let mut batch = Vec::new();
     for i in 0..20 {

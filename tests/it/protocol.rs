@@ -64,7 +64,7 @@ fn connection_close_is_honoured() {
 
 #[test]
 fn a_request_that_trickles_in_too_slowly_gets_408() {
-    let app = TestApp::spawn_with(|c| c.request_timeout = Duration::from_millis(300));
+    let app = TestApp::spawn_with(|c| c.http.request_timeout = Duration::from_millis(300));
     let mut client = app.client();
     let started = Instant::now();
     client.send(b"POST /webhooks/stripe HTTP/1.1\r\nContent-");
@@ -76,7 +76,7 @@ fn a_request_that_trickles_in_too_slowly_gets_408() {
 
 #[test]
 fn a_body_that_never_arrives_gets_408() {
-    let app = TestApp::spawn_with(|c| c.request_timeout = Duration::from_millis(300));
+    let app = TestApp::spawn_with(|c| c.http.request_timeout = Duration::from_millis(300));
     let mut client = app.client();
     client.send(b"POST /webhooks/stripe HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"pro");
     assert_eq!(client.read_response().unwrap().status, 408);
@@ -85,7 +85,7 @@ fn a_body_that_never_arrives_gets_408() {
 
 #[test]
 fn an_idle_keep_alive_connection_is_closed_after_the_timeout() {
-    let app = TestApp::spawn_with(|c| c.keepalive_timeout = Duration::from_millis(200));
+    let app = TestApp::spawn_with(|c| c.http.keepalive_timeout = Duration::from_millis(200));
     let mut client = app.client();
     assert_eq!(client.post("stripe", &event("stripe", "evt")).status, 202);
     let idle_since = Instant::now();
@@ -97,7 +97,7 @@ fn an_idle_keep_alive_connection_is_closed_after_the_timeout() {
 fn a_second_gateway_on_the_same_port_is_refused() {
     let app = TestApp::spawn();
     let mut config = app.config.clone();
-    config.port = app.addr.port();
+    config.http.port = app.addr.port();
     let err = webhook_ingestor::app::start(&config, webhook_ingestor::app::Role::Api)
         .err()
         .expect("second start must fail");
@@ -107,7 +107,7 @@ fn a_second_gateway_on_the_same_port_is_refused() {
 
 #[test]
 fn shutdown_lets_the_request_in_flight_finish_and_closes_the_listener() {
-    let app = TestApp::spawn_with(|c| c.enqueue_timeout = Duration::from_secs(10));
+    let app = TestApp::spawn_with(|c| c.queue.enqueue_timeout = Duration::from_secs(10));
     assert_eq!(app.post("stripe", &event("stripe", "evt_link_up")).status, 202);
     app.redis.pause();
     let addr = app.addr;
@@ -132,9 +132,11 @@ fn shutdown_lets_the_request_in_flight_finish_and_closes_the_listener() {
 fn cores_outside_this_process_cpu_set_are_refused_by_name() {
     use webhook_ingestor::app::{start, Role, StartError};
     use webhook_ingestor::config::{Config, CoreSelection};
-    let base = Config { host: [127, 0, 0, 1].into(), port: 0, ..Config::default() };
     for cores in [CoreSelection::List(vec![4095]), CoreSelection::Count(4096)] {
-        let config = Config { cores: cores.clone(), ..base.clone() };
+        let mut config = Config::default();
+        config.http.host = [127, 0, 0, 1].into();
+        config.http.port = 0;
+        config.http.cores = cores.clone();
         let err = start(&config, Role::Api).err().expect("refused");
         assert!(matches!(err, StartError::Cores(_)), "{cores:?}: {err}");
         assert!(err.to_string().starts_with("CORES:"), "{err}");
@@ -253,8 +255,8 @@ fn a_global_rate_limit_below_the_core_count_still_serves() {
     // One request a second over two cores: half a token each, which used to
     // refuse every request forever.
     let app = TestApp::spawn_with(|c| {
-        c.rate_limit_global = 1;
-        c.rate_limit_per_ip = 0;
+        c.http.rate_limit_global = 1;
+        c.http.rate_limit_per_ip = 0;
     });
     assert_eq!(app.post("stripe", &event("stripe", "evt_slow_lane")).status, 202);
 }

@@ -18,7 +18,7 @@ fn set_maxmemory(app: &TestApp, bytes: u64) {
 
 #[test]
 fn a_nearly_full_redis_gets_503s_and_the_workers_drain_it_even_at_maxmemory() {
-    let mut app = TestApp::spawn_full(|c| c.worker_threads = 1);
+    let mut app = TestApp::spawn_full(|c| c.worker.threads = 1);
     assert_eq!(app.post("stripe", &event("stripe", "evt_warm")).status, 202);
     wait_until(Duration::from_secs(30), "migrations and a first row", || app.rows() == 1);
 

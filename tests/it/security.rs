@@ -32,8 +32,8 @@ fn assert_helmet(resp: &Response) {
 #[test]
 fn security_headers_are_on_every_answer_errors_included() {
     let app = TestApp::spawn_with(|c| {
-        c.max_body_bytes = 1024;
-        c.rate_limit_per_ip = 3;
+        c.http.max_body_bytes = 1024;
+        c.http.rate_limit_per_ip = 3;
     });
     let mut client = app.client();
     let accepted = client.post("stripe", &event("stripe", "evt_1"));
@@ -62,7 +62,7 @@ fn security_headers_are_on_every_answer_errors_included() {
 
 #[test]
 fn security_headers_can_be_turned_off() {
-    let app = TestApp::spawn_with(|c| c.security_headers = false);
+    let app = TestApp::spawn_with(|c| c.http.security_headers = false);
     let resp = app.post("stripe", &event("stripe", "evt"));
     assert_eq!(resp.status, 202);
     assert_eq!(resp.header("x-frame-options"), None);
@@ -92,7 +92,7 @@ fn post_from(client: &mut Client, origin: &str, id: &str) -> Response {
 
 #[test]
 fn cors_grants_only_the_configured_origins() {
-    let app = TestApp::spawn_with(|c| c.cors = Cors::parse("https://dashboard.example.com").unwrap());
+    let app = TestApp::spawn_with(|c| c.http.cors = Cors::parse("https://dashboard.example.com").unwrap());
     let mut client = app.client();
 
     let ok = preflight(&mut client, "https://dashboard.example.com");
@@ -129,7 +129,7 @@ fn no_cors_origins_means_no_cors_headers_at_all() {
 
 #[test]
 fn over_the_limit_gets_429_with_its_headers_and_every_202_is_stored() {
-    let app = TestApp::spawn_full(|c| c.rate_limit_per_ip = 20);
+    let app = TestApp::spawn_full(|c| c.http.rate_limit_per_ip = 20);
     let mut client = app.client();
     let mut burst = Vec::new();
     for i in 0..100 {
@@ -171,9 +171,9 @@ fn x_forwarded_for_counts_only_behind_a_trusted_proxy_and_only_its_right_end() {
     // The test client (127.0.0.1) is a trusted load balancer, behind it a
     // trusted internal proxy (10.0.0.1) appends the client's address.
     let trusted = TestApp::spawn_with(|c| {
-        c.rate_limit_per_ip = 2;
-        c.cores = webhook_ingestor::config::CoreSelection::Count(1);
-        c.trusted_proxies = TrustedProxies::parse("127.0.0.1, 10.0.0.0/8").unwrap();
+        c.http.rate_limit_per_ip = 2;
+        c.http.cores = webhook_ingestor::config::CoreSelection::Count(1);
+        c.http.trusted_proxies = TrustedProxies::parse("127.0.0.1, 10.0.0.0/8").unwrap();
     });
     let mut client = trusted.client();
     let statuses: Vec<u16> = (0..6)
@@ -190,8 +190,8 @@ fn x_forwarded_for_counts_only_behind_a_trusted_proxy_and_only_its_right_end() {
 
     // Without trusted proxies the header is ignored: one client, the peer.
     let untrusted = TestApp::spawn_with(|c| {
-        c.rate_limit_per_ip = 2;
-        c.cores = webhook_ingestor::config::CoreSelection::Count(1);
+        c.http.rate_limit_per_ip = 2;
+        c.http.cores = webhook_ingestor::config::CoreSelection::Count(1);
     });
     let mut client = untrusted.client();
     let statuses: Vec<u16> =

@@ -160,9 +160,9 @@ fn postgres_down_while_events_arrive_loses_nothing_and_dead_letters_nothing() {
     // Reclaim faster than the outage lasts and allow a single attempt: if the
     // outage were counted as failed deliveries, entries would be dead-lettered.
     let mut app = TestApp::spawn_full(|c| {
-        c.reclaim_idle = Duration::from_millis(300);
-        c.max_attempts = 1;
-        c.worker_threads = 2;
+        c.worker.reclaim_idle = Duration::from_millis(300);
+        c.worker.max_attempts = 1;
+        c.worker.threads = 2;
     });
     assert_eq!(app.post("stripe", &event("stripe", "evt_warm")).status, 202);
     wait_until(DRAIN, "the first row", || app.rows() == 1);
@@ -198,8 +198,8 @@ fn postgres_down_while_events_arrive_loses_nothing_and_dead_letters_nothing() {
 
 pub fn worker_settings(app: &TestApp, reclaim_idle: Duration) -> Arc<WorkerSettings> {
     Arc::new(WorkerSettings {
-        redis_url: app.config.redis_url.clone(),
-        stream: app.config.queue_name.clone(),
+        redis_url: app.config.queue.redis_url.clone(),
+        stream: app.config.queue.queue_name.clone(),
         batch_max: 1000,
         batch_max_bytes: 64 << 20,
         // Small bodies: one read can take the whole test batch.
@@ -261,9 +261,9 @@ impl UntilCommit for Worker {
 #[test]
 fn a_poison_entry_is_dead_lettered_alone_and_replay_stores_it_once_fixed() {
     let app = TestApp::spawn_full(|c| {
-        c.max_attempts = 2;
-        c.reclaim_idle = Duration::from_millis(200);
-        c.worker_threads = 1;
+        c.worker.max_attempts = 2;
+        c.worker.reclaim_idle = Duration::from_millis(200);
+        c.worker.threads = 1;
     });
     assert_eq!(app.post("stripe", &event("stripe", "evt_first")).status, 202);
     wait_until(DRAIN, "migrations and a first row", || app.rows() == 1);

@@ -151,8 +151,8 @@ fn a_worker_started_while_postgres_is_down_takes_nothing_until_it_is_back() {
     pg.as_mut().unwrap().stop();
     // Down far longer than RECLAIM_IDLE_MS × MAX_ATTEMPTS.
     let workers = TestApp::start(Role::Worker, redis, pg, |c| {
-        c.reclaim_idle = Duration::from_millis(200);
-        c.max_attempts = 2;
+        c.worker.reclaim_idle = Duration::from_millis(200);
+        c.worker.max_attempts = 2;
     });
     std::thread::sleep(Duration::from_secs(2));
     assert!(deliveries(&workers).is_empty(), "entries were taken while nothing could store them");
@@ -168,9 +168,9 @@ fn a_worker_started_while_postgres_is_down_takes_nothing_until_it_is_back() {
 #[test]
 fn a_statement_stuck_behind_a_lock_times_out_and_the_socket_has_short_keepalives() {
     let app = TestApp::spawn_full(|c| {
-        c.pg_timeouts.statement = Duration::from_millis(500);
-        c.pg_timeouts.socket = Duration::from_secs(6);
-        c.worker_threads = 1;
+        c.store.timeouts.statement = Duration::from_millis(500);
+        c.store.timeouts.socket = Duration::from_secs(6);
+        c.worker.threads = 1;
     });
     assert_eq!(app.post("stripe", &event("stripe", "evt_warm")).status, 202);
     wait_until(Duration::from_secs(30), "the first row", || app.rows() == 1);

@@ -1,0 +1,252 @@
+//! What each request gets, decided apart from the connection's I/O: route,
+//! refusals decided by the head, and the answer itself.
+//!
+//! [`Handler::precheck`] refuses from the head alone, in this order: route,
+//! method (`OPTIONS` answers a preflight), provider, rate limit, content
+//! type. [`Handler::respond`] runs a webhook through its source: the
+//! signature on the raw bytes (401), the body (400), then either a
+//! challenge's answer (200) or the job handed to Redis (202 once Redis has
+//! it, 503 otherwise); the operations routes ask the health thread. The
+//! connection loop ([`super::conn`]) knows nothing of routes or senders: it
+//! frames, calls these two, and writes what they return.
+
+use std::cell::RefCell;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use super::cors::Cors;
+use super::proxy::TrustedProxies;
+use super::ratelimit::RateLimiter;
+use super::request::{ContentType, Headers, Method, RequestHead};
+use super::response::{Extra, Message, RateHeaders, Response, Status};
+use super::router::{route, Route, WEBHOOK_ALLOW};
+use crate::ingest::sources::{Admitted, Request, Sources};
+use crate::ingest::{IngestError, Ingestor};
+use crate::job::WebhookJob;
+use crate::queue::{EnqueueError, Enqueuer};
+use crate::telemetry::metrics::{CoreMetrics, Metrics, RouteLabel, SourceOutcome};
+
+/// One core's request policy; shared by its connections through the core's context.
+pub(crate) struct Handler {
+    pub(crate) retry_after_secs: u32,
+    pub(crate) enqueuer: Enqueuer,
+    pub(crate) ingestor: RefCell<Ingestor>,
+    pub(crate) sources: Arc<Sources>,
+    /// Header lines sent on every response (helmet's, or none).
+    pub(crate) fixed_headers: &'static [u8],
+    pub(crate) cors: Cors,
+    pub(crate) limiter: RefCell<RateLimiter>,
+    /// Peers whose `X-Forwarded-For` names the client (`TRUST_PROXY`).
+    pub(crate) proxies: TrustedProxies,
+    pub(crate) health: crate::health::Health,
+    /// This core's counters (only this core writes them).
+    pub(crate) metrics: Arc<CoreMetrics>,
+    /// Everyone's, for rendering `/metrics`.
+    pub(crate) all_metrics: Arc<Metrics>,
+}
+
+/// What the head alone decided.
+pub(crate) struct Precheck<'h> {
+    /// The answer, when the request is refused (or answered) from its head.
+    pub(crate) refusal: Option<Response>,
+    /// The per-response headers for this request.
+    pub(crate) extra: Extra<'h>,
+}
+
+impl Handler {
+    /// Headers for a response that has no parsed request (framing errors).
+    pub(crate) fn bare_extra(&self) -> Extra<'static> {
+        Extra { fixed: self.fixed_headers, ..Extra::default() }
+    }
+
+    /// Where `target` leads.
+    pub(crate) fn route(&self, target: &str) -> Route {
+        route(target, &self.sources)
+    }
+
+    /// Refusals decided by the head alone (see the module docs), and the
+    /// per-response headers.
+    pub(crate) fn precheck<'h>(
+        &self,
+        head: &'h RequestHead,
+        route: &Route,
+        peer: IpAddr,
+        now: Instant,
+    ) -> Precheck<'h> {
+        let origin = head.origin.as_deref().filter(|o| self.cors.allows(o));
+        let mut extra = Extra {
+            fixed: self.fixed_headers,
+            cors_origin: origin,
+            vary_origin: self.cors.enabled(),
+            rate: None,
+        };
+        let refusal = match route {
+            Route::NotFound => Some(Response::error(
+                Status::NotFound,
+                Message::One("Cannot find the requested route".into()),
+            )),
+            Route::Live if matches!(head.method, Method::Get | Method::Head) => Some(Response::live()),
+            Route::Health | Route::Metrics if matches!(head.method, Method::Get | Method::Head) => None,
+            Route::Live | Route::Health | Route::Metrics => Some(
+                Response::error(Status::MethodNotAllowed, Message::One("only GET is allowed".into()))
+                    .with_allow("GET, HEAD"),
+            ),
+            Route::BadProvider | Route::Webhook { .. } if head.method == Method::Options => {
+                let granted = head.origin.as_deref().is_some_and(|o| self.cors.allows(o));
+                Some(Response::preflight(granted))
+            }
+            Route::BadProvider | Route::Webhook { .. } if head.method != Method::Post => Some(
+                Response::error(
+                    Status::MethodNotAllowed,
+                    Message::One("only POST is allowed on /webhooks/:provider".into()),
+                )
+                .with_allow(WEBHOOK_ALLOW),
+            ),
+            Route::BadProvider => Some(bad_request("provider must match ^[a-z0-9_-]{1,64}$")),
+            Route::Webhook { .. } => {
+                let (limited, rate) = self.rate_limit(head, peer, now);
+                extra.rate = rate;
+                match limited {
+                    Some(resp) => Some(resp),
+                    None if head.content_type != ContentType::Json => Some(Response::error(
+                        Status::UnsupportedMediaType,
+                        Message::One("Content-Type must be application/json".into()),
+                    )),
+                    None => None,
+                }
+            }
+        };
+        Precheck { refusal, extra }
+    }
+
+    /// The rate limiter's word on a webhook, and what to report of it.
+    fn rate_limit(
+        &self,
+        head: &RequestHead,
+        peer: IpAddr,
+        now: Instant,
+    ) -> (Option<Response>, Option<RateHeaders>) {
+        let mut limiter = self.limiter.borrow_mut();
+        if !limiter.enabled() {
+            return (None, None);
+        }
+        let ip = self.proxies.client(peer, head.forwarded_for.as_deref());
+        let d = limiter.check(ip, now);
+        let headers = RateHeaders { limit: d.limit, remaining: d.remaining, reset_secs: d.reset_secs };
+        if d.allowed {
+            return (None, Some(headers));
+        }
+        let retry = u32::try_from(d.reset_secs).unwrap_or(u32::MAX);
+        (Some(Response::rate_limited(retry)), Some(headers))
+    }
+
+    /// Answers a request `precheck` let through. The webhook's provider
+    /// string moves into the job.
+    pub(crate) async fn respond(&self, route: Route, headers: Headers<'_>, body: &[u8]) -> Response {
+        match route {
+            Route::Webhook { provider, source } => self.webhook(provider, source, headers, body).await,
+            Route::Metrics => {
+                let gauges = self.health.queue_gauges().await;
+                Response::prometheus(self.all_metrics.render(self.enqueuer.backlog() as u64, gauges))
+            }
+            Route::Health => {
+                let report = self.health.check().await;
+                let status = if report.healthy { Status::Ok } else { Status::ServiceUnavailable };
+                Response::json(status, report.json)
+            }
+            // `precheck` answers every other route.
+            _ => Response::error(Status::InternalServerError, Message::One("internal error".into())),
+        }
+    }
+
+    async fn webhook(&self, provider: String, index: usize, headers: Headers<'_>, body: &[u8]) -> Response {
+        let Some(source) = self.sources.get(index) else {
+            return Response::error(Status::NotFound, Message::One("Cannot find the requested route".into()));
+        };
+        let received_at_us = now_us();
+        let req = Request {
+            route: &provider,
+            headers,
+            body,
+            now_secs: received_at_us.div_euclid(1_000_000),
+            received_at_us,
+        };
+        if let Err(why) = source.kind.verify(&req) {
+            self.metrics.record_source(index, SourceOutcome::Rejected(why.reason()));
+            return Response::error(Status::Unauthorized, Message::One(why.message()));
+        }
+        // A bug in parsing must cost one request a 500, not the core its
+        // runtime (and every connection on it): the body is attacker-chosen.
+        let admitted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            source.kind.admit(&mut self.ingestor.borrow_mut(), &req)
+        }));
+        let identity = match admitted {
+            Ok(Ok(Admitted::Event(identity))) => identity,
+            Ok(Ok(Admitted::Reply(json))) => {
+                self.metrics.record_source(index, SourceOutcome::Answered);
+                return Response::json(Status::Ok, json);
+            }
+            Ok(Err(e)) => {
+                self.metrics.record_source(index, SourceOutcome::Rejected("invalid_body"));
+                return invalid(&e);
+            }
+            Err(_) => {
+                tracing::error!(body_len = body.len(), source = %source.route, "ingest panicked; answered 500");
+                self.ingestor.borrow_mut().reset();
+                return Response::error(Status::InternalServerError, Message::One("internal error".into()));
+            }
+        };
+        let job = WebhookJob {
+            provider,
+            event_id: identity.event_id,
+            event_type: identity.event_type,
+            event_timestamp_us: identity.event_timestamp_us,
+            received_at_us,
+            verified_by: source.kind.scheme().map(str::to_string),
+            payload: body.to_vec(),
+        };
+        match self.enqueuer.enqueue(job).await {
+            Ok(id) => {
+                self.metrics.record_source(index, SourceOutcome::Accepted);
+                Response::accepted(id)
+            }
+            Err(e) => Response::unavailable(unavailable_message(&e), self.retry_after_secs),
+        }
+    }
+
+    /// The metrics label of `route`.
+    pub(crate) fn label(route: &Route) -> RouteLabel {
+        match route {
+            Route::Webhook { .. } | Route::BadProvider => RouteLabel::Webhook,
+            Route::Health => RouteLabel::Health,
+            Route::Live => RouteLabel::Live,
+            Route::Metrics | Route::NotFound => RouteLabel::Unknown,
+        }
+    }
+}
+
+fn invalid(e: &IngestError) -> Response {
+    Response::error(Status::BadRequest, Message::Many(e.messages()))
+}
+
+/// A 400 with one message, in the validation shape.
+pub(crate) fn bad_request(message: &str) -> Response {
+    Response::error(Status::BadRequest, Message::Many(vec![message.to_owned()]))
+}
+
+fn unavailable_message(e: &EnqueueError) -> &'static str {
+    match e {
+        EnqueueError::Saturated => "queue is saturated, retry later",
+        EnqueueError::Unavailable(_) => "queue is unavailable, retry later",
+        EnqueueError::TimedOut => "queue did not answer in time, retry later",
+        EnqueueError::QueueFull => "queue is full, retry later",
+        EnqueueError::MemoryFull => "queue is full (redis memory), retry later",
+        EnqueueError::Closed => "server is shutting down, retry later",
+    }
+}
+
+/// Microseconds since the Unix epoch, from the system clock.
+fn now_us() -> i64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
+}

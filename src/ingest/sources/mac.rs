@@ -1,0 +1,183 @@
+//! Keyed MACs and their comparison, shared by every signature scheme.
+//!
+//! Each secret is keyed once, at start; a request clones the keyed state
+//! and feeds it the signed parts in order (no concatenated copy of the
+//! body). A candidate signature is decoded first and compared with every
+//! key's tag in constant time (`subtle`); a candidate of the wrong length
+//! never matches, which rules out the empty-signature bug class (`v1,`
+//! passing a zipped XOR fold, svix/svix-webhooks#1190).
+
+use std::fmt;
+
+use base64::Engine as _;
+use hmac::{Hmac, KeyInit};
+use sha1::Sha1;
+use sha2::{Sha256, Sha512};
+use subtle::ConstantTimeEq;
+
+/// The hash under the HMAC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    /// HMAC-SHA256 (every named sender).
+    Sha256,
+    /// HMAC-SHA512.
+    Sha512,
+    /// HMAC-SHA1 (legacy senders only).
+    Sha1,
+}
+
+impl Algorithm {
+    /// `sha256`, `sha512` or `sha1`.
+    pub fn parse(v: &str) -> Option<Self> {
+        match v.to_ascii_lowercase().as_str() {
+            "sha256" => Some(Self::Sha256),
+            "sha512" => Some(Self::Sha512),
+            "sha1" => Some(Self::Sha1),
+            _ => None,
+        }
+    }
+}
+
+/// How a signature is written in its header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// Hexadecimal, either case.
+    Hex,
+    /// Standard base64 with padding.
+    Base64,
+}
+
+impl Encoding {
+    /// `hex` or `base64`.
+    pub fn parse(v: &str) -> Option<Self> {
+        match v.to_ascii_lowercase().as_str() {
+            "hex" => Some(Self::Hex),
+            "base64" => Some(Self::Base64),
+            _ => None,
+        }
+    }
+
+    /// The bytes `text` encodes, or `None` if it is not valid in this encoding.
+    pub fn decode(self, text: &[u8]) -> Option<Vec<u8>> {
+        match self {
+            Self::Hex => hex::decode(text).ok(),
+            Self::Base64 => base64::engine::general_purpose::STANDARD.decode(text).ok(),
+        }
+    }
+}
+
+#[derive(Clone)]
+enum Keyed {
+    Sha256(Hmac<Sha256>),
+    Sha512(Hmac<Sha512>),
+    Sha1(Hmac<Sha1>),
+}
+
+impl Keyed {
+    fn tag(&self, parts: &[&[u8]]) -> Vec<u8> {
+        fn run<M: hmac::Mac + Clone>(m: &M, parts: &[&[u8]]) -> Vec<u8> {
+            let mut m = m.clone();
+            for p in parts {
+                m.update(p);
+            }
+            m.finalize().into_bytes().to_vec()
+        }
+        match self {
+            Self::Sha256(m) => run(m, parts),
+            Self::Sha512(m) => run(m, parts),
+            Self::Sha1(m) => run(m, parts),
+        }
+    }
+}
+
+/// The keyed MACs of one source: one per secret, tried in order.
+#[derive(Clone)]
+pub struct Keys {
+    keyed: Vec<Keyed>,
+}
+
+impl fmt::Debug for Keys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} secret(s), redacted", self.keyed.len())
+    }
+}
+
+impl Keys {
+    /// Keys each secret (its bytes as given) for `algorithm`.
+    pub fn new(algorithm: Algorithm, secrets: &[Vec<u8>]) -> Self {
+        // HMAC takes a key of any length, so keying cannot fail.
+        let keyed = secrets
+            .iter()
+            .map(|s| match algorithm {
+                Algorithm::Sha256 => Keyed::Sha256(Hmac::new_from_slice(s).expect("any key length")),
+                Algorithm::Sha512 => Keyed::Sha512(Hmac::new_from_slice(s).expect("any key length")),
+                Algorithm::Sha1 => Keyed::Sha1(Hmac::new_from_slice(s).expect("any key length")),
+            })
+            .collect();
+        Self { keyed }
+    }
+
+    /// Whether any decoded `candidates` signature is the MAC of `parts`
+    /// (fed in order) under any key. Constant time in the tag's bytes.
+    pub fn any_matches(&self, parts: &[&[u8]], candidates: &[Vec<u8>]) -> bool {
+        let mut found = subtle::Choice::from(0);
+        for key in &self.keyed {
+            let tag = key.tag(parts);
+            for c in candidates {
+                // Length is no secret; equal lengths are compared in constant time.
+                if c.len() == tag.len() {
+                    found |= tag.ct_eq(c);
+                }
+            }
+        }
+        found.into()
+    }
+
+    /// The encoded MAC of `parts` under the first key (tests and benches sign with it).
+    pub fn sign(&self, parts: &[&[u8]], encoding: Encoding) -> String {
+        let tag = self.keyed[0].tag(parts);
+        match encoding {
+            Encoding::Hex => hex::encode(tag),
+            Encoding::Base64 => base64::engine::general_purpose::STANDARD.encode(tag),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_github_docs_vector() {
+        // docs.github.com, "Validating webhook deliveries".
+        let keys = Keys::new(Algorithm::Sha256, &[b"It's a Secret to Everybody".to_vec()]);
+        let sig = "757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
+        assert_eq!(keys.sign(&[b"Hello, World!"], Encoding::Hex), sig);
+        let good = Encoding::Hex.decode(sig.as_bytes()).unwrap();
+        assert!(
+            keys.any_matches(&[b"Hello, ", b"World!"], std::slice::from_ref(&good)),
+            "parts are fed in order"
+        );
+        assert!(!keys.any_matches(&[b"Hello, World?"], std::slice::from_ref(&good)));
+        assert!(!keys.any_matches(&[b"Hello, World!"], &[good[..31].to_vec()]), "31 bytes");
+        assert!(!keys.any_matches(&[b"Hello, World!"], &[[&good[..], &[0]].concat()]), "33 bytes");
+        assert!(!keys.any_matches(&[b"Hello, World!"], &[Vec::new()]), "empty");
+    }
+
+    #[test]
+    fn any_key_and_any_candidate_may_match() {
+        let old = b"old".to_vec();
+        let keys = Keys::new(Algorithm::Sha256, &[b"new".to_vec(), old.clone()]);
+        let by_old = Encoding::Hex
+            .decode(Keys::new(Algorithm::Sha256, &[old]).sign(&[b"x"], Encoding::Hex).as_bytes());
+        assert!(keys.any_matches(&[b"x"], &[vec![0; 32], by_old.unwrap()]));
+        for alg in [Algorithm::Sha512, Algorithm::Sha1] {
+            let k = Keys::new(alg, &[b"k".to_vec()]);
+            let sig = Encoding::Base64.decode(k.sign(&[b"x"], Encoding::Base64).as_bytes()).unwrap();
+            assert!(k.any_matches(&[b"x"], &[sig]), "{alg:?}");
+        }
+        assert_eq!(Encoding::Hex.decode(b"zz"), None);
+        assert_eq!(Encoding::Base64.decode(b"%%%"), None);
+        assert_eq!(format!("{keys:?}"), "2 secret(s), redacted");
+    }
+}

@@ -1,0 +1,454 @@
+//! Webhook sources: who may post to which route, and how their requests
+//! become jobs. One file per sender kind (vector's one-file-per-source):
+//!
+//! | kind | verifies | event id | event type |
+//! |---|---|---|---|
+//! | [`envelope`] | nothing, or an HMAC header like `hmac` | body `eventId` | – |
+//! | [`stripe`] | `Stripe-Signature` `t=…,v1=…` over `t.body` | body `id` | body `type` |
+//! | [`github`] | `X-Hub-Signature-256` over the body | `X-GitHub-Delivery` | `X-GitHub-Event` |
+//! | [`shopify`] | `X-Shopify-Hmac-Sha256` (base64) over the body | `X-Shopify-Event-Id`, else `-Webhook-Id` | `X-Shopify-Topic` |
+//! | [`slack`] | `X-Slack-Signature` over `v0:ts:body` | body `event_id` | body `event.type` |
+//! | [`standard_webhooks`] | `webhook-signature` over `id.ts.body` | `webhook-id` | body `type` |
+//! | [`paddle`] | `Paddle-Signature` `ts=…;h1=…` over `ts:body` | body `event_id` | body `event_type` |
+//! | [`hmac`] | any header, HMAC-SHA256/512/1, hex or base64 | a header or JSON pointer | likewise |
+//!
+//! The contract every kind follows ([`Kind`]): the signature is checked on the
+//! raw body bytes before anything is parsed, against every (signature ×
+//! secret) pair, each decoded and compared in constant time ([`mac`]); a
+//! missing, garbled or wrong signature or a timestamp outside the scheme's
+//! window is a 401 whose reason names no secret. Only then is the body
+//! parsed, held to what `jsonb` can store, and read for the sender's own id,
+//! type and time. A challenge (Slack's `url_verification`, GitHub's `ping`)
+//! is answered there and then, and not stored.
+//!
+//! Without a `SOURCES_FILE`, [`Sources::default`] has one unsigned envelope
+//! source that takes every `/webhooks/:provider`: the seed's contract.
+
+pub mod envelope;
+pub mod github;
+pub mod hmac;
+pub mod mac;
+pub mod paddle;
+pub mod shopify;
+pub mod slack;
+mod spec;
+pub mod standard_webhooks;
+pub mod stripe;
+
+use std::collections::HashMap;
+use std::fmt;
+
+use thiserror::Error;
+
+use super::{IngestError, Ingestor};
+use crate::http::request::Headers;
+use spec::{File, Reading};
+
+/// A request as a sender's kind sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// The `:provider` path segment.
+    pub route: &'a str,
+    /// Every header of the request.
+    pub headers: Headers<'a>,
+    /// The raw body, byte for byte.
+    pub body: &'a [u8],
+    /// Seconds since the Unix epoch now (timestamped schemes).
+    pub now_secs: i64,
+    /// When the gateway took the request, µs since the epoch.
+    pub received_at_us: i64,
+}
+
+/// Why a request is refused as not from the sender (401). The message is
+/// safe to show: it names headers, never a secret or a computed MAC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unauthorized {
+    /// The signature header (or a header it needs) is absent: its name.
+    Missing(String),
+    /// The header is there but cannot be read: its name.
+    Malformed(String),
+    /// No signature matches any secret.
+    NoMatch,
+    /// The signed timestamp is outside the scheme's window.
+    Stale,
+}
+
+impl Unauthorized {
+    /// The label of `webhook_source_rejected_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Missing(_) => "missing_signature",
+            Self::Malformed(_) => "malformed_signature",
+            Self::NoMatch => "bad_signature",
+            Self::Stale => "stale_timestamp",
+        }
+    }
+
+    /// The 401's message.
+    pub fn message(&self) -> String {
+        match self {
+            Self::Missing(h) => format!("missing {h} header"),
+            Self::Malformed(h) => format!("malformed {h} header"),
+            Self::NoMatch => "no signature matches".into(),
+            Self::Stale => "signature timestamp outside the allowed window".into(),
+        }
+    }
+}
+
+/// Every label of `webhook_source_rejected_total`, in a fixed order.
+pub const REJECTION_REASONS: [&str; 5] =
+    ["missing_signature", "malformed_signature", "bad_signature", "stale_timestamp", "invalid_body"];
+
+/// What a verified request carries for the job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The sender's own id: retries carry it again, so it is the dedupe key.
+    pub event_id: String,
+    /// The sender's event type (empty when it has none).
+    pub event_type: String,
+    /// When the sender says the event happened, else when it arrived (µs).
+    pub event_timestamp_us: i64,
+}
+
+/// A verified request: an event to store, or a challenge to answer now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admitted {
+    /// Store it.
+    Event(Identity),
+    /// Answer 200 with this JSON document and store nothing.
+    Reply(Vec<u8>),
+}
+
+/// One sender kind's rules. Implementations live one per file.
+pub trait Kind: Send + Sync + fmt::Debug {
+    /// The scheme's name, stored as `verified_by` (`None`: nothing verified).
+    fn scheme(&self) -> Option<&'static str>;
+
+    /// Checks the signature over the raw bytes, before any parsing.
+    ///
+    /// # Errors
+    /// [`Unauthorized`], the 401's reason.
+    fn verify(&self, req: &Request<'_>) -> Result<(), Unauthorized>;
+
+    /// Reads the sender's id, type and time from a verified request (the
+    /// body through `ingestor`, so it is held to what `jsonb` stores).
+    ///
+    /// # Errors
+    /// [`IngestError`], a 400 with its messages.
+    fn admit(&self, ingestor: &mut Ingestor, req: &Request<'_>) -> Result<Admitted, IngestError>;
+}
+
+/// One route's source.
+#[derive(Debug)]
+pub struct Source {
+    /// The `:provider` path segment it answers (`*` for the default).
+    pub route: String,
+    /// Its position, for per-source metrics.
+    pub index: usize,
+    /// The kind's name as configured (`stripe`, `envelope`, …).
+    pub kind_name: &'static str,
+    /// The rules.
+    pub kind: Box<dyn Kind>,
+}
+
+/// Every source of the process, by route.
+pub struct Sources {
+    list: Vec<Source>,
+    by_route: HashMap<String, usize>,
+    /// No `SOURCES_FILE`: one envelope source for every route.
+    catch_all: bool,
+}
+
+impl fmt::Debug for Sources {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.list.iter()).finish()
+    }
+}
+
+impl Default for Sources {
+    /// The seed's contract: every `/webhooks/:provider` takes the unsigned envelope.
+    fn default() -> Self {
+        let source = Source {
+            route: "*".into(),
+            index: 0,
+            kind_name: "envelope",
+            kind: Box::new(envelope::Envelope::unsigned()),
+        };
+        Self { list: vec![source], by_route: HashMap::new(), catch_all: true }
+    }
+}
+
+/// A source that cannot be used, named by route (or position) and field.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("{source_name}: {field}: {problem}")]
+pub struct SourceError {
+    /// `source "stripe"` or `source #3`.
+    pub source_name: String,
+    /// The field at fault.
+    pub field: &'static str,
+    /// What is wrong.
+    pub problem: String,
+}
+
+impl Sources {
+    /// Reads a sources file. `env` resolves `secrets_env`.
+    ///
+    /// # Errors
+    /// The first problem, naming the source and the field ([`SourceError`]);
+    /// a TOML syntax error or an unknown field names its line.
+    pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, SourceError> {
+        let file: File = toml::from_str(text).map_err(|e| SourceError {
+            source_name: "the file".into(),
+            field: "toml",
+            problem: e.to_string().lines().collect::<Vec<_>>().join(" "),
+        })?;
+        if file.source.is_empty() {
+            return Err(SourceError {
+                source_name: "the file".into(),
+                field: "source",
+                problem: "no [[source]] table: every route would be 404".into(),
+            });
+        }
+        let mut list = Vec::with_capacity(file.source.len());
+        let mut by_route = HashMap::new();
+        for (i, spec) in file.source.into_iter().enumerate() {
+            let mut r = Reading::new(spec, i + 1, env);
+            let route = r.spec.route.clone().ok_or_else(|| r.error("route", "required: the path segment"))?;
+            if !crate::http::router::is_provider(&route) {
+                return Err(r.error("route", "must match ^[a-z0-9_-]{1,64}$"));
+            }
+            if by_route.contains_key(&route) {
+                return Err(r.error("route", "another source already has this route"));
+            }
+            let kind_name = r.spec.kind.clone().ok_or_else(|| r.error("kind", "required"))?;
+            let (kind_name, kind): (&'static str, Box<dyn Kind>) = match kind_name.as_str() {
+                "envelope" => ("envelope", Box::new(envelope::Envelope::read(&mut r)?)),
+                "stripe" => ("stripe", Box::new(stripe::Stripe::read(&mut r)?)),
+                "github" => ("github", Box::new(github::GitHub::read(&mut r)?)),
+                "shopify" => ("shopify", Box::new(shopify::Shopify::read(&mut r)?)),
+                "slack" => ("slack", Box::new(slack::Slack::read(&mut r)?)),
+                "standard-webhooks" => ("standard-webhooks", Box::new(standard_webhooks::StandardWebhooks::read(&mut r)?)),
+                "paddle" => ("paddle", Box::new(paddle::Paddle::read(&mut r)?)),
+                "hmac" => ("hmac", Box::new(hmac::GenericHmac::read(&mut r)?)),
+                other => {
+                    return Err(r.error(
+                        "kind",
+                        format!(
+                            "unknown kind {other:?}: envelope, stripe, github, shopify, slack, standard-webhooks, paddle or hmac"
+                        ),
+                    ))
+                }
+            };
+            r.finish(kind_name)?;
+            by_route.insert(route.clone(), i);
+            list.push(Source { route, index: i, kind_name, kind });
+        }
+        Ok(Self { list, by_route, catch_all: false })
+    }
+
+    /// The source for `/webhooks/{route}` (every valid route without a file).
+    pub fn lookup(&self, route: &str) -> Option<&Source> {
+        if self.catch_all {
+            return self.list.first();
+        }
+        self.by_route.get(route).map(|&i| &self.list[i])
+    }
+
+    /// The source at `index`.
+    pub fn get(&self, index: usize) -> Option<&Source> {
+        self.list.get(index)
+    }
+
+    /// Every source, in file order.
+    pub fn iter(&self) -> impl Iterator<Item = &Source> {
+        self.list.iter()
+    }
+
+    /// Whether routes come from a file (otherwise every route is the envelope's).
+    pub fn from_file(&self) -> bool {
+        !self.catch_all
+    }
+}
+
+/// Helpers the kinds share.
+pub(crate) mod util {
+    use super::{IngestError, Unauthorized};
+    use crate::ingest::validate::{MAX_EVENT_ID_BYTES, MIN_TIMESTAMP_US};
+
+    /// A header's value, or [`Unauthorized::Missing`] naming it.
+    pub(crate) fn required<'a>(
+        headers: &crate::http::request::Headers<'a>,
+        name: &str,
+    ) -> Result<&'a [u8], Unauthorized> {
+        headers.get(name).filter(|v| !v.is_empty()).ok_or_else(|| Unauthorized::Missing(name.to_string()))
+    }
+
+    /// The first of `names` that is present (a header spelt two ways).
+    pub(crate) fn either<'a>(
+        headers: &crate::http::request::Headers<'a>,
+        names: &[&str],
+    ) -> Result<&'a [u8], Unauthorized> {
+        names
+            .iter()
+            .find_map(|n| headers.get(n).filter(|v| !v.is_empty()))
+            .ok_or_else(|| Unauthorized::Missing(names[0].to_string()))
+    }
+
+    /// A header as text, for ids and types (`None` when absent or not UTF-8).
+    pub(crate) fn header_text<'a>(
+        headers: &crate::http::request::Headers<'a>,
+        names: &[&str],
+    ) -> Option<&'a str> {
+        names.iter().find_map(|n| headers.text(n).filter(|v| !v.is_empty()))
+    }
+
+    /// Whole seconds in a header or field.
+    pub(crate) fn secs(text: &[u8]) -> Option<i64> {
+        std::str::from_utf8(text).ok()?.trim().parse().ok()
+    }
+
+    /// Whether `ts` is within `tolerance` seconds of `now`: too old only, or
+    /// both ways. A tolerance of 0 turns the check off.
+    pub(crate) fn fresh(now: i64, ts: i64, tolerance: u64, future_too: bool) -> Result<(), Unauthorized> {
+        let tol = tolerance as i64;
+        if tol == 0 {
+            return Ok(());
+        }
+        let age = now.saturating_sub(ts);
+        if age > tol || (future_too && -age > tol) {
+            return Err(Unauthorized::Stale);
+        }
+        Ok(())
+    }
+
+    /// A sender's id, checked like the envelope's `eventId`.
+    pub(crate) fn event_id(id: Option<&str>, what: &str) -> Result<String, IngestError> {
+        match id {
+            Some(id) if !id.is_empty() && id.len() <= MAX_EVENT_ID_BYTES => Ok(id.to_string()),
+            Some(id) if !id.is_empty() => Err(IngestError::Invalid(vec![format!(
+                "{what} must be shorter than or equal to {MAX_EVENT_ID_BYTES} bytes"
+            )])),
+            _ => Err(IngestError::Invalid(vec![format!("{what} should not be empty")])),
+        }
+    }
+
+    /// A sender's event type: at most 255 bytes, empty when absent.
+    pub(crate) fn event_type(t: Option<&str>, what: &str) -> Result<String, IngestError> {
+        match t {
+            Some(t) if t.len() > MAX_EVENT_ID_BYTES => Err(IngestError::Invalid(vec![format!(
+                "{what} must be shorter than or equal to {MAX_EVENT_ID_BYTES} bytes"
+            )])),
+            t => Ok(t.unwrap_or_default().to_string()),
+        }
+    }
+
+    /// Seconds since the epoch as µs, when PostgreSQL can store the instant.
+    pub(crate) fn secs_to_us(secs: i64) -> Option<i64> {
+        secs.checked_mul(1_000_000).filter(|us| *us >= MIN_TIMESTAMP_US)
+    }
+
+    /// An ISO 8601 instant as µs, when PostgreSQL can store it.
+    pub(crate) fn iso_to_us(text: &str) -> Option<i64> {
+        crate::ingest::parse_iso8601_us(text).filter(|us| *us >= MIN_TIMESTAMP_US)
+    }
+}
+
+/// What the kinds' unit tests share: a source from a file's text, and a
+/// request to it from header lines and a body.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use crate::http::request::HeaderSpans;
+
+    /// The first source of `file` (which must parse); `route` documents it.
+    pub(crate) fn source(file: &str, route: &str) -> Sources {
+        let s = Sources::parse(file, &|_| None).unwrap_or_else(|e| panic!("{e}"));
+        assert!(s.lookup(route).is_some(), "{route} is in the file");
+        s
+    }
+
+    /// Verifies and admits `body` with `headers` ("Name: value\r\n" lines)
+    /// at `now_secs`, with the default ingestor.
+    pub(crate) fn request(
+        sources: &Sources,
+        headers: &str,
+        body: &[u8],
+        now_secs: i64,
+    ) -> (Result<(), Unauthorized>, Result<Admitted, IngestError>) {
+        let block = format!("{headers}\r\n");
+        let mut spans = HeaderSpans::default();
+        let headers = Headers::parse_block(block.as_bytes(), &mut spans);
+        let source = sources.get(0).expect("one source");
+        let req = Request { route: &source.route, headers, body, now_secs, received_at_us: 7 };
+        let verdict = source.kind.verify(&req);
+        let admitted = source.kind.admit(&mut Ingestor::default(), &req);
+        (verdict, admitted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Sources, SourceError> {
+        Sources::parse(text, &|name| (name == "GH_SECRETS").then(|| "a, b".to_string()))
+    }
+
+    #[test]
+    fn a_good_file_gives_one_source_per_route() {
+        let s = parse(
+            r#"
+            [[source]]
+            route = "stripe"
+            kind = "stripe"
+            secrets = ["whsec_x"]
+            [[source]]
+            route = "gh"
+            kind = "github"
+            secrets_env = "GH_SECRETS"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(s.lookup("stripe").unwrap().kind_name, "stripe");
+        assert_eq!(s.lookup("gh").unwrap().index, 1);
+        assert!(s.lookup("other").is_none(), "only listed routes exist");
+        assert!(s.from_file());
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("whsec_x") && shown.contains("redacted"), "{shown}");
+        assert!(Sources::default().lookup("anything").is_some());
+    }
+
+    #[test]
+    fn every_problem_names_the_source_and_the_field() {
+        let cases = [
+            ("[[source]]\nroute = \"a\"\nkind = \"nope\"", "kind", "unknown kind"),
+            ("[[source]]\nroute = \"a\"\nkind = \"stripe\"", "secrets", "required"),
+            ("[[source]]\nroute = \"a\"\nkind = \"stripe\"\nsecrets = []", "secrets", "must not be empty"),
+            ("[[source]]\nroute = \"a\"\nkind = \"stripe\"\nsecrets = [\"\"]", "secrets", "empty"),
+            ("[[source]]\nkind = \"stripe\"\nsecrets = [\"x\"]", "route", "required"),
+            ("[[source]]\nroute = \"A!\"\nkind = \"stripe\"\nsecrets = [\"x\"]", "route", "must match"),
+            (
+                "[[source]]\nroute = \"a\"\nkind = \"stripe\"\nsecrets = [\"x\"]\n[[source]]\nroute = \"a\"\nkind = \"github\"\nsecrets = [\"x\"]",
+                "route",
+                "already",
+            ),
+            (
+                "[[source]]\nroute = \"a\"\nkind = \"standard-webhooks\"\nsecrets = [\"whsec_%%%\"]",
+                "secrets",
+                "base64",
+            ),
+            ("[[source]]\nroute = \"a\"\nkind = \"hmac\"\nsecrets = [\"x\"]\nid_header = \"X-Id\"", "header", "required"),
+            ("[[source]]\nroute = \"a\"\nkind = \"stripe\"\nsecrets = [\"x\"]\nheader = \"X\"", "header", "not used"),
+            ("[[source]]\nroute = \"a\"\nkind = \"github\"\nsecrets_env = \"UNSET\"", "secrets_env", "unset"),
+            ("[[source]]\nroute = \"a\"\nkind = \"stripe\"\nsecrte = [\"x\"]", "toml", "unknown field"),
+            ("", "source", "no [[source]]"),
+        ];
+        for (text, field, problem) in cases {
+            let e = parse(text).unwrap_err();
+            assert_eq!(e.field, field, "{text}: {e}");
+            assert!(e.to_string().contains(problem), "{text}: {e}");
+        }
+        let e = parse("[[source]]\nroute = \"pay\"\nkind = \"stripe\"").unwrap_err();
+        assert!(e.to_string().starts_with("source \"pay\": secrets:"), "{e}");
+    }
+}

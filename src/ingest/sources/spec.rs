@@ -1,0 +1,181 @@
+//! The `SOURCES_FILE` as written: one `[[source]]` table per route. Fields
+//! are read here and checked by the kind that uses them; every problem names
+//! the source (its route, or its position) and the field.
+
+use serde::Deserialize;
+
+use super::mac::{Algorithm, Encoding, Keys};
+use super::SourceError;
+
+/// The file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct File {
+    #[serde(default)]
+    pub(super) source: Vec<Spec>,
+}
+
+/// One `[[source]]` table, as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Spec {
+    pub(super) route: Option<String>,
+    pub(super) kind: Option<String>,
+    pub(super) secrets: Option<Vec<String>>,
+    pub(super) secrets_env: Option<String>,
+    pub(super) tolerance_secs: Option<u64>,
+    pub(super) header: Option<String>,
+    pub(super) algorithm: Option<String>,
+    pub(super) encoding: Option<String>,
+    pub(super) prefix: Option<String>,
+    pub(super) id_header: Option<String>,
+    pub(super) id_pointer: Option<String>,
+    pub(super) type_header: Option<String>,
+    pub(super) type_pointer: Option<String>,
+    pub(super) dedupe_on: Option<String>,
+}
+
+/// A [`Spec`] being turned into a source: remembers which fields were used,
+/// so one that the kind does not read is an error rather than ignored.
+pub(crate) struct Reading<'a> {
+    pub(super) spec: Spec,
+    /// How problems name this source: `source "stripe"` or `source #3`.
+    pub(super) name: String,
+    pub(super) env: &'a dyn Fn(&str) -> Option<String>,
+    used: Vec<&'static str>,
+}
+
+impl<'a> Reading<'a> {
+    pub(super) fn new(spec: Spec, position: usize, env: &'a dyn Fn(&str) -> Option<String>) -> Self {
+        let name = match &spec.route {
+            Some(r) => format!("source {r:?}"),
+            None => format!("source #{position}"),
+        };
+        Self { spec, name, env, used: vec!["route", "kind"] }
+    }
+
+    pub(super) fn error(&self, field: &'static str, problem: impl Into<String>) -> SourceError {
+        SourceError { source_name: self.name.clone(), field, problem: problem.into() }
+    }
+
+    fn mark(&mut self, field: &'static str) {
+        self.used.push(field);
+    }
+
+    /// The secrets, from `secrets` or the comma list in `secrets_env`;
+    /// required, each non-empty. Their bytes are as written.
+    pub(super) fn secrets(&mut self) -> Result<Vec<String>, SourceError> {
+        self.mark("secrets");
+        self.mark("secrets_env");
+        let listed = match (self.spec.secrets.take(), self.spec.secrets_env.take()) {
+            (Some(_), Some(_)) => {
+                return Err(self.error("secrets", "give `secrets` or `secrets_env`, not both"))
+            }
+            (Some(list), None) => list,
+            (None, Some(var)) => match (self.env)(&var) {
+                Some(v) if !v.trim().is_empty() => v.split(',').map(|s| s.trim().to_string()).collect(),
+                _ => return Err(self.error("secrets_env", format!("the variable {var} is unset or empty"))),
+            },
+            (None, None) => return Err(self.error("secrets", "required: a list of signing secrets")),
+        };
+        if listed.is_empty() {
+            return Err(self.error("secrets", "must not be empty"));
+        }
+        if listed.iter().any(|s| s.is_empty()) {
+            return Err(self.error("secrets", "a secret is empty"));
+        }
+        Ok(listed)
+    }
+
+    /// Keys for `secrets()` taken verbatim.
+    pub(super) fn keys(&mut self, algorithm: Algorithm) -> Result<Keys, SourceError> {
+        let secrets: Vec<Vec<u8>> = self.secrets()?.into_iter().map(String::into_bytes).collect();
+        Ok(Keys::new(algorithm, &secrets))
+    }
+
+    /// `tolerance_secs`, or the scheme's default.
+    pub(super) fn tolerance(&mut self, default: u64) -> Result<u64, SourceError> {
+        self.mark("tolerance_secs");
+        match self.spec.tolerance_secs {
+            Some(t) if t > 31 * 86_400 => Err(self.error("tolerance_secs", "at most 31 days (2678400)")),
+            Some(t) => Ok(t),
+            None => Ok(default),
+        }
+    }
+
+    pub(super) fn text(&mut self, field: &'static str) -> Option<String> {
+        self.mark(field);
+        let value = match field {
+            "header" => self.spec.header.take(),
+            "algorithm" => self.spec.algorithm.take(),
+            "encoding" => self.spec.encoding.take(),
+            "prefix" => self.spec.prefix.take(),
+            "id_header" => self.spec.id_header.take(),
+            "id_pointer" => self.spec.id_pointer.take(),
+            "type_header" => self.spec.type_header.take(),
+            "type_pointer" => self.spec.type_pointer.take(),
+            "dedupe_on" => self.spec.dedupe_on.take(),
+            _ => None,
+        };
+        value.map(|v| v.trim().to_string())
+    }
+
+    pub(super) fn algorithm(&mut self) -> Result<Algorithm, SourceError> {
+        match self.text("algorithm") {
+            None => Ok(Algorithm::Sha256),
+            Some(a) => {
+                Algorithm::parse(&a).ok_or_else(|| self.error("algorithm", "`sha256`, `sha512` or `sha1`"))
+            }
+        }
+    }
+
+    pub(super) fn encoding(&mut self) -> Result<Encoding, SourceError> {
+        match self.text("encoding") {
+            None => Ok(Encoding::Hex),
+            Some(e) => Encoding::parse(&e).ok_or_else(|| self.error("encoding", "`hex` or `base64`")),
+        }
+    }
+
+    /// A header name: visible ASCII without `:` or spaces.
+    pub(super) fn header_name(&mut self, field: &'static str) -> Result<Option<String>, SourceError> {
+        match self.text(field) {
+            Some(h) if h.is_empty() || !h.bytes().all(|b| b.is_ascii_graphic() && b != b':') => {
+                Err(self.error(field, "a header name such as X-Signature"))
+            }
+            other => Ok(other),
+        }
+    }
+
+    /// A JSON pointer (RFC 6901): empty is the whole document, else `/a/b`.
+    pub(super) fn pointer(&mut self, field: &'static str) -> Result<Option<String>, SourceError> {
+        match self.text(field) {
+            Some(p) if !p.starts_with('/') => Err(self.error(field, "a JSON pointer such as /data/id")),
+            other => Ok(other),
+        }
+    }
+
+    /// Fails on a field the kind did not read.
+    pub(super) fn finish(self, kind: &str) -> Result<(), SourceError> {
+        let s = &self.spec;
+        let given: [(&'static str, bool); 14] = [
+            ("route", true),
+            ("kind", true),
+            ("secrets", s.secrets.is_some()),
+            ("secrets_env", s.secrets_env.is_some()),
+            ("tolerance_secs", s.tolerance_secs.is_some()),
+            ("header", s.header.is_some()),
+            ("algorithm", s.algorithm.is_some()),
+            ("encoding", s.encoding.is_some()),
+            ("prefix", s.prefix.is_some()),
+            ("id_header", s.id_header.is_some()),
+            ("id_pointer", s.id_pointer.is_some()),
+            ("type_header", s.type_header.is_some()),
+            ("type_pointer", s.type_pointer.is_some()),
+            ("dedupe_on", s.dedupe_on.is_some()),
+        ];
+        match given.iter().find(|(f, set)| *set && !self.used.contains(f)) {
+            Some((field, _)) => Err(self.error(field, format!("not used by kind {kind:?}"))),
+            None => Ok(()),
+        }
+    }
+}
