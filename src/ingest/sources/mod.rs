@@ -419,6 +419,16 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_parses_with_every_kind() {
+        let s = Sources::parse(include_str!("../../../sources.example.toml"), &|_| None).unwrap();
+        let kinds: Vec<&str> = s.iter().map(|x| x.kind_name).collect();
+        assert_eq!(
+            kinds,
+            ["stripe", "github", "shopify", "slack", "standard-webhooks", "paddle", "hmac", "envelope"]
+        );
+    }
+
+    #[test]
     fn every_problem_names_the_source_and_the_field() {
         let cases = [
             ("[[source]]\nroute = \"a\"\nkind = \"nope\"", "kind", "unknown kind"),

@@ -1,0 +1,834 @@
+//! Native senders end to end: requests signed by the senders' own libraries
+//! (`tests/senders/sign.py`: stripe, standardwebhooks, slack-sdk, and the
+//! stdlib recipes GitHub, Shopify and Paddle document) posted over real HTTP
+//! to a gateway with a sources file, a real Redis and a real PostgreSQL.
+//! Every scheme meets the same matrix: valid, old secret, wrong secret, one
+//! byte changed, header missing, empty, 31 and 33 bytes, not hex or base64,
+//! stale and future timestamps, a second signature that alone matches, and
+//! the sender's retry, which must be one row.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use webhook_ingestor::ingest::sources::Sources;
+
+use crate::harness::{wait_until, Client, Response, TestApp};
+
+/// One route per kind; each signing kind has a new and an old secret.
+pub const SOURCES: &str = r#"
+[[source]]
+route = "stripe"
+kind = "stripe"
+secrets = ["whsec_new_stripe", "whsec_old_stripe"]
+
+[[source]]
+route = "github"
+kind = "github"
+secrets = ["gh-new", "gh-old"]
+
+[[source]]
+route = "shopify"
+kind = "shopify"
+secrets = ["shop-new", "shop-old"]
+
+[[source]]
+route = "slack"
+kind = "slack"
+secrets = ["slack-new", "slack-old"]
+
+[[source]]
+route = "clerk"
+kind = "standard-webhooks"
+secrets = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"]
+
+[[source]]
+route = "paddle"
+kind = "paddle"
+secrets = ["pdl_ntfset_new", "pdl_ntfset_old"]
+# Paddle's own window is 5 s (unit-tested at its edges); a loaded CI
+# machine can take longer than that between signing and sending.
+tolerance_secs = 30
+
+[[source]]
+route = "acme"
+kind = "hmac"
+secrets = ["acme-new", "acme-old"]
+header = "X-Acme-Signature"
+algorithm = "sha512"
+encoding = "base64"
+id_pointer = "/delivery/id"
+type_pointer = "/kind"
+
+[[source]]
+route = "open"
+kind = "envelope"
+"#;
+
+fn now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+/// What `sign.py` is asked to sign.
+#[derive(serde::Serialize)]
+struct ToSign<'a> {
+    scheme: &'a str,
+    secret: &'a str,
+    body: &'a str,
+    timestamp: i64,
+    id: &'a str,
+}
+
+/// The signature header values the senders' libraries produce, in order.
+fn sign(requests: &[ToSign<'_>]) -> Vec<String> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/senders/sign.py");
+    let mut child = Command::new("python3")
+        .arg(script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 runs (scripts/test installs it)");
+    child.stdin.take().unwrap().write_all(&serde_json::to_vec(requests).unwrap()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "sign.py failed (scripts/install-deps installs stripe, standardwebhooks, slack-sdk): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A gateway whose routes are [`SOURCES`].
+pub fn gateway() -> TestApp {
+    TestApp::spawn_full(|c| {
+        c.ingest.sources = Some(Arc::new(Sources::parse(SOURCES, &|_| None).unwrap()));
+    })
+}
+
+fn post(app: &TestApp, route: &str, headers: &[(String, String)], body: &str) -> Response {
+    let mut req = format!("POST /webhooks/{route} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    let mut client = Client::connect(app.addr);
+    client.send(req.as_bytes());
+    client.read_response().expect("an answer")
+}
+
+/// One request of the matrix and the status it must get.
+struct Case {
+    what: String,
+    headers: Vec<(String, String)>,
+    body: String,
+    expect: u16,
+}
+
+fn run(app: &TestApp, route: &str, cases: &[Case]) {
+    for case in cases {
+        let resp = post(app, route, &case.headers, &case.body);
+        assert_eq!(
+            resp.status,
+            case.expect,
+            "{route}: {}: {}",
+            case.what,
+            String::from_utf8_lossy(&resp.body)
+        );
+        if resp.status == 401 {
+            let doc = resp.json();
+            assert_eq!(
+                (doc["statusCode"].as_u64(), doc["error"].as_str()),
+                (Some(401), Some("Unauthorized"))
+            );
+            let message = doc["message"].as_str().unwrap();
+            assert!(!message.contains("new") && !message.contains("old"), "no secret in {message:?}");
+        }
+    }
+}
+
+/// The stored rows of `route`: `event_id → (event_type, verified_by, payload)`.
+fn rows(app: &TestApp, route: &str) -> HashMap<String, (String, Option<String>, serde_json::Value)> {
+    app.pg()
+        .query(
+            "SELECT event_id, event_type, verified_by, payload::text FROM webhook_events WHERE provider = $1",
+            &[&route],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let payload: String = r.get(3);
+            (r.get(0), (r.get(1), r.get(2), serde_json::from_str(&payload).unwrap()))
+        })
+        .collect()
+}
+
+fn wait_rows(
+    app: &TestApp,
+    route: &str,
+    n: usize,
+) -> HashMap<String, (String, Option<String>, serde_json::Value)> {
+    wait_until(Duration::from_secs(30), &format!("{n} rows for {route}"), || rows(app, route).len() >= n);
+    std::thread::sleep(Duration::from_millis(300)); // and no more
+    let found = rows(app, route);
+    assert_eq!(found.len(), n, "{route}: {:?}", found.keys());
+    found
+}
+
+/// `s` with its last character changed (a signature or body off by one byte).
+fn flip_last(s: &str) -> String {
+    let mut b = s.as_bytes().to_vec();
+    let last = b.last_mut().unwrap();
+    *last = if *last == b'0' { b'1' } else { b'0' };
+    String::from_utf8(b).unwrap()
+}
+
+fn h(name: &str, value: &str) -> (String, String) {
+    (name.to_string(), value.to_string())
+}
+
+#[test]
+fn stripe_signed_by_the_stripe_library() {
+    let app = gateway();
+    let t = now();
+    let body = |id: &str| {
+        format!(
+            r#"{{"id":"{id}","object":"event","type":"invoice.paid","created":{t},"data":{{"object":{{"amount":4200}}}}}}"#
+        )
+    };
+    let (b1, b2, b3) = (body("evt_1"), body("evt_2"), body("evt_3"));
+    let retry_t = t + 5;
+    let sigs = sign(&[
+        ToSign { scheme: "stripe", secret: "whsec_new_stripe", body: &b1, timestamp: t, id: "" },
+        ToSign { scheme: "stripe", secret: "whsec_old_stripe", body: &b2, timestamp: t, id: "" },
+        ToSign { scheme: "stripe", secret: "whsec_wrong", body: &b1, timestamp: t, id: "" },
+        ToSign { scheme: "stripe", secret: "whsec_new_stripe", body: &b1, timestamp: t - 301, id: "" },
+        ToSign { scheme: "stripe", secret: "whsec_new_stripe", body: &b3, timestamp: t + 3600, id: "" },
+        ToSign { scheme: "stripe", secret: "whsec_new_stripe", body: &b1, timestamp: retry_t, id: "" },
+    ]);
+    let v1 = |header: &str| header.split_once(",v1=").unwrap().1.to_string();
+    let sig = |v: String| vec![h("Stripe-Signature", &v)];
+    let good = v1(&sigs[0]);
+    let cases = [
+        Case { what: "valid".into(), headers: sig(sigs[0].clone()), body: b1.clone(), expect: 202 },
+        Case { what: "the old secret".into(), headers: sig(sigs[1].clone()), body: b2.clone(), expect: 202 },
+        Case { what: "a wrong secret".into(), headers: sig(sigs[2].clone()), body: b1.clone(), expect: 401 },
+        Case {
+            what: "one byte changed".into(),
+            headers: sig(sigs[0].clone()),
+            body: b1.replace("4200", "4201"),
+            expect: 401,
+        },
+        Case { what: "no header".into(), headers: vec![], body: b1.clone(), expect: 401 },
+        Case { what: "empty v1".into(), headers: sig(format!("t={t},v1=")), body: b1.clone(), expect: 401 },
+        Case {
+            what: "31 bytes".into(),
+            headers: sig(format!("t={t},v1={}", &good[..62])),
+            body: b1.clone(),
+            expect: 401,
+        },
+        Case {
+            what: "33 bytes".into(),
+            headers: sig(format!("t={t},v1={good}ab")),
+            body: b1.clone(),
+            expect: 401,
+        },
+        Case {
+            what: "not hex".into(),
+            headers: sig(format!("t={t},v1={}", good.replace(|c: char| c.is_ascii_digit(), "z"))),
+            body: b1.clone(),
+            expect: 401,
+        },
+        Case { what: "301 s old".into(), headers: sig(sigs[3].clone()), body: b1.clone(), expect: 401 },
+        Case {
+            what: "an hour ahead (the libraries accept it)".into(),
+            headers: sig(sigs[4].clone()),
+            body: b3.clone(),
+            expect: 202,
+        },
+        Case {
+            what: "only the second v1 matches".into(),
+            headers: sig(format!("t={t},v1={},v1={good}", flip_last(&good))),
+            body: b1.clone(),
+            expect: 202,
+        },
+        Case {
+            what: "the sender's retry".into(),
+            headers: sig(sigs[5].clone()),
+            body: b1.clone(),
+            expect: 202,
+        },
+    ];
+    run(&app, "stripe", &cases);
+    let stored = wait_rows(&app, "stripe", 3);
+    let (kind, verified, payload) = &stored["evt_1"];
+    assert_eq!((kind.as_str(), verified.as_deref()), ("invoice.paid", Some("stripe")));
+    assert_eq!(payload["data"]["object"]["amount"], 4200);
+    let at: f64 = app
+        .pg()
+        .query_one(
+            "SELECT extract(epoch FROM event_timestamp)::float8 FROM webhook_events WHERE event_id = 'evt_1'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(at, t as f64, "Stripe's `created` is the event time");
+    // Rejections are counted per source and reason.
+    let metrics = crate::ops::scrape(&app);
+    assert!(metrics[r#"webhook_source_rejected_total{source="stripe",reason="bad_signature"}"#] >= 5.0);
+    assert_eq!(metrics[r#"webhook_source_rejected_total{source="stripe",reason="stale_timestamp"}"#], 1.0);
+    assert_eq!(metrics[r#"webhook_source_rejected_total{source="stripe",reason="missing_signature"}"#], 1.0);
+    assert_eq!(metrics[r#"webhook_source_accepted_total{source="stripe"}"#], 5.0);
+}
+
+#[test]
+fn standard_webhooks_signed_by_the_standardwebhooks_library() {
+    let app = gateway();
+    let t = now();
+    let body = r#"{"type":"user.created","data":{"id":"user_1","email":"a@example.com"}}"#;
+    let (new, old) = ("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD");
+    let sigs = sign(&[
+        ToSign { scheme: "standard-webhooks", secret: new, body, timestamp: t, id: "msg_1" },
+        ToSign { scheme: "standard-webhooks", secret: old, body, timestamp: t, id: "msg_2" },
+        ToSign {
+            scheme: "standard-webhooks",
+            secret: "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            body,
+            timestamp: t,
+            id: "msg_1",
+        },
+        ToSign { scheme: "standard-webhooks", secret: new, body, timestamp: t - 301, id: "msg_1" },
+        ToSign { scheme: "standard-webhooks", secret: new, body, timestamp: t + 400, id: "msg_1" },
+        ToSign { scheme: "standard-webhooks", secret: new, body, timestamp: t + 2, id: "msg_1" },
+    ]);
+    let headers = |id: &str, ts: i64, sig: &str| {
+        vec![h("webhook-id", id), h("webhook-timestamp", &ts.to_string()), h("webhook-signature", sig)]
+    };
+    let good = sigs[0].strip_prefix("v1,").unwrap();
+    let raw = base64_decode(good);
+    let b64 = |bytes: &[u8]| base64_encode(bytes);
+    let cases = [
+        Case { what: "valid".into(), headers: headers("msg_1", t, &sigs[0]), body: body.into(), expect: 202 },
+        Case {
+            what: "the old secret".into(),
+            headers: headers("msg_2", t, &sigs[1]),
+            body: body.into(),
+            expect: 202,
+        },
+        Case {
+            what: "a wrong secret".into(),
+            headers: headers("msg_1", t, &sigs[2]),
+            body: body.into(),
+            expect: 401,
+        },
+        Case {
+            what: "one byte changed".into(),
+            headers: headers("msg_1", t, &sigs[0]),
+            body: body.replace("user_1", "user_2"),
+            expect: 401,
+        },
+        Case {
+            what: "no header".into(),
+            headers: headers("msg_1", t, &sigs[0])[..2].to_vec(),
+            body: body.into(),
+            expect: 401,
+        },
+        Case { what: "empty".into(), headers: headers("msg_1", t, "v1,"), body: body.into(), expect: 401 },
+        Case {
+            what: "31 bytes".into(),
+            headers: headers("msg_1", t, &format!("v1,{}", b64(&raw[..31]))),
+            body: body.into(),
+            expect: 401,
+        },
+        Case {
+            what: "33 bytes".into(),
+            headers: headers("msg_1", t, &format!("v1,{}", b64(&[&raw[..], &[0]].concat()))),
+            body: body.into(),
+            expect: 401,
+        },
+        Case {
+            what: "not base64".into(),
+            headers: headers("msg_1", t, "v1,%%%%"),
+            body: body.into(),
+            expect: 401,
+        },
+        Case {
+            what: "301 s old".into(),
+            headers: headers("msg_1", t - 301, &sigs[3]),
+            body: body.into(),
+            expect: 401,
+        },
+        Case {
+            what: "400 s ahead".into(),
+            headers: headers("msg_1", t + 400, &sigs[4]),
+            body: body.into(),
+            expect: 401,
+        },
+        Case {
+            what: "only the second matches".into(),
+            headers: headers("msg_1", t, &format!("v1,{} {}", b64(&[0; 32]), sigs[0])),
+            body: body.into(),
+            expect: 202,
+        },
+        Case {
+            what: "svix-* headers, the sender's retry".into(),
+            headers: headers("msg_1", t + 2, &sigs[5])
+                .into_iter()
+                .map(|(k, v)| (k.replace("webhook-", "svix-"), v))
+                .collect(),
+            body: body.into(),
+            expect: 202,
+        },
+    ];
+    run(&app, "clerk", &cases);
+    let stored = wait_rows(&app, "clerk", 2);
+    assert_eq!(stored["msg_1"].0, "user.created");
+    assert_eq!(stored["msg_1"].1.as_deref(), Some("standard-webhooks"));
+}
+
+#[test]
+fn slack_signed_by_slack_sdk_with_its_challenge() {
+    let app = gateway();
+    let t = now();
+    let body = |id: &str| {
+        format!(
+            r#"{{"type":"event_callback","event_id":"{id}","event_time":{t},"event":{{"type":"app_mention","text":"hi"}}}}"#
+        )
+    };
+    let (b1, b2) = (body("Ev1"), body("Ev2"));
+    let challenge = r#"{"token":"x","challenge":"c-123","type":"url_verification"}"#;
+    let sigs = sign(&[
+        ToSign { scheme: "slack", secret: "slack-new", body: &b1, timestamp: t, id: "" },
+        ToSign { scheme: "slack", secret: "slack-old", body: &b2, timestamp: t, id: "" },
+        ToSign { scheme: "slack", secret: "slack-wrong", body: &b1, timestamp: t, id: "" },
+        ToSign { scheme: "slack", secret: "slack-new", body: &b1, timestamp: t - 301, id: "" },
+        ToSign { scheme: "slack", secret: "slack-new", body: &b1, timestamp: t + 400, id: "" },
+        ToSign { scheme: "slack", secret: "slack-new", body: &b1, timestamp: t + 1, id: "" },
+        ToSign { scheme: "slack", secret: "slack-new", body: challenge, timestamp: t, id: "" },
+    ]);
+    let headers = |ts: i64, sig: &str| {
+        vec![h("X-Slack-Request-Timestamp", &ts.to_string()), h("X-Slack-Signature", sig)]
+    };
+    let good = sigs[0].strip_prefix("v0=").unwrap();
+    let cases = [
+        Case { what: "valid".into(), headers: headers(t, &sigs[0]), body: b1.clone(), expect: 202 },
+        Case { what: "the old secret".into(), headers: headers(t, &sigs[1]), body: b2.clone(), expect: 202 },
+        Case { what: "a wrong secret".into(), headers: headers(t, &sigs[2]), body: b1.clone(), expect: 401 },
+        Case {
+            what: "one byte changed".into(),
+            headers: headers(t, &sigs[0]),
+            body: b1.replace("hi", "ho"),
+            expect: 401,
+        },
+        Case {
+            what: "no signature".into(),
+            headers: headers(t, &sigs[0])[..1].to_vec(),
+            body: b1.clone(),
+            expect: 401,
+        },
+        Case { what: "empty".into(), headers: headers(t, "v0="), body: b1.clone(), expect: 401 },
+        Case {
+            what: "31 bytes".into(),
+            headers: headers(t, &format!("v0={}", &good[..62])),
+            body: b1.clone(),
+            expect: 401,
+        },
+        Case {
+            what: "33 bytes".into(),
+            headers: headers(t, &format!("v0={good}00")),
+            body: b1.clone(),
+            expect: 401,
+        },
+        Case {
+            what: "not hex".into(),
+            headers: headers(t, &format!("v0={}", good.replace(|c: char| c.is_ascii_digit(), "x"))),
+            body: b1.clone(),
+            expect: 401,
+        },
+        Case { what: "301 s old".into(), headers: headers(t - 301, &sigs[3]), body: b1.clone(), expect: 401 },
+        Case {
+            what: "400 s ahead".into(),
+            headers: headers(t + 400, &sigs[4]),
+            body: b1.clone(),
+            expect: 401,
+        },
+        Case {
+            what: "the sender's retry".into(),
+            headers: [headers(t + 1, &sigs[5]), vec![h("X-Slack-Retry-Num", "1")]].concat(),
+            body: b1.clone(),
+            expect: 202,
+        },
+    ];
+    run(&app, "slack", &cases);
+    let answer = post(&app, "slack", &headers(t, &sigs[6]), challenge);
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.json(), serde_json::json!({"challenge": "c-123"}));
+    let unsigned = post(&app, "slack", &[], challenge);
+    assert_eq!(unsigned.status, 401, "a challenge is verified first");
+    let stored = wait_rows(&app, "slack", 2);
+    assert_eq!(stored["Ev1"].0, "app_mention");
+}
+
+/// GitHub and Shopify: signed with the recipes their docs give.
+#[test]
+fn github_and_shopify_signed_as_their_docs_say() {
+    let app = gateway();
+    let push = r#"{"ref":"refs/heads/main","commits":[{"id":"abc"}]}"#;
+    let order = r#"{"id":820982911946154500,"email":"jon@example.com"}"#;
+    let sigs = sign(&[
+        ToSign { scheme: "github", secret: "gh-new", body: push, timestamp: 0, id: "" },
+        ToSign { scheme: "github", secret: "gh-old", body: push, timestamp: 0, id: "" },
+        ToSign { scheme: "github", secret: "gh-wrong", body: push, timestamp: 0, id: "" },
+        ToSign { scheme: "shopify", secret: "shop-new", body: order, timestamp: 0, id: "" },
+        ToSign { scheme: "shopify", secret: "shop-old", body: order, timestamp: 0, id: "" },
+        ToSign { scheme: "shopify", secret: "shop-wrong", body: order, timestamp: 0, id: "" },
+        ToSign {
+            scheme: "github",
+            secret: "gh-new",
+            body: r#"{"zen":"Keep it logically awesome."}"#,
+            timestamp: 0,
+            id: "",
+        },
+    ]);
+
+    let gh = |sig: &str, delivery: &str| {
+        vec![h("X-Hub-Signature-256", sig), h("X-GitHub-Event", "push"), h("X-GitHub-Delivery", delivery)]
+    };
+    let gh_hex = sigs[0].strip_prefix("sha256=").unwrap();
+    run(
+        &app,
+        "github",
+        &[
+            Case { what: "valid".into(), headers: gh(&sigs[0], "d-1"), body: push.into(), expect: 202 },
+            Case {
+                what: "the old secret".into(),
+                headers: gh(&sigs[1], "d-2"),
+                body: push.into(),
+                expect: 202,
+            },
+            Case {
+                what: "a wrong secret".into(),
+                headers: gh(&sigs[2], "d-1"),
+                body: push.into(),
+                expect: 401,
+            },
+            Case {
+                what: "one byte changed".into(),
+                headers: gh(&sigs[0], "d-1"),
+                body: push.replace("abc", "abd"),
+                expect: 401,
+            },
+            Case {
+                what: "no header".into(),
+                headers: gh(&sigs[0], "d-1")[1..].to_vec(),
+                body: push.into(),
+                expect: 401,
+            },
+            Case { what: "empty".into(), headers: gh("sha256=", "d-1"), body: push.into(), expect: 401 },
+            Case {
+                what: "31 bytes".into(),
+                headers: gh(&format!("sha256={}", &gh_hex[..62]), "d-1"),
+                body: push.into(),
+                expect: 401,
+            },
+            Case {
+                what: "33 bytes".into(),
+                headers: gh(&format!("sha256={gh_hex}00"), "d-1"),
+                body: push.into(),
+                expect: 401,
+            },
+            Case {
+                what: "not hex".into(),
+                headers: gh(&format!("sha256={}", gh_hex.replace(|c: char| c.is_ascii_digit(), "g")), "d-1"),
+                body: push.into(),
+                expect: 401,
+            },
+            Case { what: "no prefix".into(), headers: gh(gh_hex, "d-1"), body: push.into(), expect: 401 },
+            Case {
+                what: "the redelivery".into(),
+                headers: gh(&sigs[0], "d-1"),
+                body: push.into(),
+                expect: 202,
+            },
+        ],
+    );
+    let ping = post(
+        &app,
+        "github",
+        &[h("X-Hub-Signature-256", &sigs[6]), h("X-GitHub-Event", "ping"), h("X-GitHub-Delivery", "d-ping")],
+        r#"{"zen":"Keep it logically awesome."}"#,
+    );
+    assert_eq!(ping.status, 200, "GitHub's ping gets a 2xx");
+
+    let shop = |sig: &str, id: &str| {
+        vec![
+            h("X-Shopify-Hmac-Sha256", sig),
+            h("X-Shopify-Topic", "orders/create"),
+            h("X-Shopify-Event-Id", id),
+            h("X-Shopify-Webhook-Id", &format!("w-{id}")),
+        ]
+    };
+    let raw = base64_decode(&sigs[3]);
+    run(
+        &app,
+        "shopify",
+        &[
+            Case { what: "valid".into(), headers: shop(&sigs[3], "e-1"), body: order.into(), expect: 202 },
+            Case {
+                what: "the old secret".into(),
+                headers: shop(&sigs[4], "e-2"),
+                body: order.into(),
+                expect: 202,
+            },
+            Case {
+                what: "a wrong secret".into(),
+                headers: shop(&sigs[5], "e-1"),
+                body: order.into(),
+                expect: 401,
+            },
+            Case {
+                what: "one byte changed".into(),
+                headers: shop(&sigs[3], "e-1"),
+                body: order.replace("jon", "jan"),
+                expect: 401,
+            },
+            Case {
+                what: "no header".into(),
+                headers: shop(&sigs[3], "e-1")[1..].to_vec(),
+                body: order.into(),
+                expect: 401,
+            },
+            Case {
+                what: "31 bytes".into(),
+                headers: shop(&base64_encode(&raw[..31]), "e-1"),
+                body: order.into(),
+                expect: 401,
+            },
+            Case {
+                what: "33 bytes".into(),
+                headers: shop(&base64_encode(&[&raw[..], &[1]].concat()), "e-1"),
+                body: order.into(),
+                expect: 401,
+            },
+            Case { what: "not base64".into(), headers: shop("!!!!", "e-1"), body: order.into(), expect: 401 },
+            Case {
+                what: "unprefixed names".into(),
+                headers: shop(&sigs[3], "e-1")
+                    .into_iter()
+                    .map(|(k, v)| (k.replace("X-Shopify", "Shopify"), v))
+                    .collect(),
+                body: order.into(),
+                expect: 202,
+            },
+        ],
+    );
+
+    let github = wait_rows(&app, "github", 2);
+    assert_eq!((github["d-1"].0.as_str(), github["d-1"].1.as_deref()), ("push", Some("github")));
+    let shopify = wait_rows(&app, "shopify", 2);
+    assert_eq!(shopify["e-1"].0, "orders/create");
+}
+
+/// Paddle: signed as its docs say, with a 30 s window here (see SOURCES).
+#[test]
+fn paddle_signed_as_its_docs_say() {
+    let app = gateway();
+    let t = now();
+    let paddle = |id: &str| {
+        format!(
+            r#"{{"event_id":"{id}","event_type":"transaction.completed","occurred_at":"2026-11-22T21:35:25.000000Z","data":{{"id":"txn_1"}}}}"#
+        )
+    };
+    let (p1, p2) = (paddle("evt_p1"), paddle("evt_p2"));
+    let sigs = sign(&[
+        ToSign { scheme: "paddle", secret: "pdl_ntfset_new", body: &p1, timestamp: t, id: "" },
+        ToSign { scheme: "paddle", secret: "pdl_ntfset_old", body: &p2, timestamp: t, id: "" },
+        ToSign { scheme: "paddle", secret: "pdl_ntfset_wrong", body: &p1, timestamp: t, id: "" },
+        ToSign { scheme: "paddle", secret: "pdl_ntfset_new", body: &p1, timestamp: t - 60, id: "" },
+        ToSign { scheme: "paddle", secret: "pdl_ntfset_new", body: &p1, timestamp: t + 60, id: "" },
+        ToSign { scheme: "paddle", secret: "pdl_ntfset_new", body: &p1, timestamp: t + 1, id: "" },
+    ]);
+    let pad = |sig: &str| vec![h("Paddle-Signature", sig)];
+    let h1 = sigs[0].split_once(";h1=").unwrap().1;
+    run(
+        &app,
+        "paddle",
+        &[
+            Case { what: "valid".into(), headers: pad(&sigs[0]), body: p1.clone(), expect: 202 },
+            Case { what: "the old secret".into(), headers: pad(&sigs[1]), body: p2.clone(), expect: 202 },
+            Case { what: "a wrong secret".into(), headers: pad(&sigs[2]), body: p1.clone(), expect: 401 },
+            Case {
+                what: "one byte changed".into(),
+                headers: pad(&sigs[0]),
+                body: p1.replace("txn_1", "txn_2"),
+                expect: 401,
+            },
+            Case { what: "no header".into(), headers: vec![], body: p1.clone(), expect: 401 },
+            Case {
+                what: "empty".into(),
+                headers: pad(&format!("ts={t};h1=")),
+                body: p1.clone(),
+                expect: 401,
+            },
+            Case {
+                what: "31 bytes".into(),
+                headers: pad(&format!("ts={t};h1={}", &h1[..62])),
+                body: p1.clone(),
+                expect: 401,
+            },
+            Case {
+                what: "33 bytes".into(),
+                headers: pad(&format!("ts={t};h1={h1}00")),
+                body: p1.clone(),
+                expect: 401,
+            },
+            Case {
+                what: "not hex".into(),
+                headers: pad(&format!("ts={t};h1={}", h1.replace(|c: char| c.is_ascii_digit(), "q"))),
+                body: p1.clone(),
+                expect: 401,
+            },
+            Case { what: "60 s old".into(), headers: pad(&sigs[3]), body: p1.clone(), expect: 401 },
+            Case { what: "60 s ahead".into(), headers: pad(&sigs[4]), body: p1.clone(), expect: 401 },
+            Case {
+                what: "only the second h1 matches".into(),
+                headers: pad(&format!("ts={t};h1={};h1={h1}", flip_last(h1))),
+                body: p1.clone(),
+                expect: 202,
+            },
+            Case { what: "the retry".into(), headers: pad(&sigs[5]), body: p1.clone(), expect: 202 },
+        ],
+    );
+
+    let paddle_rows = wait_rows(&app, "paddle", 2);
+    assert_eq!(paddle_rows["evt_p1"].0, "transaction.completed");
+    assert_eq!(paddle_rows["evt_p1"].1.as_deref(), Some("paddle"));
+}
+
+#[test]
+fn a_generic_hmac_source_and_the_envelope_routes() {
+    let app = gateway();
+    let body = |id: u64| format!(r#"{{"delivery":{{"id":{id}}},"kind":"thing.made"}}"#);
+    let (b1, b2) = (body(1), body(2));
+    let sigs = sign(&[
+        ToSign { scheme: "hmac-sha512-base64", secret: "acme-new", body: &b1, timestamp: 0, id: "" },
+        ToSign { scheme: "hmac-sha512-base64", secret: "acme-old", body: &b2, timestamp: 0, id: "" },
+        ToSign { scheme: "hmac-sha512-base64", secret: "acme-wrong", body: &b1, timestamp: 0, id: "" },
+    ]);
+    let acme = |sig: &str| vec![h("X-Acme-Signature", sig)];
+    let raw = base64_decode(&sigs[0]);
+    run(
+        &app,
+        "acme",
+        &[
+            Case { what: "valid".into(), headers: acme(&sigs[0]), body: b1.clone(), expect: 202 },
+            Case { what: "the old secret".into(), headers: acme(&sigs[1]), body: b2.clone(), expect: 202 },
+            Case { what: "a wrong secret".into(), headers: acme(&sigs[2]), body: b1.clone(), expect: 401 },
+            Case {
+                what: "one byte changed".into(),
+                headers: acme(&sigs[0]),
+                body: b1.replace("made", "mad!"),
+                expect: 401,
+            },
+            Case { what: "no header".into(), headers: vec![], body: b1.clone(), expect: 401 },
+            Case {
+                what: "63 bytes".into(),
+                headers: acme(&base64_encode(&raw[..63])),
+                body: b1.clone(),
+                expect: 401,
+            },
+            Case {
+                what: "only the second matches".into(),
+                headers: acme(&format!("{},{}", base64_encode(&[0; 64]), sigs[0])),
+                body: b1.clone(),
+                expect: 202,
+            },
+        ],
+    );
+    let stored = wait_rows(&app, "acme", 2);
+    assert_eq!((stored["1"].0.as_str(), stored["1"].1.as_deref()), ("thing.made", Some("hmac")));
+
+    // With a sources file only the listed routes exist; the envelope still works where listed.
+    let unlisted = post(&app, "stripe2", &[], "{}");
+    assert_eq!(unlisted.status, 404);
+    let seed = r#"{"provider":"open","eventId":"evt_open","timestamp":"2026-11-22T21:35:25Z","data":{}}"#;
+    assert_eq!(post(&app, "open", &[], seed).status, 202);
+    let open = wait_rows(&app, "open", 1);
+    assert_eq!((open["evt_open"].0.as_str(), open["evt_open"].1.as_deref()), ("", None));
+    // A Stripe route does not take the unsigned envelope any more.
+    let injected = post(&app, "stripe", &[], &seed.replace("\"open\"", "\"stripe\""));
+    assert_eq!(injected.status, 401);
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.decode(s).unwrap()
+}
+
+fn base64_encode(b: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+#[test]
+fn a_bad_sources_file_stops_the_start_by_name_and_check_config_redacts_the_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("sources.toml");
+    std::fs::write(&good, SOURCES).unwrap();
+    let env = |file: &std::path::Path| vec![("SOURCES_FILE", file.display().to_string())];
+    let shown = crate::security::run_binary(&["check-config"], &env(&good), Duration::from_secs(10));
+    for route in ["\"stripe\"", "\"clerk\"", "\"acme\""] {
+        assert!(shown.contains(route), "check-config lists {route}: {shown:.3000}");
+    }
+    assert!(shown.contains("redacted"), "{shown:.3000}");
+    for secret in ["whsec_new_stripe", "gh-new", "acme-old", "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"] {
+        assert!(!shown.contains(secret), "check-config shows {secret}");
+    }
+
+    let bad = dir.path().join("bad.toml");
+    for (text, expected) in [
+        ("[[source]]\nroute = \"pay\"\nkind = \"stripe\"\nsecrets = []\n", "source \"pay\": secrets: must not be empty"),
+        ("[[source]]\nroute = \"x\"\nkind = \"stripee\"\nsecrets = [\"s\"]\n", "source \"x\": kind: unknown kind"),
+        ("[[source]]\nroute = \"x\"\nkind = \"stripe\"\nsecrets = [\"s\"]\n[[source]]\nroute = \"x\"\nkind = \"github\"\nsecrets = [\"s\"]\n", "route: another source"),
+    ] {
+        std::fs::write(&bad, text).unwrap();
+        let port = crate::harness::free_port().to_string();
+        let mut e = env(&bad);
+        e.push(("PORT", port));
+        let out = crate::security::run_binary(&["serve", "--role", "api"], &e, Duration::from_secs(10));
+        assert!(out.contains("invalid configuration: SOURCES_FILE=") && out.contains(expected), "{expected}: {out:.2000}");
+        assert!(!out.contains("webhook-ingestor serving"), "{out:.2000}");
+    }
+}
+
+/// Entries a gateway of the first format left in the stream are stored
+/// after the upgrade, as the untyped, unverified envelopes they are.
+#[test]
+fn version_1_entries_left_in_the_stream_drain_normally() {
+    let app = TestApp::spawn_full(|_| {});
+    let mut con = app.redis.con();
+    let body = r#"{"provider":"stripe","eventId":"evt_v1","timestamp":"2026-11-22T21:35:25Z","data":{}}"#;
+    let _: String = redis::cmd("XADD")
+        .arg("webhooks")
+        .arg("*")
+        .arg("v")
+        .arg(1)
+        .arg("p")
+        .arg("stripe")
+        .arg("e")
+        .arg("evt_v1")
+        .arg("t")
+        .arg(1_795_383_325_000_000i64)
+        .arg("r")
+        .arg(1_795_383_326_000_000i64)
+        .arg("b")
+        .arg(body)
+        .query(&mut con)
+        .unwrap();
+    wait_until(Duration::from_secs(30), "the v1 row", || app.rows() == 1);
+    let row = app.pg().query_one("SELECT event_type, verified_by FROM webhook_events", &[]).unwrap();
+    assert_eq!((row.get::<_, String>(0), row.get::<_, Option<String>>(1)), (String::new(), None));
+    assert_eq!(app.dead_letters(), 0);
+}
