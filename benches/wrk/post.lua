@@ -1,12 +1,7 @@
 -- wrk script: POST a ~300-byte webhook with a unique eventId per request,
 -- and count the answers by status (wrk's own total counts every answer).
 -- Usage: wrk ... -s benches/wrk/post.lua URL -- <run-id>
--- At the end it prints one line per status seen: "status 202: 1234567".
-local threads = {}
-function setup(thread)
-  thread:set("tid", #threads + 1)
-  table.insert(threads, thread)
-end
+-- Answers are counted by status (benches/wrk/count.lua).
 
 local counter, run = 0, "r"
 codes = {}
@@ -27,18 +22,4 @@ function request()
   return wrk.format(nil, nil, nil, body)
 end
 
-function response(status, headers, body)
-  codes[status] = (codes[status] or 0) + 1
-end
-
-function done(summary, latency, requests)
-  local total = {}
-  for _, t in ipairs(threads) do
-    for status, n in pairs(t:get("codes")) do
-      total[status] = (total[status] or 0) + n
-    end
-  end
-  for status, n in pairs(total) do
-    io.write(string.format("status %d: %d\n", status, n))
-  end
-end
+dofile("benches/wrk/count.lua")
