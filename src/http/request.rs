@@ -96,7 +96,12 @@ impl<'a> Headers<'a> {
 
     /// The first header called `name` (any letter case), trimmed.
     pub fn get(&self, name: &str) -> Option<&'a [u8]> {
-        self.iter().find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes())).map(|(_, v)| v)
+        let (b, want) = (self.bytes, name.as_bytes());
+        // Names are compared where they lie; only the match's value is sliced and trimmed.
+        self.spans.iter().find_map(|&(n, nl, v, vl)| {
+            (nl as usize == want.len() && b[n as usize..(n + nl) as usize].eq_ignore_ascii_case(want))
+                .then(|| trim(&b[v as usize..(v + vl) as usize]))
+        })
     }
 
     /// The same, as text (`None` if absent or not UTF-8).

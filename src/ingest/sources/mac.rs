@@ -73,14 +73,29 @@ enum Keyed {
     Sha1(Hmac<Sha1>),
 }
 
+/// A tag on the stack: up to SHA-512's 64 bytes.
+struct Tag {
+    bytes: [u8; 64],
+    len: usize,
+}
+
+impl Tag {
+    fn as_slice(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
 impl Keyed {
-    fn tag(&self, parts: &[&[u8]]) -> Vec<u8> {
-        fn run<M: hmac::Mac + Clone>(m: &M, parts: &[&[u8]]) -> Vec<u8> {
+    fn tag(&self, parts: &[&[u8]]) -> Tag {
+        fn run<M: hmac::Mac + Clone>(m: &M, parts: &[&[u8]]) -> Tag {
             let mut m = m.clone();
             for p in parts {
                 m.update(p);
             }
-            m.finalize().into_bytes().to_vec()
+            let out = m.finalize().into_bytes();
+            let mut tag = Tag { bytes: [0; 64], len: out.len() };
+            tag.bytes[..out.len()].copy_from_slice(&out);
+            tag
         }
         match self {
             Self::Sha256(m) => run(m, parts),
@@ -123,6 +138,7 @@ impl Keys {
         let mut found = subtle::Choice::from(0);
         for key in &self.keyed {
             let tag = key.tag(parts);
+            let tag = tag.as_slice();
             for c in candidates {
                 // Length is no secret; equal lengths are compared in constant time.
                 if c.len() == tag.len() {
@@ -137,8 +153,8 @@ impl Keys {
     pub fn sign(&self, parts: &[&[u8]], encoding: Encoding) -> String {
         let tag = self.keyed[0].tag(parts);
         match encoding {
-            Encoding::Hex => hex::encode(tag),
-            Encoding::Base64 => base64::engine::general_purpose::STANDARD.encode(tag),
+            Encoding::Hex => hex::encode(tag.as_slice()),
+            Encoding::Base64 => base64::engine::general_purpose::STANDARD.encode(tag.as_slice()),
         }
     }
 }
