@@ -80,8 +80,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // 1. The worker path.
     let shutdown = CancellationToken::new();
     let settings = WorkerSettings {
-        redis_url: redis_url.clone(),
-        stream: "webhooks".into(),
+        queue: webhook_ingestor::queue::Queue::single(&redis_url, "webhooks")?,
         batch_max: env("WORKER_BATCH_MAX", "5000").parse()?,
         batch_max_bytes: env("WORKER_BATCH_MAX_BYTES", &(64 << 20).to_string()).parse()?,
         max_body_bytes: env("MAX_BODY_BYTES", &(1 << 20).to_string()).parse()?,

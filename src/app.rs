@@ -177,8 +177,7 @@ fn start_workers(
     let pool = store::pool(url, config.store.pool_size, config.store.timeouts)
         .map_err(|e| StartError::Database(e.to_string()))?;
     let settings = WorkerSettings {
-        redis_url: config.queue.redis_url.clone(),
-        stream: config.queue.queue_name.clone(),
+        queue: config.queue.queue(),
         batch_max: config.worker.batch_max,
         batch_max_bytes: config.worker.batch_max_bytes,
         max_body_bytes: config.http.max_body_bytes,
@@ -219,8 +218,9 @@ fn start_gateway(
         listeners[0].local_addr().map_err(|source| StartError::Listen { addr: requested, source })?;
 
     let (enqueuer, pipeline) = spawn_pipeline(PipelineSettings {
-        redis_url: config.queue.redis_url.clone(),
-        stream: config.queue.queue_name.clone(),
+        queue: config.queue.queue(),
+        wait_replicas: config.queue.wait_replicas,
+        wait_timeout: config.queue.wait_timeout,
         batch_max: config.queue.batch_max,
         batch_linger: config.queue.batch_linger,
         enqueue_timeout: config.queue.enqueue_timeout,
@@ -232,11 +232,10 @@ fn start_gateway(
     .map_err(|source| StartError::Spawn { what: "redis pipeline thread", source })?;
     app.pipeline = Some(pipeline);
     let (health, health_thread) = spawn_health(HealthSettings {
-        redis_url: config.queue.redis_url.clone(),
+        queue: config.queue.queue(),
         database_url: config.store.database_url.clone(),
         pg_timeouts: config.store.timeouts,
         memory_limit_bytes: config.ops.memory_limit_bytes,
-        stream: config.queue.queue_name.clone(),
         show_errors: config.ops.health_show_errors,
     })
     .map_err(|source| StartError::Spawn { what: "health thread", source })?;

@@ -28,7 +28,7 @@ use futures_channel::oneshot;
 use serde_json::{json, Map, Value};
 use tracing::{error, info, warn};
 
-use crate::telemetry::metrics::QueueGauges;
+use crate::telemetry::metrics::{PartitionGauges, QueueGauges};
 
 /// How long a core waits for the health thread before answering 503.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_millis(2500);
@@ -53,16 +53,14 @@ pub struct Report {
 /// What the health thread checks.
 #[derive(Debug, Clone)]
 pub struct HealthSettings {
-    /// `REDIS_URL`.
-    pub redis_url: String,
+    /// The queue's Redis (node or cluster) and its partitions.
+    pub queue: crate::queue::Queue,
     /// `DATABASE_URL`, when this process uses PostgreSQL.
     pub database_url: Option<String>,
     /// `PG_*_TIMEOUT_MS` (the check's own connect timeout stays 1 s).
     pub pg_timeouts: crate::store::Timeouts,
     /// `MEMORY_LIMIT_BYTES`.
     pub memory_limit_bytes: u64,
-    /// `QUEUE_NAME`, for the queue gauges.
-    pub stream: String,
     /// `HEALTH_SHOW_ERRORS`: put dependency error text in the answer.
     pub show_errors: bool,
 }
@@ -168,7 +166,7 @@ type Check = Result<Map<String, Value>, String>;
 
 struct Checker {
     settings: HealthSettings,
-    redis: Option<redis::Connection>,
+    redis: Option<crate::queue::Conn>,
     pg: Option<postgres::Client>,
     /// The last reason logged per check, so each change is logged once.
     logged: Vec<(&'static str, Option<String>)>,
@@ -241,27 +239,17 @@ impl Checker {
 
     fn queue(&mut self) -> Option<QueueGauges> {
         self.redis().ok()?;
-        let stream = self.settings.stream.clone();
-        let con = self.redis.as_mut()?;
-        let mut pipe = redis::pipe();
-        pipe.cmd("XLEN").arg(&stream);
-        pipe.cmd("XLEN").arg(crate::worker::dead_letter_stream(&stream));
-        let (length, dead_letters): (u64, u64) = pipe.query(con).ok()?;
-        let pending = redis::cmd("XPENDING")
-            .arg(&stream)
-            .arg(crate::queue::GROUP)
-            .query::<(u64, redis::Value, redis::Value, redis::Value)>(con)
-            .map(|r| r.0)
-            .unwrap_or(0);
-        Some(QueueGauges { length, pending, dead_letters })
+        let queue = self.settings.queue.clone();
+        let gauges = read_queue_gauges(&queue, self.redis.as_mut()?);
+        if gauges.is_none() {
+            self.redis = None;
+        }
+        gauges
     }
 
     fn redis(&mut self) -> Check {
         if self.redis.is_none() {
-            let client = redis::Client::open(self.settings.redis_url.as_str()).map_err(|e| e.to_string())?;
-            let con = client.get_connection_with_timeout(CHECK_TIMEOUT).map_err(|e| e.to_string())?;
-            con.set_read_timeout(Some(CHECK_TIMEOUT)).map_err(|e| e.to_string())?;
-            con.set_write_timeout(Some(CHECK_TIMEOUT)).map_err(|e| e.to_string())?;
+            let con = self.settings.queue.connect(CHECK_TIMEOUT, CHECK_TIMEOUT).map_err(|e| e.to_string())?;
             self.redis = Some(con);
         }
         let con = self.redis.as_mut().expect("just set");
@@ -304,6 +292,50 @@ impl Checker {
         fields.insert("limit_bytes".into(), limit.into());
         Ok(fields)
     }
+}
+
+/// Every partition's gauges and their totals; `None` when no partition's
+/// master answered (Redis is down, not the queue empty).
+pub fn read_queue_gauges(queue: &crate::queue::Queue, con: &mut crate::queue::Conn) -> Option<QueueGauges> {
+    let partitions: Vec<Option<PartitionGauges>> =
+        queue.streams().iter().map(|stream| partition_gauges(con, stream)).collect();
+    if partitions.iter().all(Option::is_none) {
+        return None;
+    }
+    Some(QueueGauges::from_partitions(partitions))
+}
+
+/// One partition's gauges, in one round trip to its master (every key
+/// carries the partition's hash tag).
+fn partition_gauges(con: &mut crate::queue::Conn, stream: &str) -> Option<PartitionGauges> {
+    let mut pipe = redis::pipe();
+    pipe.cmd("XLEN").arg(stream);
+    pipe.cmd("XLEN").arg(crate::worker::dead_letter_stream(stream));
+    pipe.cmd("XPENDING").arg(stream).arg(crate::queue::GROUP);
+    pipe.cmd("XINFO").arg("GROUPS").arg(stream);
+    let (length, dead_letters, pending, groups): (u64, u64, redis::Value, redis::Value) =
+        pipe.query(con).ok()?;
+    let pending = match pending {
+        redis::Value::Array(summary) => {
+            summary.into_iter().next().and_then(|n| redis::from_redis_value::<u64>(n).ok()).unwrap_or(0)
+        }
+        _ => 0,
+    };
+    Some(PartitionGauges { length, pending, dead_letters, lag: group_lag(groups).unwrap_or(0) })
+}
+
+/// The `lag` of the workers' group in an `XINFO GROUPS` reply (Redis 7+;
+/// nil while Redis cannot tell, e.g. after entries were deleted mid-stream).
+fn group_lag(groups: redis::Value) -> Option<u64> {
+    let redis::Value::Array(groups) = groups else { return None };
+    groups.into_iter().find_map(|g| {
+        let fields: std::collections::HashMap<String, redis::Value> = redis::from_redis_value(g).ok()?;
+        let name: String = redis::from_redis_value(fields.get("name")?.clone()).ok()?;
+        if name != crate::queue::GROUP {
+            return None;
+        }
+        redis::from_redis_value(fields.get("lag")?.clone()).ok()
+    })
 }
 
 /// This process's resident memory (`VmRSS`), in bytes.

@@ -113,32 +113,45 @@ fn migrate(config: &Config) -> CliResult {
     Ok(())
 }
 
-fn redis_con(config: &Config) -> Result<redis::Connection, redis::RedisError> {
-    redis::Client::open(config.queue.redis_url.as_str())?.get_connection_with_timeout(Duration::from_secs(5))
+fn redis_con(config: &Config) -> Result<queue::Conn, redis::RedisError> {
+    config.queue.queue().connect(Duration::from_secs(5), Duration::from_secs(5))
 }
 
 fn replay(config: &Config, ids: Vec<String>) -> CliResult {
     let scope = if ids.is_empty() { ReplayScope::All } else { ReplayScope::Ids(ids) };
-    let moved = worker::replay(&mut redis_con(config)?, &config.queue.queue_name, &scope)?;
+    let queue = config.queue.queue();
+    let mut con = redis_con(config)?;
+    // Each partition has its own dead letters, replayed into its own stream.
+    let mut moved = 0;
+    for stream in queue.streams() {
+        moved += worker::replay(&mut con, &stream, &scope)?;
+    }
     println!("replayed {moved} dead-lettered entries into {}", config.queue.queue_name);
     Ok(())
 }
 
 fn stats(config: &Config) -> CliResult {
+    let queue = config.queue.queue();
     let mut con = redis_con(config)?;
-    let stream = &config.queue.queue_name;
-    let len: u64 = redis::cmd("XLEN").arg(stream).query(&mut con)?;
-    let pending: u64 = redis::cmd("XPENDING")
-        .arg(stream)
-        .arg(queue::GROUP)
-        .query::<(u64, redis::Value, redis::Value, redis::Value)>(&mut con)
-        .map(|r| r.0)
-        .unwrap_or(0);
-    let dead: u64 = redis::cmd("XLEN").arg(worker::dead_letter_stream(stream)).query(&mut con)?;
-    println!("stream:       {stream}");
-    println!("queue_length: {len}");
-    println!("pending:      {pending}");
-    println!("dead_letters: {dead}");
+    let g = webhook_ingestor::health::read_queue_gauges(&queue, &mut con).ok_or("redis did not answer")?;
+    println!("stream:       {}", queue.name());
+    println!("partitions:   {}", queue.partitions());
+    println!("queue_length: {}", g.length);
+    println!("pending:      {}", g.pending);
+    println!("lag:          {}", g.lag);
+    println!("dead_letters: {}", g.dead_letters);
+    if g.partitions.len() > 1 {
+        println!("partition  length  pending  lag  dead_letters");
+        for (p, pg) in g.partitions.iter().enumerate() {
+            match pg {
+                Some(pg) => println!(
+                    "{p:>9}  {:>6}  {:>7}  {:>3}  {:>12}",
+                    pg.length, pg.pending, pg.lag, pg.dead_letters
+                ),
+                None => println!("{p:>9}  (its master did not answer)"),
+            }
+        }
+    }
     if let Some(url) = config.store.database_url.as_deref() {
         let mut client = postgres::Client::connect(url, postgres::NoTls)?;
         let rows: i64 = client.query_one("SELECT count(*) FROM webhook_events", &[])?.get(0);

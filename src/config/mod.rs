@@ -230,8 +230,23 @@ impl IngestConfig {
 pub struct QueueConfig {
     /// `REDIS_URL` (default `redis://127.0.0.1:6379/`). Redacted in logs.
     pub redis_url: String,
-    /// `QUEUE_NAME` (default `webhooks`): the Redis stream jobs are added to.
+    /// `REDIS_CLUSTER_NODES` (default unset: one node at `REDIS_URL`): a
+    /// comma-separated list of `host:port` (or `redis://` URLs) of a Redis
+    /// Cluster; any one reachable is enough, the rest is discovered.
+    /// Credentials come from an entry that carries them, else `REDIS_URL`.
+    pub cluster_nodes: Option<String>,
+    /// `QUEUE_NAME` (default `webhooks`): the Redis stream jobs are added to
+    /// (with several partitions, the prefix of each partition's stream).
     pub queue_name: String,
+    /// `PARTITIONS` (default 1 on one node, 16 on a cluster; 1 to 1024):
+    /// streams the queue is cut into, each in its own cluster slot.
+    pub partitions: u16,
+    /// `REDIS_WAIT_REPLICAS` (default 0): replicas that must hold a job
+    /// (`WAIT`) before its 202; 0 = the master's acknowledgement is enough.
+    pub wait_replicas: u16,
+    /// `REDIS_WAIT_TIMEOUT_MS` (default half of `ENQUEUE_TIMEOUT_MS`): how
+    /// long `WAIT` waits for them; fewer by then means 503.
+    pub wait_timeout: Duration,
     /// `BATCH_MAX` (default 256): most jobs sent in one Redis pipeline.
     pub batch_max: usize,
     /// `BATCH_LINGER_US` (default 0): how long the pipeline thread waits for
@@ -257,7 +272,11 @@ impl Default for QueueConfig {
     fn default() -> Self {
         Self {
             redis_url: "redis://127.0.0.1:6379/".into(),
+            cluster_nodes: None,
             queue_name: crate::queue::DEFAULT_STREAM.into(),
+            partitions: 1,
+            wait_replicas: 0,
+            wait_timeout: Duration::from_millis(1000),
             batch_max: 256,
             batch_linger: Duration::ZERO,
             enqueue_timeout: Duration::from_millis(2000),
@@ -272,7 +291,11 @@ impl fmt::Debug for QueueConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("QueueConfig")
             .field("redis_url", &redact(&self.redis_url))
+            .field("cluster_nodes", &self.cluster_nodes.as_deref().map(redact))
             .field("queue_name", &self.queue_name)
+            .field("partitions", &self.partitions)
+            .field("wait_replicas", &self.wait_replicas)
+            .field("wait_timeout", &self.wait_timeout)
             .field("batch_max", &self.batch_max)
             .field("batch_linger", &self.batch_linger)
             .field("enqueue_timeout", &self.enqueue_timeout)
@@ -286,10 +309,34 @@ impl fmt::Debug for QueueConfig {
 impl QueueConfig {
     fn read(v: &Vars<'_>) -> Result<Self, ConfigError> {
         let d = Self::default();
+        let redis_url = v.var("REDIS_URL").map_or(d.redis_url.clone(), |u| {
+            redis::Client::open(u).map(|_| u.to_string()).map_err(|e| format!("a redis:// URL ({e})"))
+        })?;
+        let nodes = v.var("REDIS_CLUSTER_NODES");
+        let cluster_nodes = match nodes.value.clone() {
+            None => None,
+            Some(list) => {
+                crate::queue::parse_cluster_nodes(&list, Some(&redis_url)).map_err(|e| nodes.error(e))?;
+                Some(list.trim().to_string())
+            }
+        };
+        let partitions_default = if cluster_nodes.is_some() { 16 } else { d.partitions };
+        let enqueue_timeout = v.var("ENQUEUE_TIMEOUT_MS").millis(d.enqueue_timeout, 10, 600_000)?;
+        let wait_replicas = v.var("REDIS_WAIT_REPLICAS").in_range(d.wait_replicas, 0, 64)?;
+        // Below the callers' patience, so a WAIT that times out is still
+        // answered (503) before the caller gives up on its own.
+        let patience = enqueue_timeout.as_millis() as u64;
+        let wait_timeout = v.var("REDIS_WAIT_TIMEOUT_MS").millis(
+            enqueue_timeout / 2,
+            1,
+            patience.saturating_sub(1).max(1),
+        )?;
         Ok(Self {
-            redis_url: v.var("REDIS_URL").map_or(d.redis_url, |u| {
-                redis::Client::open(u).map(|_| u.to_string()).map_err(|e| format!("a redis:// URL ({e})"))
-            })?,
+            redis_url,
+            cluster_nodes,
+            partitions: v.var("PARTITIONS").in_range(partitions_default, 1, crate::queue::MAX_PARTITIONS)?,
+            wait_replicas,
+            wait_timeout,
             queue_name: v.var("QUEUE_NAME").map_or(d.queue_name, |q| {
                 if q.len() <= 200 && !q.contains(char::is_whitespace) {
                     Ok(q.to_string())
@@ -303,7 +350,7 @@ impl QueueConfig {
                 0,
                 1_000_000,
             )?),
-            enqueue_timeout: v.var("ENQUEUE_TIMEOUT_MS").millis(d.enqueue_timeout, 10, 600_000)?,
+            enqueue_timeout,
             channel_capacity: v.var("ENQUEUE_CHANNEL_CAPACITY").in_range(
                 d.channel_capacity,
                 1,
@@ -318,9 +365,27 @@ impl QueueConfig {
         })
     }
 
-    /// `REDIS_URL` with any password replaced by `***`, for logs.
+    /// `REDIS_URL` (or, on a cluster, `REDIS_CLUSTER_NODES`) with any
+    /// password replaced by `***`, for logs.
     pub fn redis_url_redacted(&self) -> String {
-        redact(&self.redis_url)
+        match &self.cluster_nodes {
+            Some(nodes) => format!("cluster {}", redact(nodes)),
+            None => redact(&self.redis_url),
+        }
+    }
+
+    /// The queue these settings describe: where it lives and its partitions.
+    pub fn queue(&self) -> crate::queue::Queue {
+        let target = match &self.cluster_nodes {
+            Some(list) => crate::queue::Target::Cluster(
+                crate::queue::parse_cluster_nodes(list, Some(&self.redis_url)).expect("checked when read"),
+            ),
+            None => crate::queue::Target::Node(
+                redis::IntoConnectionInfo::into_connection_info(self.redis_url.as_str())
+                    .expect("checked when read"),
+            ),
+        };
+        crate::queue::Queue::new(target, self.queue_name.clone(), self.partitions)
     }
 }
 
@@ -590,6 +655,22 @@ mod tests {
         assert_eq!(load(&[("LOG_LEVEL", "info,=[")]).unwrap_err().var, "LOG_LEVEL");
         assert_eq!(load(&[("JSON_PARSER", "fast")]).unwrap_err().var, "JSON_PARSER");
         assert_eq!(load(&[("CORS_ORIGINS", "example.com")]).unwrap_err().var, "CORS_ORIGINS");
+        assert_eq!(load(&[("PARTITIONS", "0")]).unwrap_err().var, "PARTITIONS");
+        assert_eq!(load(&[("REDIS_CLUSTER_NODES", "h:x")]).unwrap_err().var, "REDIS_CLUSTER_NODES");
+        let e = load(&[("ENQUEUE_TIMEOUT_MS", "500"), ("REDIS_WAIT_TIMEOUT_MS", "500")]).unwrap_err();
+        assert_eq!(e.var, "REDIS_WAIT_TIMEOUT_MS");
+    }
+
+    #[test]
+    fn a_cluster_defaults_to_sixteen_partitions() {
+        let c = load(&[("REDIS_CLUSTER_NODES", "127.0.0.1:7000,127.0.0.1:7001")]).unwrap();
+        assert_eq!(c.queue.partitions, 16);
+        assert!(c.queue.queue().is_cluster());
+        assert_eq!(c.queue.queue().stream(3), "webhooks:{3}");
+        let one = load(&[]).unwrap().queue.queue();
+        assert!(!one.is_cluster());
+        assert_eq!(one.streams(), vec!["webhooks".to_string()], "one node: the stream of old");
+        assert_eq!(load(&[]).unwrap().queue.wait_timeout, Duration::from_millis(1000));
     }
 
     #[test]

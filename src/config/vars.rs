@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::{redact, ConfigError, CoreSelection};
 
 /// Variables whose values may hold a password.
-const SECRET_VARS: &[&str] = &["REDIS_URL", "DATABASE_URL"];
+const SECRET_VARS: &[&str] = &["REDIS_URL", "REDIS_CLUSTER_NODES", "DATABASE_URL"];
 
 /// Where variables come from (the environment, or a map in tests).
 pub(super) struct Vars<'a> {

@@ -34,6 +34,8 @@
 
 pub mod keys;
 mod pipeline;
+mod target;
+pub mod topology;
 
 use std::time::Duration;
 
@@ -43,6 +45,7 @@ use thiserror::Error;
 use crate::job::WebhookJob;
 
 pub use pipeline::{prepare_stream, spawn_pipeline, PipelineHandle, PipelineSettings};
+pub use target::{parse_cluster_nodes, Conn, Queue, Target, MAX_PARTITIONS};
 
 /// Default stream name (`QUEUE_NAME`).
 pub const DEFAULT_STREAM: &str = "webhooks";

@@ -1,13 +1,24 @@
 //! The Redis pipeline thread: batches `XADD`s and answers each job.
 //! See the module docs of [`crate::queue`] for the contract.
+//!
+//! Each job goes to its partition's stream, each partition lives on one
+//! master ([`Topology`]; one node = one master). A batch is cut into one
+//! plain pipeline per master, all sent before any reply is read, so a batch
+//! over three masters costs one round trip, not three; and a master that
+//! fails fails only its own jobs. A `MOVED` or `ASK` reply is followed once
+//! within the batch (a resharding); a master that stops answering is marked
+//! down, its jobs get 503, and the slot map is read again until its replica
+//! has taken over (a failover).
 
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
+use redis::{ConnectionAddr, ConnectionInfo, Value};
 use tracing::{error, info, warn};
 
-use super::{EnqueueError, Enqueuer, Pending, StreamId, GROUP};
+use super::topology::Topology;
+use super::{EnqueueError, Enqueuer, Pending, Queue, StreamId, GROUP};
 
 /// First reconnect delay; doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
@@ -17,14 +28,17 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// How often `INFO memory` rides along with a batch (never on its own: an
 /// idle pipeline adds nothing to Redis's memory).
 const MEMORY_REFRESH: Duration = Duration::from_millis(100);
+/// How often a cluster's slot map is read again when nothing went wrong
+/// (masters added by hand, a failover that this thread did not see fail).
+const TOPOLOGY_REFRESH: Duration = Duration::from_secs(5);
+/// Soonest a failed or suspect slot map is read again.
+const TOPOLOGY_RETRY: Duration = Duration::from_millis(100);
 
 /// What the pipeline thread needs from the configuration.
 #[derive(Debug, Clone)]
 pub struct PipelineSettings {
-    /// `REDIS_URL`.
-    pub redis_url: String,
-    /// `QUEUE_NAME`.
-    pub stream: String,
+    /// `REDIS_URL` or `REDIS_CLUSTER_NODES`, `QUEUE_NAME`, `PARTITIONS`.
+    pub queue: Queue,
     /// `BATCH_MAX`.
     pub batch_max: usize,
     /// `BATCH_LINGER_US`.
@@ -35,13 +49,18 @@ pub struct PipelineSettings {
     pub channel_capacity: usize,
     /// Where the thread counts its batches and errors.
     pub metrics: std::sync::Arc<crate::telemetry::metrics::Metrics>,
-    /// `MAX_QUEUE_DEPTH`: stream length at which new jobs are refused (the
-    /// workers are behind or PostgreSQL is down and Redis memory is finite).
+    /// `MAX_QUEUE_DEPTH`: entries in all partitions at which new jobs are
+    /// refused (the workers are behind or PostgreSQL is down and Redis
+    /// memory is finite).
     pub max_queue_depth: u64,
-    /// `MAX_REDIS_MEMORY_PERCENT`: share of Redis's `maxmemory` in use at
-    /// which new jobs are refused (0 = never), so Redis keeps room for the
-    /// workers' writes and never reaches its own out-of-memory refusals.
+    /// `MAX_REDIS_MEMORY_PERCENT`: share of a master's `maxmemory` in use at
+    /// which its new jobs are refused (0 = never), so Redis keeps room for
+    /// the workers' writes and never reaches its own out-of-memory refusals.
     pub max_memory_percent: u8,
+    /// `REDIS_WAIT_REPLICAS`: replicas that must have a job before its 202.
+    pub wait_replicas: u16,
+    /// `REDIS_WAIT_TIMEOUT_MS`.
+    pub wait_timeout: Duration,
 }
 
 /// The running pipeline thread.
@@ -70,15 +89,13 @@ impl PipelineHandle {
 /// Starts the pipeline thread and returns the handle cores enqueue through.
 ///
 /// # Errors
-/// The `REDIS_URL` cannot be parsed, or the thread cannot be spawned.
+/// The thread cannot be spawned.
 pub fn spawn_pipeline(settings: PipelineSettings) -> std::io::Result<(Enqueuer, PipelineHandle)> {
-    let client = redis::Client::open(settings.redis_url.as_str())
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let (enqueuer, rx) = Enqueuer::bounded(settings.channel_capacity, settings.enqueue_timeout);
     let backlog = rx.clone();
     let thread = thread::Builder::new()
         .name("redis-pipeline".into())
-        .spawn(move || Pipeline::new(client, settings).run(rx))?;
+        .spawn(move || Pipeline::new(settings).run(rx))?;
     Ok((enqueuer, PipelineHandle { thread, backlog }))
 }
 
@@ -93,37 +110,122 @@ enum Link {
     },
 }
 
-struct Pipeline {
-    client: redis::Client,
-    settings: PipelineSettings,
+/// One master and this thread's connection to it.
+struct Master {
+    info: ConnectionInfo,
     link: Link,
-    batch: Vec<Pending>,
-    pipe: redis::Pipeline,
-    /// Stream length after the last pipeline (`XLEN` rides along with each).
-    depth: u64,
-    /// When Redis's memory was last read.
+    /// When its memory was last read.
     memory_read_at: Option<Instant>,
     /// Whether the last reading was over `MAX_REDIS_MEMORY_PERCENT`.
     memory_full: bool,
+    /// The last `(used_memory, maxmemory)` read.
+    memory: (u64, u64),
+}
+
+impl Master {
+    fn new(info: ConnectionInfo) -> Self {
+        let link =
+            Link::Down { retry_at: Instant::now(), backoff: MIN_BACKOFF, reason: "not yet connected".into() };
+        Self { info, link, memory_read_at: None, memory_full: false, memory: (0, 0) }
+    }
+
+    fn name(&self) -> String {
+        self.info.addr().to_string()
+    }
+
+    fn mark_down(&mut self, reason: String) {
+        error!(error = %reason, master = %self.name(), "redis connection lost; reconnecting with backoff");
+        self.link = Link::Down { retry_at: Instant::now() + MIN_BACKOFF, backoff: MIN_BACKOFF * 2, reason };
+    }
+
+    fn down_reason(&self) -> String {
+        match &self.link {
+            Link::Down { reason, .. } => format!("{}: {reason}", self.name()),
+            Link::Up(_) => "redis error".into(),
+        }
+    }
+}
+
+/// What one reply in a master's pipeline answers.
+#[derive(Clone, Copy)]
+enum Slot {
+    /// The `OK` of an `ASKING`.
+    Asking,
+    /// The `XADD` of the batch's job `i`.
+    Job(usize),
+    /// The `WAIT` after the master's `XADD`s.
+    Wait,
+    /// The `XLEN` of partition `p`.
+    Depth(u16),
+    /// `INFO memory`.
+    Memory,
+}
+
+/// Where a job goes in a round: its master, and whether by `ASK`.
+#[derive(Clone, Copy)]
+struct Send {
+    job: usize,
+    master: usize,
+    asking: bool,
+}
+
+struct Pipeline {
+    settings: PipelineSettings,
+    /// Connection settings (credentials) for masters learned from a redirect.
+    template: ConnectionInfo,
+    masters: Vec<Master>,
+    /// `route[p]`: partition `p`'s master in `masters`.
+    route: Vec<Option<usize>>,
+    /// When the slot map may be read next, and whether it must be.
+    topology_at: Instant,
+    topology_stale: bool,
+    batch: Vec<Pending>,
+    /// Each job's partition, then its answer.
+    partition: Vec<u16>,
+    answer: Vec<Option<Result<StreamId, EnqueueError>>>,
+    /// Per partition, the stream length after the last pipeline (`XLEN`
+    /// rides along with each); their sum is held against `MAX_QUEUE_DEPTH`.
+    depth: Vec<u64>,
+    full: bool,
 }
 
 impl Pipeline {
-    fn new(client: redis::Client, settings: PipelineSettings) -> Self {
+    fn new(settings: PipelineSettings) -> Self {
         let batch = Vec::with_capacity(settings.batch_max);
-        let link =
-            Link::Down { retry_at: Instant::now(), backoff: MIN_BACKOFF, reason: "not yet connected".into() };
-        // Per-command errors (say, OOM under `noeviction`) fail only their own
-        // job; only a connection-level error fails the whole batch.
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        Self { client, settings, link, batch, pipe, depth: 0, memory_read_at: None, memory_full: false }
+        let template = match settings.queue.target() {
+            super::Target::Node(i) => i.clone(),
+            super::Target::Cluster(seeds) => seeds[0].clone(),
+        };
+        let (masters, route) = match Topology::fixed(&settings.queue) {
+            Some(t) => (t.masters.into_iter().map(Master::new).collect(), t.route),
+            None => (Vec::new(), vec![None; settings.queue.partitions() as usize]),
+        };
+        let depth = vec![0; settings.queue.partitions() as usize];
+        Self {
+            settings,
+            template,
+            masters,
+            route,
+            topology_at: Instant::now(),
+            topology_stale: true,
+            batch,
+            partition: Vec::new(),
+            answer: Vec::new(),
+            depth,
+            full: false,
+        }
     }
 
     fn run(mut self, rx: Receiver<Pending>) {
-        info!(stream = %self.settings.stream, batch_max = self.settings.batch_max,
+        let queue = &self.settings.queue;
+        info!(queue = %queue.name(), partitions = queue.partitions(), cluster = queue.is_cluster(),
+              wait_replicas = self.settings.wait_replicas, batch_max = self.settings.batch_max,
               linger_us = self.settings.batch_linger.as_micros() as u64, "redis pipeline thread started");
         // Connect eagerly so start-up logs say whether Redis is there.
-        self.ensure_link();
+        self.refresh_topology();
+        for m in 0..self.masters.len() {
+            self.ensure_link(m);
+        }
         while self.fill_batch(&rx) {
             self.flush();
         }
@@ -152,7 +254,7 @@ impl Pipeline {
         true
     }
 
-    /// Sends the batch as one pipeline and answers every job in it.
+    /// Sends the batch (one pipeline per master) and answers every job in it.
     fn flush(&mut self) {
         // A caller that gave up has already answered 503; storing its job now
         // would only make a duplicate for the sender's retry to collide with.
@@ -160,179 +262,435 @@ impl Pipeline {
         if self.batch.is_empty() {
             return;
         }
-        let refusal = if self.depth >= self.settings.max_queue_depth {
-            Some(EnqueueError::QueueFull)
-        } else if self.memory_full {
-            Some(EnqueueError::MemoryFull)
-        } else {
-            None
-        };
-        let full = refusal.is_some();
-        self.pipe.clear();
-        if !full {
-            for p in &self.batch {
-                let mut cmd = redis::cmd("XADD");
-                cmd.arg(&self.settings.stream).arg("*");
-                p.job.write_stream_fields(&mut cmd);
-                self.pipe.add_command(cmd);
-            }
-        }
-        self.pipe.cmd("XLEN").arg(&self.settings.stream);
-        let read_memory = self.memory_read_at.is_none_or(|at| at.elapsed() >= MEMORY_REFRESH);
-        if read_memory {
-            self.pipe.cmd("INFO").arg("memory");
-        }
-        self.ensure_link();
+        self.refresh_topology();
+        let queue = &self.settings.queue;
+        self.partition =
+            self.batch.iter().map(|p| queue.partition_of(&p.job.provider, &p.job.event_id)).collect();
+        self.answer = vec![None; self.batch.len()];
         let sent_at = Instant::now();
-        let outcome = match &mut self.link {
-            Link::Up(con) => self.pipe.query::<Vec<redis::RedisResult<redis::Value>>>(con),
-            Link::Down { .. } => Err(redis::RedisError::from((redis::ErrorKind::Io, "redis is down"))),
-        };
-        let metrics = self.settings.metrics.clone();
-        let metrics = &metrics.pipeline;
-        match outcome {
-            Ok(mut replies) => {
-                if read_memory {
-                    let info = replies.pop().and_then(|r| r.ok());
-                    self.note_memory(info.and_then(|v| redis::from_redis_value::<String>(v).ok()).as_deref());
-                }
-                let enqueued =
-                    if full { 0 } else { replies.iter().filter(|r| r.is_ok()).count().saturating_sub(1) };
-                metrics.record_batch(self.batch.len(), sent_at.elapsed(), enqueued);
-                let depth =
-                    replies.pop().and_then(|r| r.ok()).and_then(|v| redis::from_redis_value::<u64>(v).ok());
-                if let Some(depth) = depth {
-                    self.note_depth(depth);
-                }
-                if let Some(refusal) = refusal {
-                    for p in self.batch.drain(..) {
-                        let _ = p.reply.send(Err(refusal.clone()));
-                    }
-                } else {
-                    for (p, reply) in self.batch.drain(..).zip(replies) {
-                        let id = match reply {
-                            Ok(v) => redis::from_redis_value::<StreamId>(v)
-                                .map_err(|e| EnqueueError::Unavailable(e.to_string())),
-                            Err(e) => Err(EnqueueError::Unavailable(e.to_string())),
-                        };
-                        let _ = p.reply.send(id);
-                    }
-                }
+        let mut todo = Vec::with_capacity(self.batch.len());
+        for job in 0..self.batch.len() {
+            if self.full {
+                self.answer[job] = Some(Err(EnqueueError::QueueFull));
+                continue;
             }
-            Err(e) => {
-                metrics.record_redis_error();
-                if matches!(self.link, Link::Up(_)) {
-                    self.mark_down(e.to_string());
-                }
-                let reason = self.down_reason();
-                for p in self.batch.drain(..) {
-                    let _ = p.reply.send(Err(EnqueueError::Unavailable(reason.clone())));
+            match self.route[self.partition[job] as usize] {
+                Some(master) => todo.push(Send { job, master, asking: false }),
+                None => {
+                    self.topology_stale = true;
+                    self.answer[job] = Some(Err(EnqueueError::Unavailable(
+                        "no redis master serves this partition now".into(),
+                    )));
                 }
             }
         }
-        // Any entry the pipeline did not answer (a short reply) must not
-        // be left hanging: its reply sender drops here and the caller sees 503.
-        self.batch.clear();
+        // While full, only the depths are read, from every master, so the
+        // refusal ends as soon as the workers have caught up.
+        let redirected = self.round(&todo, self.full);
+        if !redirected.is_empty() {
+            let again = self.follow(redirected);
+            for (s, _, _) in self.round(&again, false) {
+                self.answer[s.job] =
+                    Some(Err(EnqueueError::Unavailable("the partition's slot is moving; retry".into())));
+            }
+        }
+        let total: u64 = self.depth.iter().sum();
+        self.note_depth(total);
+        let metrics = self.settings.metrics.clone();
+        let mut enqueued = 0;
+        for (p, answer) in self.batch.drain(..).zip(self.answer.drain(..)) {
+            // No answer would be a bug; the caller must still see a 503.
+            let answer =
+                answer.unwrap_or_else(|| Err(EnqueueError::Unavailable("no reply from redis".into())));
+            enqueued += usize::from(answer.is_ok());
+            let _ = p.reply.send(answer);
+        }
+        metrics.pipeline.record_batch(self.partition.len(), sent_at.elapsed(), enqueued);
     }
 
-    /// Records the stream length, logging when the depth limit is crossed.
+    /// Sends each master its part of `todo` (and, with `depths_only`, the
+    /// `XLEN` of each of its partitions), then reads every reply. Answers
+    /// the jobs it can and returns those redirected (`MOVED`/`ASK`).
+    fn round(&mut self, todo: &[Send], depths_only: bool) -> Vec<(Send, ConnectionAddr, bool)> {
+        let mut plans: Vec<(Vec<Slot>, redis::Pipeline)> = Vec::new();
+        let mut order = Vec::new();
+        for m in 0..self.masters.len() {
+            let mine: Vec<Send> = todo.iter().copied().filter(|s| s.master == m).collect();
+            if mine.is_empty() && !depths_only {
+                continue;
+            }
+            self.ensure_link(m);
+            if !matches!(self.masters[m].link, Link::Up(_)) {
+                let reason = self.masters[m].down_reason();
+                for s in &mine {
+                    self.answer[s.job] = Some(Err(EnqueueError::Unavailable(reason.clone())));
+                }
+                self.topology_stale = true;
+                continue;
+            }
+            let refused = self.masters[m].memory_full;
+            let (slots, pipe) = self.plan(m, &mine, depths_only, refused);
+            if refused {
+                for s in &mine {
+                    self.answer[s.job] = Some(Err(EnqueueError::MemoryFull));
+                }
+            }
+            order.push(m);
+            plans.push((slots, pipe));
+        }
+        // Everything is written before anything is read: the masters work
+        // on their parts at the same time.
+        let mut sent = Vec::with_capacity(order.len());
+        for (&m, (_, pipe)) in order.iter().zip(&plans) {
+            let Link::Up(con) = &mut self.masters[m].link else { unreachable!("checked above") };
+            sent.push(con.send_packed_command(&pipe.get_packed_pipeline()));
+        }
+        let mut redirected = Vec::new();
+        for ((&m, (slots, _)), sent) in order.iter().zip(plans).zip(sent) {
+            if let Err(e) = sent {
+                self.fail_master(m, &slots, &e.to_string());
+                continue;
+            }
+            self.read_replies(m, &slots, todo, &mut redirected);
+        }
+        redirected
+    }
+
+    /// Master `m`'s pipeline for `mine`: the `XADD`s, the `WAIT`, the
+    /// `XLEN`s of the partitions touched and, when due, `INFO memory`.
+    fn plan(
+        &mut self,
+        m: usize,
+        mine: &[Send],
+        depths_only: bool,
+        refused: bool,
+    ) -> (Vec<Slot>, redis::Pipeline) {
+        let mut pipe = redis::pipe();
+        let mut slots = Vec::new();
+        let mut touched: Vec<u16> = Vec::new();
+        let queue = &self.settings.queue;
+        if !refused {
+            for s in mine {
+                let p = self.partition[s.job];
+                if s.asking {
+                    pipe.cmd("ASKING");
+                    slots.push(Slot::Asking);
+                }
+                let mut cmd = redis::cmd("XADD");
+                cmd.arg(queue.stream(p)).arg("*");
+                self.batch[s.job].job.write_stream_fields(&mut cmd);
+                pipe.add_command(cmd);
+                slots.push(Slot::Job(s.job));
+                if !s.asking && !touched.contains(&p) {
+                    touched.push(p);
+                }
+            }
+            if self.settings.wait_replicas > 0 && !mine.is_empty() {
+                pipe.cmd("WAIT")
+                    .arg(self.settings.wait_replicas)
+                    .arg(self.settings.wait_timeout.as_millis() as u64);
+                slots.push(Slot::Wait);
+            }
+        }
+        if depths_only {
+            touched = (0..queue.partitions()).filter(|&p| self.route[p as usize] == Some(m)).collect();
+        }
+        for p in touched {
+            pipe.cmd("XLEN").arg(queue.stream(p));
+            slots.push(Slot::Depth(p));
+        }
+        let master = &mut self.masters[m];
+        if master.memory_read_at.is_none_or(|at| at.elapsed() >= MEMORY_REFRESH) {
+            pipe.cmd("INFO").arg("memory");
+            slots.push(Slot::Memory);
+        }
+        (slots, pipe)
+    }
+
+    /// Reads master `m`'s replies in the order of `slots`.
+    fn read_replies(
+        &mut self,
+        m: usize,
+        slots: &[Slot],
+        todo: &[Send],
+        redirected: &mut Vec<(Send, ConnectionAddr, bool)>,
+    ) {
+        let mut ids: Vec<(usize, StreamId)> = Vec::new();
+        for (k, slot) in slots.iter().enumerate() {
+            let Link::Up(con) = &mut self.masters[m].link else { unreachable!("up while reading") };
+            let reply = match con.recv_response() {
+                Ok(v) => v,
+                Err(e) => {
+                    // Jobs whose XADD was answered are stored, unless a WAIT
+                    // was still to say whether a replica has them.
+                    let waiting = slots[k..].iter().any(|s| matches!(s, Slot::Wait));
+                    for (job, id) in ids.drain(..) {
+                        self.answer[job] = Some(if waiting {
+                            Err(EnqueueError::Unavailable(format!("redis failed before WAIT answered: {e}")))
+                        } else {
+                            Ok(id)
+                        });
+                    }
+                    self.fail_master(m, &slots[k..], &e.to_string());
+                    return;
+                }
+            };
+            match (*slot, reply) {
+                (Slot::Asking, _) => {}
+                (Slot::Job(job), Value::ServerError(e)) => {
+                    let redirect = match e.code() {
+                        "MOVED" => Some(false),
+                        "ASK" => Some(true),
+                        _ => None,
+                    };
+                    let target = e.details().and_then(|d| d.split_whitespace().nth(1)).and_then(parse_addr);
+                    match (redirect, target) {
+                        (Some(asking), Some(addr)) => {
+                            let send = *todo.iter().find(|s| s.job == job).expect("a job of this round");
+                            redirected.push((send, addr, asking));
+                        }
+                        _ => {
+                            if e.code() == "CLUSTERDOWN" || e.code() == "TRYAGAIN" {
+                                self.topology_stale = true;
+                            }
+                            let detail = e.details().unwrap_or_default();
+                            self.answer[job] =
+                                Some(Err(EnqueueError::Unavailable(format!("{} {detail}", e.code()))));
+                        }
+                    }
+                }
+                (Slot::Job(job), v) => match redis::from_redis_value::<StreamId>(v) {
+                    Ok(id) => ids.push((job, id)),
+                    Err(e) => self.answer[job] = Some(Err(EnqueueError::Unavailable(e.to_string()))),
+                },
+                (Slot::Wait, v) => {
+                    let have = redis::from_redis_value::<u64>(v).unwrap_or(0);
+                    let want = u64::from(self.settings.wait_replicas);
+                    if have < want {
+                        self.settings.metrics.pipeline.record_redis_error();
+                        for (job, _) in ids.drain(..) {
+                            self.answer[job] = Some(Err(EnqueueError::Unavailable(format!(
+                                "{have} of {want} replicas acknowledged within REDIS_WAIT_TIMEOUT_MS"
+                            ))));
+                        }
+                    }
+                }
+                (Slot::Depth(p), v) => {
+                    if let Ok(n) = redis::from_redis_value::<u64>(v) {
+                        self.depth[p as usize] = n;
+                    }
+                }
+                (Slot::Memory, v) => {
+                    let info = redis::from_redis_value::<String>(v).ok();
+                    self.note_memory(m, info.as_deref());
+                }
+            }
+        }
+        for (job, id) in ids {
+            self.answer[job] = Some(Ok(id));
+        }
+    }
+
+    /// Master `m` failed mid-pipeline: every job still unanswered in
+    /// `slots` gets 503, the link is dropped and the slot map re-read.
+    fn fail_master(&mut self, m: usize, slots: &[Slot], error: &str) {
+        self.settings.metrics.pipeline.record_redis_error();
+        self.masters[m].mark_down(error.to_string());
+        self.topology_stale = true;
+        let reason = self.masters[m].down_reason();
+        for slot in slots {
+            if let Slot::Job(job) = slot {
+                self.answer[*job].get_or_insert_with(|| Err(EnqueueError::Unavailable(reason.clone())));
+            }
+        }
+    }
+
+    /// Turns redirects into the next round: `MOVED` changes the partition's
+    /// master for good (and the slot map is read again soon), `ASK` only for
+    /// this job, which is then preceded by `ASKING`.
+    fn follow(&mut self, redirected: Vec<(Send, ConnectionAddr, bool)>) -> Vec<Send> {
+        let mut again = Vec::with_capacity(redirected.len());
+        for (send, addr, asking) in redirected {
+            let master = match self.masters.iter().position(|m| m.info.addr() == &addr) {
+                Some(i) => i,
+                None => {
+                    self.masters.push(Master::new(self.template.clone().set_addr(addr)));
+                    self.masters.len() - 1
+                }
+            };
+            if !asking {
+                self.route[self.partition[send.job] as usize] = Some(master);
+                self.topology_stale = true;
+            }
+            again.push(Send { job: send.job, master, asking });
+        }
+        again
+    }
+
+    /// Reads the cluster's slot map when it is due: at start, soon after
+    /// anything suggested it changed, and every [`TOPOLOGY_REFRESH`].
+    fn refresh_topology(&mut self) {
+        if !self.settings.queue.is_cluster() {
+            return;
+        }
+        let now = Instant::now();
+        let due = if self.topology_stale { self.topology_at } else { self.topology_at + TOPOLOGY_REFRESH };
+        if now < due {
+            return;
+        }
+        self.topology_at = now + TOPOLOGY_RETRY;
+        let known: Vec<ConnectionInfo> = self.masters.iter().map(|m| m.info.clone()).collect();
+        let timeout = self.settings.enqueue_timeout.min(Duration::from_secs(1));
+        match Topology::discover(&self.settings.queue, &known, timeout) {
+            Ok(t) => {
+                let mut old = std::mem::take(&mut self.masters);
+                self.masters = t
+                    .masters
+                    .into_iter()
+                    .map(|info| match old.iter().position(|m| m.info.addr() == info.addr()) {
+                        Some(i) => old.swap_remove(i),
+                        None => Master::new(info),
+                    })
+                    .collect();
+                if t.route != self.route {
+                    info!(
+                        masters = self.masters.len(),
+                        unserved = t.route.iter().filter(|r| r.is_none()).count(),
+                        "redis cluster slot map read"
+                    );
+                }
+                self.route = t.route;
+                self.topology_stale = self.route.iter().any(Option::is_none);
+                self.topology_at = now;
+            }
+            Err(e) => {
+                self.topology_stale = true;
+                warn!(error = %e, "no redis cluster node answered CLUSTER SLOTS; retrying");
+            }
+        }
+    }
+
+    /// Records the total stream length, logging when the depth limit is crossed.
     fn note_depth(&mut self, depth: u64) {
         self.settings.metrics.pipeline.set_stream_length(depth);
         let max = self.settings.max_queue_depth;
-        if depth >= max && self.depth < max {
+        let full = depth >= max;
+        if full && !self.full {
             warn!(
                 depth,
                 max_queue_depth = max,
                 "queue is full: new requests get 503 until the workers catch up"
             );
-        } else if depth < max && self.depth >= max {
+        } else if !full && self.full {
             info!(depth, "queue below MAX_QUEUE_DEPTH again: accepting");
         }
-        self.depth = depth;
+        self.full = full;
     }
 
-    /// Records Redis's memory from an `INFO memory` reply, logging when the
-    /// `MAX_REDIS_MEMORY_PERCENT` line is crossed.
-    fn note_memory(&mut self, info: Option<&str>) {
-        self.memory_read_at = Some(Instant::now());
-        let Some((used, max)) = info.and_then(parse_memory) else { return };
-        self.settings.metrics.pipeline.set_redis_memory(used, max);
+    /// Records master `m`'s memory from an `INFO memory` reply, logging when
+    /// the `MAX_REDIS_MEMORY_PERCENT` line is crossed.
+    fn note_memory(&mut self, m: usize, info: Option<&str>) {
         let percent = u64::from(self.settings.max_memory_percent);
+        let master = &mut self.masters[m];
+        master.memory_read_at = Some(Instant::now());
+        let Some((used, max)) = info.and_then(parse_memory) else { return };
+        master.memory = (used, max);
         let full = percent > 0 && max > 0 && used.saturating_mul(100) >= max.saturating_mul(percent);
-        if full && !self.memory_full {
+        if full && !master.memory_full {
             warn!(
                 used_memory = used,
                 maxmemory = max,
                 max_redis_memory_percent = percent,
+                master = %master.name(),
                 "redis memory is nearly full: new requests get 503 until the workers free some"
             );
-        } else if !full && self.memory_full {
+        } else if !full && master.memory_full {
             info!(
                 used_memory = used,
                 maxmemory = max,
+                master = %master.name(),
                 "redis memory below MAX_REDIS_MEMORY_PERCENT again: accepting"
             );
         }
-        self.memory_full = full;
+        master.memory_full = full;
+        // The gauge shows the fullest master: the one that refuses first.
+        let fullest =
+            self.masters.iter().map(|m| m.memory).max_by(|a, b| share(a.0, a.1).total_cmp(&share(b.0, b.1)));
+        if let Some((used, max)) = fullest {
+            self.settings.metrics.pipeline.set_redis_memory(used, max);
+        }
     }
 
-    /// Reconnects if the link is down and the backoff allows.
-    fn ensure_link(&mut self) {
-        let Link::Down { retry_at, backoff, .. } = &self.link else { return };
+    /// Reconnects master `m` if its link is down and the backoff allows.
+    fn ensure_link(&mut self, m: usize) {
+        let Link::Down { retry_at, backoff, .. } = &self.masters[m].link else { return };
         if Instant::now() < *retry_at {
             return;
         }
         let backoff = *backoff;
-        match self.connect() {
+        match self.connect(m) {
             Ok(con) => {
-                info!(redis = %crate::config::redact(&self.settings.redis_url), "redis connected");
-                self.link = Link::Up(con);
+                info!(redis = %self.masters[m].name(), "redis connected");
+                self.masters[m].link = Link::Up(con);
             }
-            Err(e) => self.fail_connect(e.to_string(), backoff),
+            Err(e) => self.fail_connect(m, e.to_string(), backoff),
         }
     }
 
-    fn connect(&self) -> redis::RedisResult<redis::Connection> {
+    fn connect(&mut self, m: usize) -> redis::RedisResult<redis::Connection> {
         let timeout = self.settings.enqueue_timeout;
-        let mut con = self.client.get_connection_with_timeout(timeout.min(Duration::from_secs(1)))?;
+        let client = redis::Client::open(self.masters[m].info.clone())?;
+        let mut con = client.get_connection_with_timeout(timeout.min(Duration::from_secs(1)))?;
         con.set_read_timeout(Some(timeout))?;
         con.set_write_timeout(Some(timeout))?;
-        prepare_stream(&mut con, &self.settings.stream)?;
+        let queue = &self.settings.queue;
+        for p in (0..queue.partitions()).filter(|&p| self.route[p as usize] == Some(m)) {
+            match prepare_stream(&mut con, &queue.stream(p)) {
+                // The slot map was already stale: it is read again, and the
+                // stream is prepared by whoever holds it now.
+                Err(e) if e.code() == Some("MOVED") || e.code() == Some("ASK") => self.topology_stale = true,
+                other => other?,
+            }
+        }
         check_durability(&mut con);
         Ok(con)
     }
 
-    fn fail_connect(&mut self, reason: String, backoff: Duration) {
-        let first = match &self.link {
+    fn fail_connect(&mut self, m: usize, reason: String, backoff: Duration) {
+        let master = &mut self.masters[m];
+        let first = match &master.link {
             Link::Down { reason: old, .. } => old != &reason,
             Link::Up(_) => true,
         };
         if first {
-            warn!(error = %reason, redis = %crate::config::redact(&self.settings.redis_url),
-                  "redis unreachable; requests get 503 until it is back");
+            warn!(error = %reason, redis = %master.name(),
+                  "redis unreachable; its requests get 503 until it is back");
         }
         let next = (backoff * 2).min(MAX_BACKOFF);
-        self.link = Link::Down { retry_at: Instant::now() + backoff, backoff: next, reason };
+        master.link = Link::Down { retry_at: Instant::now() + backoff, backoff: next, reason };
     }
+}
 
-    fn mark_down(&mut self, reason: String) {
-        error!(error = %reason, "redis connection lost; reconnecting with backoff");
-        self.link = Link::Down { retry_at: Instant::now() + MIN_BACKOFF, backoff: MIN_BACKOFF * 2, reason };
+/// `used / max` as a fraction (0 without a limit).
+fn share(used: u64, max: u64) -> f64 {
+    if max == 0 {
+        0.0
+    } else {
+        used as f64 / max as f64
     }
+}
 
-    fn down_reason(&self) -> String {
-        match &self.link {
-            Link::Down { reason, .. } => reason.clone(),
-            Link::Up(_) => "redis error".into(),
-        }
-    }
+/// `host:port` of a redirect.
+fn parse_addr(s: &str) -> Option<ConnectionAddr> {
+    let (host, port) = s.rsplit_once(':')?;
+    Some(ConnectionAddr::Tcp(host.to_string(), port.parse().ok()?))
 }
 
 /// Creates the stream and the consumer group if either is missing.
 ///
 /// # Errors
 /// Redis failed.
-pub fn prepare_stream(con: &mut redis::Connection, stream: &str) -> redis::RedisResult<()> {
+pub fn prepare_stream(con: &mut impl redis::ConnectionLike, stream: &str) -> redis::RedisResult<()> {
     let created: redis::RedisResult<()> =
         redis::cmd("XGROUP").arg("CREATE").arg(stream).arg(GROUP).arg("0").arg("MKSTREAM").query(con);
     match created {

@@ -113,6 +113,35 @@ fn render_gauge(out: &mut String, name: &str, help: &str, value: u64) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
 }
 
+/// A per-partition series: name, help, and how to read it.
+type Series = (&'static str, &'static str, fn(&PartitionGauges) -> u64);
+
+/// Per-partition gauges, only when the queue has several partitions (one
+/// partition's series would repeat the totals).
+fn render_partitions(out: &mut String, partitions: &[Option<PartitionGauges>]) {
+    if partitions.len() < 2 {
+        return;
+    }
+    let series: [Series; 4] = [
+        ("webhook_partition_length", "Entries in the partition's stream.", |g| g.length),
+        ("webhook_partition_pending", "Entries of the partition delivered and not acknowledged.", |g| {
+            g.pending
+        }),
+        ("webhook_partition_lag", "Entries of the partition not yet delivered.", |g| g.lag),
+        ("webhook_partition_dead_letters", "Entries in the partition's dead-letter stream.", |g| {
+            g.dead_letters
+        }),
+    ];
+    for (name, help, get) in series {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (p, g) in partitions.iter().enumerate() {
+            if let Some(g) = g {
+                let _ = writeln!(out, "{name}{{partition=\"{p}\"}} {}", get(g));
+            }
+        }
+    }
+}
+
 /// What became of one request to a source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SourceOutcome {
@@ -256,15 +285,47 @@ impl WorkerMetrics {
     }
 }
 
-/// Queue gauges read from Redis at scrape time (absent if Redis did not answer).
-#[derive(Debug, Clone, Copy, Default)]
+/// Queue gauges read from Redis at scrape time (absent if Redis did not
+/// answer): the totals, and each partition's own when there are several.
+#[derive(Debug, Clone, Default)]
 pub struct QueueGauges {
-    /// `XLEN` of the stream.
+    /// `XLEN` of the streams.
     pub length: u64,
     /// Entries delivered and not yet acknowledged.
     pub pending: u64,
-    /// `XLEN` of the dead-letter stream.
+    /// `XLEN` of the dead-letter streams.
     pub dead_letters: u64,
+    /// Entries not yet delivered to any worker (`XINFO GROUPS` lag).
+    pub lag: u64,
+    /// Per partition, in partition order (`None`: its master did not answer).
+    pub partitions: Vec<Option<PartitionGauges>>,
+}
+
+/// One partition's gauges.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PartitionGauges {
+    /// `XLEN` of its stream.
+    pub length: u64,
+    /// Entries delivered and not yet acknowledged.
+    pub pending: u64,
+    /// `XLEN` of its dead-letter stream.
+    pub dead_letters: u64,
+    /// Entries not yet delivered (0 when Redis cannot say).
+    pub lag: u64,
+}
+
+impl QueueGauges {
+    /// Totals over `partitions`.
+    pub fn from_partitions(partitions: Vec<Option<PartitionGauges>>) -> Self {
+        let sum = |f: fn(&PartitionGauges) -> u64| partitions.iter().flatten().map(f).sum();
+        Self {
+            length: sum(|p| p.length),
+            pending: sum(|p| p.pending),
+            dead_letters: sum(|p| p.dead_letters),
+            lag: sum(|p| p.lag),
+            partitions,
+        }
+    }
 }
 
 /// Every metric of the process.
@@ -471,9 +532,11 @@ impl Metrics {
             "Redis maxmemory (0 = no limit), as last read by the pipeline thread.",
             p.redis_max_memory.load(Relaxed),
         );
-        let length = queue.map_or(p.stream_length.load(Relaxed), |q| q.length);
-        render_gauge(&mut out, "webhook_queue_length", "Entries in the Redis stream.", length);
+        let length = queue.as_ref().map_or(p.stream_length.load(Relaxed), |q| q.length);
+        render_gauge(&mut out, "webhook_queue_length", "Entries in the Redis streams.", length);
         if let Some(q) = queue {
+            render_gauge(&mut out, "webhook_queue_lag", "Entries not yet delivered to a worker.", q.lag);
+            render_partitions(&mut out, &q.partitions);
             render_gauge(
                 &mut out,
                 "webhook_queue_pending",

@@ -24,6 +24,7 @@ use crate::queue::GROUP;
 /// A batch in hand.
 #[derive(Debug)]
 struct Held {
+    stream: String,
     ids: Vec<String>,
     live_until: Instant,
 }
@@ -41,23 +42,23 @@ impl Claims {
     /// Starts the keeper thread.
     ///
     /// # Errors
-    /// `REDIS_URL` cannot be parsed, or the thread cannot start.
+    /// The thread cannot start.
     pub fn start(settings: &WorkerSettings) -> Result<Self, WorkerError> {
-        let client = redis::Client::open(settings.redis_url.as_str())?;
+        let queue = settings.queue.clone();
         let held: Arc<Mutex<HashMap<String, Held>>> = Arc::default();
         let (alive, stop) = crossbeam_channel::bounded(0);
         let period = (settings.reclaim_idle / 3).max(Duration::from_millis(10));
-        let (stream, shared) = (settings.stream.clone(), held.clone());
+        let shared = held.clone();
         thread::Builder::new()
             .name("claim-keeper".into())
-            .spawn(move || keep(client, stream, period, shared, stop))
+            .spawn(move || keep(&queue, period, shared, stop))
             .map_err(|e| WorkerError::Redis(redis::RedisError::from(e)))?;
         Ok(Self { held, _alive: alive })
     }
 
-    /// `consumer` now holds `ids`, and is alive until `live_until`.
-    pub(crate) fn hold(&self, consumer: &str, ids: Vec<String>, live_until: Instant) {
-        self.lock().insert(consumer.to_string(), Held { ids, live_until });
+    /// `consumer` now holds `ids` of `stream`, and is alive until `live_until`.
+    pub(crate) fn hold(&self, consumer: &str, stream: String, ids: Vec<String>, live_until: Instant) {
+        self.lock().insert(consumer.to_string(), Held { stream, ids, live_until });
     }
 
     /// `consumer` is still working on its batch.
@@ -79,40 +80,43 @@ impl Claims {
 }
 
 fn keep(
-    client: redis::Client,
-    stream: String,
+    queue: &crate::queue::Queue,
     period: Duration,
     held: Arc<Mutex<HashMap<String, Held>>>,
     stop: Receiver<()>,
 ) {
-    let mut con: Option<redis::Connection> = None;
+    let mut con: Option<crate::queue::Conn> = None;
     while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(period) {
         let now = Instant::now();
-        let mut pipe = redis::pipe();
+        // One command per batch: batches of different partitions may live
+        // on different cluster masters.
+        let mut claims = Vec::new();
         {
             let held = held.lock().unwrap_or_else(|e| e.into_inner());
             for (consumer, h) in held.iter().filter(|(_, h)| h.live_until > now && !h.ids.is_empty()) {
-                let cmd = pipe.cmd("XCLAIM").arg(&stream).arg(GROUP).arg(consumer).arg(0);
-                for id in &h.ids {
-                    cmd.arg(id);
-                }
-                cmd.arg("JUSTID").ignore();
+                let mut cmd = redis::cmd("XCLAIM");
+                cmd.arg(&h.stream).arg(GROUP).arg(consumer).arg(0).arg(&h.ids).arg("JUSTID");
+                claims.push(cmd);
             }
         }
-        if pipe.is_empty() {
+        if claims.is_empty() {
             continue;
         }
         if con.is_none() {
-            con = client.get_connection_with_timeout(period.min(Duration::from_secs(2))).ok();
-            if let Some(c) = &con {
-                let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
-                let _ = c.set_write_timeout(Some(Duration::from_secs(2)));
-            }
+            let timeout = period.min(Duration::from_secs(2));
+            con = queue.connect(timeout, Duration::from_secs(2)).ok();
         }
         let Some(c) = con.as_mut() else { continue };
-        if let Err(e) = pipe.query::<()>(c) {
-            // Redis is away: nobody can reclaim meanwhile either.
-            debug!(error = %e, "claim keeper could not refresh claims");
+        let mut failed = false;
+        for cmd in claims {
+            // A master that is away cannot have its entries reclaimed
+            // meanwhile either; the others' claims still go out.
+            if let Err(e) = cmd.exec(c) {
+                debug!(error = %e, "claim keeper could not refresh a claim");
+                failed = true;
+            }
+        }
+        if failed {
             con = None;
         }
     }

@@ -70,7 +70,11 @@ pub enum ReplayScope {
 ///
 /// # Errors
 /// Redis failed; entries moved before the failure stay moved.
-pub fn replay(con: &mut redis::Connection, stream: &str, scope: &ReplayScope) -> redis::RedisResult<usize> {
+pub fn replay(
+    con: &mut impl redis::ConnectionLike,
+    stream: &str,
+    scope: &ReplayScope,
+) -> redis::RedisResult<usize> {
     let dead = dead_letter_stream(stream);
     let entries: Vec<redis::streams::StreamId> = match scope {
         ReplayScope::All => {

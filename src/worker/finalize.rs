@@ -23,6 +23,10 @@ use super::write::Stored;
 use super::{jitter, Entry, Worker, WorkerError, MAX_ACK_BACKOFF, MIN_BACKOFF};
 use crate::queue::GROUP;
 
+/// Tries of an acknowledgement before a worker with several partitions
+/// moves on to the others.
+const LANE_ACK_TRIES: u32 = 3;
+
 impl Worker {
     /// Step 3: see the module docs. Retried until it passes or shutdown's
     /// deadline passes.
@@ -43,6 +47,7 @@ impl Worker {
         let mut backoff = MIN_BACKOFF;
         let mut shutdown_seen: Option<Instant> = None;
         let mut first = true;
+        let mut tries = 0;
         loop {
             let result = if first { Ok(()) } else { self.keep_still_pending(&mut dead) }
                 .and_then(|()| self.acknowledge(&acks, &dead, &stored.committed));
@@ -52,7 +57,13 @@ impl Worker {
                 Err(e) => {
                     self.disconnect();
                     self.settings.metrics.workers.record_redis_error();
-                    if self.past_shutdown_deadline(&mut shutdown_seen) {
+                    tries += 1;
+                    // With several partitions, one whose master is gone must
+                    // not hold up the others: the batch, committed, stays
+                    // pending, and is taken back by id (a no-op redo) once
+                    // its master answers again.
+                    let give_up = self.lanes.len() > 1 && tries >= LANE_ACK_TRIES;
+                    if give_up || self.past_shutdown_deadline(&mut shutdown_seen) {
                         return Err(e.into());
                     }
                     warn!(consumer = %self.name, error = %e, "cannot acknowledge a committed batch yet; retrying");
@@ -72,7 +83,7 @@ impl Worker {
         committed: &[(String, String)],
     ) -> redis::RedisResult<()> {
         let settings = self.settings.clone();
-        let stream = &settings.stream;
+        let stream = &self.stream();
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
         if !dead.is_empty() {
@@ -125,7 +136,7 @@ impl Worker {
         if dead.is_empty() {
             return Ok(());
         }
-        let stream = self.settings.stream.clone();
+        let stream = self.stream();
         let mut pipe = redis::pipe();
         for (entry, _) in dead.iter() {
             pipe.cmd("XPENDING").arg(&stream).arg(GROUP).arg(&entry.id).arg(&entry.id).arg(1);

@@ -82,10 +82,8 @@ const MIN_BACKOFF: Duration = Duration::from_millis(100);
 /// What the workers need from the configuration.
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
-    /// `REDIS_URL`.
-    pub redis_url: String,
-    /// `QUEUE_NAME`.
-    pub stream: String,
+    /// `REDIS_URL` or `REDIS_CLUSTER_NODES`, `QUEUE_NAME`, `PARTITIONS`.
+    pub queue: crate::queue::Queue,
     /// `WORKER_BATCH_MAX`: most entries read and written per transaction.
     pub batch_max: usize,
     /// `WORKER_BATCH_MAX_BYTES`: most entry bytes in hand.
@@ -161,20 +159,67 @@ pub struct Report {
     pub left_pending: usize,
 }
 
+/// One partition a worker consumes, and where it stands in it.
+struct Lane {
+    stream: String,
+    /// Where the scan of this consumer's own pending entries resumes after
+    /// a (re)connect; `None` once it has passed them all.
+    own_cursor: Option<String>,
+    /// Take over what dead consumers of this host left (at start).
+    adopt_orphans: bool,
+    next_reclaim: Instant,
+    /// After its master failed: no read before `retry_at`.
+    retry_at: Instant,
+    backoff: Duration,
+    /// The failure last logged, so each is logged once.
+    failed: Option<String>,
+}
+
+impl Lane {
+    fn new(stream: String) -> Self {
+        let now = Instant::now();
+        Self {
+            stream,
+            own_cursor: None,
+            adopt_orphans: false,
+            next_reclaim: now,
+            retry_at: now,
+            backoff: MIN_BACKOFF,
+            failed: None,
+        }
+    }
+
+    fn resting(&self) -> bool {
+        Instant::now() < self.retry_at
+    }
+}
+
+/// The partitions worker thread `n` of `threads` consumes: `p % threads ==
+/// n`, so each partition has one thread per process; with more threads
+/// than partitions, thread `n` shares partition `n % partitions`. Other
+/// processes consume the same partitions in the same group (Redis hands
+/// each entry to one consumer), so a process joining or dying needs no
+/// hand-over: what a dead one held is reclaimed by idle time.
+pub fn assigned_partitions(n: usize, threads: usize, partitions: u16) -> Vec<u16> {
+    let partitions = usize::from(partitions);
+    if threads >= partitions {
+        vec![(n % partitions) as u16]
+    } else {
+        (0..partitions).filter(|p| p % threads == n).map(|p| p as u16).collect()
+    }
+}
+
 /// One consumer.
 pub struct Worker {
     name: String,
     settings: Arc<WorkerSettings>,
-    redis: redis::Client,
-    con: Option<redis::Connection>,
-    /// Where the scan of this consumer's own pending entries resumes after
-    /// a (re)connect; `None` once it has passed them all.
-    own_cursor: Option<String>,
-    /// Take over what dead consumers of this host left (worker 0, at start).
-    adopt_orphans: bool,
+    con: Option<crate::queue::Conn>,
+    /// The partitions it reads, taken in turn, one per step.
+    lanes: Vec<Lane>,
+    /// The lane of the current step.
+    lane: usize,
     pool: Pool,
     shutdown: CancellationToken,
-    next_reclaim: Instant,
     /// Shared by the workers of a process: set once migrations are applied.
     migrated: Arc<AtomicBool>,
     claims: Claims,
@@ -203,28 +248,72 @@ impl Worker {
         shutdown: CancellationToken,
         claims: Claims,
     ) -> Result<Self, WorkerError> {
-        let redis = redis::Client::open(settings.redis_url.as_str())?;
         let migrated = Arc::new(AtomicBool::new(!settings.migrate));
-        Ok(Self {
-            name,
-            settings,
-            redis,
-            con: None,
-            own_cursor: None,
-            adopt_orphans: false,
-            pool,
-            shutdown,
-            next_reclaim: Instant::now(),
-            migrated,
-            claims,
-        })
+        let lanes = settings.queue.streams().into_iter().map(Lane::new).collect();
+        Ok(Self { name, settings, con: None, lanes, lane: 0, pool, shutdown, migrated, claims })
+    }
+
+    /// Reads only these partitions (every one by default).
+    ///
+    /// # Panics
+    /// `partitions` is empty or names a partition the queue does not have.
+    pub fn reading(mut self, partitions: &[u16]) -> Self {
+        assert!(!partitions.is_empty(), "a worker needs a partition");
+        self.lanes = partitions.iter().map(|&p| Lane::new(self.settings.queue.stream(p))).collect();
+        self
     }
 
     /// Also takes over, before anything else, the entries that consumers of
     /// this host whose process is gone left pending (a restart after a crash).
     pub fn adopting_orphans(mut self) -> Self {
-        self.adopt_orphans = true;
+        for lane in &mut self.lanes {
+            lane.adopt_orphans = true;
+        }
         self
+    }
+
+    /// The stream of the current step's partition.
+    fn stream(&self) -> String {
+        self.lanes[self.lane].stream.clone()
+    }
+
+    fn current(&mut self) -> &mut Lane {
+        &mut self.lanes[self.lane]
+    }
+
+    /// The current partition answered.
+    fn lane_ok(&mut self) {
+        let name = self.name.clone();
+        let lane = self.current();
+        lane.backoff = MIN_BACKOFF;
+        if lane.failed.take().is_some() {
+            info!(consumer = %name, stream = %lane.stream, "partition reachable again");
+        }
+    }
+
+    /// The current partition's master failed: rest it, the others go on.
+    fn lane_failed(&mut self, e: &redis::RedisError) {
+        self.settings.metrics.workers.record_redis_error();
+        let name = self.name.clone();
+        let lane = self.current();
+        let msg = e.to_string();
+        if lane.failed.as_deref() != Some(&msg) {
+            warn!(consumer = %name, stream = %lane.stream, error = %msg,
+                  "partition unreachable; reading the others meanwhile");
+            lane.failed = Some(msg);
+        }
+        lane.retry_at = Instant::now() + jitter(lane.backoff);
+        lane.backoff = (lane.backoff * 2).min(MAX_ACK_BACKOFF * 2);
+    }
+
+    /// How long a read of new entries may block: the whole `WORKER_BLOCK_MS`
+    /// on a single partition; with several, a short wait on each in turn, so
+    /// an idle partition delays a busy one by at most this.
+    fn lane_block(&self) -> Duration {
+        match self.lanes.len() {
+            1 => self.settings.block,
+            n => (self.settings.block / n as u32).clamp(Duration::from_millis(2), Duration::from_millis(20)),
+        }
     }
 
     /// Runs steps until shutdown; failures are logged once per change and retried.
@@ -309,12 +398,47 @@ impl Worker {
     /// # Errors
     /// [`WorkerError`]; whatever was read stays pending and will be redone.
     pub fn run_once(&mut self) -> Result<Report, WorkerError> {
-        let entries = self.read()?;
-        if entries.is_empty() {
-            return Ok(Report::default());
+        // One partition per step, in turn: a step's commands all carry its
+        // hash tag, so on a cluster each goes to one master whole. A
+        // partition whose master fails rests (with backoff) while the
+        // others go on: one dead master must not stop the rest.
+        let lanes = self.lanes.len();
+        let mut tried = false;
+        let mut failure = None;
+        for _ in 0..lanes {
+            self.lane = (self.lane + 1) % lanes;
+            if lanes > 1 && self.lanes[self.lane].resting() {
+                continue;
+            }
+            tried = true;
+            match self.read() {
+                Ok(entries) if entries.is_empty() => self.lane_ok(),
+                Ok(entries) => {
+                    self.lane_ok();
+                    return self.process(entries);
+                }
+                Err(WorkerError::Redis(e)) if lanes > 1 => {
+                    self.lane_failed(&e);
+                    failure = Some(WorkerError::Redis(e));
+                }
+                Err(e) => return Err(e),
+            }
         }
+        if !tried {
+            let wake = self.lanes.iter().map(|l| l.retry_at).min().unwrap_or_else(Instant::now);
+            self.sleep(wake.saturating_duration_since(Instant::now()).min(Duration::from_millis(100)));
+        }
+        match failure {
+            Some(e) if self.lanes.iter().all(Lane::resting) => Err(e),
+            _ => Ok(Report::default()),
+        }
+    }
+
+    /// Stores and finalizes entries read from the current partition.
+    fn process(&mut self, entries: Vec<Entry>) -> Result<Report, WorkerError> {
         let read = entries.len();
-        self.claims.hold(&self.name, entries.iter().map(|e| e.id.clone()).collect(), self.live_until());
+        let ids = entries.iter().map(|e| e.id.clone()).collect();
+        self.claims.hold(&self.name, self.stream(), ids, self.live_until());
         let result = self.store(entries).and_then(|stored| {
             let report = Report {
                 read,
@@ -351,18 +475,20 @@ impl Worker {
         Ok(())
     }
 
-    fn con(&mut self) -> redis::RedisResult<&mut redis::Connection> {
+    fn con(&mut self) -> redis::RedisResult<&mut crate::queue::Conn> {
         if self.con.is_none() {
-            let timeout = Duration::from_secs(2);
-            let con = self.redis.get_connection_with_timeout(timeout)?;
             // Reads block up to WORKER_BLOCK_MS by design; allow that plus slack.
-            con.set_read_timeout(Some(self.settings.block + Duration::from_secs(5)))?;
-            con.set_write_timeout(Some(timeout))?;
+            let con = self
+                .settings
+                .queue
+                .connect(Duration::from_secs(2), self.settings.block + Duration::from_secs(5))?;
             self.con = Some(con);
             // Whatever this consumer held when the link broke (a read whose
             // reply was lost, entries left for another attempt) is taken
             // back first, by id: no new delivery, no waiting for a reclaim.
-            self.own_cursor = Some("-".into());
+            for lane in &mut self.lanes {
+                lane.own_cursor = Some("-".into());
+            }
         }
         Ok(self.con.as_mut().expect("just set"))
     }
@@ -408,8 +534,9 @@ impl WorkerPool {
     }
 }
 
-/// Starts `count` worker threads sharing one claim keeper; the first one
-/// also takes over what dead consumers of this host left.
+/// Starts `count` worker threads sharing one claim keeper, each reading its
+/// [`assigned_partitions`]; the first thread of each partition also takes
+/// over what dead consumers of this host left in it.
 ///
 /// # Errors
 /// A thread could not be spawned, or `REDIS_URL` is invalid.
@@ -430,7 +557,9 @@ pub fn spawn_workers(
         let mut worker =
             Worker::with_claims(name, settings.clone(), pool.clone(), shutdown.clone(), claims.clone())?;
         worker.migrated = migrated.clone();
-        if n == 0 {
+        let partitions = settings.queue.partitions();
+        worker = worker.reading(&assigned_partitions(n, count, partitions));
+        if n < usize::from(partitions) {
             worker = worker.adopting_orphans();
         }
         let t = thread::Builder::new()
@@ -447,4 +576,26 @@ pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "host".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::assigned_partitions;
+
+    #[test]
+    fn every_partition_has_a_thread_and_threads_share_evenly() {
+        assert_eq!(assigned_partitions(0, 2, 1), vec![0]);
+        assert_eq!(assigned_partitions(1, 2, 1), vec![0]);
+        assert_eq!(assigned_partitions(1, 2, 5), vec![1, 3]);
+        assert_eq!(assigned_partitions(3, 4, 2), vec![1]);
+        for (threads, partitions) in [(1, 16), (2, 16), (3, 16), (16, 16), (20, 16)] {
+            let mut seen = vec![0; 16];
+            for n in 0..threads {
+                for p in assigned_partitions(n, threads, partitions) {
+                    seen[p as usize] += 1;
+                }
+            }
+            assert!(seen.iter().all(|&k| k >= 1), "{threads} threads: {seen:?}");
+        }
+    }
 }

@@ -26,7 +26,7 @@ use tracing::info;
 
 use super::entry::{Entry, ENTRY_OVERHEAD};
 use super::{Worker, WorkerError};
-use crate::queue::{keys, GROUP};
+use crate::queue::{keys, Conn, GROUP};
 
 impl Worker {
     /// Step 1: see the module docs.
@@ -44,23 +44,23 @@ impl Worker {
 
     fn read_in_order(&mut self) -> Result<Vec<Entry>, WorkerError> {
         self.con()?;
-        while self.own_cursor.is_some() {
+        while self.current().own_cursor.is_some() {
             let own = self.own_pending()?;
             if !own.is_empty() {
                 return Ok(own);
             }
         }
-        if self.adopt_orphans {
+        if self.current().adopt_orphans {
             let adopted = self.adopt()?;
             if !adopted.is_empty() {
                 return Ok(adopted);
             }
-            self.adopt_orphans = false;
+            self.current().adopt_orphans = false;
         }
-        if std::time::Instant::now() >= self.next_reclaim {
+        if std::time::Instant::now() >= self.current().next_reclaim {
             let (reclaimed, more) = self.reclaim()?;
             // A full page may have more behind it: reclaim again next step.
-            self.next_reclaim = std::time::Instant::now()
+            self.current().next_reclaim = std::time::Instant::now()
                 + if more { Duration::ZERO } else { self.settings.reclaim_idle / 2 };
             if !reclaimed.is_empty() {
                 return Ok(reclaimed);
@@ -84,7 +84,9 @@ impl Worker {
 
     /// New entries (see the module docs, 4).
     fn read_new(&mut self) -> Result<Vec<Entry>, WorkerError> {
-        let (block, linger) = (self.settings.block, self.settings.linger);
+        let block = self.lane_block();
+        // With several partitions, the turn over the others is the linger.
+        let linger = if self.lanes.len() == 1 { self.settings.linger } else { Duration::ZERO };
         let mut entries: Vec<Entry> = Vec::new();
         let mut bytes = 0;
         let mut lingered = false;
@@ -118,7 +120,7 @@ impl Worker {
 
     /// One `XREADGROUP … >` with `opts`.
     fn xreadgroup(&mut self, opts: &StreamReadOptions) -> Result<Vec<Entry>, WorkerError> {
-        let stream = self.settings.stream.clone();
+        let stream = self.stream();
         let con = self.con()?;
         let reply: Result<Option<StreamReadReply>, _> =
             redis::Commands::xread_options(con, &[&stream], &[">"], opts);
@@ -140,12 +142,12 @@ impl Worker {
     /// The next page of this consumer's own pending entries (see the module
     /// docs, 1), fetched by id; entries deleted meanwhile are acknowledged.
     fn own_pending(&mut self) -> Result<Vec<Entry>, WorkerError> {
-        let Some(from) = self.own_cursor.clone() else { return Ok(Vec::new()) };
+        let Some(from) = self.current().own_cursor.clone() else { return Ok(Vec::new()) };
         let count = self.read_count(0, 0);
-        let (stream, name) = (self.settings.stream.clone(), self.name.clone());
+        let (stream, name) = (self.stream(), self.name.clone());
         let con = self.con()?;
         let pending = pending_of(con, &stream, &from, count, Some(&name))?;
-        self.own_cursor = match pending.last() {
+        self.current().own_cursor = match pending.last() {
             Some((id, _)) if pending.len() == count => Some(format!("({id}")),
             _ => None,
         };
@@ -159,7 +161,7 @@ impl Worker {
 
     /// Entries of this host's dead consumers (see the module docs, 2).
     fn adopt(&mut self) -> Result<Vec<Entry>, WorkerError> {
-        let stream = self.settings.stream.clone();
+        let stream = self.stream();
         let me = self.name.clone();
         let host = super::hostname();
         let count = self.read_count(0, 0);
@@ -195,7 +197,7 @@ impl Worker {
     /// died or stalled). Claiming counts as a delivery.
     /// Also says whether the page was full (more may be waiting).
     fn reclaim(&mut self) -> Result<(Vec<Entry>, bool), WorkerError> {
-        let stream = self.settings.stream.clone();
+        let stream = self.stream();
         let idle_ms = self.settings.reclaim_idle.as_millis() as u64;
         let (name, count) = (self.name.clone(), self.read_count(0, 0));
         let con = self.con()?;
@@ -225,7 +227,7 @@ impl Worker {
 /// `(id, deliveries)` of up to `count` pending entries from `from` on, of
 /// `consumer` or of everyone.
 fn pending_of(
-    con: &mut redis::Connection,
+    con: &mut Conn,
     stream: &str,
     from: &str,
     count: usize,
@@ -246,11 +248,7 @@ fn pending_of(
 /// Reads `pending` entries by id (one pipelined `XRANGE id id` each), with
 /// their delivery counts as they are. Ids no longer in the stream (deleted
 /// after a commit whose acknowledgement was lost) are acknowledged.
-fn fetch_by_id(
-    con: &mut redis::Connection,
-    stream: &str,
-    pending: Vec<(String, u64)>,
-) -> Result<Vec<Entry>, WorkerError> {
+fn fetch_by_id(con: &mut Conn, stream: &str, pending: Vec<(String, u64)>) -> Result<Vec<Entry>, WorkerError> {
     if pending.is_empty() {
         return Ok(Vec::new());
     }
@@ -277,7 +275,7 @@ fn fetch_by_id(
 /// `XCLAIM` does not return delivery counts: each is the count `XPENDING`
 /// gave, plus the one this claim adds.
 fn claim(
-    con: &mut redis::Connection,
+    con: &mut Conn,
     stream: &str,
     me: &str,
     min_idle_ms: u64,

@@ -198,8 +198,7 @@ fn postgres_down_while_events_arrive_loses_nothing_and_dead_letters_nothing() {
 
 pub fn worker_settings(app: &TestApp, reclaim_idle: Duration) -> Arc<WorkerSettings> {
     Arc::new(WorkerSettings {
-        redis_url: app.config.queue.redis_url.clone(),
-        stream: app.config.queue.queue_name.clone(),
+        queue: app.config.queue.queue(),
         batch_max: 1000,
         batch_max_bytes: 64 << 20,
         // Small bodies: one read can take the whole test batch.
