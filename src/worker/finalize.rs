@@ -1,5 +1,5 @@
 //! Step 3: tell Redis what became of the batch, in one pipelined round trip
-//! that never lets the optional part block the essential one:
+//! (three on a cluster) that never lets the optional part block the essential one:
 //!
 //! 1. dead letters: `MULTI`, their `XADD`s to `<QUEUE_NAME>:dead`, their
 //!    `XACK` + `XDEL`, `EXEC`, so an entry is never acknowledged without its
@@ -75,53 +75,80 @@ impl Worker {
         }
     }
 
-    /// The round trip itself.
+    /// The round trip itself. On one node it is one pipeline whose parts
+    /// fail alone (`ignore_errors`); on a cluster redis-rs fails a whole
+    /// pipeline on any error reply, so the three parts go as three, and the
+    /// optional one still cannot hold back the others.
     fn acknowledge(
         &mut self,
         acks: &[&str],
         dead: &[&(Entry, String)],
         committed: &[(String, String)],
     ) -> redis::RedisResult<()> {
-        let settings = self.settings.clone();
-        let stream = &self.stream();
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
+        let stream = self.stream();
+        let ttl = self.settings.idempotency_ttl_secs;
+        let (mut dead_part, mut ack_part, mut key_part) = (redis::pipe(), redis::pipe(), redis::pipe());
         if !dead.is_empty() {
-            let dead_stream = dead_letter_stream(stream);
+            let dead_stream = dead_letter_stream(&stream);
             let ids: Vec<&str> = dead.iter().map(|(e, _)| e.id.as_str()).collect();
-            pipe.cmd("MULTI");
+            dead_part.cmd("MULTI");
             for (entry, reason) in dead {
-                pipe.add_command(xadd(&dead_stream, entry, reason));
+                dead_part.add_command(xadd(&dead_stream, entry, reason));
             }
-            pipe.cmd("XACK").arg(stream).arg(GROUP).arg(&ids);
-            pipe.cmd("XDEL").arg(stream).arg(&ids);
-            pipe.cmd("EXEC");
+            dead_part.cmd("XACK").arg(&stream).arg(GROUP).arg(&ids);
+            dead_part.cmd("XDEL").arg(&stream).arg(&ids);
+            dead_part.cmd("EXEC");
         }
         if !acks.is_empty() {
-            pipe.cmd("XACK").arg(stream).arg(GROUP).arg(acks);
-            pipe.cmd("XDEL").arg(stream).arg(acks);
+            ack_part.cmd("XACK").arg(&stream).arg(GROUP).arg(acks);
+            ack_part.cmd("XDEL").arg(&stream).arg(acks);
         }
         for (_, key) in committed {
-            pipe.cmd("SET").arg(key).arg(1).arg("EX").arg(settings.idempotency_ttl_secs);
+            key_part.cmd("SET").arg(key).arg(1).arg("EX").arg(ttl);
         }
-        let replies: Vec<redis::RedisResult<redis::Value>> = pipe.query(self.con()?)?;
-        let mut replies = replies.into_iter();
-        if !dead.is_empty() {
+        let con = self.con()?;
+        let (dead_reply, ack_reply, refused) = if con.pipelines_span_partitions() {
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            for part in [&dead_part, &ack_part, &key_part] {
+                for cmd in part.cmd_iter() {
+                    pipe.add_command(cmd.clone());
+                }
+            }
+            let replies: Vec<redis::RedisResult<redis::Value>> = pipe.query(con)?;
+            let mut replies = replies.into_iter();
             // MULTI, each command's QUEUED, then EXEC's verdict.
-            let exec = replies.by_ref().take(dead.len() + 4).last();
-            if let Some(Err(e)) = exec {
-                warn!(consumer = %self.name, error = %e, entries = dead.len(),
-                      "redis refused the dead letters; they stay pending and are tried again");
+            let dead_reply = replies.by_ref().take(dead_part.len()).last().unwrap_or(Ok(redis::Value::Nil));
+            let ack_replies: Vec<_> = replies.by_ref().take(ack_part.len()).collect();
+            let ack_reply = ack_replies.into_iter().find(Result::is_err).unwrap_or(Ok(redis::Value::Nil));
+            let refused = replies.filter(Result::is_err).count();
+            (dead_reply.map(drop), ack_reply.map(drop), refused)
+        } else {
+            let mut send = |part: &redis::Pipeline| -> redis::RedisResult<()> {
+                if part.is_empty() {
+                    Ok(())
+                } else {
+                    part.query::<redis::Value>(con).map(drop)
+                }
+            };
+            let dead_reply = send(&dead_part);
+            let ack_reply = send(&ack_part);
+            let refused = match send(&key_part) {
+                Ok(()) => 0,
+                Err(_) => key_part.len(),
+            };
+            (dead_reply, ack_reply, refused)
+        };
+        if let Err(e) = dead_reply {
+            if e.is_io_error() {
+                return Err(e);
             }
+            warn!(consumer = %self.name, error = %e, entries = dead.len(),
+                  "redis refused the dead letters; they stay pending and are tried again");
         }
-        if !acks.is_empty() {
-            for reply in replies.by_ref().take(2) {
-                // XACK and XDEL are refused only when something is badly
-                // wrong (the group deleted): retry rather than forget.
-                reply?;
-            }
-        }
-        let refused = replies.filter(|r| r.is_err()).count();
+        // XACK and XDEL are refused only when something is badly wrong (the
+        // group deleted, the node gone): retry rather than forget.
+        ack_reply?;
         if refused > 0 {
             self.settings.metrics.workers.record_keys_not_set(refused as u64);
             warn!(consumer = %self.name, keys = refused,

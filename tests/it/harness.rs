@@ -22,12 +22,29 @@ pub struct RedisServer {
     dir: tempfile::TempDir,
     child: Option<Child>,
     appendfsync: &'static str,
+    /// More `redis-server` arguments (cluster mode).
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     /// A placeholder that owns no process (used when moving a server out).
     fn detached() -> Self {
-        Self { port: 0, dir: tempfile::tempdir().unwrap(), child: None, appendfsync: "everysec" }
+        Self { port: 0, dir: tempfile::tempdir().unwrap(), child: None, appendfsync: "everysec", extra: Vec::new() }
+    }
+
+    /// A server on `port` with these further arguments and fsync policy.
+    pub fn start_with(port: u16, appendfsync: &'static str, extra: &[&str]) -> Self {
+        let mut server = Self::detached();
+        server.port = port;
+        server.appendfsync = appendfsync;
+        server.extra = extra.iter().map(|a| a.to_string()).collect();
+        server.launch();
+        server
+    }
+
+    /// The pid of the running server.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn start() -> Self {
@@ -50,6 +67,7 @@ impl RedisServer {
             ])
             .arg("--dir")
             .arg(self.dir.path())
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
