@@ -100,50 +100,113 @@ fn cluster_no_fault_every_partition_used_nothing_lost() {
 }
 
 /// Kills the master of partition 0 mid-load and waits until a replica has
-/// taken its slots. Returns the dead master's partitions.
-fn fail_over(cluster: &mut RedisCluster, system: &System) -> Vec<u16> {
+/// taken its slots. With `lag`, its replicas and the workers are frozen
+/// (SIGSTOP) and its replication links cut that long first, and thawed
+/// only once it is dead: whatever it acknowledged meanwhile never reached a
+/// replica nor PostgreSQL. Returns the dead master's partitions.
+fn fail_over(cluster: &mut RedisCluster, system: &System, lag: Option<Duration>) -> Vec<u16> {
     system.wait_for_more(300, Duration::from_secs(60));
     let victim = cluster.master_of(0);
     let partitions = cluster.partitions_of(victim);
+    let replicas = cluster.replicas_of(victim);
+    assert!(!replicas.is_empty(), "the victim has a replica");
+    if let Some(lag) = lag {
+        // The workers too, as when they are behind: what they already
+        // stored would otherwise hide what the replicas never got.
+        for w in &system.workers {
+            w.signal("-STOP");
+        }
+        for &r in &replicas {
+            cluster.nodes[r].pause();
+        }
+        // Frozen replicas would still find the writes in their sockets'
+        // buffers; cut the links so the master keeps them to itself.
+        let _: redis::RedisResult<u64> =
+            redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("replica").query(&mut cluster.nodes[victim].con());
+        std::thread::sleep(lag);
+    }
     cluster.nodes[victim].kill();
+    if lag.is_some() {
+        for &r in &replicas {
+            cluster.nodes[r].resume();
+        }
+        for w in &system.workers {
+            w.signal("-CONT");
+        }
+    }
     wait_until(Duration::from_secs(30), "a replica to take over", || {
         cluster.try_master_of(0).is_some_and(|m| m != victim)
     });
     partitions
 }
 
-#[test]
-fn cluster_master_killed_with_wait_fails_over_and_loses_nothing() {
-    // Two replicas per master, so the promoted one still has a replica to
-    // WAIT for: 202s come back without restarting anything.
-    let mut cluster = RedisCluster::start(three_masters(2));
-    let wait = [("REDIS_WAIT_REPLICAS", "1"), ("REDIS_WAIT_TIMEOUT_MS", "500")];
-    let mut system = System::start(&cluster, "clwait", &wait);
-    let moved = fail_over(&mut cluster, &system);
+/// The failover scenario: load, [`fail_over`], a load after it that must
+/// get 202s in the dead master's partitions, and the ledger of both.
+fn failover_ledger(cluster: &mut RedisCluster, system: &mut System, tag: &str, lag: Option<Duration>) -> Ledger {
+    let moved = fail_over(cluster, system, lag);
     let mut ledger = system.stop_load();
-    assert!(ledger.unavailable > 0, "the dead master's partitions got 503s meanwhile: {ledger:?}");
-    let after = system.load_again("clwaitafter", 600);
+    let after = system.load_again(&format!("{tag}after"), 600);
     assert!(accepted_in(&after, &moved) > 0, "its partitions {moved:?} take 202s again");
     ledger.merge(after);
+    ledger
+}
 
-    let report = settle("cluster_failover_wait", &ledger, &cluster, &system.pg);
-    eprintln!("failover with WAIT 1: {report:?}");
+/// `REDIS_WAIT_REPLICAS=1`, two replicas per master (so the promoted one
+/// still has a replica to WAIT for, and 202s come back without restarting
+/// anything).
+fn waiting_cluster(tag: &str) -> (RedisCluster, System) {
+    let cluster = RedisCluster::start(three_masters(2));
+    let wait = [("REDIS_WAIT_REPLICAS", "1"), ("REDIS_WAIT_TIMEOUT_MS", "500")];
+    let system = System::start(&cluster, tag, &wait);
+    (cluster, system)
+}
+
+#[test]
+fn cluster_master_killed_with_wait_fails_over_and_loses_nothing() {
+    let (mut cluster, mut system) = waiting_cluster("clwait");
+    let ledger = failover_ledger(&mut cluster, &mut system, "clwait", None);
+    assert!(ledger.unavailable > 0, "the dead master's partitions got 503s meanwhile");
+    settle("cluster_failover_wait", &ledger, &cluster, &system.pg);
+}
+
+#[test]
+fn cluster_master_killed_with_wait_while_its_replicas_lag_loses_nothing() {
+    // The window WAIT closes: the replicas frozen for a second, then the
+    // master killed. What it acknowledged meanwhile is gone, but none of it
+    // got a 202: WAIT timed out, those requests got 503.
+    let (mut cluster, mut system) = waiting_cluster("clwaitlag");
+    let ledger = failover_ledger(&mut cluster, &mut system, "clwaitlag", Some(Duration::from_secs(1)));
+    settle("cluster_failover_wait_lagging_replica", &ledger, &cluster, &system.pg);
 }
 
 #[test]
 fn cluster_master_killed_without_wait_reports_what_the_failover_lost() {
     let mut cluster = RedisCluster::start(three_masters(1));
     let mut system = System::start(&cluster, "clnowait", &[]);
-    let moved = fail_over(&mut cluster, &system);
-    let mut ledger = system.stop_load();
-    let after = system.load_again("clnowaitafter", 600);
-    assert!(accepted_in(&after, &moved) > 0, "its partitions {moved:?} take 202s again");
-    ledger.merge(after);
-
+    let ledger = failover_ledger(&mut cluster, &mut system, "clnowait", None);
     // Replication is asynchronous: what the master acknowledged in its
     // last moments may never have reached the replica. Counted, not hidden.
     let report = measure("cluster_failover_no_wait", &ledger, &cluster, &system.pg, Duration::from_secs(120));
     eprintln!("failover without WAIT lost {} of {} 202'd events", report.lost, report.accepted);
+}
+
+#[test]
+fn cluster_master_killed_without_wait_while_its_replica_lags_loses_what_it_acknowledged() {
+    // The same lag as above without WAIT: the window is real. Every 202
+    // the master gave while its replica was frozen is lost (in its
+    // partitions only), and the ledger sees it.
+    let mut cluster = RedisCluster::start(three_masters(1));
+    let mut system = System::start(&cluster, "clnowaitlag", &[]);
+    let ledger = failover_ledger(&mut cluster, &mut system, "clnowaitlag", Some(Duration::from_secs(1)));
+    let report = measure(
+        "cluster_failover_no_wait_lagging_replica",
+        &ledger,
+        &cluster,
+        &system.pg,
+        Duration::from_secs(120),
+    );
+    eprintln!("failover without WAIT, replica lagging 1 s: lost {} of {} 202'd events", report.lost, report.accepted);
+    assert!(report.lost > 0, "without WAIT the lagging replica's window loses 202'd events: {report:?}");
 }
 
 #[test]

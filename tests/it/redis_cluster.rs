@@ -36,6 +36,8 @@ pub struct NodeInfo {
     pub port: u16,
     pub master: bool,
     pub failed: bool,
+    /// A replica's master (its id).
+    pub replica_of: Option<String>,
     /// Slot ranges it serves (masters).
     pub slots: Vec<(u16, u16)>,
 }
@@ -130,6 +132,7 @@ impl RedisCluster {
                     port,
                     master: flags.contains("master"),
                     failed: flags.contains("fail") && !flags.contains("fail?"),
+                    replica_of: f.get(3).filter(|m| **m != "-").map(|m| m.to_string()),
                     slots,
                 })
             })
@@ -156,6 +159,17 @@ impl RedisCluster {
             .find(|n| n.master && !n.failed && n.slots.iter().any(|(a, b)| (*a..=*b).contains(&slot)))?
             .port;
         self.nodes.iter().position(|n| n.port == port)
+    }
+
+    /// Indexes in `nodes` of node `i`'s replicas.
+    pub fn replicas_of(&self, i: usize) -> Vec<usize> {
+        let nodes = self.topology();
+        let id = nodes.iter().find(|n| n.port == self.nodes[i].port).expect("listed").id.clone();
+        nodes
+            .iter()
+            .filter(|n| n.replica_of.as_deref() == Some(id.as_str()))
+            .filter_map(|n| self.nodes.iter().position(|s| s.port == n.port))
+            .collect()
     }
 
     /// The slot of partition `p`'s stream.
