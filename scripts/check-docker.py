@@ -51,6 +51,25 @@ check(app.get("env_file") == ".env", "app reads .env")
 for dep in ("postgres", "redis"):
     check(app.get("depends_on", {}).get(dep, {}).get("condition") == "service_healthy", f"app waits for {dep} healthy")
 
+# Profile `cluster`: six cluster nodes with AOF and the password (masterauth
+# too), one service that joins them, and a gateway on them.
+nodes = [services.get(f"redis-node-{i}", {}) for i in range(1, 7)]
+for i, node in enumerate(nodes, 1):
+    cmd = " ".join(node.get("command", []))
+    check(node.get("profiles") == ["cluster"], f"redis-node-{i} is in profile cluster")
+    check("--cluster-enabled yes" in cmd and "--appendonly yes" in cmd and "--masterauth ${REDIS_PASSWORD:?" in cmd,
+          f"redis-node-{i} runs in cluster mode with AOF and the password")
+    check(f"./.docker/redis-cluster/{i}:/data" in node.get("volumes", []), f"redis-node-{i} has its own data volume")
+    check(not node.get("ports"), f"redis-node-{i} is not published")
+init = services.get("redis-cluster-init", {})
+check("--cluster create" in " ".join(init.get("command", [])) and "--cluster-replicas 1" in " ".join(init.get("command", [])),
+      "redis-cluster-init creates 3 masters + 3 replicas")
+cluster_app = services.get("app-cluster", {})
+check(cluster_app.get("environment", {}).get("REDIS_CLUSTER_NODES", "").count("redis-node-") == 6,
+      "app-cluster is given the six nodes")
+check(cluster_app.get("depends_on", {}).get("redis-cluster-init", {}).get("condition") == "service_completed_successfully",
+      "app-cluster waits for the cluster to be created")
+
 dockerfile = (root / "Dockerfile").read_text()
 stages = re.findall(r"^FROM\s+\S+\s+AS\s+(\S+)", dockerfile, re.M | re.I)
 check(stages == ["base", "deps", "builder", "runner"], f"stages base→deps→builder→runner (found {stages})")

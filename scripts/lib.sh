@@ -6,6 +6,9 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DATA_DIR="${DATA_DIR:-$REPO/.data}"
 PRIVATE_REDIS_PORT="${PRIVATE_REDIS_PORT:-6389}"
 PRIVATE_PG_PORT="${PRIVATE_PG_PORT:-5439}"
+# The private cluster of `scripts/start --cluster`: 6 nodes on this port and
+# the next five (their cluster bus on each port + 10000).
+PRIVATE_CLUSTER_PORT="${PRIVATE_CLUSTER_PORT:-7100}"
 PG_USER=webhook
 PG_DB=webhooks
 
@@ -126,6 +129,73 @@ CONF
   export REDIS_URL="redis://:$pw@127.0.0.1:$PRIVATE_REDIS_PORT/"
 }
 
+# A private Redis Cluster under $DATA_DIR/cluster: 3 masters + 3 replicas
+# on 127.0.0.1:$PRIVATE_CLUSTER_PORT.. +5, AOF on, the generated password
+# on every node (masterauth too, for the replicas). Created once; later
+# starts bring the same nodes back (nodes.conf keeps who is who).
+start_private_cluster() {
+  ensure_redis
+  local pw; pw=$(private_secret redis-password)
+  export REDISCLI_AUTH="$pw"
+  local dir="$DATA_DIR/cluster" nodes=() port
+  mkdir -p "$dir"; chmod 700 "$dir"
+  for i in 0 1 2 3 4 5; do
+    port=$((PRIVATE_CLUSTER_PORT + i))
+    nodes+=("127.0.0.1:$port")
+    mkdir -p "$dir/$port"; chmod 700 "$dir/$port"
+    pid_alive "$dir/$port/redis.pid" && continue
+    (umask 077; cat >"$dir/$port/redis.conf" <<CONF
+port $port
+bind 127.0.0.1
+dir $dir/$port
+cluster-enabled yes
+cluster-config-file nodes.conf
+cluster-node-timeout ${PRIVATE_CLUSTER_NODE_TIMEOUT_MS:-5000}
+appendonly yes
+appendfsync ${REDIS_APPENDFSYNC:-everysec}
+maxmemory-policy noeviction
+maxmemory ${PRIVATE_REDIS_MAXMEMORY:-1gb}
+save ""
+daemonize yes
+pidfile $dir/$port/redis.pid
+logfile $dir/$port/redis.log
+requirepass $pw
+masterauth $pw
+CONF
+)
+    redis-server "$dir/$port/redis.conf"
+  done
+  for n in "${nodes[@]}"; do
+    for _ in $(seq 100); do redis-cli -p "${n#*:}" ping >/dev/null 2>&1 && break; sleep 0.1; done
+    redis-cli -p "${n#*:}" ping >/dev/null || die "cluster node $n did not start; see $dir/${n#*:}/redis.log"
+  done
+  if ! redis-cli -p "$PRIVATE_CLUSTER_PORT" cluster info | grep -q "cluster_known_nodes:6"; then
+    say "creating the cluster: 3 masters, 3 replicas"
+    redis-cli --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >"$dir/create.log" \
+      || die "redis-cli --cluster create failed; see $dir/create.log"
+  fi
+  for _ in $(seq 300); do
+    redis-cli -p "$PRIVATE_CLUSTER_PORT" cluster info | grep -q cluster_state:ok && break
+    sleep 0.1
+  done
+  redis-cli -p "$PRIVATE_CLUSTER_PORT" cluster info | grep -q cluster_state:ok \
+    || die "the private cluster is not ok; see $dir/*/redis.log"
+  say "private redis cluster on ${nodes[*]} (3 masters + 3 replicas, AOF ${REDIS_APPENDFSYNC:-everysec}, data in $dir)"
+  export REDIS_CLUSTER_NODES; REDIS_CLUSTER_NODES=$(IFS=,; echo "${nodes[*]}")
+  # The credentials every node shares.
+  export REDIS_URL="redis://:$pw@127.0.0.1:$PRIVATE_CLUSTER_PORT/"
+}
+
+stop_private_cluster() {
+  local pidfile
+  for pidfile in "$DATA_DIR"/cluster/*/redis.pid; do
+    [ -f "$pidfile" ] || continue
+    pid_alive "$pidfile" && kill "$(cat "$pidfile")"
+  done
+  [ -d "$DATA_DIR/cluster" ] && say "private redis cluster stopped"
+  return 0
+}
+
 # A private PostgreSQL cluster under $DATA_DIR/postgres with a `webhooks`
 # database, reachable only with the generated password (scram-sha-256, TCP
 # and the Unix socket alike; the socket folder is 0700).
@@ -181,6 +251,7 @@ stop_private_services() {
       redis-cli -p "$PRIVATE_REDIS_PORT" shutdown >/dev/null 2>&1 || kill "$(cat "$DATA_DIR/redis/redis.pid")"
     say "private redis stopped"
   fi
+  stop_private_cluster
   if [ -f "$DATA_DIR/postgres/postmaster.pid" ]; then
     as_pg "$(pg_bindir)/pg_ctl" -D "$DATA_DIR/postgres" -m fast -w stop >/dev/null && say "private postgres stopped"
   fi
@@ -193,9 +264,9 @@ load_dotenv_urls() {
   while IFS= read -r line; do
     key="${line%%=*}"
     case "$key" in
-      REDIS_URL|DATABASE_URL) [ -z "${!key:-}" ] && export "$key=${line#*=}" ;;
+      REDIS_URL|REDIS_CLUSTER_NODES|DATABASE_URL) [ -z "${!key:-}" ] && export "$key=${line#*=}" ;;
     esac
-  done < <(grep -E '^(REDIS_URL|DATABASE_URL)=' "$REPO/.env")
+  done < <(grep -E '^(REDIS_URL|REDIS_CLUSTER_NODES|DATABASE_URL)=' "$REPO/.env")
 }
 
 # Waits up to 10 s for something to listen on 127.0.0.1:$1.

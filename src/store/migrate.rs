@@ -23,12 +23,17 @@ const MIGRATION_LOCK: i64 = 0x7765_6268_6f6f_6b31; // "webhook1"
 /// # Errors
 /// [`StoreError`] if a migration fails; it is rolled back, later ones are not tried.
 pub fn migrate(client: &mut Client) -> Result<usize, StoreError> {
-    client.batch_execute(
+    // Under the lock too: two first starts creating the table at once
+    // collide in the catalog (23505 on pg_type) despite IF NOT EXISTS.
+    let mut tx = client.transaction()?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+    tx.batch_execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations (
              version bigint PRIMARY KEY,
              name text NOT NULL,
              applied_at timestamptz NOT NULL DEFAULT now())",
     )?;
+    tx.commit()?;
     let mut applied = 0;
     for (version, name, sql) in MIGRATIONS {
         let mut tx = client.transaction()?;

@@ -66,7 +66,10 @@ impl System {
 }
 
 fn start_loads(apis: &[Gateway], tag: &str) -> Vec<Load> {
-    apis.iter().enumerate().map(|(i, api)| Load::start(api.addr(), CLIENTS, PACE, &format!("{tag}{i}"))).collect()
+    apis.iter()
+        .enumerate()
+        .map(|(i, api)| Load::start(api.addr(), CLIENTS, PACE, &format!("{tag}{i}")))
+        .collect()
 }
 
 /// The partition the gateway puts a load event in.
@@ -121,8 +124,11 @@ fn fail_over(cluster: &mut RedisCluster, system: &System, lag: Option<Duration>)
         }
         // Frozen replicas would still find the writes in their sockets'
         // buffers; cut the links so the master keeps them to itself.
-        let _: redis::RedisResult<u64> =
-            redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("replica").query(&mut cluster.nodes[victim].con());
+        let _: redis::RedisResult<u64> = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("replica")
+            .query(&mut cluster.nodes[victim].con());
         std::thread::sleep(lag);
     }
     cluster.nodes[victim].kill();
@@ -142,7 +148,12 @@ fn fail_over(cluster: &mut RedisCluster, system: &System, lag: Option<Duration>)
 
 /// The failover scenario: load, [`fail_over`], a load after it that must
 /// get 202s in the dead master's partitions, and the ledger of both.
-fn failover_ledger(cluster: &mut RedisCluster, system: &mut System, tag: &str, lag: Option<Duration>) -> Ledger {
+fn failover_ledger(
+    cluster: &mut RedisCluster,
+    system: &mut System,
+    tag: &str,
+    lag: Option<Duration>,
+) -> Ledger {
     let moved = fail_over(cluster, system, lag);
     let mut ledger = system.stop_load();
     let after = system.load_again(&format!("{tag}after"), 600);
@@ -205,7 +216,10 @@ fn cluster_master_killed_without_wait_while_its_replica_lags_loses_what_it_ackno
         &system.pg,
         Duration::from_secs(120),
     );
-    eprintln!("failover without WAIT, replica lagging 1 s: lost {} of {} 202'd events", report.lost, report.accepted);
+    eprintln!(
+        "failover without WAIT, replica lagging 1 s: lost {} of {} 202'd events",
+        report.lost, report.accepted
+    );
     assert!(report.lost > 0, "without WAIT the lagging replica's window loses 202'd events: {report:?}");
 }
 
@@ -254,7 +268,8 @@ fn cluster_worker_killed_mid_batch_has_its_entries_taken_over() {
     let marker = format!("-{}-", system.workers[0].pid());
     let mut orphaned = 0;
     wait_until(Duration::from_secs(20), "the doomed worker to hold a batch", || {
-        orphaned = cluster.pending().1.iter().filter(|(name, _)| name.contains(&marker)).map(|(_, n)| *n).sum();
+        orphaned =
+            cluster.pending().1.iter().filter(|(name, _)| name.contains(&marker)).map(|(_, n)| *n).sum();
         orphaned > 0
     });
     system.workers[0].kill9();

@@ -29,7 +29,13 @@ pub struct RedisServer {
 impl RedisServer {
     /// A placeholder that owns no process (used when moving a server out).
     fn detached() -> Self {
-        Self { port: 0, dir: tempfile::tempdir().unwrap(), child: None, appendfsync: "everysec", extra: Vec::new() }
+        Self {
+            port: 0,
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+            appendfsync: "everysec",
+            extra: Vec::new(),
+        }
     }
 
     /// A server on `port` with these further arguments and fsync policy.

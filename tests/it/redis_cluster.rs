@@ -99,7 +99,9 @@ impl RedisCluster {
     pub fn wait_healthy(&self, masters: usize, nodes: usize) {
         wait_until(Duration::from_secs(60), "the cluster to be whole", || {
             self.nodes.iter().filter(|n| n.pid().is_some()).all(|n| {
-                let Ok(mut con) = redis::Client::open(n.url()).unwrap().get_connection() else { return false };
+                let Ok(mut con) = redis::Client::open(n.url()).unwrap().get_connection() else {
+                    return false;
+                };
                 let info: String = redis::cmd("CLUSTER").arg("INFO").query(&mut con).unwrap_or_default();
                 let repl: String = redis::cmd("INFO").arg("replication").query(&mut con).unwrap_or_default();
                 let seen = Self::parse_nodes(&mut con);
