@@ -367,15 +367,80 @@ thread_ticks() {
               END { for (n in ticks) print n, ticks[n] }' | sort
 }
 
+queue_drained() {
+  if [ "${CLUSTER:-0}" = 1 ]; then
+    [ "$(cluster_entries "$1")" = 0 ] && [ "$(cluster_pending "$1")" = 0 ]
+  else
+    [ "$(redis-cli -p "$1" xlen webhooks)" = 0 ] && [ "$(redis-cli -p "$1" xpending webhooks ingest | head -n 1)" = 0 ]
+  fi
+}
+
 # Waits until the stream is empty and no entry is pending (the workers XACK
 # after the commit): wait_drained REDIS_PORT [TIMEOUT_S, default 120].
+# With CLUSTER=1, REDIS_PORT is a cluster node and all 16 partitions count.
 wait_drained() {
   local deadline=$((SECONDS + ${2:-120}))
-  until [ "$(redis-cli -p "$1" xlen webhooks)" = 0 ] && \
-        [ "$(redis-cli -p "$1" xpending webhooks ingest | head -n 1)" = 0 ]; do
+  until queue_drained "$1"; do
     [ $SECONDS -lt $deadline ] || return 1
     sleep 0.2
   done
+}
+
+# A throwaway Redis Cluster for benchmarks: start_bench_cluster FIRST_PORT DIR
+# REPLICAS_PER_MASTER: 3 masters (+ replicas) on FIRST_PORT.., AOF everysec,
+# every replica linked. Sets BENCH_CLUSTER_NODES (host:port,…),
+# BENCH_CLUSTER_MASTERS and BENCH_CLUSTER_REPLICAS (their ports) and
+# BENCH_CLUSTER_PORTS (all).
+start_bench_cluster() {
+  local first=$1 dir=$2 replicas=$3 count p ok up nodes=()
+  count=$((3 * (1 + replicas)))
+  BENCH_CLUSTER_PORTS=$(seq "$first" $((first + count - 1)))
+  for p in $BENCH_CLUSTER_PORTS; do
+    mkdir -p "$dir/c$p"
+    start_bench_redis "$p" "$dir/c$p" everysec --cluster-enabled yes --cluster-config-file nodes.conf \
+      --cluster-node-timeout 5000
+    nodes+=("127.0.0.1:$p")
+  done
+  redis-cli --cluster create "${nodes[@]}" --cluster-replicas "$replicas" --cluster-yes >"$dir/create.log" \
+    || die "redis-cli --cluster create failed: $(tail -n 5 "$dir/create.log")"
+  for _ in $(seq 300); do
+    ok=1 up=0
+    for p in $BENCH_CLUSTER_PORTS; do
+      redis-cli -p "$p" cluster info | grep -q cluster_state:ok || ok=0
+      redis-cli -p "$p" info replication | grep -q master_link_status:up && up=$((up + 1))
+    done
+    [ $ok = 1 ] && [ $up = $((3 * replicas)) ] && break
+    sleep 0.1
+  done
+  [ $ok = 1 ] && [ $up = $((3 * replicas)) ] || die "the bench cluster did not come up whole"
+  BENCH_CLUSTER_MASTERS="" BENCH_CLUSTER_REPLICAS=""
+  for p in $BENCH_CLUSTER_PORTS; do
+    if redis-cli -p "$p" role | head -n 1 | grep -q master; then
+      BENCH_CLUSTER_MASTERS="$BENCH_CLUSTER_MASTERS $p"
+    else
+      BENCH_CLUSTER_REPLICAS="$BENCH_CLUSTER_REPLICAS $p"
+    fi
+  done
+  BENCH_CLUSTER_NODES=$(IFS=,; echo "${nodes[*]}")
+}
+
+stop_bench_cluster() {
+  local p
+  for p in ${BENCH_CLUSTER_PORTS:-}; do redis-cli -p "$p" shutdown nosave >/dev/null 2>&1 || true; done
+}
+
+# Entries in a cluster's 16 partition streams, summed: cluster_entries PORT
+cluster_entries() {
+  local n=0 p
+  for p in $(seq 0 15); do n=$((n + $(redis-cli -c -p "$1" xlen "webhooks:{$p}"))); done
+  echo $n
+}
+
+# Entries delivered and not acknowledged, all 16 partitions: cluster_pending PORT
+cluster_pending() {
+  local n=0 p
+  for p in $(seq 0 15); do n=$((n + $(redis-cli -c -p "$1" xpending "webhooks:{$p}" ingest | head -n 1))); done
+  echo $n
 }
 
 # CPU per stored event, the number that does not depend on the load generator.
@@ -383,7 +448,10 @@ wait_drained() {
 # three process trees and of the gateway's threads; cpu_report DIR EVENTS
 # prints what was spent between the marks "0" and "1", per event.
 cpu_mark() {
-  printf '%s %s %s\n' "$(cpu_ticks_tree "$3")" "$(cpu_ticks_tree "$4")" "$(cpu_ticks_tree "$5")" >"$1/cpu.$2"
+  # REDIS_PID may be a list ("1 2 3": a cluster's nodes), summed.
+  local redis=0 p
+  for p in $4; do redis=$((redis + $(cpu_ticks_tree "$p"))); done
+  printf '%s %s %s\n' "$(cpu_ticks_tree "$3")" "$redis" "$(cpu_ticks_tree "$5")" >"$1/cpu.$2"
   thread_ticks "$3" >"$1/threads.$2"
 }
 cpu_report() {
