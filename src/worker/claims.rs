@@ -21,9 +21,10 @@ use tracing::debug;
 use super::{WorkerError, WorkerSettings};
 use crate::queue::GROUP;
 
-/// A batch in hand.
+/// A batch in hand (one per partition the step read).
 #[derive(Debug)]
 struct Held {
+    consumer: String,
     stream: String,
     ids: Vec<String>,
     live_until: Instant,
@@ -33,7 +34,7 @@ struct Held {
 /// the last handle is dropped.
 #[derive(Clone)]
 pub struct Claims {
-    held: Arc<Mutex<HashMap<String, Held>>>,
+    held: Arc<Mutex<HashMap<(String, String), Held>>>,
     /// Never sent on: its disconnection is the keeper's signal to stop.
     _alive: Sender<()>,
 }
@@ -45,7 +46,7 @@ impl Claims {
     /// The thread cannot start.
     pub fn start(settings: &WorkerSettings) -> Result<Self, WorkerError> {
         let queue = settings.queue.clone();
-        let held: Arc<Mutex<HashMap<String, Held>>> = Arc::default();
+        let held: Arc<Mutex<HashMap<(String, String), Held>>> = Arc::default();
         let (alive, stop) = crossbeam_channel::bounded(0);
         let period = (settings.reclaim_idle / 3).max(Duration::from_millis(10));
         let shared = held.clone();
@@ -58,22 +59,23 @@ impl Claims {
 
     /// `consumer` now holds `ids` of `stream`, and is alive until `live_until`.
     pub(crate) fn hold(&self, consumer: &str, stream: String, ids: Vec<String>, live_until: Instant) {
-        self.lock().insert(consumer.to_string(), Held { stream, ids, live_until });
+        let key = (consumer.to_string(), stream.clone());
+        self.lock().insert(key, Held { consumer: consumer.to_string(), stream, ids, live_until });
     }
 
     /// `consumer` is still working on its batch.
     pub(crate) fn touch(&self, consumer: &str, live_until: Instant) {
-        if let Some(h) = self.lock().get_mut(consumer) {
+        for h in self.lock().values_mut().filter(|h| h.consumer == consumer) {
             h.live_until = live_until;
         }
     }
 
     /// `consumer` is done with its batch (acknowledged, or left pending).
     pub(crate) fn release(&self, consumer: &str) {
-        self.lock().remove(consumer);
+        self.lock().retain(|_, h| h.consumer != consumer);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Held>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Held>> {
         // A panic while holding this lock cannot leave the map half-written.
         self.held.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -82,7 +84,7 @@ impl Claims {
 fn keep(
     queue: &crate::queue::Queue,
     period: Duration,
-    held: Arc<Mutex<HashMap<String, Held>>>,
+    held: Arc<Mutex<HashMap<(String, String), Held>>>,
     stop: Receiver<()>,
 ) {
     let mut con: Option<crate::queue::Conn> = None;
@@ -93,9 +95,9 @@ fn keep(
         let mut claims = Vec::new();
         {
             let held = held.lock().unwrap_or_else(|e| e.into_inner());
-            for (consumer, h) in held.iter().filter(|(_, h)| h.live_until > now && !h.ids.is_empty()) {
+            for h in held.values().filter(|h| h.live_until > now && !h.ids.is_empty()) {
                 let mut cmd = redis::cmd("XCLAIM");
-                cmd.arg(&h.stream).arg(GROUP).arg(consumer).arg(0).arg(&h.ids).arg("JUSTID");
+                cmd.arg(&h.stream).arg(GROUP).arg(&h.consumer).arg(0).arg(&h.ids).arg("JUSTID");
                 claims.push(cmd);
             }
         }

@@ -23,6 +23,25 @@ pub struct Entry {
     pub(crate) key: Option<String>,
     /// What holding it costs, for the byte budget.
     pub(crate) bytes: usize,
+    /// Which of the worker's partitions it came from (its lane).
+    pub(crate) lane: usize,
+}
+
+/// Where an entry is: the worker's lane (partition) and its id in that
+/// partition's stream. Ids alone are not unique across partitions.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct At {
+    /// The lane.
+    pub lane: usize,
+    /// The stream id.
+    pub id: String,
+}
+
+impl Entry {
+    /// Where it is.
+    pub fn at(&self) -> At {
+        At { lane: self.lane, id: self.id.clone() }
+    }
 }
 
 impl Entry {
@@ -35,6 +54,6 @@ impl Entry {
                 .sum::<usize>();
         let job = WebhookJob::from_stream_fields(e.map);
         let key = job.as_ref().ok().map(|j| crate::queue::keys::seen(stream, &j.provider, &j.event_id));
-        Self { id: e.id, job, deliveries, key, bytes }
+        Self { id: e.id, job, deliveries, key, bytes, lane: 0 }
     }
 }

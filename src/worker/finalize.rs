@@ -34,13 +34,48 @@ impl Worker {
     /// # Errors
     /// Redis stayed down past the shutdown deadline; the entries stay pending.
     pub fn finalize(&mut self, stored: Stored) -> Result<(), WorkerError> {
-        let acks: Vec<&str> = stored
+        // Each partition on its own: its commands share its slot.
+        let mut lanes: Vec<usize> = stored
             .committed
             .iter()
-            .map(|(id, _)| id.as_str())
-            .chain(stored.skipped.iter().map(String::as_str))
+            .map(|(at, _)| at.lane)
+            .chain(stored.skipped.iter().map(|at| at.lane))
+            .chain(stored.dead.iter().map(|(e, _)| e.lane))
             .collect();
-        let mut dead: Vec<&(Entry, String)> = stored.dead.iter().collect();
+        lanes.sort_unstable();
+        lanes.dedup();
+        let mut failure = None;
+        for lane in lanes {
+            self.lane = lane;
+            let committed: Vec<(String, String)> = stored
+                .committed
+                .iter()
+                .filter(|(at, _)| at.lane == lane)
+                .map(|(at, key)| (at.id.clone(), key.clone()))
+                .collect();
+            let acks: Vec<&str> = stored
+                .committed
+                .iter()
+                .map(|(at, _)| at)
+                .chain(stored.skipped.iter())
+                .filter(|at| at.lane == lane)
+                .map(|at| at.id.as_str())
+                .collect();
+            let dead: Vec<&(Entry, String)> = stored.dead.iter().filter(|(e, _)| e.lane == lane).collect();
+            if let Err(e) = self.finalize_lane(&acks, dead, &committed) {
+                failure.get_or_insert(e);
+            }
+        }
+        failure.map_or(Ok(()), Err)
+    }
+
+    /// [`Self::finalize`] for the current lane.
+    fn finalize_lane(
+        &mut self,
+        acks: &[&str],
+        mut dead: Vec<&(Entry, String)>,
+        committed: &[(String, String)],
+    ) -> Result<(), WorkerError> {
         if acks.is_empty() && dead.is_empty() {
             return Ok(());
         }
@@ -50,7 +85,7 @@ impl Worker {
         let mut tries = 0;
         loop {
             let result = if first { Ok(()) } else { self.keep_still_pending(&mut dead) }
-                .and_then(|()| self.acknowledge(&acks, &dead, &stored.committed));
+                .and_then(|()| self.acknowledge(acks, &dead, committed));
             first = false;
             match result {
                 Ok(()) => return Ok(()),

@@ -69,7 +69,7 @@ use crate::store::{self, Pool, StoreError, Timeouts};
 
 pub use claims::Claims;
 pub use dead_letter::{dead_letter_stream, fields as dead_letter_fields, replay, ReplayScope};
-pub use entry::Entry;
+pub use entry::{At, Entry};
 pub use write::{Stored, SUSPECT_AFTER};
 
 /// Longest wait between retries of a failing batch.
@@ -216,8 +216,11 @@ pub struct Worker {
     con: Option<crate::queue::Conn>,
     /// The partitions it reads, taken in turn, one per step.
     lanes: Vec<Lane>,
-    /// The lane of the current step.
+    /// The lane being read or acknowledged now.
     lane: usize,
+    /// Entries and bytes a multi-partition step already holds, so each
+    /// partition's read is sized to what is left of the batch.
+    held: (usize, usize),
     pool: Pool,
     shutdown: CancellationToken,
     /// Shared by the workers of a process: set once migrations are applied.
@@ -250,7 +253,7 @@ impl Worker {
     ) -> Result<Self, WorkerError> {
         let migrated = Arc::new(AtomicBool::new(!settings.migrate));
         let lanes = settings.queue.streams().into_iter().map(Lane::new).collect();
-        Ok(Self { name, settings, con: None, lanes, lane: 0, pool, shutdown, migrated, claims })
+        Ok(Self { name, settings, con: None, lanes, lane: 0, held: (0, 0), pool, shutdown, migrated, claims })
     }
 
     /// Reads only these partitions (every one by default).
@@ -307,8 +310,9 @@ impl Worker {
     }
 
     /// How long a read of new entries may block: the whole `WORKER_BLOCK_MS`
-    /// on a single partition; with several, a short wait on each in turn, so
-    /// an idle partition delays a busy one by at most this.
+    /// on a single partition; with several, a short wait on each in turn
+    /// while the step holds nothing yet, so an idle partition delays a busy
+    /// one by at most this.
     fn lane_block(&self) -> Duration {
         match self.lanes.len() {
             1 => self.settings.block,
@@ -398,47 +402,18 @@ impl Worker {
     /// # Errors
     /// [`WorkerError`]; whatever was read stays pending and will be redone.
     pub fn run_once(&mut self) -> Result<Report, WorkerError> {
-        // One partition per step, in turn: a step's commands all carry its
-        // hash tag, so on a cluster each goes to one master whole. A
-        // partition whose master fails rests (with backoff) while the
-        // others go on: one dead master must not stop the rest.
-        let lanes = self.lanes.len();
-        let mut tried = false;
-        let mut failure = None;
-        for _ in 0..lanes {
-            self.lane = (self.lane + 1) % lanes;
-            if lanes > 1 && self.lanes[self.lane].resting() {
-                continue;
-            }
-            tried = true;
-            match self.read() {
-                Ok(entries) if entries.is_empty() => self.lane_ok(),
-                Ok(entries) => {
-                    self.lane_ok();
-                    return self.process(entries);
-                }
-                Err(WorkerError::Redis(e)) if lanes > 1 => {
-                    self.lane_failed(&e);
-                    failure = Some(WorkerError::Redis(e));
-                }
-                Err(e) => return Err(e),
-            }
+        let entries = self.gather()?;
+        if entries.is_empty() {
+            return Ok(Report::default());
         }
-        if !tried {
-            let wake = self.lanes.iter().map(|l| l.retry_at).min().unwrap_or_else(Instant::now);
-            self.sleep(wake.saturating_duration_since(Instant::now()).min(Duration::from_millis(100)));
-        }
-        match failure {
-            Some(e) if self.lanes.iter().all(Lane::resting) => Err(e),
-            _ => Ok(Report::default()),
-        }
-    }
-
-    /// Stores and finalizes entries read from the current partition.
-    fn process(&mut self, entries: Vec<Entry>) -> Result<Report, WorkerError> {
         let read = entries.len();
-        let ids = entries.iter().map(|e| e.id.clone()).collect();
-        self.claims.hold(&self.name, self.stream(), ids, self.live_until());
+        let live_until = self.live_until();
+        for lane in 0..self.lanes.len() {
+            let ids: Vec<String> = entries.iter().filter(|e| e.lane == lane).map(|e| e.id.clone()).collect();
+            if !ids.is_empty() {
+                self.claims.hold(&self.name, self.lanes[lane].stream.clone(), ids, live_until);
+            }
+        }
         let result = self.store(entries).and_then(|stored| {
             let report = Report {
                 read,
@@ -451,6 +426,66 @@ impl Worker {
         });
         self.claims.release(&self.name);
         result
+    }
+
+    /// A step's entries. One partition: [`Self::read`]. Several: each in
+    /// turn (each read within its own slot), into one batch, so the step
+    /// still costs one PostgreSQL transaction; after a short sweep, one
+    /// `WORKER_LINGER_MS` pause and one more sweep, as a single partition
+    /// lingers. A partition whose master fails rests (with backoff) while
+    /// the others go on: one dead master must not stop the rest.
+    fn gather(&mut self) -> Result<Vec<Entry>, WorkerError> {
+        let lanes = self.lanes.len();
+        if lanes == 1 {
+            self.lane = 0;
+            return self.read();
+        }
+        let mut batch: Vec<Entry> = Vec::new();
+        let mut bytes = 0;
+        let mut tried = false;
+        let mut failure = None;
+        let mut lingered = false;
+        loop {
+            for _ in 0..lanes {
+                if self.read_count(batch.len(), bytes) == 0 {
+                    break;
+                }
+                self.lane = (self.lane + 1) % lanes;
+                if self.lanes[self.lane].resting() {
+                    continue;
+                }
+                tried = true;
+                self.held = (batch.len(), bytes);
+                let read = self.read();
+                self.held = (0, 0);
+                match read {
+                    Ok(entries) => {
+                        self.lane_ok();
+                        bytes += entries.iter().map(|e| e.bytes).sum::<usize>();
+                        batch.extend(entries);
+                    }
+                    Err(WorkerError::Redis(e)) => {
+                        self.lane_failed(&e);
+                        failure = Some(WorkerError::Redis(e));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            let full = self.read_count(batch.len(), bytes) == 0;
+            if batch.is_empty() || full || lingered || self.settings.linger.is_zero() {
+                break;
+            }
+            self.sleep(self.settings.linger);
+            lingered = true;
+        }
+        if !tried {
+            let wake = self.lanes.iter().map(|l| l.retry_at).min().unwrap_or_else(Instant::now);
+            self.sleep(wake.saturating_duration_since(Instant::now()).min(Duration::from_millis(100)));
+        }
+        match failure {
+            Some(e) if batch.is_empty() && self.lanes.iter().all(Lane::resting) => Err(e),
+            _ => Ok(batch),
+        }
     }
 
     /// Until when the keeper may refresh this worker's claim without news.

@@ -35,9 +35,14 @@ impl Worker {
     /// Redis failed; the connection is dropped, so the next read reconnects
     /// and starts with this consumer's own pending entries.
     pub fn read(&mut self) -> Result<Vec<Entry>, WorkerError> {
-        let read = self.read_in_order();
-        if read.is_err() {
-            self.disconnect();
+        let mut read = self.read_in_order();
+        match &mut read {
+            Ok(entries) => {
+                for e in entries {
+                    e.lane = self.lane;
+                }
+            }
+            Err(_) => self.disconnect(),
         }
         read
     }
@@ -71,7 +76,8 @@ impl Worker {
 
     /// How many entries the next read may ask for, holding `held` entries of
     /// `bytes` bytes: 0 when the batch is full.
-    fn read_count(&self, held: usize, bytes: usize) -> usize {
+    pub(super) fn read_count(&self, held: usize, bytes: usize) -> usize {
+        let (held, bytes) = (held + self.held.0, bytes + self.held.1);
         let s = &self.settings;
         let by_bytes = s.batch_max_bytes.saturating_sub(bytes) / (s.max_body_bytes + ENTRY_OVERHEAD);
         let n = s.batch_max.saturating_sub(held).min(by_bytes);
@@ -85,8 +91,9 @@ impl Worker {
     /// New entries (see the module docs, 4).
     fn read_new(&mut self) -> Result<Vec<Entry>, WorkerError> {
         let block = self.lane_block();
-        // With several partitions, the turn over the others is the linger.
+        // With several partitions the step lingers once over all of them.
         let linger = if self.lanes.len() == 1 { self.settings.linger } else { Duration::ZERO };
+        let step_holds = self.held.0 > 0;
         let mut entries: Vec<Entry> = Vec::new();
         let mut bytes = 0;
         let mut lingered = false;
@@ -96,7 +103,7 @@ impl Worker {
                 break;
             }
             let mut opts = StreamReadOptions::default().group(GROUP, &self.name).count(count);
-            if entries.is_empty() && !lingered {
+            if entries.is_empty() && !lingered && !step_holds {
                 opts = opts.block(block.as_millis() as usize);
             }
             let got = self.xreadgroup(&opts)?;

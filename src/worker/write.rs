@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use tracing::{error, info, warn};
 
-use super::entry::Entry;
+use super::entry::{At, Entry};
 use super::{jitter, Worker, WorkerError, MAX_BACKOFF, MIN_BACKOFF};
 use crate::job::WebhookJob;
 use crate::store::{self, StoreError};
@@ -34,16 +34,16 @@ pub const SUSPECT_AFTER: u32 = 3;
 /// A batch after [`Worker::store`]: what to do with each entry in Redis.
 #[derive(Debug, Default)]
 pub struct Stored {
-    /// Committed (new or duplicate rows): `(id, key)`; ack, then set the key.
-    pub committed: Vec<(String, String)>,
+    /// Committed (new or duplicate rows): `(entry, key)`; ack, then set the key.
+    pub committed: Vec<(At, String)>,
     /// Stored already (key present), or a copy of a key committed in this
     /// batch: ack only.
-    pub skipped: Vec<String>,
+    pub skipped: Vec<At>,
     /// To the dead-letter stream, with the reason.
     pub dead: Vec<(Entry, String)>,
     /// Left pending for a later attempt (a bad entry with attempts left, or
     /// a copy of one).
-    pub retry_later: Vec<String>,
+    pub retry_later: Vec<At>,
     /// New rows inserted.
     pub inserted: u64,
     /// Rows that already existed.
@@ -68,7 +68,7 @@ impl Worker {
         self.ensure_migrated()?;
         let mut out = Stored::default();
         // Later copies of a key, resolved once the first copy's fate is known.
-        let mut copies: Vec<(String, String)> = Vec::new();
+        let mut copies: Vec<(At, String)> = Vec::new();
         let mut to_write: Vec<Entry> = Vec::with_capacity(entries.len());
         let mut firsts: HashSet<String> = HashSet::with_capacity(entries.len());
         for entry in entries {
@@ -77,7 +77,7 @@ impl Worker {
                     let reason = format!("undecodable stream entry: {}", undecodable.error);
                     out.dead.push((entry, reason));
                 }
-                (Ok(_), Some(key)) if !firsts.insert(key.clone()) => copies.push((entry.id, key.clone())),
+                (Ok(_), Some(key)) if !firsts.insert(key.clone()) => copies.push((entry.at(), key.clone())),
                 (Ok(_), _) => to_write.push(entry),
             }
         }
@@ -108,6 +108,31 @@ impl Worker {
         out: &mut Stored,
         known: &mut HashSet<String>,
     ) -> Vec<Entry> {
+        // One pipeline per partition: on a cluster each goes to its slot's master.
+        let mut lanes: Vec<usize> = entries.iter().map(|e| e.lane).collect();
+        lanes.sort_unstable();
+        lanes.dedup();
+        if lanes.len() <= 1 {
+            return self.drop_known_in_lane(entries, out, known);
+        }
+        let mut by_lane: Vec<Vec<Entry>> = lanes.iter().map(|_| Vec::new()).collect();
+        for e in entries {
+            let i = lanes.binary_search(&e.lane).expect("listed");
+            by_lane[i].push(e);
+        }
+        let mut fresh = Vec::new();
+        for group in by_lane {
+            fresh.extend(self.drop_known_in_lane(group, out, known));
+        }
+        fresh
+    }
+
+    fn drop_known_in_lane(
+        &mut self,
+        entries: Vec<Entry>,
+        out: &mut Stored,
+        known: &mut HashSet<String>,
+    ) -> Vec<Entry> {
         if entries.is_empty() {
             return entries;
         }
@@ -128,7 +153,7 @@ impl Worker {
             match (found, &e.key) {
                 (true, Some(key)) => {
                     known.insert(key.clone());
-                    out.skipped.push(e.id);
+                    out.skipped.push(e.at());
                 }
                 _ => fresh.push(e),
             }
@@ -205,7 +230,10 @@ impl Worker {
                 Ok(written) => {
                     out.inserted += written.inserted;
                     out.duplicates += written.duplicates;
-                    out.committed.extend(batch.into_iter().filter_map(|e| e.key.map(|k| (e.id, k))));
+                    out.committed.extend(batch.into_iter().filter_map(|e| {
+                        let at = e.at();
+                        e.key.map(|k| (at, k))
+                    }));
                     continue;
                 }
                 Err(e) => e,
@@ -246,7 +274,7 @@ impl Worker {
         } else {
             warn!(consumer = %self.name, id = %entry.id, deliveries = entry.deliveries, error = %reason,
                   "entry rejected by postgres; left pending for another attempt");
-            out.retry_later.push(entry.id);
+            out.retry_later.push(entry.at());
         }
     }
 }
