@@ -106,27 +106,67 @@ start_private_redis() {
     fi
     say "private redis already running on 127.0.0.1:$PRIVATE_REDIS_PORT"
   else
-    (umask 077; cat >"$DATA_DIR/redis/redis.conf" <<CONF
-port $PRIVATE_REDIS_PORT
+    write_redis_conf "$PRIVATE_REDIS_PORT" "$DATA_DIR/redis" "$pw"
+    redis-server "$DATA_DIR/redis/redis.conf"
+    wait_redis "$PRIVATE_REDIS_PORT" "$DATA_DIR/redis"
+    say "private redis on 127.0.0.1:$PRIVATE_REDIS_PORT (AOF ${REDIS_APPENDFSYNC:-everysec}, password in $DATA_DIR/secrets, data in $DATA_DIR/redis)"
+  fi
+  export REDIS_URL="redis://:$pw@127.0.0.1:$PRIVATE_REDIS_PORT/"
+}
+
+# The redis.conf of a private node, in DIR (which also holds its data, pid
+# file and log), readable only by its owner as it holds the password:
+# write_redis_conf PORT DIR PASSWORD [EXTRA-LINE…]
+write_redis_conf() {
+  local port=$1 dir=$2 pw=$3; shift 3
+  (umask 077; {
+    cat <<CONF
+port $port
 bind 127.0.0.1
-dir $DATA_DIR/redis
+dir $dir
 appendonly yes
 appendfsync ${REDIS_APPENDFSYNC:-everysec}
 maxmemory-policy noeviction
 maxmemory ${PRIVATE_REDIS_MAXMEMORY:-1gb}
 save ""
 daemonize yes
-pidfile $DATA_DIR/redis/redis.pid
-logfile $DATA_DIR/redis/redis.log
+pidfile $dir/redis.pid
+logfile $dir/redis.log
 requirepass $pw
 CONF
-)
-    redis-server "$DATA_DIR/redis/redis.conf"
-    for _ in $(seq 100); do redis-cli -p "$PRIVATE_REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
-    redis-cli -p "$PRIVATE_REDIS_PORT" ping >/dev/null || die "private redis did not start; see $DATA_DIR/redis/redis.log"
-    say "private redis on 127.0.0.1:$PRIVATE_REDIS_PORT (AOF ${REDIS_APPENDFSYNC:-everysec}, password in $DATA_DIR/secrets, data in $DATA_DIR/redis)"
-  fi
-  export REDIS_URL="redis://:$pw@127.0.0.1:$PRIVATE_REDIS_PORT/"
+    printf '%s\n' "$@"
+  } >"$dir/redis.conf")
+}
+
+# Waits up to 10 s for the redis in DIR on PORT to answer: wait_redis PORT DIR
+wait_redis() {
+  for _ in $(seq 100); do redis-cli -p "$1" ping >/dev/null 2>&1 && return 0; sleep 0.1; done
+  die "redis on port $1 did not start; see $2/redis.log"
+}
+
+# Creates a cluster of the NODEs (host:port), REPLICAS per master, its log
+# in LOG: create_cluster LOG REPLICAS NODE…
+create_cluster() {
+  local log=$1 replicas=$2; shift 2
+  redis-cli --cluster create "$@" --cluster-replicas "$replicas" --cluster-yes >"$log" \
+    || die "redis-cli --cluster create failed: $(tail -n 5 "$log")"
+}
+
+# Waits up to 30 s until every NODE says cluster_state:ok and every replica
+# is linked to its master: cluster_whole REPLICAS NODE…
+cluster_whole() {
+  local replicas=$1 ok up n; shift
+  local linked=$(($# / (1 + replicas) * replicas))
+  for _ in $(seq 300); do
+    ok=1 up=0
+    for n in "$@"; do
+      redis-cli -p "${n#*:}" cluster info | grep -q cluster_state:ok || ok=0
+      redis-cli -p "${n#*:}" info replication | grep -q master_link_status:up && up=$((up + 1))
+    done
+    [ $ok = 1 ] && [ $up = "$linked" ] && return 0
+    sleep 0.1
+  done
+  return 1
 }
 
 # A private Redis Cluster under $DATA_DIR/cluster: 3 masters + 3 replicas
@@ -144,42 +184,16 @@ start_private_cluster() {
     nodes+=("127.0.0.1:$port")
     mkdir -p "$dir/$port"; chmod 700 "$dir/$port"
     pid_alive "$dir/$port/redis.pid" && continue
-    (umask 077; cat >"$dir/$port/redis.conf" <<CONF
-port $port
-bind 127.0.0.1
-dir $dir/$port
-cluster-enabled yes
-cluster-config-file nodes.conf
-cluster-node-timeout ${PRIVATE_CLUSTER_NODE_TIMEOUT_MS:-5000}
-appendonly yes
-appendfsync ${REDIS_APPENDFSYNC:-everysec}
-maxmemory-policy noeviction
-maxmemory ${PRIVATE_REDIS_MAXMEMORY:-1gb}
-save ""
-daemonize yes
-pidfile $dir/$port/redis.pid
-logfile $dir/$port/redis.log
-requirepass $pw
-masterauth $pw
-CONF
-)
+    write_redis_conf "$port" "$dir/$port" "$pw" "cluster-enabled yes" "cluster-config-file nodes.conf" \
+      "cluster-node-timeout ${PRIVATE_CLUSTER_NODE_TIMEOUT_MS:-5000}" "masterauth $pw"
     redis-server "$dir/$port/redis.conf"
   done
-  for n in "${nodes[@]}"; do
-    for _ in $(seq 100); do redis-cli -p "${n#*:}" ping >/dev/null 2>&1 && break; sleep 0.1; done
-    redis-cli -p "${n#*:}" ping >/dev/null || die "cluster node $n did not start; see $dir/${n#*:}/redis.log"
-  done
+  for n in "${nodes[@]}"; do wait_redis "${n#*:}" "$dir/${n#*:}"; done
   if ! redis-cli -p "$PRIVATE_CLUSTER_PORT" cluster info | grep -q "cluster_known_nodes:6"; then
     say "creating the cluster: 3 masters, 3 replicas"
-    redis-cli --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >"$dir/create.log" \
-      || die "redis-cli --cluster create failed; see $dir/create.log"
+    create_cluster "$dir/create.log" 1 "${nodes[@]}"
   fi
-  for _ in $(seq 300); do
-    redis-cli -p "$PRIVATE_CLUSTER_PORT" cluster info | grep -q cluster_state:ok && break
-    sleep 0.1
-  done
-  redis-cli -p "$PRIVATE_CLUSTER_PORT" cluster info | grep -q cluster_state:ok \
-    || die "the private cluster is not ok; see $dir/*/redis.log"
+  cluster_whole 1 "${nodes[@]}" || die "the private cluster is not ok; see $dir/*/redis.log"
   say "private redis cluster on ${nodes[*]} (3 masters + 3 replicas, AOF ${REDIS_APPENDFSYNC:-everysec}, data in $dir)"
   export REDIS_CLUSTER_NODES; REDIS_CLUSTER_NODES=$(IFS=,; echo "${nodes[*]}")
   # The credentials every node shares.
@@ -392,7 +406,7 @@ wait_drained() {
 # BENCH_CLUSTER_MASTERS and BENCH_CLUSTER_REPLICAS (their ports) and
 # BENCH_CLUSTER_PORTS (all).
 start_bench_cluster() {
-  local first=$1 dir=$2 replicas=$3 count p ok up nodes=()
+  local first=$1 dir=$2 replicas=$3 count p nodes=()
   count=$((3 * (1 + replicas)))
   BENCH_CLUSTER_PORTS=$(seq "$first" $((first + count - 1)))
   for p in $BENCH_CLUSTER_PORTS; do
@@ -401,18 +415,8 @@ start_bench_cluster() {
       --cluster-node-timeout 5000
     nodes+=("127.0.0.1:$p")
   done
-  redis-cli --cluster create "${nodes[@]}" --cluster-replicas "$replicas" --cluster-yes >"$dir/create.log" \
-    || die "redis-cli --cluster create failed: $(tail -n 5 "$dir/create.log")"
-  for _ in $(seq 300); do
-    ok=1 up=0
-    for p in $BENCH_CLUSTER_PORTS; do
-      redis-cli -p "$p" cluster info | grep -q cluster_state:ok || ok=0
-      redis-cli -p "$p" info replication | grep -q master_link_status:up && up=$((up + 1))
-    done
-    [ $ok = 1 ] && [ $up = $((3 * replicas)) ] && break
-    sleep 0.1
-  done
-  [ $ok = 1 ] && [ $up = $((3 * replicas)) ] || die "the bench cluster did not come up whole"
+  create_cluster "$dir/create.log" "$replicas" "${nodes[@]}"
+  cluster_whole "$replicas" "${nodes[@]}" || die "the bench cluster did not come up whole"
   BENCH_CLUSTER_MASTERS="" BENCH_CLUSTER_REPLICAS=""
   for p in $BENCH_CLUSTER_PORTS; do
     if redis-cli -p "$p" role | head -n 1 | grep -q master; then

@@ -313,14 +313,11 @@ fn partition_gauges(con: &mut crate::queue::Conn, stream: &str) -> Option<Partit
     pipe.cmd("XLEN").arg(crate::worker::dead_letter_stream(stream));
     pipe.cmd("XPENDING").arg(stream).arg(crate::queue::GROUP);
     pipe.cmd("XINFO").arg("GROUPS").arg(stream);
-    let (length, dead_letters, pending, groups): (u64, u64, redis::Value, redis::Value) =
+    // XPENDING's summary: the count, then the lowest and highest ids and
+    // the per-consumer counts, which are not needed here.
+    type Summary = (u64, redis::Value, redis::Value, redis::Value);
+    let (length, dead_letters, (pending, ..), groups): (u64, u64, Summary, redis::Value) =
         pipe.query(con).ok()?;
-    let pending = match pending {
-        redis::Value::Array(summary) => {
-            summary.into_iter().next().and_then(|n| redis::from_redis_value::<u64>(n).ok()).unwrap_or(0)
-        }
-        _ => 0,
-    };
     Some(PartitionGauges { length, pending, dead_letters, lag: group_lag(groups).unwrap_or(0) })
 }
 

@@ -179,6 +179,9 @@ struct Pipeline {
     /// When the slot map may be read next, and whether it must be.
     topology_at: Instant,
     topology_stale: bool,
+    /// `streams[p]`: partition `p`'s stream key, spelled once rather than
+    /// per `XADD`.
+    streams: Vec<String>,
     batch: Vec<Pending>,
     /// Each job's partition, then its answer.
     partition: Vec<u16>,
@@ -201,7 +204,9 @@ impl Pipeline {
             None => (Vec::new(), vec![None; settings.queue.partitions() as usize]),
         };
         let depth = vec![0; settings.queue.partitions() as usize];
+        let streams = settings.queue.streams();
         Self {
+            streams,
             settings,
             template,
             masters,
@@ -264,9 +269,12 @@ impl Pipeline {
         }
         self.refresh_topology();
         let queue = &self.settings.queue;
-        self.partition =
-            self.batch.iter().map(|p| queue.partition_of(&p.job.provider, &p.job.event_id)).collect();
-        self.answer = vec![None; self.batch.len()];
+        // Both buffers keep their capacity from batch to batch.
+        self.partition.clear();
+        self.partition
+            .extend(self.batch.iter().map(|p| queue.partition_of(&p.job.provider, &p.job.event_id)));
+        self.answer.clear();
+        self.answer.resize(self.batch.len(), None);
         let sent_at = Instant::now();
         let mut todo = Vec::with_capacity(self.batch.len());
         for job in 0..self.batch.len() {
@@ -377,7 +385,7 @@ impl Pipeline {
                     slots.push(Slot::Asking);
                 }
                 let mut cmd = redis::cmd("XADD");
-                cmd.arg(queue.stream(p)).arg("*");
+                cmd.arg(&self.streams[p as usize]).arg("*");
                 self.batch[s.job].job.write_stream_fields(&mut cmd);
                 pipe.add_command(cmd);
                 slots.push(Slot::Job(s.job));
@@ -396,7 +404,7 @@ impl Pipeline {
             touched = (0..queue.partitions()).filter(|&p| self.route[p as usize] == Some(m)).collect();
         }
         for p in touched {
-            pipe.cmd("XLEN").arg(queue.stream(p));
+            pipe.cmd("XLEN").arg(&self.streams[p as usize]);
             slots.push(Slot::Depth(p));
         }
         let master = &mut self.masters[m];
@@ -643,9 +651,8 @@ impl Pipeline {
         let mut con = client.get_connection_with_timeout(timeout.min(Duration::from_secs(1)))?;
         con.set_read_timeout(Some(timeout))?;
         con.set_write_timeout(Some(timeout))?;
-        let queue = &self.settings.queue;
-        for p in (0..queue.partitions()).filter(|&p| self.route[p as usize] == Some(m)) {
-            match prepare_stream(&mut con, &queue.stream(p)) {
+        for p in (0..self.settings.queue.partitions()).filter(|&p| self.route[p as usize] == Some(m)) {
+            match prepare_stream(&mut con, &self.streams[p as usize]) {
                 // The slot map was already stale: it is read again, and the
                 // stream is prepared by whoever holds it now.
                 Err(e) if e.code() == Some("MOVED") || e.code() == Some("ASK") => self.topology_stale = true,

@@ -37,6 +37,23 @@ pub struct At {
     pub id: String,
 }
 
+/// Splits `items` by lane, lanes in ascending order, each group in its
+/// original order: what one partition needs goes to one slot's master.
+pub(crate) fn by_lane<T>(
+    items: impl IntoIterator<Item = T>,
+    lane: impl Fn(&T) -> usize,
+) -> Vec<(usize, Vec<T>)> {
+    let mut groups: Vec<(usize, Vec<T>)> = Vec::new();
+    for item in items {
+        let l = lane(&item);
+        match groups.binary_search_by_key(&l, |(k, _)| *k) {
+            Ok(i) => groups[i].1.push(item),
+            Err(i) => groups.insert(i, (l, vec![item])),
+        }
+    }
+    groups
+}
+
 impl Entry {
     /// Where it is.
     pub fn at(&self) -> At {
@@ -55,5 +72,20 @@ impl Entry {
         let job = WebhookJob::from_stream_fields(e.map);
         let key = job.as_ref().ok().map(|j| crate::queue::keys::seen(stream, &j.provider, &j.event_id));
         Self { id: e.id, job, deliveries, key, bytes, lane: 0 }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::by_lane;
+
+    #[test]
+    fn groups_by_lane_in_lane_order_keeping_each_groups_order() {
+        let items = [(2, "a"), (0, "b"), (2, "c"), (1, "d"), (0, "e")];
+        let groups = by_lane(items, |(lane, _)| *lane);
+        let names: Vec<(usize, Vec<&str>)> =
+            groups.into_iter().map(|(l, g)| (l, g.into_iter().map(|(_, n)| n).collect())).collect();
+        assert_eq!(names, vec![(0, vec!["b", "e"]), (1, vec!["d"]), (2, vec!["a", "c"])]);
+        assert!(by_lane(Vec::<(usize, &str)>::new(), |(l, _)| *l).is_empty());
     }
 }

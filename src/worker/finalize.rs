@@ -14,6 +14,7 @@
 //! (the batch stays in hand); dead letters are then re-sent only for
 //! entries still pending, so a lost reply does not write them twice.
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use tracing::warn;
@@ -27,6 +28,16 @@ use crate::queue::GROUP;
 /// moves on to the others.
 const LANE_ACK_TRIES: u32 = 3;
 
+/// What one partition is told, borrowed from the step's [`Stored`].
+#[derive(Default)]
+struct LaneOutcome<'a> {
+    /// Committed, then skipped: acknowledged and deleted.
+    acks: Vec<&'a str>,
+    /// The idempotency keys of the committed.
+    keys: Vec<&'a str>,
+    dead: Vec<&'a (Entry, String)>,
+}
+
 impl Worker {
     /// Step 3: see the module docs. Retried until it passes or shutdown's
     /// deadline passes.
@@ -35,34 +46,22 @@ impl Worker {
     /// Redis stayed down past the shutdown deadline; the entries stay pending.
     pub fn finalize(&mut self, stored: Stored) -> Result<(), WorkerError> {
         // Each partition on its own: its commands share its slot.
-        let mut lanes: Vec<usize> = stored
-            .committed
-            .iter()
-            .map(|(at, _)| at.lane)
-            .chain(stored.skipped.iter().map(|at| at.lane))
-            .chain(stored.dead.iter().map(|(e, _)| e.lane))
-            .collect();
-        lanes.sort_unstable();
-        lanes.dedup();
+        let mut lanes: BTreeMap<usize, LaneOutcome<'_>> = BTreeMap::new();
+        for (at, key) in &stored.committed {
+            let lane = lanes.entry(at.lane).or_default();
+            lane.acks.push(&at.id);
+            lane.keys.push(key);
+        }
+        for at in &stored.skipped {
+            lanes.entry(at.lane).or_default().acks.push(&at.id);
+        }
+        for dead in &stored.dead {
+            lanes.entry(dead.0.lane).or_default().dead.push(dead);
+        }
         let mut failure = None;
-        for lane in lanes {
+        for (lane, outcome) in lanes {
             self.lane = lane;
-            let committed: Vec<(String, String)> = stored
-                .committed
-                .iter()
-                .filter(|(at, _)| at.lane == lane)
-                .map(|(at, key)| (at.id.clone(), key.clone()))
-                .collect();
-            let acks: Vec<&str> = stored
-                .committed
-                .iter()
-                .map(|(at, _)| at)
-                .chain(stored.skipped.iter())
-                .filter(|at| at.lane == lane)
-                .map(|at| at.id.as_str())
-                .collect();
-            let dead: Vec<&(Entry, String)> = stored.dead.iter().filter(|(e, _)| e.lane == lane).collect();
-            if let Err(e) = self.finalize_lane(&acks, dead, &committed) {
+            if let Err(e) = self.finalize_lane(&outcome.acks, outcome.dead, &outcome.keys) {
                 failure.get_or_insert(e);
             }
         }
@@ -74,7 +73,7 @@ impl Worker {
         &mut self,
         acks: &[&str],
         mut dead: Vec<&(Entry, String)>,
-        committed: &[(String, String)],
+        keys: &[&str],
     ) -> Result<(), WorkerError> {
         if acks.is_empty() && dead.is_empty() {
             return Ok(());
@@ -85,7 +84,7 @@ impl Worker {
         let mut tries = 0;
         loop {
             let result = if first { Ok(()) } else { self.keep_still_pending(&mut dead) }
-                .and_then(|()| self.acknowledge(acks, &dead, committed));
+                .and_then(|()| self.acknowledge(acks, &dead, keys));
             first = false;
             match result {
                 Ok(()) => return Ok(()),
@@ -118,7 +117,7 @@ impl Worker {
         &mut self,
         acks: &[&str],
         dead: &[&(Entry, String)],
-        committed: &[(String, String)],
+        keys: &[&str],
     ) -> redis::RedisResult<()> {
         let stream = self.stream();
         let ttl = self.settings.idempotency_ttl_secs;
@@ -138,7 +137,7 @@ impl Worker {
             ack_part.cmd("XACK").arg(&stream).arg(GROUP).arg(acks);
             ack_part.cmd("XDEL").arg(&stream).arg(acks);
         }
-        for (_, key) in committed {
+        for key in keys {
             key_part.cmd("SET").arg(key).arg(1).arg("EX").arg(ttl);
         }
         let con = self.con()?;

@@ -2,19 +2,22 @@
 //!
 //! `WORKER_THREADS` plain threads, each a consumer of group
 //! [`crate::queue::GROUP`] named `<host>-<pid>-<n>` (unique per process and
-//! thread). One step ([`Worker::run_once`]) is:
+//! thread). With `PARTITIONS` > 1 each thread reads its
+//! [`assigned_partitions`] (its lanes), and a step gathers from all of them
+//! into one batch. One step ([`Worker::run_once`]) is:
 //!
-//! 1. **read** ([`read`]): first what this consumer already holds after a
-//!    reconnect, and (worker 0, at start) what consumers of this host whose
-//!    process is gone left pending; then entries other consumers left idle
-//!    longer than `RECLAIM_IDLE_MS`, when a reclaim is due; else `XREADGROUP
-//!    … >` new ones. Reads are sized so a batch holds at most
-//!    `WORKER_BATCH_MAX` entries and `WORKER_BATCH_MAX_BYTES` bytes;
+//! 1. **read** ([`read`]), per lane: first what this consumer already holds
+//!    after a reconnect, and (at start, on the first thread of each
+//!    partition) what consumers of this host whose process is gone left
+//!    pending; then entries other consumers left idle longer than
+//!    `RECLAIM_IDLE_MS`, when a reclaim is due; else `XREADGROUP … >` new
+//!    ones. Reads are sized so a batch holds at most `WORKER_BATCH_MAX`
+//!    entries and `WORKER_BATCH_MAX_BYTES` bytes;
 //! 2. **store** ([`write`]): drop entries whose idempotency key exists (one
 //!    pipelined `EXISTS`; skipped if Redis does not answer) and later copies
 //!    of a key inside the batch, then write the rest in ONE transaction
-//!    ([`crate::store::write_batch`]);
-//! 3. **finalize** ([`finalize`]): dead letters (each `XADD` atomic with its
+//!    ([`crate::store::write_batch`]), whatever partitions they came from;
+//! 3. **finalize** ([`finalize`]), per lane (one slot each): dead letters (each `XADD` atomic with its
 //!    `XACK`), then `XACK` + `XDEL` of the rest, then the idempotency keys
 //!    with `EX IDEMPOTENCY_TTL_SECS`. Acknowledging never waits on the keys:
 //!    they only save work; the unique constraint is the guarantee.
@@ -69,6 +72,7 @@ use crate::store::{self, Pool, StoreError, Timeouts};
 
 pub use claims::Claims;
 pub use dead_letter::{dead_letter_stream, fields as dead_letter_fields, replay, ReplayScope};
+use entry::by_lane;
 pub use entry::{At, Entry};
 pub use write::{Stored, SUSPECT_AFTER};
 
@@ -214,7 +218,7 @@ pub struct Worker {
     name: String,
     settings: Arc<WorkerSettings>,
     con: Option<crate::queue::Conn>,
-    /// The partitions it reads, taken in turn, one per step.
+    /// The partitions it reads; a step gathers from every one of them.
     lanes: Vec<Lane>,
     /// The lane being read or acknowledged now.
     lane: usize,
@@ -408,11 +412,9 @@ impl Worker {
         }
         let read = entries.len();
         let live_until = self.live_until();
-        for lane in 0..self.lanes.len() {
-            let ids: Vec<String> = entries.iter().filter(|e| e.lane == lane).map(|e| e.id.clone()).collect();
-            if !ids.is_empty() {
-                self.claims.hold(&self.name, self.lanes[lane].stream.clone(), ids, live_until);
-            }
+        for (lane, held) in by_lane(entries.iter().map(|e| (e.lane, e.id.clone())), |(lane, _)| *lane) {
+            let ids = held.into_iter().map(|(_, id)| id).collect();
+            self.claims.hold(&self.name, self.lanes[lane].stream.clone(), ids, live_until);
         }
         let result = self.store(entries).and_then(|stored| {
             let report = Report {

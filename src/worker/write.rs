@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use tracing::{error, info, warn};
 
-use super::entry::{At, Entry};
+use super::entry::{by_lane, At, Entry};
 use super::{jitter, Worker, WorkerError, MAX_BACKOFF, MIN_BACKOFF};
 use crate::job::WebhookJob;
 use crate::store::{self, StoreError};
@@ -109,19 +109,10 @@ impl Worker {
         known: &mut HashSet<String>,
     ) -> Vec<Entry> {
         // One pipeline per partition: on a cluster each goes to its slot's master.
-        let mut lanes: Vec<usize> = entries.iter().map(|e| e.lane).collect();
-        lanes.sort_unstable();
-        lanes.dedup();
-        if lanes.len() <= 1 {
-            return self.drop_known_in_lane(entries, out, known);
-        }
-        let mut by_lane: Vec<Vec<Entry>> = lanes.iter().map(|_| Vec::new()).collect();
-        for e in entries {
-            let i = lanes.binary_search(&e.lane).expect("listed");
-            by_lane[i].push(e);
-        }
-        let mut fresh = Vec::new();
-        for group in by_lane {
+        let mut groups = by_lane(entries, |e| e.lane).into_iter();
+        let Some((_, first)) = groups.next() else { return Vec::new() };
+        let mut fresh = self.drop_known_in_lane(first, out, known);
+        for (_, group) in groups {
             fresh.extend(self.drop_known_in_lane(group, out, known));
         }
         fresh
