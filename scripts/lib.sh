@@ -484,3 +484,30 @@ wrk_seconds() { awk '/requests in/ {d = $4; sub(/,$/, "", d); if (d ~ /ms$/) {su
 # them: no rate limits (a load generator is one client on one address),
 # said in the output.
 BENCH_LIMITS="RATE_LIMIT_GLOBAL=${RATE_LIMIT_GLOBAL:-0} RATE_LIMIT_PER_IP=${RATE_LIMIT_PER_IP:-0}"
+
+# A cgroup with a CPU quota of CORES cores (e.g. 1.5) per 100 ms period, on
+# the hierarchy that has the cpu controller (v1 cpu.cfs_quota_us, else v2
+# cpu.max): cpu_group NAME CORES -> prints its directory. Needs root.
+cpu_group() {
+  local name=$1 quota dir mount
+  quota=$(awk -v c="$2" 'BEGIN { printf "%d", c * 100000 }')
+  mount=$(awk '$0 ~ / - cgroup / { n = split($NF, o, ","); for (i = 1; i <= n; i++) if (o[i] == "cpu") print $5 }' /proc/self/mountinfo | head -n 1)
+  if [ -n "$mount" ]; then
+    dir="$mount/$name"; mkdir -p "$dir"
+    echo 100000 >"$dir/cpu.cfs_period_us"; echo "$quota" >"$dir/cpu.cfs_quota_us"
+  else
+    mount=$(awk '$0 ~ / - cgroup2 / { print $5; exit }' /proc/self/mountinfo)
+    [ -n "$mount" ] || die "no cgroup hierarchy with a cpu controller"
+    echo +cpu >"$mount/cgroup.subtree_control" 2>/dev/null || true
+    dir="$mount/$name"; mkdir -p "$dir"
+    echo "$quota 100000" >"$dir/cpu.max" || die "cgroup v2: no cpu controller for $dir"
+  fi
+  echo "$dir"
+}
+
+# Throttled periods and time of a cpu_group: cpu_throttled DIR -> "NR_PERIODS NR_THROTTLED THROTTLED_MS"
+cpu_throttled() {
+  awk '$1 == "nr_periods" {p = $2} $1 == "nr_throttled" {t = $2}
+       $1 == "throttled_time" {ms = $2 / 1e6} $1 == "throttled_usec" {ms = $2 / 1e3}
+       END {printf "%d %d %.0f\n", p, t, ms}' "$1/cpu.stat"
+}

@@ -15,8 +15,9 @@ use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::config::{Config, CoreSelection};
+use crate::config::Config;
 use crate::health::{spawn_health, HealthSettings};
+use crate::http::cores::{self, CoresError, CpuLimits};
 use crate::http::request::Limits;
 use crate::http::server::{run_core, CoreSettings, CoreSpec, Driver};
 use crate::queue::{spawn_pipeline, PipelineHandle, PipelineSettings};
@@ -66,7 +67,7 @@ pub enum StartError {
     },
     /// `CORES` names cores this process may not run on, or more than it has.
     #[error("CORES: {0}")]
-    Cores(String),
+    Cores(#[from] CoresError),
     /// The role needs PostgreSQL and `DATABASE_URL` is unset or invalid.
     #[error("DATABASE_URL: {0}")]
     Database(String),
@@ -141,8 +142,7 @@ impl RunningApp {
 /// not configured for a role that needs it, or a thread cannot start.
 pub fn start(config: &Config, role: Role) -> Result<RunningApp, StartError> {
     let shutdown = CancellationToken::new();
-    let cpus =
-        if role.gateway() { select_cores(&config.http.cores, config.http.pin_cores)? } else { Vec::new() };
+    let cpus = if role.gateway() { choose_cores(config)? } else { Vec::new() };
     let sources = config.ingest.sources.clone().unwrap_or_default();
     let source_names =
         if sources.from_file() { sources.iter().map(|s| s.route.clone()).collect() } else { Vec::new() };
@@ -334,50 +334,15 @@ fn log_started(config: &Config, addr: SocketAddr, drivers: &[(usize, Option<usiz
     );
 }
 
-/// Resolves `CORES` against the cores this process may run on.
-fn select_cores(
-    selection: &CoreSelection,
-    pin: bool,
-) -> Result<Vec<Option<core_affinity::CoreId>>, StartError> {
-    // core_affinity reads sched_getaffinity, so a container cpuset is honoured.
-    let mut allowed = core_affinity::get_core_ids().unwrap_or_default();
-    allowed.sort_by_key(|c| c.id);
-    if allowed.is_empty() {
-        let n = thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        let n = match selection {
-            CoreSelection::All => n,
-            CoreSelection::Count(c) => *c,
-            CoreSelection::List(l) => l.len(),
-        };
-        warn!("cannot read this process's CPU set; running {n} unpinned runtimes");
-        return Ok(vec![None; n]);
+/// The runtimes' cores, with the reason logged: an operator reading the
+/// start-up log sees why there are as many as there are.
+fn choose_cores(config: &Config) -> Result<Vec<Option<core_affinity::CoreId>>, StartError> {
+    let chosen = cores::select(&config.http.cores, config.http.pin_cores, &CpuLimits::of_this_process())?;
+    info!(runtimes = chosen.cpus.len(), reason = %chosen.reason, "cores chosen");
+    if let Some(warning) = &chosen.over_quota {
+        warn!("{warning}");
     }
-    let chosen: Vec<core_affinity::CoreId> = match selection {
-        CoreSelection::All => allowed,
-        CoreSelection::Count(n) if *n <= allowed.len() => allowed.into_iter().take(*n).collect(),
-        CoreSelection::Count(n) => {
-            return Err(StartError::Cores(format!(
-                "{n} cores asked, this process may use {}",
-                allowed.len()
-            )));
-        }
-        CoreSelection::List(ids) => {
-            let mut chosen = Vec::with_capacity(ids.len());
-            for id in ids {
-                match allowed.iter().find(|c| c.id == *id) {
-                    Some(c) => chosen.push(*c),
-                    None => {
-                        let ids: Vec<usize> = allowed.iter().map(|c| c.id).collect();
-                        return Err(StartError::Cores(format!(
-                            "core {id} is not in this process's CPU set {ids:?}"
-                        )));
-                    }
-                }
-            }
-            chosen
-        }
-    };
-    Ok(chosen.into_iter().map(|c| pin.then_some(c)).collect())
+    Ok(chosen.cpus)
 }
 
 /// Binds `n` listeners on one port with `SO_REUSEPORT`, after checking with

@@ -63,6 +63,16 @@ fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve { role: RoleArg::All }) {
         Command::CheckConfig => {
             println!("{config:#?}");
+            let limits = webhook_ingestor::http::cores::CpuLimits::of_this_process();
+            match webhook_ingestor::http::cores::select(&config.http.cores, config.http.pin_cores, &limits) {
+                Ok(c) => {
+                    println!("cores: {} runtimes; {}", c.cpus.len(), c.reason);
+                    if let Some(w) = c.over_quota {
+                        println!("cores: warning: {w}");
+                    }
+                }
+                Err(e) => println!("cores: CORES: {e}"),
+            }
             Ok(())
         }
         Command::Serve { role } => return serve(&config, role),

@@ -31,10 +31,14 @@ use crate::store::Timeouts;
 use vars::{parse_cores, Vars};
 
 /// Which cores the per-core HTTP runtimes run on.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum CoreSelection {
+    /// The default: every core of the CPU set, but no more than the whole
+    /// cores of the cgroup CPU quota (see [`crate::http::cores`]).
+    #[default]
+    Auto,
     /// Every core this process may run on (its `sched_getaffinity` set, which
-    /// honours a container's cpuset).
+    /// honours a container's cpuset), whatever its CPU quota.
     All,
     /// The first N cores of that set.
     Count(usize),
@@ -66,7 +70,8 @@ pub struct HttpConfig {
     pub host: IpAddr,
     /// `PORT` (default 3000). `0` picks a free port (tests).
     pub port: u16,
-    /// `CORES` (default: all allowed): a count (`2`) or a list (`0,2-3`).
+    /// `CORES` (default `auto`: the CPU set, capped at the CPU quota's whole
+    /// cores): `all`, a count (`2`) or a list (`0,2-3`).
     pub cores: CoreSelection,
     /// `PIN_CORES` (default true): pin each runtime thread to its core.
     pub pin_cores: bool,
@@ -111,7 +116,7 @@ impl Default for HttpConfig {
         Self {
             host: IpAddr::from([0, 0, 0, 0]),
             port: 3000,
-            cores: CoreSelection::All,
+            cores: CoreSelection::Auto,
             pin_cores: true,
             max_body_bytes: 1024 * 1024,
             max_header_bytes: 16 * 1024,
@@ -635,7 +640,7 @@ mod tests {
         assert_eq!(c.http.port, 3000);
         assert_eq!(c.queue.queue_name, "webhooks");
         assert_eq!(c.http.max_body_bytes, 1 << 20);
-        assert_eq!(c.http.cores, CoreSelection::All);
+        assert_eq!(c.http.cores, CoreSelection::Auto);
         assert_eq!(c.store.pool_size, 3, "WORKER_THREADS (2) + 1");
         assert_eq!(c.store.pool_size, StoreConfig::default().pool_size, "one default");
         assert_eq!(load(&[("WORKER_THREADS", "6")]).unwrap().store.pool_size, 7);
@@ -675,6 +680,9 @@ mod tests {
 
     #[test]
     fn cores_take_a_count_or_a_list() {
+        assert_eq!(load(&[]).unwrap().http.cores, CoreSelection::Auto);
+        assert_eq!(load(&[("CORES", "AUTO")]).unwrap().http.cores, CoreSelection::Auto);
+        assert_eq!(load(&[("CORES", "all")]).unwrap().http.cores, CoreSelection::All);
         assert_eq!(load(&[("CORES", "2")]).unwrap().http.cores, CoreSelection::Count(2));
         assert_eq!(load(&[("CORES", "3,0-1")]).unwrap().http.cores, CoreSelection::List(vec![0, 1, 3]));
         assert!(load(&[("CORES", "0")]).is_err());

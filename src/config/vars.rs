@@ -92,9 +92,12 @@ impl Var {
     }
 }
 
-/// `CORES`: `all`, a count (`2`), or a list of ids and ranges (`0,2-3`).
+/// `CORES`: `auto`, `all`, a count (`2`), or a list of ids and ranges (`0,2-3`).
 pub(super) fn parse_cores(v: &str) -> Result<CoreSelection, String> {
-    const EXPECTED: &str = "`all`, a count such as 2, or a core list such as 0,2-3";
+    const EXPECTED: &str = "`auto`, `all`, a count such as 2, or a core list such as 0,2-3";
+    if v.eq_ignore_ascii_case("auto") {
+        return Ok(CoreSelection::Auto);
+    }
     if v.eq_ignore_ascii_case("all") {
         return Ok(CoreSelection::All);
     }

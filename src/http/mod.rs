@@ -23,6 +23,7 @@
 pub mod budget;
 pub mod chunked;
 mod conn;
+pub mod cores;
 pub mod cors;
 mod handler;
 pub mod proxy;
