@@ -511,3 +511,17 @@ cpu_throttled() {
        $1 == "throttled_time" {ms = $2 / 1e6} $1 == "throttled_usec" {ms = $2 / 1e3}
        END {printf "%d %d %.0f\n", p, t, ms}' "$1/cpu.stat"
 }
+
+# The gateway binary a benchmark runs: BIN when given (an A/B of two builds
+# in one session: copy each build aside and run the script with BIN=…),
+# else the release build, built now. Sets GATEWAY.
+bench_binary() {
+  if [ -n "${BIN:-}" ]; then
+    [ -x "$BIN" ] || die "BIN=$BIN is not an executable"
+    GATEWAY=$(realpath "$BIN")
+    say "gateway binary: $GATEWAY"
+  else
+    (cd "$REPO" && cargo build --release --quiet)
+    GATEWAY="$REPO/target/release/webhook-ingestor"
+  fi
+}

@@ -25,6 +25,10 @@ pub struct Entry {
     pub(crate) bytes: usize,
     /// Which of the worker's partitions it came from (its lane).
     pub(crate) lane: usize,
+    /// Read with `XREADGROUP … >`: its first delivery, so no worker can
+    /// have stored it before. Only a sender posting it twice could have (the
+    /// unique constraint absorbs that), so its key is not looked up.
+    pub(crate) fresh: bool,
 }
 
 /// Where an entry is: the worker's lane (partition) and its id in that
@@ -71,7 +75,7 @@ impl Entry {
                 .sum::<usize>();
         let job = WebhookJob::from_stream_fields(e.map);
         let key = job.as_ref().ok().map(|j| crate::queue::keys::seen(stream, &j.provider, &j.event_id));
-        Self { id: e.id, job, deliveries, key, bytes, lane: 0 }
+        Self { id: e.id, job, deliveries, key, bytes, lane: 0, fresh: false }
     }
 }
 

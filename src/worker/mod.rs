@@ -13,8 +13,9 @@
 //!    `RECLAIM_IDLE_MS`, when a reclaim is due; else `XREADGROUP … >` new
 //!    ones. Reads are sized so a batch holds at most `WORKER_BATCH_MAX`
 //!    entries and `WORKER_BATCH_MAX_BYTES` bytes;
-//! 2. **store** ([`write`]): drop entries whose idempotency key exists (one
-//!    pipelined `EXISTS`; skipped if Redis does not answer) and later copies
+//! 2. **store** ([`write`]): drop redelivered entries whose idempotency key
+//!    exists (one pipelined `EXISTS`; skipped if Redis does not answer;
+//!    first deliveries are not looked up) and later copies
 //!    of a key inside the batch, then write the rest in ONE transaction
 //!    ([`crate::store::write_batch`]), whatever partitions they came from;
 //! 3. **finalize** ([`finalize`]), per lane (one slot each): dead letters (each `XADD` atomic with its

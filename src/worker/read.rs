@@ -4,7 +4,8 @@
 //!    `XPENDING … <me>` and fetched by id with `XRANGE`, which (unlike
 //!    `XREADGROUP … 0`) is not a new delivery: a Redis blip costs neither an
 //!    attempt nor a `RECLAIM_IDLE_MS` wait;
-//! 2. (worker 0, at start) entries of **orphans**: consumers of this host
+//! 2. (at start, on the first thread of each partition) entries of
+//!    **orphans**: consumers of this host
 //!    whose process no longer exists, claimed at once (a crash is a delivery);
 //! 3. entries **abandoned** by any consumer for `RECLAIM_IDLE_MS`, when a
 //!    reclaim is due (`XPENDING … IDLE`, then `XCLAIM`: a delivery);
@@ -142,7 +143,13 @@ impl Worker {
             Err(e) => return Err(e.into()),
         };
         Ok(reply
-            .map(|r| r.keys.into_iter().flat_map(|k| k.ids).map(|e| Entry::new(e, 1, &stream)).collect())
+            .map(|r| {
+                r.keys
+                    .into_iter()
+                    .flat_map(|k| k.ids)
+                    .map(|e| Entry { fresh: true, ..Entry::new(e, 1, &stream) })
+                    .collect()
+            })
             .unwrap_or_default())
     }
 

@@ -243,6 +243,47 @@ fn a_worker_dying_between_commit_and_ack_causes_a_redo_not_a_duplicate() {
     assert_eq!((app.stream_len(), app.pending()), (0, 0));
 }
 
+#[test]
+fn only_redeliveries_are_looked_up_by_key_first_deliveries_meet_the_unique_constraint() {
+    let app = TestApp::spawn_api_with_postgres();
+    let pool = store::pool(&app.postgres.as_ref().unwrap().url(DB), 2, store::Timeouts::default()).unwrap();
+    let settings = worker_settings(&app, Duration::from_millis(200));
+    let worker = |name: &str| {
+        Worker::new(name.into(), settings.clone(), pool.clone(), CancellationToken::new()).unwrap()
+    };
+    let mut w = worker("w");
+    assert_eq!(app.post("stripe", &event("stripe", "evt_once")).status, 202);
+    assert_eq!(w.run_once().unwrap().inserted, 1);
+    let key = worker::idempotency_key("webhooks", "stripe", "evt_once");
+    let set: bool = redis::cmd("EXISTS").arg(&key).query(&mut app.redis.con()).unwrap();
+    assert!(set, "the key is set after the commit");
+
+    // A sender's retry is a first delivery: not looked up, written, and the
+    // unique constraint drops it.
+    assert_eq!(app.post("stripe", &event("stripe", "evt_once")).status, 202);
+    let entries = w.read().unwrap();
+    let stored = w.store(entries).unwrap();
+    assert_eq!((stored.inserted, stored.duplicates, stored.skipped.len()), (0, 1, 0));
+    w.finalize(stored).unwrap();
+
+    // A redelivery (read by a worker that died before acknowledging) whose
+    // key exists is skipped without a write.
+    assert_eq!(app.post("stripe", &event("stripe", "evt_once")).status, 202);
+    let mut gone = worker("gone");
+    assert_eq!(gone.read().unwrap().len(), 1);
+    drop(gone);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut b = worker("b");
+    let entries = b.read().unwrap();
+    assert_eq!(entries.len(), 1, "b reclaimed the entry");
+    assert!(entries[0].deliveries > 1);
+    let stored = b.store(entries).unwrap();
+    assert_eq!((stored.inserted, stored.duplicates, stored.skipped.len()), (0, 0, 1));
+    b.finalize(stored).unwrap();
+    assert_eq!(app.rows(), 1);
+    assert_eq!((app.stream_len(), app.pending()), (0, 0));
+}
+
 /// Extension for the crash test: the first two steps of `run_once`.
 trait UntilCommit {
     fn run_once_until_commit(&mut self);
