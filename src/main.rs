@@ -12,6 +12,11 @@ use webhook_ingestor::config::Config;
 use webhook_ingestor::worker::{self, ReplayScope};
 use webhook_ingestor::{queue, shutdown, store, telemetry};
 
+/// With `--features mimalloc`, the allocator experiment of tuning.md §23.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(version, about = "Thread-per-core webhook gateway: 202 only after Redis has the job")]
 struct Cli {

@@ -28,6 +28,13 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// How often `INFO memory` rides along with a batch (never on its own: an
 /// idle pipeline adds nothing to Redis's memory).
 const MEMORY_REFRESH: Duration = Duration::from_millis(100);
+/// How stale a partition's length may get before `XLEN` rides along with
+/// its next batch. Between readings the length is counted up by the jobs
+/// Redis acknowledged (an upper bound: the workers' deletes are not seen),
+/// and within a tenth of `MAX_QUEUE_DEPTH` it is read with every batch, so
+/// the limit is held exactly as before while most batches far from it save
+/// a command (tuning.md §23).
+const DEPTH_REFRESH: Duration = Duration::from_millis(20);
 /// How often a cluster's slot map is read again when nothing went wrong
 /// (masters added by hand, a failover that this thread did not see fail).
 const TOPOLOGY_REFRESH: Duration = Duration::from_secs(5);
@@ -186,9 +193,14 @@ struct Pipeline {
     /// Each job's partition, then its answer.
     partition: Vec<u16>,
     answer: Vec<Option<Result<StreamId, EnqueueError>>>,
-    /// Per partition, the stream length after the last pipeline (`XLEN`
-    /// rides along with each); their sum is held against `MAX_QUEUE_DEPTH`.
+    /// Per partition, the stream length: the last `XLEN` plus the jobs
+    /// acknowledged since ([`DEPTH_REFRESH`]); their sum is held against
+    /// `MAX_QUEUE_DEPTH`.
     depth: Vec<u64>,
+    /// When each partition's `XLEN` was last read.
+    depth_read_at: Vec<Option<Instant>>,
+    /// Near `MAX_QUEUE_DEPTH`: every batch reads its partitions' lengths.
+    depth_exact: bool,
     full: bool,
 }
 
@@ -204,6 +216,7 @@ impl Pipeline {
             None => (Vec::new(), vec![None; settings.queue.partitions() as usize]),
         };
         let depth = vec![0; settings.queue.partitions() as usize];
+        let depth_read_at = vec![None; depth.len()];
         let streams = settings.queue.streams();
         Self {
             streams,
@@ -217,6 +230,8 @@ impl Pipeline {
             partition: Vec::new(),
             answer: Vec::new(),
             depth,
+            depth_read_at,
+            depth_exact: true,
             full: false,
         }
     }
@@ -403,7 +418,13 @@ impl Pipeline {
         if depths_only {
             touched = (0..queue.partitions()).filter(|&p| self.route[p as usize] == Some(m)).collect();
         }
+        let exact = depths_only || self.depth_exact;
         for p in touched {
+            let read_at = &mut self.depth_read_at[p as usize];
+            if !exact && read_at.is_some_and(|at| at.elapsed() < DEPTH_REFRESH) {
+                continue;
+            }
+            *read_at = Some(Instant::now());
             pipe.cmd("XLEN").arg(&self.streams[p as usize]);
             slots.push(Slot::Depth(p));
         }
@@ -468,7 +489,12 @@ impl Pipeline {
                     }
                 }
                 (Slot::Job(job), v) => match redis::from_redis_value::<StreamId>(v) {
-                    Ok(id) => ids.push((job, id)),
+                    Ok(id) => {
+                        // In the stream now, whatever a WAIT says; an XLEN
+                        // later in this reply replaces the count.
+                        self.depth[self.partition[job] as usize] += 1;
+                        ids.push((job, id));
+                    }
                     Err(e) => self.answer[job] = Some(Err(EnqueueError::Unavailable(e.to_string()))),
                 },
                 (Slot::Wait, v) => {
@@ -582,6 +608,7 @@ impl Pipeline {
     fn note_depth(&mut self, depth: u64) {
         self.settings.metrics.pipeline.set_stream_length(depth);
         let max = self.settings.max_queue_depth;
+        self.depth_exact = depth >= max - max / 10;
         let full = depth >= max;
         if full && !self.full {
             warn!(

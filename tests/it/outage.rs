@@ -117,3 +117,35 @@ fn a_full_hand_off_channel_answers_503_at_once() {
         assert!(status == 202 || status == 503, "{status}");
     }
 }
+
+#[test]
+fn a_queue_at_max_queue_depth_answers_503_and_accepts_again_once_the_workers_catch_up() {
+    // No workers: the stream only grows, one job per batch (one client).
+    let app = TestApp::spawn_with(|c| c.queue.max_queue_depth = 300);
+    let mut client = app.client();
+    let mut accepted = 0;
+    let refused = loop {
+        let resp = client.post("stripe", &event("stripe", &format!("evt_fill_{accepted}")));
+        match resp.status {
+            202 => accepted += 1,
+            503 => break resp,
+            other => panic!("unexpected {other}"),
+        }
+        assert!(accepted <= 1000, "no 503 after {accepted} jobs with MAX_QUEUE_DEPTH 300");
+    };
+    // The length is counted from the acknowledgements between readings, so
+    // the limit holds to the job, not to the last XLEN.
+    assert_eq!(accepted, 300, "202s before the first 503");
+    assert_eq!(app.stream_len(), 300);
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    assert_eq!(refused.json()["message"], "queue is full, retry later");
+    for i in 0..10 {
+        assert_eq!(client.post("stripe", &event("stripe", &format!("evt_over_{i}"))).status, 503);
+    }
+    assert_eq!(app.stream_len(), 300, "nothing refused was stored");
+
+    // The workers catch up (entries deleted as after their commit): 202s again.
+    let ids: Vec<String> = app.stream_entries().into_iter().map(|(id, _)| id).collect();
+    let _: u64 = redis::cmd("XDEL").arg("webhooks").arg(&ids[..200]).query(&mut app.redis.con()).unwrap();
+    post_until_status(&app, 202, Duration::from_secs(5));
+}
