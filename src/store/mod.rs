@@ -1,10 +1,14 @@
 //! Stage 5: PostgreSQL. Batches of jobs in, rows out, exactly once per
 //! `(provider, event_id)`.
 //!
-//! [`Store::write_batch`] runs ONE transaction: a binary `COPY` of the batch
+//! [`write_batch`] runs ONE transaction: a binary `COPY` of the batch
 //! into a per-session temporary staging table, then `INSERT … SELECT … ON
 //! CONFLICT (provider, event_id) DO NOTHING`, then `COMMIT`. A redelivered
-//! job (the worker path is at-least-once) is therefore a no-op. The payload is
+//! job (the worker path is at-least-once) is therefore a no-op. A batch of
+//! first deliveries, which can only conflict if a sender posted an event
+//! twice, is first copied straight into the table (no staging, no second
+//! pass over the rows); a unique conflict rolls that back, and the batch
+//! takes the staging way (tuning.md §23). The payload is
 //! sent as the raw body bytes (`jsonb` binary format: a version byte, then
 //! the text), never re-serialised.
 //!
@@ -196,18 +200,49 @@ pub fn pool(database_url: &str, size: u32, timeouts: Timeouts) -> Result<Pool, S
 /// # Errors
 /// [`StoreError`]: what a batch of good rows would meet too.
 pub fn probe(client: &mut postgres::Client) -> Result<(), StoreError> {
-    write_batch(client, &[]).map(|_| ())
+    write_batch(client, &[], false).map(|_| ())
 }
 
 /// Columns of the staging table, in COPY order.
 pub const STAGING_TYPES: [Type; 7] =
     [Type::TEXT, Type::TEXT, Type::TEXT, Type::TEXT, Type::TIMESTAMPTZ, Type::TIMESTAMPTZ, Type::JSONB];
 
-/// Writes `jobs` in one transaction (see the module docs).
+/// Writes `jobs` in one transaction (see the module docs). With
+/// `expect_new` (every job on its first delivery), the rows are first
+/// copied straight into the table; a unique conflict (a sender's retry of a
+/// stored event) rolls that back and the batch goes the staging way.
 ///
 /// # Errors
 /// [`StoreError`]; nothing is committed then.
-pub fn write_batch(client: &mut postgres::Client, jobs: &[&WebhookJob]) -> Result<Written, StoreError> {
+pub fn write_batch(
+    client: &mut postgres::Client,
+    jobs: &[&WebhookJob],
+    expect_new: bool,
+) -> Result<Written, StoreError> {
+    if expect_new && !jobs.is_empty() {
+        let mut tx = client.transaction()?;
+        // A COPY the server refuses before it enters copy mode (a lock
+        // wait past statement_timeout, a read-only server, a missing
+        // table) leaves the postgres crate's connection broken
+        // (rust-postgres#789: two ReadyForQuery for one COPY). A zero-row
+        // INSERT takes the same lock and meets the same refusals as an
+        // ordinary statement first, so the connection survives them.
+        tx.batch_execute(
+            "INSERT INTO webhook_events (provider, event_id, event_type, verified_by, event_timestamp, received_at, payload)
+             SELECT provider, event_id, event_type, verified_by, event_timestamp, received_at, payload
+             FROM webhook_events WHERE false",
+        )?;
+        match copy_rows(&mut tx, DIRECT_COPY, jobs) {
+            Ok(inserted) => {
+                tx.commit()?;
+                return Ok(Written { inserted, duplicates: 0 });
+            }
+            // Dropping the transaction rolls it back.
+            Err(StoreError::Postgres(e))
+                if e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION) => {}
+            Err(e) => return Err(e),
+        }
+    }
     let mut tx = client.transaction()?;
     // Per session; ON COMMIT DELETE ROWS empties it at every commit. The
     // "already exists" NOTICE would be a log line per batch: silence it.
@@ -219,15 +254,7 @@ pub fn write_batch(client: &mut postgres::Client, jobs: &[&WebhookJob]) -> Resul
              event_timestamp timestamptz, received_at timestamptz, payload jsonb
          ) ON COMMIT DELETE ROWS",
     )?;
-    let sink = tx.copy_in(
-        "COPY webhook_staging_v2 (provider, event_id, event_type, verified_by, event_timestamp, received_at, payload)
-         FROM STDIN (FORMAT binary)",
-    )?;
-    let mut writer = BinaryCopyInWriter::new(sink, &STAGING_TYPES);
-    for job in jobs {
-        writer.write(&CopyRow::new(job).params())?;
-    }
-    writer.finish()?;
+    copy_rows(&mut tx, STAGING_COPY, jobs)?;
     let inserted = tx.execute(
         "INSERT INTO webhook_events (provider, event_id, event_type, verified_by, event_timestamp, received_at, payload)
          SELECT provider, event_id, event_type, verified_by, event_timestamp, received_at, payload FROM webhook_staging_v2
@@ -236,6 +263,25 @@ pub fn write_batch(client: &mut postgres::Client, jobs: &[&WebhookJob]) -> Resul
     )?;
     tx.commit()?;
     Ok(Written { inserted, duplicates: jobs.len() as u64 - inserted })
+}
+
+const DIRECT_COPY: &str =
+    "COPY webhook_events (provider, event_id, event_type, verified_by, event_timestamp, received_at, payload)
+     FROM STDIN (FORMAT binary)";
+const STAGING_COPY: &str = "COPY webhook_staging_v2 (provider, event_id, event_type, verified_by, event_timestamp, received_at, payload)
+     FROM STDIN (FORMAT binary)";
+
+/// A binary `COPY` of `jobs` by `statement`; the rows copied.
+fn copy_rows(
+    tx: &mut postgres::Transaction<'_>,
+    statement: &str,
+    jobs: &[&WebhookJob],
+) -> Result<u64, StoreError> {
+    let mut writer = BinaryCopyInWriter::new(tx.copy_in(statement)?, &STAGING_TYPES);
+    for job in jobs {
+        writer.write(&CopyRow::new(job).params())?;
+    }
+    Ok(writer.finish()?)
 }
 
 /// One job as the values of a staging-table row, in [`STAGING_TYPES`] order.

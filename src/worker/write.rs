@@ -222,7 +222,8 @@ impl Worker {
         while let Some(batch) = stack.pop() {
             self.touch();
             let jobs: Vec<&WebhookJob> = batch.iter().filter_map(|e| e.job.as_ref().ok()).collect();
-            let e = match store::write_batch(&mut client, &jobs) {
+            let expect_new = batch.iter().all(|e| e.fresh);
+            let e = match store::write_batch(&mut client, &jobs, expect_new) {
                 Ok(written) => {
                     out.inserted += written.inserted;
                     out.duplicates += written.duplicates;

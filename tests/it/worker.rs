@@ -284,6 +284,52 @@ fn only_redeliveries_are_looked_up_by_key_first_deliveries_meet_the_unique_const
     assert_eq!((app.stream_len(), app.pending()), (0, 0));
 }
 
+#[test]
+fn first_deliveries_are_copied_straight_into_the_table_and_a_conflict_falls_back_to_staging() {
+    let app = TestApp::spawn_api_with_postgres();
+    let mut pg = app.pg();
+    store::migrate(&mut pg).unwrap();
+    let job = |id: &str| webhook_ingestor::job::WebhookJob {
+        provider: "stripe".into(),
+        event_id: id.into(),
+        event_type: "invoice.paid".into(),
+        event_timestamp_us: 1_700_000_000_000_000,
+        received_at_us: 1_700_000_000_000_001,
+        verified_by: None,
+        payload: format!(r#"{{"id":"{id}"}}"#).into_bytes(),
+    };
+    let staged = |pg: &mut postgres::Client| -> bool {
+        pg.query_one("SELECT to_regclass('pg_temp.webhook_staging_v2') IS NOT NULL", &[]).unwrap().get(0)
+    };
+    let (a, b, c) = (job("evt_a"), job("evt_b"), job("evt_c"));
+
+    // New rows, expected new: straight into the table, no staging table made.
+    let w = store::write_batch(&mut pg, &[&a, &b], true).unwrap();
+    assert_eq!((w.inserted, w.duplicates), (2, 0));
+    assert!(!staged(&mut pg), "the direct COPY needs no staging table");
+
+    // One of them again beside a new one: the direct COPY meets the unique
+    // constraint, is rolled back whole, and the staging way stores the new one.
+    let w = store::write_batch(&mut pg, &[&b, &c], true).unwrap();
+    assert_eq!((w.inserted, w.duplicates), (1, 1));
+    assert!(staged(&mut pg), "the conflict took the staging way");
+
+    // Not expected new (a redelivery): staging at once, every row a duplicate.
+    let w = store::write_batch(&mut pg, &[&a, &b, &c], false).unwrap();
+    assert_eq!((w.inserted, w.duplicates), (0, 3));
+    let rows: Vec<(String, String)> = pg
+        .query("SELECT event_id, payload::text FROM webhook_events ORDER BY event_id", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let want: Vec<(String, String)> = ["evt_a", "evt_b", "evt_c"]
+        .iter()
+        .map(|id| (id.to_string(), format!(r#"{{"id": "{id}"}}"#)))
+        .collect();
+    assert_eq!(rows, want, "each row once, with its own payload");
+}
+
 /// Extension for the crash test: the first two steps of `run_once`.
 trait UntilCommit {
     fn run_once_until_commit(&mut self);
