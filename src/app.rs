@@ -17,7 +17,7 @@ use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::health::{spawn_health, HealthSettings};
-use crate::http::cores::{self, CoresError, CpuLimits};
+use crate::http::cores::{self, CoresError};
 use crate::http::request::Limits;
 use crate::http::server::{run_core, CoreSettings, CoreSpec, Driver};
 use crate::queue::{spawn_pipeline, PipelineHandle, PipelineSettings};
@@ -337,7 +337,7 @@ fn log_started(config: &Config, addr: SocketAddr, drivers: &[(usize, Option<usiz
 /// The runtimes' cores, with the reason logged: an operator reading the
 /// start-up log sees why there are as many as there are.
 fn choose_cores(config: &Config) -> Result<Vec<Option<core_affinity::CoreId>>, StartError> {
-    let chosen = cores::select(&config.http.cores, config.http.pin_cores, &CpuLimits::of_this_process())?;
+    let chosen = cores::for_this_process(&config.http.cores, config.http.pin_cores)?;
     info!(runtimes = chosen.cpus.len(), reason = %chosen.reason, "cores chosen");
     if let Some(warning) = &chosen.over_quota {
         warn!("{warning}");

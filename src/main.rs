@@ -68,8 +68,7 @@ fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve { role: RoleArg::All }) {
         Command::CheckConfig => {
             println!("{config:#?}");
-            let limits = webhook_ingestor::http::cores::CpuLimits::of_this_process();
-            match webhook_ingestor::http::cores::select(&config.http.cores, config.http.pin_cores, &limits) {
+            match webhook_ingestor::http::cores::for_this_process(&config.http.cores, config.http.pin_cores) {
                 Ok(c) => {
                     println!("cores: {} runtimes; {}", c.cpus.len(), c.reason);
                     if let Some(w) = c.over_quota {

@@ -82,6 +82,15 @@ pub struct Cores {
     pub over_quota: Option<String>,
 }
 
+/// Resolves `selection` against this process's limits now: what `serve`
+/// starts and `check-config` reports.
+///
+/// # Errors
+/// As [`select`].
+pub fn for_this_process(selection: &CoreSelection, pin: bool) -> Result<Cores, CoresError> {
+    select(selection, pin, &CpuLimits::of_this_process())
+}
+
 /// Resolves `selection` against `limits`.
 ///
 /// # Errors

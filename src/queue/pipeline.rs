@@ -419,12 +419,14 @@ impl Pipeline {
             touched = (0..queue.partitions()).filter(|&p| self.route[p as usize] == Some(m)).collect();
         }
         let exact = depths_only || self.depth_exact;
+        // One clock read for the batch, not one per partition.
+        let now = Instant::now();
         for p in touched {
             let read_at = &mut self.depth_read_at[p as usize];
-            if !exact && read_at.is_some_and(|at| at.elapsed() < DEPTH_REFRESH) {
+            if !exact && read_at.is_some_and(|at| now.duration_since(at) < DEPTH_REFRESH) {
                 continue;
             }
-            *read_at = Some(Instant::now());
+            *read_at = Some(now);
             pipe.cmd("XLEN").arg(&self.streams[p as usize]);
             slots.push(Slot::Depth(p));
         }
