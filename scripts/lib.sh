@@ -63,7 +63,17 @@ as_pg() {
   fi
 }
 
-pid_alive() { [ -f "$1" ] && kill -0 "$(head -n 1 "$1")" 2>/dev/null; }
+# Whether the pid in file $1 runs. A killed process that its parent has not
+# reaped yet (a zombie: a daemon's parent is an init that may reap late)
+# still answers kill -0 but is gone: the server must be started again.
+pid_alive() {
+  [ -f "$1" ] || return 1
+  local pid state
+  pid=$(head -n 1 "$1")
+  kill -0 "$pid" 2>/dev/null || return 1
+  state=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | cut -c1)
+  [ "$state" != Z ] && [ "$state" != X ]
+}
 
 # The data folder: only its owner may enter (0700); as root, the `postgres`
 # group may pass through to the server's own 0700 folders (0710).

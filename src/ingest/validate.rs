@@ -112,15 +112,61 @@ fn is_empty(field: &Field<'_>) -> bool {
 /// is taken as UTC; a date alone is its midnight UTC. Digits below the
 /// microsecond round to the nearest one, half to even, as PostgreSQL's
 /// input does (`rint`).
+///
+/// A second of `60` is the next minute's first, as PostgreSQL takes it, as
+/// long as the time of day stays within `24:00:00` (`23:59:60.5` is refused
+/// there too). Nothing is ever read as a nearby value: a string that is a
+/// date followed by a time that does not parse is refused, not taken as
+/// its date's midnight.
 pub fn parse_iso8601_us(s: &str) -> Option<i64> {
-    let at = OffsetDateTime::parse(s, &Iso8601::PARSING)
-        .or_else(|_| PrimitiveDateTime::parse(s, &Iso8601::PARSING).map(PrimitiveDateTime::assume_utc))
-        .or_else(|_| Date::parse(s, &Iso8601::PARSING).map(|d| d.midnight().assume_utc()))
-        .ok()?;
-    let ns = at.unix_timestamp_nanos();
+    // Before the `time` crate sees it: that crate reads `23:59:60` UTC
+    // as `23:59:59.999999999`, a nearby value.
+    let ns = match leap_second(s) {
+        Some(at) => {
+            let (at, last_minute_of_day) = parse_leap_second(s, at)?;
+            if last_minute_of_day && at.nanosecond() != 0 {
+                return None;
+            }
+            at.unix_timestamp_nanos() + 1_000_000_000
+        }
+        None => parse_instant(s)?.unix_timestamp_nanos(),
+    };
     let (us, rest) = (ns.div_euclid(1000), ns.rem_euclid(1000));
     let rounded = if rest > 500 || (rest == 500 && us % 2 != 0) { us + 1 } else { us };
     i64::try_from(rounded).ok()
+}
+
+fn parse_instant(s: &str) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(s, &Iso8601::PARSING)
+        .or_else(|_| PrimitiveDateTime::parse(s, &Iso8601::PARSING).map(PrimitiveDateTime::assume_utc))
+        .ok()
+        .or_else(|| {
+            // A date alone: a time part that failed above must not fall back here.
+            (!s.contains(['T', 't']))
+                .then(|| Date::parse(s, &Iso8601::PARSING).ok().map(|d| d.midnight().assume_utc()))
+                .flatten()
+        })
+}
+
+/// Where the seconds of `s` start, when they are `60`: `(T, minute, second)`
+/// byte offsets, for the extended `hh:mm:ss` or basic `hhmmss` form.
+fn leap_second(s: &str) -> Option<(usize, usize, usize)> {
+    let t = s.find(['T', 't'])?;
+    let extended = s.as_bytes().get(t + 3) == Some(&b':');
+    let (minute, at) = if extended { (t + 4, t + 7) } else { (t + 3, t + 5) };
+    let digits = s.as_bytes().get(at..)?.iter().take_while(|b| b.is_ascii_digit()).count();
+    (s.get(at..at + 2)? == "60" && digits == 2).then_some((t, minute, at))
+}
+
+/// `s` with its second `60` read as `59` (the caller adds the second back),
+/// and whether that was in the day's last minute (`23:59`, local time).
+fn parse_leap_second(s: &str, (t, minute, at): (usize, usize, usize)) -> Option<(OffsetDateTime, bool)> {
+    let last_minute = s.get(t + 1..t + 3)? == "23" && s.get(minute..minute + 2)? == "59";
+    let mut fixed = String::with_capacity(s.len());
+    fixed.push_str(&s[..at]);
+    fixed.push_str("59");
+    fixed.push_str(&s[at + 2..]);
+    Some((parse_instant(&fixed)?, last_minute))
 }
 
 #[cfg(test)]
@@ -135,6 +181,29 @@ mod tests {
         assert_eq!(parse_iso8601_us("2026-11-22T21:35:25.123"), Some(utc));
         assert_eq!(parse_iso8601_us("20261122T213525.123Z"), Some(utc));
         assert_eq!(parse_iso8601_us("2026-11-22"), Some(1_795_305_600_000_000));
+    }
+
+    #[test]
+    fn a_second_60_is_the_next_minutes_first_within_the_day_as_postgresql_takes_it() {
+        // Each expectation is what PostgreSQL 15 gave for `'…'::timestamptz`.
+        let at = |s| parse_iso8601_us(s);
+        assert_eq!(at("2026-12-03T10:00:60Z"), at("2026-12-03T10:01:00Z"));
+        assert_eq!(at("2026-12-03T10:00:60.5Z"), at("2026-12-03T10:01:00.5Z"));
+        assert_eq!(at("20261203T100060Z"), at("2026-12-03T10:01:00Z"));
+        assert_eq!(at("2026-12-03T10:00:60+02:00"), at("2026-12-03T08:01:00Z"));
+        assert_eq!(at("2026-12-31T23:59:60Z"), at("2027-01-01T00:00:00Z"));
+        assert_eq!(at("2026-12-31T23:59:60.5Z"), None);
+        assert_eq!(at("2026-12-03T10:00:61Z"), None);
+        assert_eq!(at("2026-12-03T10:00:600Z"), None);
+    }
+
+    #[test]
+    fn a_date_with_a_time_that_does_not_parse_is_refused_not_read_as_its_midnight() {
+        for s in
+            ["2026-12-03T25:00:00Z", "2026-12-03T10:61:00Z", "2026-12-03T10:00:00+99:00", "2026-12-03Tnoon"]
+        {
+            assert_eq!(parse_iso8601_us(s), None, "{s}");
+        }
     }
 
     #[test]

@@ -320,9 +320,43 @@ fn claim(
 /// alone: its entries move on by idle time like anyone's.
 fn is_orphan(name: &str, host: &str) -> bool {
     match keys::consumer_origin(name) {
-        Some((h, pid)) => {
-            h == host && pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists()
-        }
+        Some((h, pid)) => h == host && pid != std::process::id() && !process_runs(pid),
         None => false,
+    }
+}
+
+/// Whether `pid` is a process that still runs. A killed process whose
+/// parent has not reaped it yet (a zombie: `nohup … &` from a script that
+/// exited leaves it to an init that reaps late) keeps its `/proc` entry but
+/// will never acknowledge anything, so it counts as gone.
+fn process_runs(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !matches!(stat_state(&stat), Some('Z' | 'X')),
+        Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+    }
+}
+
+/// The state letter of a `/proc/<pid>/stat` line: the field after the
+/// command name, which is in parentheses and may itself hold `)` or spaces.
+fn stat_state(stat: &str) -> Option<char> {
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{process_runs, stat_state};
+
+    #[test]
+    fn the_state_is_read_past_a_command_name_holding_parentheses_and_spaces() {
+        assert_eq!(stat_state("42 (webhook-ingesto) S 1 42 42 0"), Some('S'));
+        assert_eq!(stat_state("42 (a) b) (c) Z 1 42"), Some('Z'));
+        assert_eq!(stat_state("42 (x)"), None);
+        assert_eq!(stat_state("garbled"), None);
+    }
+
+    #[test]
+    fn this_process_runs_and_a_pid_beyond_the_maximum_does_not() {
+        assert!(process_runs(std::process::id()));
+        assert!(!process_runs(u32::MAX));
     }
 }

@@ -85,6 +85,8 @@ pub struct Gateway {
     env: Vec<(String, String)>,
     log: std::path::PathBuf,
     child: Option<Child>,
+    /// Killed processes not reaped yet (see [`Gateway::kill9_unreaped`]).
+    zombies: Vec<Child>,
 }
 
 impl Gateway {
@@ -106,7 +108,7 @@ impl Gateway {
         let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("logs");
         std::fs::create_dir_all(&dir).unwrap();
         let log = dir.join(format!("{role}-{port}.log"));
-        let mut gateway = Self { port, role, env, log, child: None };
+        let mut gateway = Self { port, role, env, log, child: None, zombies: Vec::new() };
         gateway.launch();
         gateway
     }
@@ -156,6 +158,16 @@ impl Gateway {
         }
     }
 
+    /// SIGKILL without reaping until the end of the test: the process stays
+    /// a zombie with its `/proc` entry, as under an init that reaps late
+    /// (`nohup … &` from a script that has exited).
+    pub fn kill9_unreaped(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            self.zombies.push(child);
+        }
+    }
+
     /// Starts the same role again with the same port and settings.
     pub fn restart(&mut self) {
         self.kill9();
@@ -183,6 +195,9 @@ impl Gateway {
 impl Drop for Gateway {
     fn drop(&mut self) {
         self.kill9();
+        for mut zombie in self.zombies.drain(..) {
+            let _ = zombie.wait();
+        }
     }
 }
 

@@ -106,7 +106,16 @@ fn instants_are_stored_exactly_and_those_timestamptz_cannot_hold_get_400() {
         assert_eq!(resp.status, 400, "{ts}");
         assert!(resp.messages()[0].starts_with("timestamp must not be before"), "{:?}", resp.messages());
     }
-    wait_until(Duration::from_secs(30), "both rows", || app.rows() == 2);
+    // A second 60 is the next minute's first, as PostgreSQL reads it; before,
+    // 10:00:60 was stored as that day's midnight.
+    assert_eq!(app.post("stripe", &at("evt_leap", "2026-12-03T10:00:60Z")).status, 202);
+    assert_eq!(app.post("stripe", &at("evt_leap_day_end", "2026-12-31T23:59:60Z")).status, 202);
+    for ts in ["2026-12-31T23:59:60.5Z", "2026-12-03T10:00:61Z", "2026-12-03T25:00:00Z"] {
+        let resp = app.post("stripe", &at("evt_refused", ts));
+        assert_eq!(resp.status, 400, "{ts}");
+        assert_eq!(resp.messages(), ["timestamp must be a valid ISO 8601 date string"], "{ts}");
+    }
+    wait_until(Duration::from_secs(30), "the four rows", || app.rows() == 4);
     let mut pg = app.pg();
     pg.batch_execute("SET TIME ZONE 'UTC'").unwrap();
     let stored: Vec<(String, String)> = pg
@@ -118,10 +127,21 @@ fn instants_are_stored_exactly_and_those_timestamptz_cannot_hold_get_400() {
     assert_eq!(
         stored,
         [
+            ("evt_leap".to_string(), "2026-12-03 10:01:00+00".to_string()),
+            ("evt_leap_day_end".to_string(), "2027-01-01 00:00:00+00".to_string()),
             ("evt_min".to_string(), "4714-11-24 00:00:00+00 BC".to_string()),
             ("evt_y10k".to_string(), "10000-01-01 04:00:00+00".to_string())
         ]
     );
+    let differ: i64 = pg
+        .query_one(
+            "SELECT count(*) FROM webhook_events WHERE event_id LIKE 'evt_leap%' \
+             AND event_timestamp <> (payload->>'timestamp')::timestamptz",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(differ, 0, "stored as PostgreSQL itself reads the sender's text");
     assert_eq!(app.dead_letters(), 0);
 }
 

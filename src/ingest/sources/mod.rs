@@ -351,6 +351,18 @@ pub(crate) mod util {
     pub(crate) fn iso_to_us(text: &str) -> Option<i64> {
         crate::ingest::parse_iso8601_us(text).filter(|us| *us >= MIN_TIMESTAMP_US)
     }
+
+    /// The sender's own time for the event, when it gives one: a value that
+    /// is there but is no instant PostgreSQL stores is refused (400), never
+    /// replaced by the arrival time.
+    pub(crate) fn sender_time(text: Option<&str>, what: &str) -> Result<Option<i64>, IngestError> {
+        text.map(|t| {
+            iso_to_us(t).ok_or_else(|| {
+                IngestError::Invalid(vec![format!("{what} must be an ISO 8601 instant PostgreSQL stores")])
+            })
+        })
+        .transpose()
+    }
 }
 
 /// What the kinds' unit tests share: a source from a file's text, and a

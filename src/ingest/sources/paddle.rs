@@ -4,7 +4,8 @@
 //! `ts` and `h1` makes the header malformed, and a timestamp more than
 //! `tolerance_secs` (default 5) away from now in either direction is refused.
 //!
-//! Stored: body `event_id`, `event_type`, and `occurred_at` as the event time.
+//! Stored: body `event_id`, `event_type`, and `occurred_at` as the event time
+//! (one that is no instant gets 400; without one, the arrival time).
 //!
 //! ```toml
 //! [[source]]
@@ -19,7 +20,7 @@ use serde::Deserialize;
 
 use super::mac::{Algorithm, Encoding, Keys};
 use super::spec::Reading;
-use super::util::{event_id, event_type, fresh, iso_to_us, required, secs};
+use super::util::{event_id, event_type, fresh, required, secs, sender_time};
 use super::{Admitted, Identity, Kind, Request, SourceError, Unauthorized};
 use crate::ingest::{IngestError, Ingestor};
 
@@ -79,7 +80,7 @@ impl Kind for Paddle {
 
     fn admit(&self, ingestor: &mut Ingestor, req: &Request<'_>) -> Result<Admitted, IngestError> {
         let body: Body<'_> = ingestor.parse_storable(req.body)?;
-        let at = body.occurred_at.as_deref().and_then(iso_to_us);
+        let at = sender_time(body.occurred_at.as_deref(), "occurred_at")?;
         Ok(Admitted::Event(Identity {
             event_id: event_id(body.event_id.as_deref(), "event_id")?,
             event_type: event_type(body.event_type.as_deref(), "event_type")?,
@@ -128,5 +129,17 @@ mod tests {
         let Ok(Admitted::Event(id)) = request(&s, "", BODY, t).1 else { panic!() };
         assert_eq!((id.event_id.as_str(), id.event_type.as_str()), ("evt_01", "transaction.completed"));
         assert_eq!(id.event_timestamp_us, 1_767_225_600_000_000);
+    }
+
+    #[test]
+    fn an_occurred_at_that_is_no_instant_is_refused_not_replaced_by_the_arrival_time() {
+        let s = source(FILE, "paddle");
+        let body = br#"{"event_id":"evt_01","event_type":"t","occurred_at":"2026-01-01T10:00:61Z"}"#;
+        let Err(IngestError::Invalid(messages)) = request(&s, "", body, 0).1 else { panic!() };
+        assert!(messages[0].contains("occurred_at"), "{messages:?}");
+        let Ok(Admitted::Event(id)) = request(&s, "", br#"{"event_id":"e","event_type":"t"}"#, 0).1 else {
+            panic!()
+        };
+        assert_eq!(id.event_timestamp_us, 7, "no occurred_at: the arrival time");
     }
 }

@@ -8,7 +8,8 @@
 //! subscriptions deliver it), else `X-Shopify-Webhook-Id` (one per
 //! delivery); `dedupe_on = "webhook-id"` prefers the latter.
 //! `X-Shopify-Topic` is the type; `X-Shopify-Triggered-At` the event time
-//! when it parses (it is not signed, so it is only a record), else arrival.
+//! when it is there (it is not signed, so it is only a record; one that is
+//! no instant gets 400, it is never replaced), else the arrival time.
 //!
 //! ```toml
 //! [[source]]
@@ -20,7 +21,7 @@
 use super::hmac::HeaderSignature;
 use super::mac::Encoding;
 use super::spec::Reading;
-use super::util::{event_id, event_type, header_text, iso_to_us};
+use super::util::{event_id, event_type, header_text, sender_time};
 use super::{Admitted, Identity, Kind, Request, SourceError, Unauthorized};
 use crate::ingest::{IngestError, Ingestor};
 
@@ -66,7 +67,10 @@ impl Kind for Shopify {
         let (first, second) =
             if self.webhook_id_first { (WEBHOOK_ID, EVENT_ID) } else { (EVENT_ID, WEBHOOK_ID) };
         let id = header_text(h, &first).or_else(|| header_text(h, &second));
-        let at = header_text(h, &["X-Shopify-Triggered-At", "Shopify-Triggered-At"]).and_then(iso_to_us);
+        let at = sender_time(
+            header_text(h, &["X-Shopify-Triggered-At", "Shopify-Triggered-At"]),
+            "the X-Shopify-Triggered-At header",
+        )?;
         Ok(Admitted::Event(Identity {
             event_id: event_id(id, "the X-Shopify-Event-Id or X-Shopify-Webhook-Id header")?,
             event_type: event_type(
@@ -109,5 +113,19 @@ mod tests {
         let by_webhook = source(&format!("{FILE}\ndedupe_on = \"webhook-id\""), "shopify");
         let Ok(Admitted::Event(id)) = request(&by_webhook, &old, body, 0).1 else { panic!() };
         assert_eq!(id.event_id, "w1");
+    }
+
+    #[test]
+    fn a_triggered_at_that_is_no_instant_is_refused_not_replaced_by_the_arrival_time() {
+        let s = source(FILE, "shopify");
+        let body = br#"{"id":1}"#;
+        let sig = Keys::new(Algorithm::Sha256, &[b"s".to_vec()]).sign(&[body], Encoding::Base64);
+        for at in ["yesterday", "2026-01-01T25:00:00Z", "-005000-01-01T00:00:00Z"] {
+            let head = format!(
+                "X-Shopify-Hmac-Sha256: {sig}\r\nX-Shopify-Event-Id: e1\r\nX-Shopify-Triggered-At: {at}\r\n"
+            );
+            let Err(IngestError::Invalid(messages)) = request(&s, &head, body, 0).1 else { panic!("{at}") };
+            assert!(messages[0].contains("X-Shopify-Triggered-At"), "{messages:?}");
+        }
     }
 }
