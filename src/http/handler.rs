@@ -104,12 +104,14 @@ impl Handler {
                 .with_allow(WEBHOOK_ALLOW),
             ),
             Route::BadProvider => Some(bad_request("provider must match ^[a-z0-9_-]{1,64}$")),
-            Route::Webhook { .. } => {
+            Route::Webhook { source, .. } => {
                 let (limited, rate) = self.rate_limit(head, peer, now);
                 extra.rate = rate;
+                let form = head.content_type == ContentType::Form
+                    && self.sources.get(*source).is_some_and(|s| s.kind.takes_form());
                 match limited {
                     Some(resp) => Some(resp),
-                    None if head.content_type != ContentType::Json => Some(Response::error(
+                    None if head.content_type != ContentType::Json && !form => Some(Response::error(
                         Status::UnsupportedMediaType,
                         Message::One("Content-Type must be application/json".into()),
                     )),
@@ -181,8 +183,9 @@ impl Handler {
         let admitted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             source.kind.admit(&mut self.ingestor.borrow_mut(), &req)
         }));
-        let identity = match admitted {
-            Ok(Ok(Admitted::Event(identity))) => identity,
+        let (identity, payload) = match admitted {
+            Ok(Ok(Admitted::Event(identity))) => (identity, body.to_vec()),
+            Ok(Ok(Admitted::Decoded(identity, json))) => (identity, json),
             Ok(Ok(Admitted::Reply(json))) => {
                 self.metrics.record_source(index, SourceOutcome::Answered);
                 return Response::json(Status::Ok, json);
@@ -204,7 +207,7 @@ impl Handler {
             event_timestamp_us: identity.event_timestamp_us,
             received_at_us,
             verified_by: source.kind.scheme().map(str::to_string),
-            payload: body.to_vec(),
+            payload,
         };
         match self.enqueuer.enqueue(job).await {
             Ok(id) => {

@@ -46,6 +46,9 @@ pub enum ContentType {
     Missing,
     /// `application/json` or `application/*+json`, any parameters.
     Json,
+    /// `application/x-www-form-urlencoded`, which only sources that say so
+    /// take (GitHub's default for a new hook).
+    Form,
     /// Anything else.
     Other,
 }
@@ -322,6 +325,8 @@ fn classify_content_type(v: &[u8]) -> ContentType {
         || (subtype.len() > 5 && subtype[subtype.len() - 5..].eq_ignore_ascii_case(b"+json"));
     if json {
         ContentType::Json
+    } else if subtype.eq_ignore_ascii_case(b"x-www-form-urlencoded") {
+        ContentType::Form
     } else {
         ContentType::Other
     }
@@ -431,7 +436,8 @@ mod tests {
             ("APPLICATION/JSON ; charset=utf-8", ContentType::Json),
             ("text/plain", ContentType::Other),
             ("application/jsonx", ContentType::Other),
-            ("application/x-www-form-urlencoded", ContentType::Other),
+            ("application/x-www-form-urlencoded", ContentType::Form),
+            ("Application/X-WWW-Form-Urlencoded; charset=utf-8", ContentType::Form),
         ] {
             assert_eq!(classify_content_type(v.as_bytes()), want, "{v}");
         }

@@ -109,7 +109,17 @@ pub fn gateway() -> TestApp {
 }
 
 fn post(app: &TestApp, route: &str, headers: &[(String, String)], body: &str) -> Response {
-    let mut req = format!("POST /webhooks/{route} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n");
+    post_as(app, route, "application/json", headers, body)
+}
+
+fn post_as(
+    app: &TestApp,
+    route: &str,
+    content_type: &str,
+    headers: &[(String, String)],
+    body: &str,
+) -> Response {
+    let mut req = format!("POST /webhooks/{route} HTTP/1.1\r\nHost: t\r\nContent-Type: {content_type}\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -629,6 +639,55 @@ fn github_and_shopify_signed_as_their_docs_say() {
     assert_eq!((github["d-1"].0.as_str(), github["d-1"].1.as_deref()), ("push", Some("github")));
     let shopify = wait_rows(&app, "shopify", 2);
     assert_eq!(shopify["e-1"].0, "orders/create");
+}
+
+#[test]
+fn a_github_hook_left_at_its_default_form_content_type_delivers_too() {
+    let app = gateway();
+    let json = r#"{"ref":"refs/heads/main","head_commit":{"message":"fix: a+b & c"}}"#;
+    let form = format!("payload={}", form_encode(json));
+    let sigs = sign(&[
+        ToSign { scheme: "github", secret: "gh-new", body: &form, timestamp: 0, id: "" },
+        ToSign { scheme: "github", secret: "gh-wrong", body: &form, timestamp: 0, id: "" },
+    ]);
+    const FORM: &str = "application/x-www-form-urlencoded";
+    let headers = |sig: &str| {
+        vec![h("X-Hub-Signature-256", sig), h("X-GitHub-Event", "push"), h("X-GitHub-Delivery", "d-form")]
+    };
+    let resp = post_as(&app, "github", FORM, &headers(&sigs[0]), &form);
+    assert_eq!(resp.status, 202, "{}", String::from_utf8_lossy(&resp.body));
+    assert_eq!(
+        post_as(&app, "github", FORM, &headers(&sigs[1]), &form).status,
+        401,
+        "verified on the form's bytes"
+    );
+    let no_payload = "ref=refs%2Fheads%2Fmain";
+    let sig =
+        &sign(&[ToSign { scheme: "github", secret: "gh-new", body: no_payload, timestamp: 0, id: "" }])[0];
+    assert_eq!(post_as(&app, "github", FORM, &headers(sig), no_payload).status, 400);
+    // Only the kinds that take forms do: the others keep answering 415.
+    for route in ["stripe", "open"] {
+        assert_eq!(post_as(&app, route, FORM, &[], &form).status, 415, "{route}");
+    }
+
+    let github = wait_rows(&app, "github", 1);
+    let stored = &github["d-form"].2;
+    assert_eq!(
+        stored,
+        &serde_json::from_str::<serde_json::Value>(json).unwrap(),
+        "the decoded JSON is stored"
+    );
+}
+
+/// `application/x-www-form-urlencoded` encoding of a field value.
+fn form_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'*' => (b as char).to_string(),
+            b' ' => "+".into(),
+            b => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// Paddle: signed as its docs say, with a 30 s window here (see SOURCES).

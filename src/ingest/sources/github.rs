@@ -4,6 +4,12 @@
 //! `X-Hub-Signature` is not accepted). GitHub's `ping`, sent when a hook is
 //! created, is answered 200 and not stored.
 //!
+//! Both content types a hook can be set to are taken: `application/json`,
+//! and `application/x-www-form-urlencoded` (the default GitHub offers for a
+//! new hook), whose body is `payload=<the JSON, percent-encoded>`. The
+//! signature covers the form's raw bytes; the decoded JSON is what is
+//! stored, held to what `jsonb` takes like any body.
+//!
 //! Stored: `X-GitHub-Delivery` as the event id, `X-GitHub-Event` as the
 //! type, the arrival time (GitHub signs no timestamp). A delivery GUID is per
 //! event, not per hook: two hooks (a repository's and its organisation's)
@@ -54,9 +60,14 @@ impl Kind for GitHub {
         self.signature.verify(req)
     }
 
+    fn takes_form(&self) -> bool {
+        true
+    }
+
     fn admit(&self, ingestor: &mut Ingestor, req: &Request<'_>) -> Result<Admitted, IngestError> {
+        let decoded = is_form(req).then(|| form_payload(req.body)).transpose()?;
         // The body is stored: it must be JSON jsonb takes, whatever GitHub sent.
-        let _: serde::de::IgnoredAny = ingestor.parse_storable(req.body)?;
+        let _: serde::de::IgnoredAny = ingestor.parse_storable(decoded.as_deref().unwrap_or(req.body))?;
         let kind = header_text(&req.headers, &["X-GitHub-Event"]);
         if kind == Some("ping") {
             return Ok(Admitted::Reply(br#"{"ok":true,"event":"ping"}"#.to_vec()));
@@ -69,12 +80,38 @@ impl Kind for GitHub {
             }
             (_, d) => d.map(str::to_string),
         };
-        Ok(Admitted::Event(Identity {
+        let identity = Identity {
             event_id: event_id(id.as_deref(), "the X-GitHub-Delivery header")?,
             event_type: event_type(kind, "the X-GitHub-Event header")?,
             event_timestamp_us: req.received_at_us,
-        }))
+        };
+        Ok(match decoded {
+            Some(json) => Admitted::Decoded(identity, json),
+            None => Admitted::Event(identity),
+        })
     }
+}
+
+/// Whether the request is a form delivery (the handler let only JSON and
+/// forms through).
+fn is_form(req: &Request<'_>) -> bool {
+    req.headers.text("Content-Type").is_some_and(|t| {
+        t.split(';')
+            .next()
+            .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"))
+    })
+}
+
+/// The `payload` field of a form body, decoded (`+` is a space, `%XX` a
+/// byte): the JSON GitHub puts there. Bytes that are not UTF-8 are left as
+/// they are for the JSON parser to refuse, never replaced.
+fn form_payload(body: &[u8]) -> Result<Vec<u8>, IngestError> {
+    let mut found = body.split(|&b| b == b'&').filter_map(|pair| pair.strip_prefix(b"payload="));
+    let (Some(value), None) = (found.next(), found.next()) else {
+        return Err(IngestError::Invalid(vec!["a form delivery must hold exactly one payload field".into()]));
+    };
+    let plus_as_space: Vec<u8> = value.iter().map(|&b| if b == b'+' { b' ' } else { b }).collect();
+    Ok(percent_encoding::percent_decode(&plus_as_space).collect())
 }
 
 #[cfg(test)]
@@ -133,5 +170,33 @@ mod tests {
         assert_eq!(id.event_id, "9:d-1");
         let (_, none) = request(&s, "X-GitHub-Event: push\r\n", b"{}", 0);
         assert_eq!(none.unwrap_err().messages(), ["the X-GitHub-Delivery header should not be empty"]);
+    }
+
+    #[test]
+    fn a_form_delivery_stores_its_decoded_payload_field() {
+        let s = source(FILE, "github");
+        let head = "Content-Type: application/x-www-form-urlencoded\r\nX-GitHub-Event: push\r\nX-GitHub-Delivery: d-2\r\n";
+        let (_, push) = request(
+            &s,
+            head,
+            b"payload=%7B%22ref%22%3A%22refs%2Fheads%2Fmain%22%2C%22a%22%3A%22x+y%2Bz%22%7D",
+            0,
+        );
+        let Ok(Admitted::Decoded(id, json)) = push else { panic!("{push:?}") };
+        assert_eq!(id.event_id, "d-2");
+        assert_eq!(json, br#"{"ref":"refs/heads/main","a":"x y+z"}"#);
+        let (_, ping) = request(
+            &s,
+            "Content-Type: application/x-www-form-urlencoded\r\nX-GitHub-Event: ping\r\n",
+            b"payload=%7B%22zen%22%3A%22x%22%7D",
+            0,
+        );
+        assert!(matches!(ping, Ok(Admitted::Reply(_))), "{ping:?}");
+        for bad in
+            [&b"ref=x"[..], b"payload=%7B&payload=%7D", b"payload=%7B%22a%22%3A%FF%22%7D", b"payload=%7B"]
+        {
+            let (_, refused) = request(&s, head, bad, 0);
+            assert!(matches!(refused, Err(IngestError::Invalid(_) | IngestError::Json(_))), "{refused:?}");
+        }
     }
 }

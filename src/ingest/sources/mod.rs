@@ -115,6 +115,9 @@ pub struct Identity {
 pub enum Admitted {
     /// Store it.
     Event(Identity),
+    /// Store it with this JSON as the payload instead of the raw body (a
+    /// form delivery's `payload` field, decoded: `jsonb` takes no form).
+    Decoded(Identity, Vec<u8>),
     /// Answer 200 with this JSON document and store nothing.
     Reply(Vec<u8>),
 }
@@ -136,6 +139,12 @@ pub trait Kind: Send + Sync + fmt::Debug {
     /// # Errors
     /// [`IngestError`], a 400 with its messages.
     fn admit(&self, ingestor: &mut Ingestor, req: &Request<'_>) -> Result<Admitted, IngestError>;
+
+    /// Whether the sender may post `application/x-www-form-urlencoded`
+    /// (the kind then finds the JSON in it); others get 415 for it.
+    fn takes_form(&self) -> bool {
+        false
+    }
 }
 
 /// One route's source.
