@@ -46,16 +46,21 @@ fuzz_target!(|data: &[u8]| {
         block.extend_from_slice(&value);
         block.extend_from_slice(b"\r\n");
     }
+    // Once as JSON, once as a form delivery (GitHub's other content type).
+    let mut form = block.clone();
+    form.extend_from_slice(b"Content-Type: application/x-www-form-urlencoded\r\n\r\n");
     block.extend_from_slice(b"\r\n");
-    let mut spans = HeaderSpans::default();
-    let headers = Headers::parse_block(&block, &mut spans);
     let mut ingestor = Ingestor::default();
-    for source in sources().iter() {
-        let req = Request { route: &source.route, headers, body, now_secs: 1_700_000_000, received_at_us: 0 };
-        let verdict = source.kind.verify(&req);
-        if source.kind.scheme().is_some() {
-            assert!(verdict.is_err(), "{} accepted an unsigned request", source.route);
+    for block in [&block, &form] {
+        let mut spans = HeaderSpans::default();
+        let headers = Headers::parse_block(block, &mut spans);
+        for source in sources().iter() {
+            let req = Request { route: &source.route, headers, body, now_secs: 1_700_000_000, received_at_us: 0 };
+            let verdict = source.kind.verify(&req);
+            if source.kind.scheme().is_some() {
+                assert!(verdict.is_err(), "{} accepted an unsigned request", source.route);
+            }
+            let _ = source.kind.admit(&mut ingestor, &req);
         }
-        let _ = source.kind.admit(&mut ingestor, &req);
     }
 });

@@ -57,12 +57,68 @@ impl Encoding {
         }
     }
 
-    /// The bytes `text` encodes, or `None` if it is not valid in this encoding.
-    pub fn decode(self, text: &[u8]) -> Option<Vec<u8>> {
+    /// The signature `text` encodes, or `None` if it is not valid in this
+    /// encoding. Decoded on the stack: the hot path allocates nothing here
+    /// (`hex::decode` into a `Vec` went byte by byte through a `Result`
+    /// iterator and cost more than the HMAC itself, tuning.md §21).
+    pub fn decode(self, text: &[u8]) -> Option<Signature> {
+        let mut sig = Signature { bytes: [0; SIGNATURE_BUF], len: 0 };
         match self {
-            Self::Hex => hex::decode(text).ok(),
-            Self::Base64 => base64::engine::general_purpose::STANDARD.decode(text).ok(),
+            Self::Hex if text.len() <= 2 * MAX_TAG => {
+                sig.len = text.len() / 2;
+                // An odd length is an error here too.
+                hex::decode_to_slice(text, &mut sig.bytes[..sig.len]).ok()?;
+                Some(sig)
+            }
+            Self::Base64 if text.len() <= SIGNATURE_BUF / 3 * 4 => {
+                sig.len =
+                    base64::engine::general_purpose::STANDARD.decode_slice(text, &mut sig.bytes).ok()?;
+                Some(sig)
+            }
+            // Longer than any MAC: it can never match, but is it even valid?
+            Self::Hex => hex::decode(text).ok().map(|_| Signature::TOO_LONG),
+            Self::Base64 => {
+                base64::engine::general_purpose::STANDARD.decode(text).ok().map(|_| Signature::TOO_LONG)
+            }
         }
+    }
+}
+
+/// The longest MAC here: SHA-512's 64 bytes.
+const MAX_TAG: usize = 64;
+/// Room for a base64 text of up to 96 characters (72 bytes) to decode in place.
+const SIGNATURE_BUF: usize = 72;
+
+/// A signature or a computed MAC, on the stack. A decoded signature longer
+/// than any MAC is kept as an empty one, which no MAC (never empty) equals.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Signature {
+    bytes: [u8; SIGNATURE_BUF],
+    len: usize,
+}
+
+impl Signature {
+    const TOO_LONG: Self = Self { bytes: [0; SIGNATURE_BUF], len: 0 };
+
+    /// The bytes (a test's 31- or 33-byte variant of a real one, say).
+    pub fn from_bytes(b: &[u8]) -> Self {
+        if b.len() > MAX_TAG {
+            return Self::TOO_LONG;
+        }
+        let mut sig = Self { bytes: [0; SIGNATURE_BUF], len: b.len() };
+        sig.bytes[..b.len()].copy_from_slice(b);
+        sig
+    }
+
+    /// Its bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+impl fmt::Debug for Signature {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Signature({} bytes)", self.len)
     }
 }
 
@@ -73,29 +129,15 @@ enum Keyed {
     Sha1(Hmac<Sha1>),
 }
 
-/// A tag on the stack: up to SHA-512's 64 bytes.
-struct Tag {
-    bytes: [u8; 64],
-    len: usize,
-}
-
-impl Tag {
-    fn as_slice(&self) -> &[u8] {
-        &self.bytes[..self.len]
-    }
-}
-
 impl Keyed {
-    fn tag(&self, parts: &[&[u8]]) -> Tag {
-        fn run<M: hmac::Mac + Clone>(m: &M, parts: &[&[u8]]) -> Tag {
+    fn tag(&self, parts: &[&[u8]]) -> Signature {
+        fn run<M: hmac::Mac + Clone>(m: &M, parts: &[&[u8]]) -> Signature {
             let mut m = m.clone();
             for p in parts {
                 m.update(p);
             }
             let out = m.finalize().into_bytes();
-            let mut tag = Tag { bytes: [0; 64], len: out.len() };
-            tag.bytes[..out.len()].copy_from_slice(&out);
-            tag
+            Signature::from_bytes(&out)
         }
         match self {
             Self::Sha256(m) => run(m, parts),
@@ -134,12 +176,12 @@ impl Keys {
 
     /// Whether any decoded `candidates` signature is the MAC of `parts`
     /// (fed in order) under any key. Constant time in the tag's bytes.
-    pub fn any_matches(&self, parts: &[&[u8]], candidates: &[Vec<u8>]) -> bool {
+    pub fn any_matches(&self, parts: &[&[u8]], candidates: &[Signature]) -> bool {
         let mut found = subtle::Choice::from(0);
         for key in &self.keyed {
             let tag = key.tag(parts);
             let tag = tag.as_slice();
-            for c in candidates {
+            for c in candidates.iter().map(Signature::as_slice) {
                 // Length is no secret; equal lengths are compared in constant time.
                 if c.len() == tag.len() {
                     found |= tag.ct_eq(c);
@@ -175,9 +217,18 @@ mod tests {
             "parts are fed in order"
         );
         assert!(!keys.any_matches(&[b"Hello, World?"], std::slice::from_ref(&good)));
-        assert!(!keys.any_matches(&[b"Hello, World!"], &[good[..31].to_vec()]), "31 bytes");
-        assert!(!keys.any_matches(&[b"Hello, World!"], &[[&good[..], &[0]].concat()]), "33 bytes");
-        assert!(!keys.any_matches(&[b"Hello, World!"], &[Vec::new()]), "empty");
+        let good = good.as_slice();
+        let variant = |b: &[u8]| [Signature::from_bytes(b)];
+        assert!(!keys.any_matches(&[b"Hello, World!"], &variant(&good[..31])), "31 bytes");
+        assert!(!keys.any_matches(&[b"Hello, World!"], &variant(&[good, &[0]].concat())), "33 bytes");
+        assert!(!keys.any_matches(&[b"Hello, World!"], &variant(&[])), "empty");
+        let long = [good, good, good].concat();
+        assert!(!keys.any_matches(&[b"Hello, World!"], &variant(&long)), "96 bytes holding it");
+        assert_eq!(
+            Encoding::Hex.decode(hex::encode(&long).as_bytes()).map(|s| s.len),
+            Some(0),
+            "too long, valid"
+        );
     }
 
     #[test]
@@ -186,14 +237,21 @@ mod tests {
         let keys = Keys::new(Algorithm::Sha256, &[b"new".to_vec(), old.clone()]);
         let by_old = Encoding::Hex
             .decode(Keys::new(Algorithm::Sha256, &[old]).sign(&[b"x"], Encoding::Hex).as_bytes());
-        assert!(keys.any_matches(&[b"x"], &[vec![0; 32], by_old.unwrap()]));
+        assert!(keys.any_matches(&[b"x"], &[Signature::from_bytes(&[0; 32]), by_old.unwrap()]));
         for alg in [Algorithm::Sha512, Algorithm::Sha1] {
             let k = Keys::new(alg, &[b"k".to_vec()]);
             let sig = Encoding::Base64.decode(k.sign(&[b"x"], Encoding::Base64).as_bytes()).unwrap();
             assert!(k.any_matches(&[b"x"], &[sig]), "{alg:?}");
         }
         assert_eq!(Encoding::Hex.decode(b"zz"), None);
+        assert_eq!(Encoding::Hex.decode(b"abc"), None, "odd length");
+        assert_eq!(Encoding::Hex.decode(&[b'z'; 200]), None);
         assert_eq!(Encoding::Base64.decode(b"%%%"), None);
+        assert_eq!(Encoding::Base64.decode(&[b'%'; 200]), None);
+        // SHA-512 in base64 (88 characters) decodes in place.
+        let k = Keys::new(Algorithm::Sha512, &[b"k".to_vec()]);
+        let b64 = k.sign(&[b"x"], Encoding::Base64);
+        assert_eq!(Encoding::Base64.decode(b64.as_bytes()).map(|s| s.len), Some(64));
         assert_eq!(format!("{keys:?}"), "2 secret(s), redacted");
     }
 }
