@@ -44,6 +44,14 @@ use crate::job::WebhookJob;
 
 pub use migrate::{migrate, MIGRATIONS};
 
+/// The columns every statement of a batch names, in the binary COPY's
+/// order ([`copy_rows`] encodes them so): one spelling for all four.
+macro_rules! columns {
+    () => {
+        "provider, event_id, event_type, verified_by, event_timestamp, received_at, payload"
+    };
+}
+
 /// The pool type.
 pub type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
 
@@ -227,11 +235,13 @@ pub fn write_batch(
         // (rust-postgres#789: two ReadyForQuery for one COPY). A zero-row
         // INSERT takes the same lock and meets the same refusals as an
         // ordinary statement first, so the connection survives them.
-        tx.batch_execute(
-            "INSERT INTO webhook_events (provider, event_id, event_type, verified_by, event_timestamp, received_at, payload)
-             SELECT provider, event_id, event_type, verified_by, event_timestamp, received_at, payload
-             FROM webhook_events WHERE false",
-        )?;
+        tx.batch_execute(concat!(
+            "INSERT INTO webhook_events (",
+            columns!(),
+            ") SELECT ",
+            columns!(),
+            " FROM webhook_events WHERE false"
+        ))?;
         match copy_rows(&mut tx, DIRECT_COPY, jobs) {
             Ok(inserted) => {
                 tx.commit()?;
@@ -256,20 +266,21 @@ pub fn write_batch(
     )?;
     copy_rows(&mut tx, STAGING_COPY, jobs)?;
     let inserted = tx.execute(
-        "INSERT INTO webhook_events (provider, event_id, event_type, verified_by, event_timestamp, received_at, payload)
-         SELECT provider, event_id, event_type, verified_by, event_timestamp, received_at, payload FROM webhook_staging_v2
-         ON CONFLICT (provider, event_id) DO NOTHING",
+        concat!(
+            "INSERT INTO webhook_events (",
+            columns!(),
+            ") SELECT ",
+            columns!(),
+            " FROM webhook_staging_v2 ON CONFLICT (provider, event_id) DO NOTHING"
+        ),
         &[],
     )?;
     tx.commit()?;
     Ok(Written { inserted, duplicates: jobs.len() as u64 - inserted })
 }
 
-const DIRECT_COPY: &str =
-    "COPY webhook_events (provider, event_id, event_type, verified_by, event_timestamp, received_at, payload)
-     FROM STDIN (FORMAT binary)";
-const STAGING_COPY: &str = "COPY webhook_staging_v2 (provider, event_id, event_type, verified_by, event_timestamp, received_at, payload)
-     FROM STDIN (FORMAT binary)";
+const DIRECT_COPY: &str = concat!("COPY webhook_events (", columns!(), ") FROM STDIN (FORMAT binary)");
+const STAGING_COPY: &str = concat!("COPY webhook_staging_v2 (", columns!(), ") FROM STDIN (FORMAT binary)");
 
 /// A binary `COPY` of `jobs` by `statement`; the rows copied.
 fn copy_rows(
