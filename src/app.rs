@@ -20,7 +20,9 @@ use crate::health::{spawn_health, HealthSettings};
 use crate::http::cores::{self, CoresError};
 use crate::http::request::Limits;
 use crate::http::server::{run_core, CoreSettings, CoreSpec, Driver};
-use crate::queue::{spawn_pipeline, PipelineHandle, PipelineSettings};
+use crate::queue::{
+    spawn_pipeline, warn_about_durability, EnqueueMode, Enqueuer, PipelineHandle, PipelineSettings,
+};
 use crate::store;
 use crate::telemetry::metrics::Metrics;
 use crate::worker::{spawn_workers, WorkerPool, WorkerSettings};
@@ -217,7 +219,7 @@ fn start_gateway(
     let local_addr =
         listeners[0].local_addr().map_err(|source| StartError::Listen { addr: requested, source })?;
 
-    let (enqueuer, pipeline) = spawn_pipeline(PipelineSettings {
+    let pipeline_settings = PipelineSettings {
         queue: config.queue.queue(),
         wait_replicas: config.queue.wait_replicas,
         wait_timeout: config.queue.wait_timeout,
@@ -228,9 +230,23 @@ fn start_gateway(
         max_queue_depth: config.queue.max_queue_depth,
         max_memory_percent: config.queue.max_redis_memory_percent,
         metrics: metrics.clone(),
-    })
-    .map_err(|source| StartError::Spawn { what: "redis pipeline thread", source })?;
-    app.pipeline = Some(pipeline);
+    };
+    let enqueuer = match config.queue.enqueue_mode {
+        EnqueueMode::Thread => {
+            let (enqueuer, pipeline) = spawn_pipeline(pipeline_settings)
+                .map_err(|source| StartError::Spawn { what: "redis pipeline thread", source })?;
+            app.pipeline = Some(pipeline);
+            enqueuer
+        }
+        EnqueueMode::Core => {
+            warn_about_durability(&pipeline_settings);
+            info!(batch_max = config.queue.batch_max, "per-core enqueue: each core pipelines its own jobs");
+            Enqueuer::per_core(pipeline_settings).map_err(|e| StartError::Spawn {
+                what: "per-core enqueue",
+                source: std::io::Error::other(e),
+            })?
+        }
+    };
     let (health, health_thread) = spawn_health(HealthSettings {
         queue: config.queue.queue(),
         database_url: config.store.database_url.clone(),

@@ -271,6 +271,10 @@ pub struct QueueConfig {
     /// `maxmemory` in use at which new requests get 503, before Redis itself
     /// refuses writes (the workers' acknowledgements still free memory).
     pub max_redis_memory_percent: u8,
+    /// `ENQUEUE_MODE` (default `thread`): `thread` hands each job to the one
+    /// Redis pipeline thread; `core` (one node over TCP only) has each core
+    /// pipeline its own jobs on its own connection (tuning.md §23).
+    pub enqueue_mode: crate::queue::EnqueueMode,
 }
 
 impl Default for QueueConfig {
@@ -288,6 +292,7 @@ impl Default for QueueConfig {
             channel_capacity: 16384,
             max_queue_depth: 1_000_000,
             max_redis_memory_percent: 90,
+            enqueue_mode: crate::queue::EnqueueMode::Thread,
         }
     }
 }
@@ -307,6 +312,7 @@ impl fmt::Debug for QueueConfig {
             .field("channel_capacity", &self.channel_capacity)
             .field("max_queue_depth", &self.max_queue_depth)
             .field("max_redis_memory_percent", &self.max_redis_memory_percent)
+            .field("enqueue_mode", &self.enqueue_mode)
             .finish()
     }
 }
@@ -325,6 +331,18 @@ impl QueueConfig {
                 Some(list.trim().to_string())
             }
         };
+        let mode = v.var("ENQUEUE_MODE");
+        let enqueue_mode = mode.map_or(d.enqueue_mode, |m| match m.to_ascii_lowercase().as_str() {
+            "thread" => Ok(crate::queue::EnqueueMode::Thread),
+            "core" if cluster_nodes.is_some() => {
+                Err("`thread` with REDIS_CLUSTER_NODES (`core` is for one node)".into())
+            }
+            "core" if !redis_url.starts_with("redis://") => {
+                Err("`thread` with this REDIS_URL (`core` needs a redis:// TCP URL)".into())
+            }
+            "core" => Ok(crate::queue::EnqueueMode::Core),
+            _ => Err("`thread` or `core`".into()),
+        })?;
         let partitions_default = if cluster_nodes.is_some() { 16 } else { d.partitions };
         let enqueue_timeout = v.var("ENQUEUE_TIMEOUT_MS").millis(d.enqueue_timeout, 10, 600_000)?;
         let wait_replicas = v.var("REDIS_WAIT_REPLICAS").in_range(d.wait_replicas, 0, 64)?;
@@ -367,6 +385,7 @@ impl QueueConfig {
                 0,
                 100,
             )?,
+            enqueue_mode,
         })
     }
 
@@ -664,6 +683,21 @@ mod tests {
         assert_eq!(load(&[("REDIS_CLUSTER_NODES", "h:x")]).unwrap_err().var, "REDIS_CLUSTER_NODES");
         let e = load(&[("ENQUEUE_TIMEOUT_MS", "500"), ("REDIS_WAIT_TIMEOUT_MS", "500")]).unwrap_err();
         assert_eq!(e.var, "REDIS_WAIT_TIMEOUT_MS");
+    }
+
+    #[test]
+    fn the_per_core_enqueue_is_for_one_node_over_tcp() {
+        use crate::queue::EnqueueMode;
+        assert_eq!(load(&[]).unwrap().queue.enqueue_mode, EnqueueMode::Thread);
+        assert_eq!(load(&[("ENQUEUE_MODE", "core")]).unwrap().queue.enqueue_mode, EnqueueMode::Core);
+        assert_eq!(load(&[("ENQUEUE_MODE", "Thread")]).unwrap().queue.enqueue_mode, EnqueueMode::Thread);
+        assert_eq!(load(&[("ENQUEUE_MODE", "both")]).unwrap_err().var, "ENQUEUE_MODE");
+        let cluster = [("ENQUEUE_MODE", "core"), ("REDIS_CLUSTER_NODES", "127.0.0.1:7000")];
+        let e = load(&cluster).unwrap_err();
+        assert_eq!(e.var, "ENQUEUE_MODE");
+        assert!(e.to_string().contains("REDIS_CLUSTER_NODES"), "{e}");
+        let unix = [("ENQUEUE_MODE", "core"), ("REDIS_URL", "unix:///tmp/redis.sock")];
+        assert_eq!(load(&unix).unwrap_err().var, "ENQUEUE_MODE");
     }
 
     #[test]

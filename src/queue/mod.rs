@@ -10,6 +10,9 @@
 //!   queued (up to `BATCH_MAX`, waiting at most `BATCH_LINGER_US` for more),
 //!   sends **one** pipeline of `XADD`s and answers every job with its stream id.
 //!
+//! * Or, with `ENQUEUE_MODE=core` on one node, each core's own flusher
+//!   ([`per_core`]): the same contract without leaving the core's thread.
+//!
 //! # Redis keys
 //! * the stream `QUEUE_NAME` (default [`DEFAULT_STREAM`]), one entry per job,
 //!   fields per [`crate::job::fields`]; never trimmed (`MAXLEN` would drop
@@ -32,8 +35,11 @@
 //! down jobs fail at once (fast 503s) instead of piling up. Each state change
 //! is logged once, never per request.
 
+mod admission;
 pub mod keys;
+mod per_core;
 mod pipeline;
+mod resp;
 mod target;
 pub mod topology;
 
@@ -44,7 +50,7 @@ use thiserror::Error;
 
 use crate::job::WebhookJob;
 
-pub use pipeline::{prepare_stream, spawn_pipeline, PipelineHandle, PipelineSettings};
+pub use pipeline::{prepare_stream, spawn_pipeline, warn_about_durability, PipelineHandle, PipelineSettings};
 pub use target::{parse_cluster_nodes, Conn, Queue, Target, MAX_PARTITIONS};
 
 /// Default stream name (`QUEUE_NAME`).
@@ -86,11 +92,27 @@ pub struct Pending {
     pub reply: oneshot::Sender<Result<StreamId, EnqueueError>>,
 }
 
+/// Which way jobs go to Redis (`ENQUEUE_MODE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EnqueueMode {
+    /// Over a channel to the one pipeline thread (the default).
+    #[default]
+    Thread,
+    /// Each core on its own connection (one Redis node only).
+    Core,
+}
+
 /// The per-core handle for enqueuing jobs. Cloning is cheap.
 #[derive(Clone)]
 pub struct Enqueuer {
-    tx: crossbeam_channel::Sender<Pending>,
+    via: Via,
     timeout: Duration,
+}
+
+#[derive(Clone)]
+enum Via {
+    Thread(crossbeam_channel::Sender<Pending>),
+    Core(std::sync::Arc<per_core::Shared>),
 }
 
 impl Enqueuer {
@@ -99,7 +121,16 @@ impl Enqueuer {
     /// drain it themselves.
     pub fn bounded(capacity: usize, timeout: Duration) -> (Self, crossbeam_channel::Receiver<Pending>) {
         let (tx, rx) = crossbeam_channel::bounded(capacity);
-        (Self { tx, timeout }, rx)
+        (Self { via: Via::Thread(tx), timeout }, rx)
+    }
+
+    /// A handle whose jobs each core sends itself (`ENQUEUE_MODE=core`).
+    ///
+    /// # Errors
+    /// The queue is a cluster or not reached over TCP.
+    pub fn per_core(settings: PipelineSettings) -> Result<Self, String> {
+        let timeout = settings.enqueue_timeout;
+        Ok(Self { via: Via::Core(std::sync::Arc::new(per_core::Shared::new(settings)?)), timeout })
     }
 
     /// Hands `job` to the pipeline thread and waits (asynchronously, inside a
@@ -109,10 +140,13 @@ impl Enqueuer {
     /// [`EnqueueError`] whenever the job is not known to be in Redis.
     pub async fn enqueue(&self, job: WebhookJob) -> Result<StreamId, EnqueueError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.try_send(Pending { job, reply }).map_err(|e| match e {
-            crossbeam_channel::TrySendError::Full(_) => EnqueueError::Saturated,
-            crossbeam_channel::TrySendError::Disconnected(_) => EnqueueError::Closed,
-        })?;
+        match &self.via {
+            Via::Thread(tx) => tx.try_send(Pending { job, reply }).map_err(|e| match e {
+                crossbeam_channel::TrySendError::Full(_) => EnqueueError::Saturated,
+                crossbeam_channel::TrySendError::Disconnected(_) => EnqueueError::Closed,
+            })?,
+            Via::Core(shared) => per_core::submit(shared, Pending { job, reply })?,
+        }
         match monoio::time::timeout(self.timeout, rx).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(oneshot::Canceled)) => Err(EnqueueError::Closed),
@@ -120,8 +154,11 @@ impl Enqueuer {
         }
     }
 
-    /// Jobs waiting in the channel now.
+    /// Jobs waiting in the channel now (per core: on the calling core).
     pub fn backlog(&self) -> usize {
-        self.tx.len()
+        match &self.via {
+            Via::Thread(tx) => tx.len(),
+            Via::Core(_) => per_core::backlog(),
+        }
     }
 }

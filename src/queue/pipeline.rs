@@ -17,24 +17,16 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use redis::{ConnectionAddr, ConnectionInfo, Value};
 use tracing::{error, info, warn};
 
+use super::admission::{share, Depth, Memory};
 use super::topology::Topology;
 use super::{EnqueueError, Enqueuer, Pending, Queue, StreamId, GROUP};
+use crate::telemetry::metrics::PipelineMetrics;
 
 /// First reconnect delay; doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 /// Longest wait between reconnect attempts, so recovery after Redis returns
 /// takes at most this long.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
-/// How often `INFO memory` rides along with a batch (never on its own: an
-/// idle pipeline adds nothing to Redis's memory).
-const MEMORY_REFRESH: Duration = Duration::from_millis(100);
-/// How stale a partition's length may get before `XLEN` rides along with
-/// its next batch. Between readings the length is counted up by the jobs
-/// Redis acknowledged (an upper bound: the workers' deletes are not seen),
-/// and within a tenth of `MAX_QUEUE_DEPTH` it is read with every batch, so
-/// the limit is held exactly as before while most batches far from it save
-/// a command (tuning.md §23).
-const DEPTH_REFRESH: Duration = Duration::from_millis(20);
 /// How often a cluster's slot map is read again when nothing went wrong
 /// (masters added by hand, a failover that this thread did not see fail).
 const TOPOLOGY_REFRESH: Duration = Duration::from_secs(5);
@@ -121,19 +113,14 @@ enum Link {
 struct Master {
     info: ConnectionInfo,
     link: Link,
-    /// When its memory was last read.
-    memory_read_at: Option<Instant>,
-    /// Whether the last reading was over `MAX_REDIS_MEMORY_PERCENT`.
-    memory_full: bool,
-    /// The last `(used_memory, maxmemory)` read.
-    memory: (u64, u64),
+    memory: Memory,
 }
 
 impl Master {
     fn new(info: ConnectionInfo) -> Self {
         let link =
             Link::Down { retry_at: Instant::now(), backoff: MIN_BACKOFF, reason: "not yet connected".into() };
-        Self { info, link, memory_read_at: None, memory_full: false, memory: (0, 0) }
+        Self { info, link, memory: Memory::default() }
     }
 
     fn name(&self) -> String {
@@ -193,15 +180,8 @@ struct Pipeline {
     /// Each job's partition, then its answer.
     partition: Vec<u16>,
     answer: Vec<Option<Result<StreamId, EnqueueError>>>,
-    /// Per partition, the stream length: the last `XLEN` plus the jobs
-    /// acknowledged since ([`DEPTH_REFRESH`]); their sum is held against
-    /// `MAX_QUEUE_DEPTH`.
-    depth: Vec<u64>,
-    /// When each partition's `XLEN` was last read.
-    depth_read_at: Vec<Option<Instant>>,
-    /// Near `MAX_QUEUE_DEPTH`: every batch reads its partitions' lengths.
-    depth_exact: bool,
-    full: bool,
+    /// The queue's length, held against `MAX_QUEUE_DEPTH`.
+    depth: Depth,
 }
 
 impl Pipeline {
@@ -215,8 +195,7 @@ impl Pipeline {
             Some(t) => (t.masters.into_iter().map(Master::new).collect(), t.route),
             None => (Vec::new(), vec![None; settings.queue.partitions() as usize]),
         };
-        let depth = vec![0; settings.queue.partitions() as usize];
-        let depth_read_at = vec![None; depth.len()];
+        let depth = Depth::new(settings.queue.partitions(), settings.max_queue_depth);
         let streams = settings.queue.streams();
         Self {
             streams,
@@ -230,9 +209,6 @@ impl Pipeline {
             partition: Vec::new(),
             answer: Vec::new(),
             depth,
-            depth_read_at,
-            depth_exact: true,
-            full: false,
         }
     }
 
@@ -293,7 +269,7 @@ impl Pipeline {
         let sent_at = Instant::now();
         let mut todo = Vec::with_capacity(self.batch.len());
         for job in 0..self.batch.len() {
-            if self.full {
+            if self.depth.full() {
                 self.answer[job] = Some(Err(EnqueueError::QueueFull));
                 continue;
             }
@@ -309,7 +285,7 @@ impl Pipeline {
         }
         // While full, only the depths are read, from every master, so the
         // refusal ends as soon as the workers have caught up.
-        let redirected = self.round(&todo, self.full);
+        let redirected = self.round(&todo, self.depth.full());
         if !redirected.is_empty() {
             let again = self.follow(redirected);
             for (s, _, _) in self.round(&again, false) {
@@ -317,8 +293,7 @@ impl Pipeline {
                     Some(Err(EnqueueError::Unavailable("the partition's slot is moving; retry".into())));
             }
         }
-        let total: u64 = self.depth.iter().sum();
-        self.note_depth(total);
+        self.depth.settle(&self.settings.metrics.pipeline);
         let metrics = self.settings.metrics.clone();
         let mut enqueued = 0;
         for (p, answer) in self.batch.drain(..).zip(self.answer.drain(..)) {
@@ -351,7 +326,7 @@ impl Pipeline {
                 self.topology_stale = true;
                 continue;
             }
-            let refused = self.masters[m].memory_full;
+            let refused = self.masters[m].memory.full();
             let (slots, pipe) = self.plan(m, &mine, depths_only, refused);
             if refused {
                 for s in &mine {
@@ -399,10 +374,7 @@ impl Pipeline {
                     pipe.cmd("ASKING");
                     slots.push(Slot::Asking);
                 }
-                let mut cmd = redis::cmd("XADD");
-                cmd.arg(&self.streams[p as usize]).arg("*");
-                self.batch[s.job].job.write_stream_fields(&mut cmd);
-                pipe.add_command(cmd);
+                pipe.add_command(xadd(&self.streams[p as usize], &self.batch[s.job].job));
                 slots.push(Slot::Job(s.job));
                 if !s.asking && !touched.contains(&p) {
                     touched.push(p);
@@ -418,20 +390,15 @@ impl Pipeline {
         if depths_only {
             touched = (0..queue.partitions()).filter(|&p| self.route[p as usize] == Some(m)).collect();
         }
-        let exact = depths_only || self.depth_exact;
         // One clock read for the batch, not one per partition.
         let now = Instant::now();
         for p in touched {
-            let read_at = &mut self.depth_read_at[p as usize];
-            if !exact && read_at.is_some_and(|at| now.duration_since(at) < DEPTH_REFRESH) {
-                continue;
+            if self.depth.due(p, now, depths_only) {
+                pipe.cmd("XLEN").arg(&self.streams[p as usize]);
+                slots.push(Slot::Depth(p));
             }
-            *read_at = Some(now);
-            pipe.cmd("XLEN").arg(&self.streams[p as usize]);
-            slots.push(Slot::Depth(p));
         }
-        let master = &mut self.masters[m];
-        if master.memory_read_at.is_none_or(|at| at.elapsed() >= MEMORY_REFRESH) {
+        if self.masters[m].memory.due(now) {
             pipe.cmd("INFO").arg("memory");
             slots.push(Slot::Memory);
         }
@@ -494,32 +461,21 @@ impl Pipeline {
                     Ok(id) => {
                         // In the stream now, whatever a WAIT says; an XLEN
                         // later in this reply replaces the count.
-                        self.depth[self.partition[job] as usize] += 1;
+                        self.depth.acked(self.partition[job]);
                         ids.push((job, id));
                     }
                     Err(e) => self.answer[job] = Some(Err(EnqueueError::Unavailable(e.to_string()))),
                 },
                 (Slot::Wait, v) => {
-                    let have = redis::from_redis_value::<u64>(v).unwrap_or(0);
-                    let want = u64::from(self.settings.wait_replicas);
-                    if have < want {
-                        self.settings.metrics.pipeline.record_redis_error();
+                    let metrics = &self.settings.metrics.pipeline;
+                    if let Some(e) = short_of_replicas(v, self.settings.wait_replicas, metrics) {
                         for (job, _) in ids.drain(..) {
-                            self.answer[job] = Some(Err(EnqueueError::Unavailable(format!(
-                                "{have} of {want} replicas acknowledged within REDIS_WAIT_TIMEOUT_MS"
-                            ))));
+                            self.answer[job] = Some(Err(e.clone()));
                         }
                     }
                 }
-                (Slot::Depth(p), v) => {
-                    if let Ok(n) = redis::from_redis_value::<u64>(v) {
-                        self.depth[p as usize] = n;
-                    }
-                }
-                (Slot::Memory, v) => {
-                    let info = redis::from_redis_value::<String>(v).ok();
-                    self.note_memory(m, info.as_deref());
-                }
+                (Slot::Depth(p), v) => self.depth.read(p, v),
+                (Slot::Memory, v) => self.note_memory(m, v),
             }
         }
         for (job, id) in ids {
@@ -606,53 +562,13 @@ impl Pipeline {
         }
     }
 
-    /// Records the total stream length, logging when the depth limit is crossed.
-    fn note_depth(&mut self, depth: u64) {
-        self.settings.metrics.pipeline.set_stream_length(depth);
-        let max = self.settings.max_queue_depth;
-        self.depth_exact = depth >= max - max / 10;
-        let full = depth >= max;
-        if full && !self.full {
-            warn!(
-                depth,
-                max_queue_depth = max,
-                "queue is full: new requests get 503 until the workers catch up"
-            );
-        } else if !full && self.full {
-            info!(depth, "queue below MAX_QUEUE_DEPTH again: accepting");
-        }
-        self.full = full;
-    }
-
-    /// Records master `m`'s memory from an `INFO memory` reply, logging when
-    /// the `MAX_REDIS_MEMORY_PERCENT` line is crossed.
-    fn note_memory(&mut self, m: usize, info: Option<&str>) {
-        let percent = u64::from(self.settings.max_memory_percent);
-        let master = &mut self.masters[m];
-        master.memory_read_at = Some(Instant::now());
-        let Some((used, max)) = info.and_then(parse_memory) else { return };
-        master.memory = (used, max);
-        let full = percent > 0 && max > 0 && used.saturating_mul(100) >= max.saturating_mul(percent);
-        if full && !master.memory_full {
-            warn!(
-                used_memory = used,
-                maxmemory = max,
-                max_redis_memory_percent = percent,
-                master = %master.name(),
-                "redis memory is nearly full: new requests get 503 until the workers free some"
-            );
-        } else if !full && master.memory_full {
-            info!(
-                used_memory = used,
-                maxmemory = max,
-                master = %master.name(),
-                "redis memory below MAX_REDIS_MEMORY_PERCENT again: accepting"
-            );
-        }
-        master.memory_full = full;
-        // The gauge shows the fullest master: the one that refuses first.
+    /// Records master `m`'s memory from an `INFO memory` reply; the gauge
+    /// shows the fullest master, the one that refuses first.
+    fn note_memory(&mut self, m: usize, reply: Value) {
+        let name = self.masters[m].name();
+        self.masters[m].memory.note_reply(reply, self.settings.max_memory_percent, &name);
         let fullest =
-            self.masters.iter().map(|m| m.memory).max_by(|a, b| share(a.0, a.1).total_cmp(&share(b.0, b.1)));
+            self.masters.iter().map(|m| m.memory.reading()).max_by(|a, b| share(*a).total_cmp(&share(*b)));
         if let Some((used, max)) = fullest {
             self.settings.metrics.pipeline.set_redis_memory(used, max);
         }
@@ -707,15 +623,6 @@ impl Pipeline {
     }
 }
 
-/// `used / max` as a fraction (0 without a limit).
-fn share(used: u64, max: u64) -> f64 {
-    if max == 0 {
-        0.0
-    } else {
-        used as f64 / max as f64
-    }
-}
-
 /// `host:port` of a redirect.
 fn parse_addr(s: &str) -> Option<ConnectionAddr> {
     let (host, port) = s.rsplit_once(':')?;
@@ -735,12 +642,38 @@ pub fn prepare_stream(con: &mut impl redis::ConnectionLike, stream: &str) -> red
     }
 }
 
-/// `(used_memory, maxmemory)` from an `INFO memory` reply.
-fn parse_memory(info: &str) -> Option<(u64, u64)> {
-    let field = |name: &str| {
-        info.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':')).and_then(|v| v.trim().parse().ok())
-    };
-    Some((field("used_memory")?, field("maxmemory")?))
+/// A `WAIT` reply: the refusal for the batch's jobs when fewer than `want`
+/// replicas acknowledged them (counted as a Redis error).
+pub(super) fn short_of_replicas(reply: Value, want: u16, metrics: &PipelineMetrics) -> Option<EnqueueError> {
+    let have = redis::from_redis_value::<u64>(reply).unwrap_or(0);
+    (have < u64::from(want)).then(|| {
+        metrics.record_redis_error();
+        EnqueueError::Unavailable(format!(
+            "{have} of {want} replicas acknowledged within REDIS_WAIT_TIMEOUT_MS"
+        ))
+    })
+}
+
+/// The `XADD` of `job` to `stream`, as both enqueue paths send it.
+pub(super) fn xadd(stream: &str, job: &crate::job::WebhookJob) -> redis::Cmd {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(stream).arg("*");
+    job.write_stream_fields(&mut cmd);
+    cmd
+}
+
+/// Reads Redis's durability settings once and warns about any that could
+/// lose an acknowledged job (the per-core enqueue's check at start; the
+/// pipeline thread checks on every connect). Redis unreachable: nothing.
+pub fn warn_about_durability(settings: &PipelineSettings) {
+    if let super::Target::Node(info) = settings.queue.target() {
+        let timeout = settings.enqueue_timeout.min(Duration::from_secs(1));
+        if let Ok(mut con) =
+            redis::Client::open(info.clone()).and_then(|c| c.get_connection_with_timeout(timeout))
+        {
+            check_durability(&mut con);
+        }
+    }
 }
 
 /// Warns when Redis is set up so that an acknowledged job could be lost.
@@ -768,15 +701,5 @@ fn check_durability(con: &mut redis::Connection) {
         _ => warn!(
             "could not read redis CONFIG (disabled?): check appendonly=yes and maxmemory-policy=noeviction"
         ),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn memory_is_read_from_info() {
-        let info = "# Memory\r\nused_memory:1048576\r\nused_memory_human:1.00M\r\nmaxmemory:2097152\r\nmaxmemory_human:2.00M\r\n";
-        assert_eq!(super::parse_memory(info), Some((1_048_576, 2_097_152)));
-        assert_eq!(super::parse_memory("used_memory:1\r\n"), None);
     }
 }

@@ -3,7 +3,8 @@
 //! Three kinds of writers, none taking a lock:
 //! * each core owns a [`CoreMetrics`] (cache-line aligned) and is its only
 //!   writer, so a count is a plain load + store, not even a locked add;
-//! * the Redis pipeline thread is the only writer of [`PipelineMetrics`];
+//! * the Redis pipeline thread, or with `ENQUEUE_MODE=core` every core's
+//!   flusher once per batch, writes [`PipelineMetrics`] (relaxed atomic adds);
 //! * worker threads share [`WorkerMetrics`] (relaxed atomic adds, once per batch).
 //!
 //! A scrape sums the per-core values and renders the text format
@@ -213,7 +214,7 @@ impl CoreMetrics {
     }
 }
 
-/// The Redis pipeline thread's counters. Only that thread writes them.
+/// The enqueue's counters: the pipeline thread's, or every core flusher's.
 pub struct PipelineMetrics {
     batch_size: Histogram<{ BATCH_BUCKETS.len() }>,
     batch_seconds: Histogram<{ LATENCY_BUCKETS.len() }>,
@@ -227,14 +228,14 @@ pub struct PipelineMetrics {
 impl PipelineMetrics {
     /// One pipeline sent: its size, its round trip, how many jobs Redis took.
     pub fn record_batch(&self, size: usize, took: Duration, enqueued: usize) {
-        self.batch_size.observe_local(&BATCH_BUCKETS, size as f64);
-        self.batch_seconds.observe_local(&LATENCY_BUCKETS, took.as_secs_f64());
-        bump(&self.enqueued, enqueued as u64);
+        self.batch_size.observe_shared(&BATCH_BUCKETS, size as f64);
+        self.batch_seconds.observe_shared(&LATENCY_BUCKETS, took.as_secs_f64());
+        self.enqueued.fetch_add(enqueued as u64, Relaxed);
     }
 
     /// A Redis failure seen by the pipeline thread.
     pub fn record_redis_error(&self) {
-        bump(&self.redis_errors, 1);
+        self.redis_errors.fetch_add(1, Relaxed);
     }
 
     /// The stream length Redis reported with the last batch.

@@ -3,27 +3,12 @@
 
 use std::collections::HashSet;
 
-use crate::harness::{event, Client, TestApp};
+use crate::harness::{post_concurrently, TestApp};
 
 #[test]
 fn fifty_concurrent_clients_get_only_202s_and_the_stream_counts_them_all() {
     let app = TestApp::spawn();
-    let addr = app.addr;
-    let clients: Vec<_> = (0..50)
-        .map(|c| {
-            std::thread::spawn(move || {
-                let mut client = Client::connect(addr);
-                (0..200)
-                    .map(|i| {
-                        let resp = client.post("stripe", &event("stripe", &format!("evt_{c}_{i}")));
-                        assert_eq!(resp.status, 202, "{}", String::from_utf8_lossy(&resp.body));
-                        resp.job_id()
-                    })
-                    .collect::<Vec<_>>()
-            })
-        })
-        .collect();
-    let ids: Vec<String> = clients.into_iter().flat_map(|c| c.join().unwrap()).collect();
+    let ids = post_concurrently(app.addr, 50, 200);
 
     assert_eq!(ids.len(), 10_000);
     let unique: HashSet<&String> = ids.iter().collect();

@@ -399,6 +399,26 @@ impl Drop for TestApp {
 }
 
 /// Polls `check` until it holds, failing with `what` after `within`.
+/// `clients` keep-alive clients posting `each` distinct Stripe events at
+/// once; every answer must be 202. Returns the job ids.
+pub fn post_concurrently(addr: std::net::SocketAddr, clients: usize, each: usize) -> Vec<String> {
+    let threads: Vec<_> = (0..clients)
+        .map(|c| {
+            std::thread::spawn(move || {
+                let mut client = Client::connect(addr);
+                (0..each)
+                    .map(|i| {
+                        let resp = client.post("stripe", &event("stripe", &format!("evt_{c}_{i}")));
+                        assert_eq!(resp.status, 202, "{}", String::from_utf8_lossy(&resp.body));
+                        resp.job_id()
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    threads.into_iter().flat_map(|t| t.join().unwrap()).collect()
+}
+
 pub fn wait_until(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
     while !check() {

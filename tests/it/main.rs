@@ -14,6 +14,7 @@ mod fault;
 mod harness;
 mod ops;
 mod outage;
+mod per_core;
 mod poison;
 mod process;
 mod protocol;

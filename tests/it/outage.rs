@@ -3,6 +3,8 @@
 
 use std::time::{Duration, Instant};
 
+use webhook_ingestor::queue::EnqueueMode;
+
 use crate::harness::{event, TestApp};
 
 const ENQUEUE_TIMEOUT: Duration = Duration::from_millis(500);
@@ -23,7 +25,15 @@ fn post_until_status(app: &TestApp, status: u16, within: Duration) -> Duration {
 
 #[test]
 fn redis_down_gives_503_with_retry_after_and_recovers_without_a_restart() {
-    let mut app = TestApp::spawn_with(|c| c.queue.enqueue_timeout = ENQUEUE_TIMEOUT);
+    redis_down_gives_503_with_retry_after_and_recovers_without_a_restart_in(EnqueueMode::Thread);
+}
+
+/// Both enqueue modes hold this (`per_core.rs` runs it with `core`).
+pub(crate) fn redis_down_gives_503_with_retry_after_and_recovers_without_a_restart_in(mode: EnqueueMode) {
+    let mut app = TestApp::spawn_with(|c| {
+        c.queue.enqueue_timeout = ENQUEUE_TIMEOUT;
+        c.queue.enqueue_mode = mode;
+    });
     assert_eq!(app.post("stripe", &event("stripe", "evt_before")).status, 202);
 
     app.redis.kill();
@@ -54,7 +64,15 @@ fn redis_down_gives_503_with_retry_after_and_recovers_without_a_restart() {
 
 #[test]
 fn a_frozen_redis_gives_503_in_time_and_recovers_when_thawed() {
-    let app = TestApp::spawn_with(|c| c.queue.enqueue_timeout = ENQUEUE_TIMEOUT);
+    a_frozen_redis_gives_503_in_time_and_recovers_when_thawed_in(EnqueueMode::Thread);
+}
+
+/// Both enqueue modes hold this (`per_core.rs` runs it with `core`).
+pub(crate) fn a_frozen_redis_gives_503_in_time_and_recovers_when_thawed_in(mode: EnqueueMode) {
+    let app = TestApp::spawn_with(|c| {
+        c.queue.enqueue_timeout = ENQUEUE_TIMEOUT;
+        c.queue.enqueue_mode = mode;
+    });
     assert_eq!(app.post("stripe", &event("stripe", "evt_before")).status, 202);
 
     app.redis.pause();
@@ -120,8 +138,20 @@ fn a_full_hand_off_channel_answers_503_at_once() {
 
 #[test]
 fn a_queue_at_max_queue_depth_answers_503_and_accepts_again_once_the_workers_catch_up() {
+    a_queue_at_max_queue_depth_answers_503_and_accepts_again_once_the_workers_catch_up_in(
+        EnqueueMode::Thread,
+    );
+}
+
+/// Both enqueue modes hold this (`per_core.rs` runs it with `core`).
+pub(crate) fn a_queue_at_max_queue_depth_answers_503_and_accepts_again_once_the_workers_catch_up_in(
+    mode: EnqueueMode,
+) {
     // No workers: the stream only grows, one job per batch (one client).
-    let app = TestApp::spawn_with(|c| c.queue.max_queue_depth = 300);
+    let app = TestApp::spawn_with(|c| {
+        c.queue.max_queue_depth = 300;
+        c.queue.enqueue_mode = mode;
+    });
     let mut client = app.client();
     let mut accepted = 0;
     let refused = loop {

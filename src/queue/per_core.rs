@@ -1,0 +1,504 @@
+//! The per-core enqueue (`ENQUEUE_MODE=core`, one Redis node): each core's
+//! runtime pipelines its own jobs to Redis on its own connection, so a job
+//! never leaves the thread that accepted it.
+//!
+//! The pipeline thread ([`super::pipeline`]) costs, at a light load, three
+//! thread wake-ups per request (the thread for the job, the thread for
+//! Redis's reply, the core for the answer); here the reply arrives on the
+//! core's own io_uring and wakes nothing but the request's task. tuning.md
+//! §23 has what that buys and costs.
+//!
+//! # Contract (the same as the thread's, [`crate::queue`])
+//! A job's reply is `Ok(id)` only once Redis answered its `XADD` (and the
+//! `WAIT`, with `REDIS_WAIT_REPLICAS`). One flusher task per core takes
+//! every job queued on its core (up to `BATCH_MAX`), sends one pipeline and
+//! reads its replies; the jobs that arrive meanwhile form the next batch,
+//! the same natural batching as the thread (`BATCH_LINGER_US` does not
+//! apply: monoio's timers are coarser than the linger). `MAX_QUEUE_DEPTH`
+//! and `MAX_REDIS_MEMORY_PERCENT` are held by each core from its own
+//! readings ([`super::admission`]); between two cores' readings the depth
+//! can pass the limit by what the other cores enqueued since theirs, at
+//! most a batch per core once within a tenth of the limit.
+//!
+//! # Failure
+//! A connection error fails the batch in hand (jobs whose `XADD` was already
+//! answered stay answered, unless a `WAIT` was still due), drops the
+//! connection and reconnects with capped exponential backoff; while it is
+//! down the core's jobs get 503 at once. A reply that does not come within
+//! `ENQUEUE_TIMEOUT_MS` counts as a connection error.
+
+use std::cell::{Cell, RefCell};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+use redis::{ConnectionAddr, ConnectionInfo, Value};
+use tracing::{error, info, warn};
+
+use super::admission::{Depth, Memory};
+use super::pipeline::{short_of_replicas, xadd, PipelineSettings};
+use super::resp::frame_len;
+use super::{EnqueueError, Pending, StreamId, Target, GROUP};
+
+/// First reconnect delay; doubles up to [`MAX_BACKOFF`] (as the thread's).
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// Bytes asked of each read of replies.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// What every core's flusher shares: the settings, read once.
+pub(super) struct Shared {
+    settings: PipelineSettings,
+    info: ConnectionInfo,
+    /// `REDIS_URL`'s host, resolved once at start: a lookup would block the
+    /// core's runtime, and a core never blocks.
+    addr: SocketAddr,
+    streams: Vec<String>,
+}
+
+impl Shared {
+    /// The shared part for `settings`.
+    ///
+    /// # Errors
+    /// The queue is not one node reached over plain TCP (configuration
+    /// refuses that first, naming `ENQUEUE_MODE`), or its host does not resolve.
+    pub(super) fn new(settings: PipelineSettings) -> Result<Self, String> {
+        let Target::Node(info) = settings.queue.target().clone() else {
+            return Err("ENQUEUE_MODE=core needs one Redis node (REDIS_URL), not a cluster".into());
+        };
+        let ConnectionAddr::Tcp(host, port) = info.addr() else {
+            return Err("ENQUEUE_MODE=core needs a redis:// (TCP) REDIS_URL".into());
+        };
+        let addr = (host.as_str(), *port)
+            .to_socket_addrs()
+            .map_err(|e| format!("REDIS_URL's host {host}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("REDIS_URL's host {host} resolves to no address"))?;
+        let streams = settings.queue.streams();
+        Ok(Self { settings, info, addr, streams })
+    }
+}
+
+/// One core's queue of jobs and its flusher's waker.
+struct Local {
+    shared: Arc<Shared>,
+    queue: RefCell<Vec<Pending>>,
+    flusher: Cell<Option<Waker>>,
+}
+
+thread_local! {
+    /// This core's [`Local`], made (and its flusher spawned) by the first
+    /// job the core enqueues. A core is a thread running one runtime.
+    static LOCAL: RefCell<Option<Rc<Local>>> = const { RefCell::new(None) };
+}
+
+fn local(shared: &Arc<Shared>) -> Rc<Local> {
+    LOCAL.with(|l| {
+        let mut l = l.borrow_mut();
+        match &*l {
+            Some(local) if Arc::ptr_eq(&local.shared, shared) => local.clone(),
+            _ => {
+                let local = Rc::new(Local {
+                    shared: shared.clone(),
+                    queue: RefCell::new(Vec::new()),
+                    flusher: Cell::new(None),
+                });
+                monoio::spawn(Flusher::new(local.clone()).run());
+                *l = Some(local.clone());
+                local
+            }
+        }
+    })
+}
+
+/// Queues `p` on this core (inside its monoio runtime).
+///
+/// # Errors
+/// `Saturated` when `ENQUEUE_CHANNEL_CAPACITY` jobs already wait on this core.
+pub(super) fn submit(shared: &Arc<Shared>, p: Pending) -> Result<(), EnqueueError> {
+    let local = local(shared);
+    let mut queue = local.queue.borrow_mut();
+    if queue.len() >= shared.settings.channel_capacity {
+        return Err(EnqueueError::Saturated);
+    }
+    queue.push(p);
+    drop(queue);
+    if let Some(w) = local.flusher.take() {
+        w.wake();
+    }
+    Ok(())
+}
+
+/// Jobs waiting on this core's flusher.
+pub(super) fn backlog() -> usize {
+    LOCAL.with(|l| l.borrow().as_ref().map_or(0, |l| l.queue.borrow().len()))
+}
+
+enum Link {
+    Up(TcpStream),
+    Down { retry_at: Instant, backoff: Duration, reason: String },
+}
+
+/// What one reply of a batch's pipeline answers.
+#[derive(Clone, Copy)]
+enum Slot {
+    Job(usize),
+    Wait,
+    Depth(u16),
+    Memory,
+}
+
+/// A failed exchange: the replies read before the failure, and why.
+struct Broken {
+    read: Vec<Value>,
+    reason: String,
+}
+
+struct Flusher {
+    local: Rc<Local>,
+    link: Link,
+    depth: Depth,
+    memory: Memory,
+    batch: Vec<Pending>,
+    partition: Vec<u16>,
+    answer: Vec<Option<Result<StreamId, EnqueueError>>>,
+    /// Replies read and not yet framed; kept from batch to batch.
+    rbuf: Vec<u8>,
+}
+
+impl Flusher {
+    fn new(local: Rc<Local>) -> Self {
+        let s = &local.shared.settings;
+        let depth = Depth::new(s.queue.partitions(), s.max_queue_depth);
+        let link =
+            Link::Down { retry_at: Instant::now(), backoff: MIN_BACKOFF, reason: "not yet connected".into() };
+        Self {
+            local,
+            link,
+            depth,
+            memory: Memory::default(),
+            batch: Vec::new(),
+            partition: Vec::new(),
+            answer: Vec::new(),
+            rbuf: Vec::with_capacity(READ_CHUNK),
+        }
+    }
+
+    fn settings(&self) -> &PipelineSettings {
+        &self.local.shared.settings
+    }
+
+    /// Runs until the core's runtime is dropped; every job it took is
+    /// answered before it takes the next ones.
+    async fn run(mut self) {
+        loop {
+            std::future::poll_fn(|cx| {
+                if self.local.queue.borrow().is_empty() {
+                    self.local.flusher.set(Some(cx.waker().clone()));
+                    Poll::Pending
+                } else {
+                    Poll::Ready(())
+                }
+            })
+            .await;
+            {
+                let mut queue = self.local.queue.borrow_mut();
+                let n = queue.len().min(self.settings().batch_max);
+                self.batch.extend(queue.drain(..n));
+            }
+            self.flush().await;
+        }
+    }
+
+    async fn flush(&mut self) {
+        // A caller that gave up has already answered 503.
+        self.batch.retain(|p| !p.reply.is_canceled());
+        if self.batch.is_empty() {
+            return;
+        }
+        let shared = self.local.shared.clone();
+        let s = &shared.settings;
+        self.partition.clear();
+        self.partition
+            .extend(self.batch.iter().map(|p| s.queue.partition_of(&p.job.provider, &p.job.event_id)));
+        self.answer.clear();
+        self.answer.resize(self.batch.len(), None);
+        let sent_at = Instant::now();
+        self.ensure_link().await;
+        if let Link::Down { reason, .. } = &self.link {
+            let reason = format!("{}: {reason}", shared.info.addr());
+            for a in &mut self.answer {
+                *a = Some(Err(EnqueueError::Unavailable(reason.clone())));
+            }
+        } else {
+            let (slots, pipe) = self.plan(&shared);
+            if !slots.is_empty() {
+                match self.exchange(&pipe.get_packed_pipeline(), slots.len()).await {
+                    Ok(replies) => self.read_replies(&slots, replies, None),
+                    Err(Broken { read, reason }) => {
+                        s.metrics.pipeline.record_redis_error();
+                        self.read_replies(&slots, read, Some(&reason));
+                        self.mark_down(reason);
+                    }
+                }
+            }
+        }
+        self.depth.settle(&s.metrics.pipeline);
+        let mut enqueued = 0;
+        for (p, answer) in self.batch.drain(..).zip(self.answer.drain(..)) {
+            let answer =
+                answer.unwrap_or_else(|| Err(EnqueueError::Unavailable("no reply from redis".into())));
+            enqueued += usize::from(answer.is_ok());
+            let _ = p.reply.send(answer);
+        }
+        s.metrics.pipeline.record_batch(self.partition.len(), sent_at.elapsed(), enqueued);
+    }
+
+    /// The batch's pipeline: its `XADD`s and `WAIT` unless refused, the
+    /// `XLEN`s due and, when due, `INFO memory`. Refused jobs are answered.
+    fn plan(&mut self, shared: &Shared) -> (Vec<Slot>, redis::Pipeline) {
+        let s = &shared.settings;
+        let mut pipe = redis::pipe();
+        let mut slots = Vec::new();
+        let full = self.depth.full();
+        let refusal = if full {
+            Some(EnqueueError::QueueFull)
+        } else if self.memory.full() {
+            Some(EnqueueError::MemoryFull)
+        } else {
+            None
+        };
+        let mut touched: Vec<u16> = Vec::new();
+        match refusal {
+            Some(e) => self.answer.iter_mut().for_each(|a| *a = Some(Err(e.clone()))),
+            None => {
+                for (job, p) in self.batch.iter().enumerate() {
+                    let part = self.partition[job];
+                    pipe.add_command(xadd(&shared.streams[part as usize], &p.job));
+                    slots.push(Slot::Job(job));
+                    if !touched.contains(&part) {
+                        touched.push(part);
+                    }
+                }
+                if s.wait_replicas > 0 {
+                    pipe.cmd("WAIT").arg(s.wait_replicas).arg(s.wait_timeout.as_millis() as u64);
+                    slots.push(Slot::Wait);
+                }
+            }
+        }
+        if full {
+            // While full only the lengths are read, all of them, so the
+            // refusal ends as soon as the workers have caught up.
+            touched = (0..s.queue.partitions()).collect();
+        }
+        let now = Instant::now();
+        for p in touched {
+            if self.depth.due(p, now, full) {
+                pipe.cmd("XLEN").arg(&shared.streams[p as usize]);
+                slots.push(Slot::Depth(p));
+            }
+        }
+        if self.memory.due(now) {
+            pipe.cmd("INFO").arg("memory");
+            slots.push(Slot::Memory);
+        }
+        (slots, pipe)
+    }
+
+    /// Answers the jobs from `replies` (in the order of `slots`); with
+    /// `broken`, the replies stopped there and the rest get 503.
+    fn read_replies(&mut self, slots: &[Slot], replies: Vec<Value>, broken: Option<&str>) {
+        let s = self.local.shared.clone();
+        let s = &s.settings;
+        // Answered XADDs are stored, unless a WAIT still had to say whether
+        // a replica has them.
+        let wait_unread = slots[replies.len()..].iter().any(|s| matches!(s, Slot::Wait));
+        let mut ids: Vec<(usize, StreamId)> = Vec::new();
+        for (slot, reply) in slots.iter().zip(replies) {
+            match (*slot, reply) {
+                (Slot::Job(job), Value::ServerError(e)) => {
+                    let detail = e.details().unwrap_or_default();
+                    self.answer[job] = Some(Err(EnqueueError::Unavailable(format!("{} {detail}", e.code()))));
+                }
+                (Slot::Job(job), v) => match redis::from_redis_value::<StreamId>(v) {
+                    Ok(id) => {
+                        self.depth.acked(self.partition[job]);
+                        ids.push((job, id));
+                    }
+                    Err(e) => self.answer[job] = Some(Err(EnqueueError::Unavailable(e.to_string()))),
+                },
+                (Slot::Wait, v) => {
+                    if let Some(e) = short_of_replicas(v, s.wait_replicas, &s.metrics.pipeline) {
+                        for (job, _) in ids.drain(..) {
+                            self.answer[job] = Some(Err(e.clone()));
+                        }
+                    }
+                }
+                (Slot::Depth(p), v) => self.depth.read(p, v),
+                (Slot::Memory, v) => {
+                    let master = self.local.shared.info.addr().to_string();
+                    self.memory.note_reply(v, s.max_memory_percent, &master);
+                    let (used, max) = self.memory.reading();
+                    s.metrics.pipeline.set_redis_memory(used, max);
+                }
+            }
+        }
+        let failed =
+            |why: &str| EnqueueError::Unavailable(format!("redis failed before WAIT answered: {why}"));
+        for (job, id) in ids {
+            self.answer[job] = Some(match broken {
+                Some(why) if wait_unread => Err(failed(why)),
+                _ => Ok(id),
+            });
+        }
+        if let Some(why) = broken {
+            for a in &mut self.answer {
+                a.get_or_insert_with(|| Err(EnqueueError::Unavailable(why.to_string())));
+            }
+        }
+    }
+
+    /// Writes `packed` and reads `count` replies, each within `ENQUEUE_TIMEOUT_MS`.
+    async fn exchange(&mut self, packed: &[u8], count: usize) -> Result<Vec<Value>, Broken> {
+        let timeout = self.settings().enqueue_timeout;
+        let Link::Up(stream) = &mut self.link else { unreachable!("exchange on a live link") };
+        exchange(stream, &mut self.rbuf, packed.to_vec(), count, timeout).await
+    }
+
+    fn mark_down(&mut self, reason: String) {
+        error!(error = %reason, redis = %self.local.shared.info.addr(), "redis connection lost; reconnecting with backoff");
+        self.rbuf.clear();
+        self.link = Link::Down { retry_at: Instant::now() + MIN_BACKOFF, backoff: MIN_BACKOFF * 2, reason };
+    }
+
+    /// Reconnects if the link is down and the backoff allows.
+    async fn ensure_link(&mut self) {
+        let Link::Down { retry_at, backoff, reason } = &self.link else { return };
+        if Instant::now() < *retry_at {
+            return;
+        }
+        let (backoff, old) = (*backoff, reason.clone());
+        self.rbuf.clear();
+        match connect(&self.local.shared, &mut self.rbuf).await {
+            Ok(stream) => {
+                info!(redis = %self.local.shared.info.addr(), "redis connected (per-core enqueue)");
+                self.link = Link::Up(stream);
+            }
+            Err(reason) => {
+                if reason != old {
+                    warn!(error = %reason, redis = %self.local.shared.info.addr(),
+                          "redis unreachable; this core's requests get 503 until it is back");
+                }
+                self.link = Link::Down {
+                    retry_at: Instant::now() + backoff,
+                    backoff: (backoff * 2).min(MAX_BACKOFF),
+                    reason,
+                };
+            }
+        }
+    }
+}
+
+/// A connection, authenticated, on the right database, every partition's
+/// stream and the group prepared (a Redis restarted empty is repaired).
+async fn connect(shared: &Shared, rbuf: &mut Vec<u8>) -> Result<TcpStream, String> {
+    let s = &shared.settings;
+    let addr = shared.addr;
+    let patience = s.enqueue_timeout.min(Duration::from_secs(1));
+    let mut stream = match monoio::time::timeout(patience, TcpStream::connect(addr)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return Err(e.to_string()),
+        Err(_) => return Err("connect timed out".into()),
+    };
+    let _ = stream.set_nodelay(true);
+    let r = shared.info.redis_settings();
+    let mut pipe = redis::pipe();
+    if let Some(password) = r.password() {
+        match r.username() {
+            Some(user) => pipe.cmd("AUTH").arg(user).arg(password),
+            None => pipe.cmd("AUTH").arg(password),
+        };
+    }
+    if r.db() != 0 {
+        pipe.cmd("SELECT").arg(r.db());
+    }
+    for stream in &shared.streams {
+        pipe.cmd("XGROUP").arg("CREATE").arg(stream).arg(GROUP).arg("0").arg("MKSTREAM");
+    }
+    let count = pipe.len();
+    let replies = exchange(&mut stream, rbuf, pipe.get_packed_pipeline(), count, s.enqueue_timeout)
+        .await
+        .map_err(|b| b.reason)?;
+    for reply in replies {
+        if let Value::ServerError(e) = reply {
+            if e.code() != "BUSYGROUP" {
+                // Never the password: Redis's errors do not echo arguments.
+                return Err(format!("{} {}", e.code(), e.details().unwrap_or_default()));
+            }
+        }
+    }
+    Ok(stream)
+}
+
+/// Writes `packed` on `stream` and reads `count` replies into values.
+async fn exchange(
+    stream: &mut TcpStream,
+    rbuf: &mut Vec<u8>,
+    packed: Vec<u8>,
+    count: usize,
+    timeout: Duration,
+) -> Result<Vec<Value>, Broken> {
+    let mut read = Vec::with_capacity(count);
+    let broken = |read, reason: String| Err(Broken { read, reason });
+    match monoio::time::timeout(timeout, stream.write_all(packed)).await {
+        Ok((Ok(_), _)) => {}
+        Ok((Err(e), _)) => return broken(read, e.to_string()),
+        Err(_) => return broken(read, "redis write timed out".into()),
+    }
+    let deadline = Instant::now() + timeout;
+    let mut start = 0;
+    loop {
+        while read.len() < count {
+            match frame_len(&rbuf[start..]) {
+                Ok(Some(len)) => {
+                    match redis::parse_redis_value(&rbuf[start..start + len]) {
+                        Ok(v) => read.push(v),
+                        Err(e) => return broken(read, e.to_string()),
+                    }
+                    start += len;
+                }
+                Ok(None) => break,
+                Err(e) => return broken(read, format!("unreadable redis reply: {}", e.0)),
+            }
+        }
+        if read.len() == count {
+            rbuf.drain(..start);
+            return Ok(read);
+        }
+        rbuf.drain(..start);
+        start = 0;
+        if rbuf.capacity() - rbuf.len() < READ_CHUNK {
+            rbuf.reserve(READ_CHUNK);
+        }
+        let len = rbuf.len();
+        let buf = std::mem::take(rbuf);
+        let left = deadline.saturating_duration_since(Instant::now());
+        match monoio::time::timeout(left, stream.read(buf.slice_mut(len..))).await {
+            Ok((res, slice)) => {
+                *rbuf = slice.into_inner();
+                match res {
+                    Ok(0) => return broken(read, "redis closed the connection".into()),
+                    Ok(_) => {}
+                    Err(e) => return broken(read, e.to_string()),
+                }
+            }
+            // The buffer went with the cancelled read; the link is dropped anyway.
+            Err(_) => return broken(read, "no reply from redis within ENQUEUE_TIMEOUT_MS".into()),
+        }
+    }
+}

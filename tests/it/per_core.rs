@@ -1,0 +1,75 @@
+//! `ENQUEUE_MODE=core`: each core pipelines its own jobs to Redis. The same
+//! contract as the pipeline thread: a 202 only for a job Redis acknowledged,
+//! exactly one row per 202, 503 + `Retry-After` for everything else.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use webhook_ingestor::queue::EnqueueMode;
+
+use crate::harness::{event, post_concurrently, wait_until, TestApp};
+use crate::outage;
+
+fn core(c: &mut webhook_ingestor::config::Config) {
+    c.queue.enqueue_mode = EnqueueMode::Core;
+}
+
+#[test]
+fn every_202_of_concurrent_clients_is_one_row_with_the_per_core_enqueue() {
+    let app = TestApp::spawn_full(core);
+    let ids = post_concurrently(app.addr, 20, 150);
+    assert_eq!(ids.len(), 3000);
+    assert_eq!(ids.iter().collect::<HashSet<_>>().len(), 3000, "every job has its own stream id");
+    wait_until(Duration::from_secs(30), "every 202 stored", || app.rows() == 3000);
+    let distinct: i64 =
+        app.pg().query_one("SELECT count(DISTINCT event_id) FROM webhook_events", &[]).unwrap().get(0);
+    assert_eq!(distinct, 3000);
+}
+
+#[test]
+fn redis_down_gives_503_with_retry_after_and_recovers_with_the_per_core_enqueue() {
+    outage::redis_down_gives_503_with_retry_after_and_recovers_without_a_restart_in(EnqueueMode::Core);
+}
+
+#[test]
+fn a_frozen_redis_gives_503_in_time_with_the_per_core_enqueue() {
+    outage::a_frozen_redis_gives_503_in_time_and_recovers_when_thawed_in(EnqueueMode::Core);
+}
+
+#[test]
+fn max_queue_depth_holds_with_the_per_core_enqueue() {
+    outage::a_queue_at_max_queue_depth_answers_503_and_accepts_again_once_the_workers_catch_up_in(
+        EnqueueMode::Core,
+    );
+}
+
+#[test]
+fn a_password_protected_redis_is_authenticated_and_a_wrong_password_is_a_503_that_names_no_secret() {
+    let redis = crate::harness::RedisServer::start();
+    let port: u16 = redis.url().rsplit(':').next().unwrap().trim_end_matches('/').parse().unwrap();
+    redis::cmd("CONFIG").arg("SET").arg("requirepass").arg("s3cret-pw").exec(&mut redis.con()).unwrap();
+    let app = TestApp::start(webhook_ingestor::app::Role::Api, redis, None, |c| {
+        core(c);
+        c.queue.redis_url = format!("redis://:s3cret-pw@127.0.0.1:{port}/");
+    });
+    assert_eq!(app.post("stripe", &event("stripe", "evt_auth")).status, 202);
+    let mut con = redis::Client::open(format!("redis://:s3cret-pw@127.0.0.1:{port}/"))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let len: u64 = redis::cmd("XLEN").arg("webhooks").query(&mut con).unwrap();
+    assert_eq!(len, 1);
+
+    let (redis, _) = app.into_servers();
+    let wrong = TestApp::start(webhook_ingestor::app::Role::Api, redis, None, |c| {
+        core(c);
+        c.queue.redis_url = format!("redis://:not-the-pw@127.0.0.1:{port}/");
+    });
+    let resp = wrong.post("stripe", &event("stripe", "evt_wrong_pw"));
+    assert_eq!(resp.status, 503);
+    assert!(resp.header("retry-after").is_some());
+    let body = String::from_utf8_lossy(&resp.body);
+    assert!(!body.contains("not-the-pw") && !body.contains("s3cret"), "{body}");
+    let len: u64 = redis::cmd("XLEN").arg("webhooks").query(&mut con).unwrap();
+    assert_eq!(len, 1, "nothing stored without authentication");
+}
