@@ -13,8 +13,9 @@
 //! `WAIT`, with `REDIS_WAIT_REPLICAS`). One flusher task per core takes
 //! every job queued on its core (up to `BATCH_MAX`), sends one pipeline and
 //! reads its replies; the jobs that arrive meanwhile form the next batch,
-//! the same natural batching as the thread (`BATCH_LINGER_US` does not
-//! apply: monoio's timers are coarser than the linger). `MAX_QUEUE_DEPTH`
+//! the same natural batching as the thread. `BATCH_LINGER_US` > 0 makes the
+//! flusher wait that long after the first job for more, rounded up to
+//! monoio's timer, which counts in milliseconds. `MAX_QUEUE_DEPTH`
 //! and `MAX_REDIS_MEMORY_PERCENT` are held by each core from its own
 //! readings ([`super::admission`]); between two cores' readings the depth
 //! can pass the limit by what the other cores enqueued since theirs, at
@@ -206,6 +207,10 @@ impl Flusher {
                 }
             })
             .await;
+            let linger = self.settings().batch_linger;
+            if !linger.is_zero() && self.local.queue.borrow().len() < self.settings().batch_max {
+                monoio::time::sleep(linger).await;
+            }
             {
                 let mut queue = self.local.queue.borrow_mut();
                 let n = queue.len().min(self.settings().batch_max);

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use webhook_ingestor::queue::EnqueueMode;
 
-use crate::harness::{event, post_concurrently, wait_until, TestApp};
+use crate::harness::{event, post_concurrently, wait_until, Client, TestApp};
 use crate::outage;
 
 fn core(c: &mut webhook_ingestor::config::Config) {
@@ -72,4 +72,33 @@ fn a_password_protected_redis_is_authenticated_and_a_wrong_password_is_a_503_tha
     assert!(!body.contains("not-the-pw") && !body.contains("s3cret"), "{body}");
     let len: u64 = redis::cmd("XLEN").arg("webhooks").query(&mut con).unwrap();
     assert_eq!(len, 1, "nothing stored without authentication");
+}
+
+#[test]
+fn batch_linger_gathers_a_cores_jobs_into_fewer_pipelines_with_the_per_core_enqueue() {
+    // 200 ms of linger: 40 requests over 200 ms on 40 connections ride in a
+    // handful of pipelines per core, not in 40.
+    let app = TestApp::spawn_with(|c| {
+        core(c);
+        c.queue.batch_linger = Duration::from_millis(200);
+    });
+    // One request every 5 ms: without a linger each is alone in its pipeline.
+    let addr = app.addr;
+    let posts: Vec<_> = (0..40)
+        .map(|i| {
+            std::thread::sleep(Duration::from_millis(5));
+            std::thread::spawn(move || {
+                Client::connect(addr).post("stripe", &event("stripe", &format!("evt_{i}")))
+            })
+        })
+        .collect();
+    for p in posts {
+        assert_eq!(p.join().unwrap().status, 202);
+    }
+    assert_eq!(app.stream_len(), 40);
+    let metrics = crate::ops::scrape(&app);
+    let batches = metrics["webhook_enqueue_batch_size_count"];
+    let jobs = metrics["webhook_enqueue_batch_size_sum"];
+    assert_eq!(jobs, 40.0, "every job in a batch");
+    assert!(batches < 20.0, "{batches} pipelines for 40 jobs: the linger gathered nothing");
 }
