@@ -343,6 +343,7 @@ fn log_started(config: &Config, addr: SocketAddr, drivers: &[(usize, Option<usiz
         stream = %config.queue.queue_name,
         batch_max = config.queue.batch_max,
         batch_linger_us = config.queue.batch_linger.as_micros() as u64,
+        enqueue_mode = ?config.queue.enqueue_mode,
         enqueue_timeout_ms = config.queue.enqueue_timeout.as_millis() as u64,
         max_body_bytes = config.http.max_body_bytes,
         json_parser = ?config.ingest.json_parser,
