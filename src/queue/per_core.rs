@@ -42,7 +42,7 @@ use redis::{ConnectionAddr, ConnectionInfo, Value};
 use tracing::{error, info, warn};
 
 use super::admission::{Depth, Memory};
-use super::pipeline::{short_of_replicas, xadd, PipelineSettings};
+use super::pipeline::{deliver, short_of_replicas, xadd, xadd_outcome, PipelineSettings};
 use super::resp::frame_len;
 use super::{EnqueueError, Pending, StreamId, Target, GROUP};
 
@@ -59,6 +59,8 @@ pub(super) struct Shared {
     /// `REDIS_URL`'s host, resolved once at start: a lookup would block the
     /// core's runtime, and a core never blocks.
     addr: SocketAddr,
+    /// `host:port`, as logged and as the memory gauge names the master.
+    name: String,
     streams: Vec<String>,
 }
 
@@ -81,7 +83,8 @@ impl Shared {
             .next()
             .ok_or_else(|| format!("REDIS_URL's host {host} resolves to no address"))?;
         let streams = settings.queue.streams();
-        Ok(Self { settings, info, addr, streams })
+        let name = info.addr().to_string();
+        Ok(Self { settings, info, addr, name, streams })
     }
 }
 
@@ -162,6 +165,9 @@ struct Broken {
 
 struct Flusher {
     local: Rc<Local>,
+    /// The same as `local.shared`, held here so a batch borrows it without
+    /// a reference count.
+    shared: Arc<Shared>,
     link: Link,
     depth: Depth,
     memory: Memory,
@@ -174,12 +180,14 @@ struct Flusher {
 
 impl Flusher {
     fn new(local: Rc<Local>) -> Self {
-        let s = &local.shared.settings;
+        let shared = local.shared.clone();
+        let s = &shared.settings;
         let depth = Depth::new(s.queue.partitions(), s.max_queue_depth);
         let link =
             Link::Down { retry_at: Instant::now(), backoff: MIN_BACKOFF, reason: "not yet connected".into() };
         Self {
             local,
+            shared,
             link,
             depth,
             memory: Memory::default(),
@@ -191,7 +199,7 @@ impl Flusher {
     }
 
     fn settings(&self) -> &PipelineSettings {
-        &self.local.shared.settings
+        &self.shared.settings
     }
 
     /// Runs until the core's runtime is dropped; every job it took is
@@ -226,47 +234,42 @@ impl Flusher {
         if self.batch.is_empty() {
             return;
         }
-        let shared = self.local.shared.clone();
-        let s = &shared.settings;
+        let queue = &self.shared.settings.queue;
         self.partition.clear();
         self.partition
-            .extend(self.batch.iter().map(|p| s.queue.partition_of(&p.job.provider, &p.job.event_id)));
+            .extend(self.batch.iter().map(|p| queue.partition_of(&p.job.provider, &p.job.event_id)));
         self.answer.clear();
         self.answer.resize(self.batch.len(), None);
         let sent_at = Instant::now();
         self.ensure_link().await;
         if let Link::Down { reason, .. } = &self.link {
-            let reason = format!("{}: {reason}", shared.info.addr());
+            let reason = format!("{}: {reason}", self.shared.name);
             for a in &mut self.answer {
                 *a = Some(Err(EnqueueError::Unavailable(reason.clone())));
             }
         } else {
-            let (slots, pipe) = self.plan(&shared);
+            let (slots, pipe) = self.plan();
             if !slots.is_empty() {
-                match self.exchange(&pipe.get_packed_pipeline(), slots.len()).await {
+                match self.exchange(pipe.get_packed_pipeline(), slots.len()).await {
                     Ok(replies) => self.read_replies(&slots, replies, None),
                     Err(Broken { read, reason }) => {
-                        s.metrics.pipeline.record_redis_error();
+                        self.shared.settings.metrics.pipeline.record_redis_error();
                         self.read_replies(&slots, read, Some(&reason));
                         self.mark_down(reason);
                     }
                 }
             }
         }
-        self.depth.settle(&s.metrics.pipeline);
-        let mut enqueued = 0;
-        for (p, answer) in self.batch.drain(..).zip(self.answer.drain(..)) {
-            let answer =
-                answer.unwrap_or_else(|| Err(EnqueueError::Unavailable("no reply from redis".into())));
-            enqueued += usize::from(answer.is_ok());
-            let _ = p.reply.send(answer);
-        }
-        s.metrics.pipeline.record_batch(self.partition.len(), sent_at.elapsed(), enqueued);
+        let metrics = &self.shared.settings.metrics.pipeline;
+        self.depth.settle(metrics);
+        let enqueued = deliver(&mut self.batch, &mut self.answer);
+        metrics.record_batch(self.partition.len(), sent_at.elapsed(), enqueued);
     }
 
     /// The batch's pipeline: its `XADD`s and `WAIT` unless refused, the
     /// `XLEN`s due and, when due, `INFO memory`. Refused jobs are answered.
-    fn plan(&mut self, shared: &Shared) -> (Vec<Slot>, redis::Pipeline) {
+    fn plan(&mut self) -> (Vec<Slot>, redis::Pipeline) {
+        let shared = &*self.shared;
         let s = &shared.settings;
         let mut pipe = redis::pipe();
         let mut slots = Vec::new();
@@ -318,24 +321,19 @@ impl Flusher {
     /// Answers the jobs from `replies` (in the order of `slots`); with
     /// `broken`, the replies stopped there and the rest get 503.
     fn read_replies(&mut self, slots: &[Slot], replies: Vec<Value>, broken: Option<&str>) {
-        let s = self.local.shared.clone();
-        let s = &s.settings;
+        let s = &self.shared.settings;
         // Answered XADDs are stored, unless a WAIT still had to say whether
         // a replica has them.
         let wait_unread = slots[replies.len()..].iter().any(|s| matches!(s, Slot::Wait));
         let mut ids: Vec<(usize, StreamId)> = Vec::new();
         for (slot, reply) in slots.iter().zip(replies) {
             match (*slot, reply) {
-                (Slot::Job(job), Value::ServerError(e)) => {
-                    let detail = e.details().unwrap_or_default();
-                    self.answer[job] = Some(Err(EnqueueError::Unavailable(format!("{} {detail}", e.code()))));
-                }
-                (Slot::Job(job), v) => match redis::from_redis_value::<StreamId>(v) {
+                (Slot::Job(job), v) => match xadd_outcome(v) {
                     Ok(id) => {
                         self.depth.acked(self.partition[job]);
                         ids.push((job, id));
                     }
-                    Err(e) => self.answer[job] = Some(Err(EnqueueError::Unavailable(e.to_string()))),
+                    Err(e) => self.answer[job] = Some(Err(e)),
                 },
                 (Slot::Wait, v) => {
                     if let Some(e) = short_of_replicas(v, s.wait_replicas, &s.metrics.pipeline) {
@@ -346,8 +344,7 @@ impl Flusher {
                 }
                 (Slot::Depth(p), v) => self.depth.read(p, v),
                 (Slot::Memory, v) => {
-                    let master = self.local.shared.info.addr().to_string();
-                    self.memory.note_reply(v, s.max_memory_percent, &master);
+                    self.memory.note_reply(v, s.max_memory_percent, &self.shared.name);
                     let (used, max) = self.memory.reading();
                     s.metrics.pipeline.set_redis_memory(used, max);
                 }
@@ -369,14 +366,14 @@ impl Flusher {
     }
 
     /// Writes `packed` and reads `count` replies, each within `ENQUEUE_TIMEOUT_MS`.
-    async fn exchange(&mut self, packed: &[u8], count: usize) -> Result<Vec<Value>, Broken> {
+    async fn exchange(&mut self, packed: Vec<u8>, count: usize) -> Result<Vec<Value>, Broken> {
         let timeout = self.settings().enqueue_timeout;
         let Link::Up(stream) = &mut self.link else { unreachable!("exchange on a live link") };
-        exchange(stream, &mut self.rbuf, packed.to_vec(), count, timeout).await
+        exchange(stream, &mut self.rbuf, packed, count, timeout).await
     }
 
     fn mark_down(&mut self, reason: String) {
-        error!(error = %reason, redis = %self.local.shared.info.addr(), "redis connection lost; reconnecting with backoff");
+        error!(error = %reason, redis = %self.shared.name, "redis connection lost; reconnecting with backoff");
         self.rbuf.clear();
         self.link = Link::Down { retry_at: Instant::now() + MIN_BACKOFF, backoff: MIN_BACKOFF * 2, reason };
     }
@@ -389,14 +386,14 @@ impl Flusher {
         }
         let (backoff, old) = (*backoff, reason.clone());
         self.rbuf.clear();
-        match connect(&self.local.shared, &mut self.rbuf).await {
+        match connect(&self.shared, &mut self.rbuf).await {
             Ok(stream) => {
-                info!(redis = %self.local.shared.info.addr(), "redis connected (per-core enqueue)");
+                info!(redis = %self.shared.name, "redis connected (per-core enqueue)");
                 self.link = Link::Up(stream);
             }
             Err(reason) => {
                 if reason != old {
-                    warn!(error = %reason, redis = %self.local.shared.info.addr(),
+                    warn!(error = %reason, redis = %self.shared.name,
                           "redis unreachable; this core's requests get 503 until it is back");
                 }
                 self.link = Link::Down {

@@ -294,16 +294,8 @@ impl Pipeline {
             }
         }
         self.depth.settle(&self.settings.metrics.pipeline);
-        let metrics = self.settings.metrics.clone();
-        let mut enqueued = 0;
-        for (p, answer) in self.batch.drain(..).zip(self.answer.drain(..)) {
-            // No answer would be a bug; the caller must still see a 503.
-            let answer =
-                answer.unwrap_or_else(|| Err(EnqueueError::Unavailable("no reply from redis".into())));
-            enqueued += usize::from(answer.is_ok());
-            let _ = p.reply.send(answer);
-        }
-        metrics.pipeline.record_batch(self.partition.len(), sent_at.elapsed(), enqueued);
+        let enqueued = deliver(&mut self.batch, &mut self.answer);
+        self.settings.metrics.pipeline.record_batch(self.partition.len(), sent_at.elapsed(), enqueued);
     }
 
     /// Sends each master its part of `todo` (and, with `depths_only`, the
@@ -451,20 +443,18 @@ impl Pipeline {
                             if e.code() == "CLUSTERDOWN" || e.code() == "TRYAGAIN" {
                                 self.topology_stale = true;
                             }
-                            let detail = e.details().unwrap_or_default();
-                            self.answer[job] =
-                                Some(Err(EnqueueError::Unavailable(format!("{} {detail}", e.code()))));
+                            self.answer[job] = Some(xadd_outcome(Value::ServerError(e)));
                         }
                     }
                 }
-                (Slot::Job(job), v) => match redis::from_redis_value::<StreamId>(v) {
+                (Slot::Job(job), v) => match xadd_outcome(v) {
                     Ok(id) => {
                         // In the stream now, whatever a WAIT says; an XLEN
                         // later in this reply replaces the count.
                         self.depth.acked(self.partition[job]);
                         ids.push((job, id));
                     }
-                    Err(e) => self.answer[job] = Some(Err(EnqueueError::Unavailable(e.to_string()))),
+                    Err(e) => self.answer[job] = Some(Err(e)),
                 },
                 (Slot::Wait, v) => {
                     let metrics = &self.settings.metrics.pipeline;
@@ -652,6 +642,32 @@ pub(super) fn short_of_replicas(reply: Value, want: u16, metrics: &PipelineMetri
             "{have} of {want} replicas acknowledged within REDIS_WAIT_TIMEOUT_MS"
         ))
     })
+}
+
+/// An `XADD`'s reply (a redirect already followed): the job's stream id,
+/// or why Redis refused it.
+pub(super) fn xadd_outcome(reply: Value) -> Result<StreamId, EnqueueError> {
+    match reply {
+        Value::ServerError(e) => {
+            Err(EnqueueError::Unavailable(format!("{} {}", e.code(), e.details().unwrap_or_default())))
+        }
+        v => redis::from_redis_value::<StreamId>(v).map_err(|e| EnqueueError::Unavailable(e.to_string())),
+    }
+}
+
+/// Sends every job of `batch` its answer, emptying both, and returns how
+/// many were enqueued. No answer would be a bug; its caller still gets 503.
+pub(super) fn deliver(
+    batch: &mut Vec<Pending>,
+    answer: &mut Vec<Option<Result<StreamId, EnqueueError>>>,
+) -> usize {
+    let mut enqueued = 0;
+    for (p, answer) in batch.drain(..).zip(answer.drain(..)) {
+        let answer = answer.unwrap_or_else(|| Err(EnqueueError::Unavailable("no reply from redis".into())));
+        enqueued += usize::from(answer.is_ok());
+        let _ = p.reply.send(answer);
+    }
+    enqueued
 }
 
 /// The `XADD` of `job` to `stream`, as both enqueue paths send it.
