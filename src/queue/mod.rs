@@ -154,11 +154,12 @@ impl Enqueuer {
         }
     }
 
-    /// Jobs waiting in the channel now (per core: on the calling core).
+    /// Jobs waiting for Redis now, not counting batches in flight: in the
+    /// channel to the thread, or on every core's flusher.
     pub fn backlog(&self) -> usize {
         match &self.via {
             Via::Thread(tx) => tx.len(),
-            Via::Core(_) => per_core::backlog(),
+            Via::Core(shared) => per_core::backlog(shared),
         }
     }
 }

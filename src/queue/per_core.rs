@@ -31,7 +31,8 @@
 use std::cell::{Cell, RefCell};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -62,6 +63,10 @@ pub(super) struct Shared {
     /// `host:port`, as logged and as the memory gauge names the master.
     name: String,
     streams: Vec<String>,
+    /// Each core's count of jobs waiting on its flusher, summed by
+    /// [`backlog`] for `/metrics`. A core writes only its own counter (no
+    /// shared cache line on the hot path); the lock is taken once per core.
+    waiting: Mutex<Vec<Arc<AtomicUsize>>>,
 }
 
 impl Shared {
@@ -84,7 +89,7 @@ impl Shared {
             .ok_or_else(|| format!("REDIS_URL's host {host} resolves to no address"))?;
         let streams = settings.queue.streams();
         let name = info.addr().to_string();
-        Ok(Self { settings, info, addr, name, streams })
+        Ok(Self { settings, info, addr, name, streams, waiting: Mutex::default() })
     }
 }
 
@@ -92,6 +97,8 @@ impl Shared {
 struct Local {
     shared: Arc<Shared>,
     queue: RefCell<Vec<Pending>>,
+    /// `queue.len()`, as the other threads may read it.
+    waiting: Arc<AtomicUsize>,
     flusher: Cell<Option<Waker>>,
 }
 
@@ -107,9 +114,12 @@ fn local(shared: &Arc<Shared>) -> Rc<Local> {
         match &*l {
             Some(local) if Arc::ptr_eq(&local.shared, shared) => local.clone(),
             _ => {
+                let waiting = Arc::new(AtomicUsize::new(0));
+                shared.waiting.lock().unwrap_or_else(|e| e.into_inner()).push(waiting.clone());
                 let local = Rc::new(Local {
                     shared: shared.clone(),
                     queue: RefCell::new(Vec::new()),
+                    waiting,
                     flusher: Cell::new(None),
                 });
                 monoio::spawn(Flusher::new(local.clone()).run());
@@ -131,6 +141,7 @@ pub(super) fn submit(shared: &Arc<Shared>, p: Pending) -> Result<(), EnqueueErro
         return Err(EnqueueError::Saturated);
     }
     queue.push(p);
+    local.waiting.store(queue.len(), Ordering::Relaxed);
     drop(queue);
     if let Some(w) = local.flusher.take() {
         w.wake();
@@ -138,9 +149,10 @@ pub(super) fn submit(shared: &Arc<Shared>, p: Pending) -> Result<(), EnqueueErro
     Ok(())
 }
 
-/// Jobs waiting on this core's flusher.
-pub(super) fn backlog() -> usize {
-    LOCAL.with(|l| l.borrow().as_ref().map_or(0, |l| l.queue.borrow().len()))
+/// Jobs waiting on every core's flusher (not those of batches in flight).
+pub(super) fn backlog(shared: &Shared) -> usize {
+    let waiting = shared.waiting.lock().unwrap_or_else(|e| e.into_inner());
+    waiting.iter().map(|w| w.load(Ordering::Relaxed)).sum()
 }
 
 enum Link {
@@ -223,6 +235,7 @@ impl Flusher {
                 let mut queue = self.local.queue.borrow_mut();
                 let n = queue.len().min(self.settings().batch_max);
                 self.batch.extend(queue.drain(..n));
+                self.local.waiting.store(queue.len(), Ordering::Relaxed);
             }
             self.flush().await;
         }

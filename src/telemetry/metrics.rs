@@ -473,7 +473,7 @@ impl Metrics {
         render_gauge(
             &mut out,
             "webhook_enqueue_channel_depth",
-            "Jobs waiting for the Redis pipeline thread.",
+            "Jobs waiting to be sent to Redis (the pipeline thread's channel, or every core's queue in ENQUEUE_MODE=core).",
             channel_backlog,
         );
         let w = &self.workers;

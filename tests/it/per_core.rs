@@ -102,3 +102,38 @@ fn batch_linger_gathers_a_cores_jobs_into_fewer_pipelines_with_the_per_core_enqu
     assert_eq!(jobs, 40.0, "every job in a batch");
     assert!(batches < 20.0, "{batches} pipelines for 40 jobs: the linger gathered nothing");
 }
+
+#[test]
+fn the_channel_depth_gauge_counts_the_jobs_waiting_on_every_core() {
+    let app = TestApp::spawn_with(|c| {
+        core(c);
+        c.queue.enqueue_timeout = Duration::from_secs(10);
+    });
+    assert_eq!(app.post("stripe", &event("stripe", "evt_warm")).status, 202);
+    app.redis.pause();
+    // One job at a time, so each core's first one is the batch in flight
+    // (stuck on the frozen Redis) and every later one waits on its core.
+    let n = 20;
+    let mut clients: Vec<Client> = (0..n)
+        .map(|i| {
+            let mut c = Client::connect(app.addr);
+            c.send(&crate::harness::post_request("stripe", &event("stripe", &format!("evt_{i}"))));
+            std::thread::sleep(Duration::from_millis(20));
+            c
+        })
+        .collect();
+    // 20 connections land on both cores (SO_REUSEPORT spreads them), so a
+    // gauge of only the core that answers the scrape stays near half of this.
+    let cores = 2;
+    wait_until(Duration::from_secs(5), "every waiting job counted", || {
+        crate::ops::scrape(&app)["webhook_enqueue_channel_depth"] >= (n - cores) as f64
+    });
+    app.redis.resume();
+    for c in &mut clients {
+        assert_eq!(c.read_response().expect("an answer").status, 202);
+    }
+    assert_eq!(app.stream_len(), n + 1);
+    wait_until(Duration::from_secs(5), "the gauge back at zero", || {
+        crate::ops::scrape(&app)["webhook_enqueue_channel_depth"] == 0.0
+    });
+}
