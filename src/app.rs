@@ -92,6 +92,8 @@ pub struct RunningApp {
     pipeline: Option<PipelineHandle>,
     health: Vec<thread::JoinHandle<()>>,
     workers: Option<WorkerPool>,
+    /// Each core's I/O driver, in core order.
+    drivers: Vec<Driver>,
 }
 
 impl RunningApp {
@@ -99,6 +101,12 @@ impl RunningApp {
     /// `None` for `--role worker`.
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.local_addr
+    }
+
+    /// The I/O driver each core's runtime got (the `URING_TASKRUN` mode
+    /// the kernel accepted, or the epoll fallback), in core order.
+    pub fn drivers(&self) -> &[Driver] {
+        &self.drivers
     }
 
     /// Jobs handed off by the cores and not yet taken by the Redis pipeline thread.
@@ -158,6 +166,7 @@ pub fn start(config: &Config, role: Role) -> Result<RunningApp, StartError> {
         pipeline: None,
         health: Vec::new(),
         workers,
+        drivers: Vec::new(),
     };
     if role.gateway() {
         if let Err(e) = start_gateway(config, &mut app, cpus, metrics, sources) {
@@ -258,6 +267,7 @@ fn start_gateway(
     app.health = health_thread;
 
     let settings = CoreSettings {
+        uring_taskrun: config.http.uring_taskrun,
         limits: Limits { max_head: config.http.max_header_bytes, max_body: config.http.max_body_bytes },
         request_timeout: config.http.request_timeout,
         keepalive_timeout: config.http.keepalive_timeout,
@@ -317,6 +327,7 @@ fn start_gateway(
     }
     drivers.sort_by_key(|(index, ..)| *index);
     log_started(config, local_addr, &drivers);
+    app.drivers = drivers.into_iter().map(|(.., d)| d).collect();
     app.local_addr = Some(local_addr);
     Ok(())
 }
@@ -329,13 +340,19 @@ fn log_started(config: &Config, addr: SocketAddr, drivers: &[(usize, Option<usiz
             None => format!("core-{i}→unpinned:{}", d.name()),
         })
         .collect();
-    let driver = if drivers.iter().all(|(.., d)| *d == Driver::IoUring) { "io_uring" } else { "epoll" };
+    let driver =
+        if drivers.iter().all(|(.., d)| matches!(d, Driver::IoUring(_))) { "io_uring" } else { "epoll" };
+    let taskrun = match drivers.first() {
+        Some((.., Driver::IoUring(t))) => t.name(),
+        _ => "-",
+    };
     if driver == "epoll" {
         warn!("io_uring unavailable (kernel, seccomp or io_uring_disabled): using the epoll fallback");
     }
     info!(
         version = env!("CARGO_PKG_VERSION"),
         driver,
+        uring_taskrun = taskrun,
         runtimes = drivers.len(),
         pinning = %mapping.join(" "),
         listen = %addr,

@@ -25,6 +25,7 @@ pub use redact::redact;
 
 use crate::http::cors::Cors;
 use crate::http::proxy::TrustedProxies;
+use crate::http::server::TaskRun;
 use crate::ingest::sources::Sources;
 use crate::ingest::JsonParser;
 use crate::store::Timeouts;
@@ -75,6 +76,10 @@ pub struct HttpConfig {
     pub cores: CoreSelection,
     /// `PIN_CORES` (default true): pin each runtime thread to its core.
     pub pin_cores: bool,
+    /// `URING_TASKRUN` (default `defer`): `defer`, `coop` or `signal`, when
+    /// the kernel completes a ring's I/O; an older kernel gets the newest
+    /// mode it has ([`TaskRun`]).
+    pub uring_taskrun: TaskRun,
     /// `MAX_BODY_BYTES` (default 1 MiB): larger bodies get 413, unread.
     pub max_body_bytes: usize,
     /// `MAX_HEADER_BYTES` (default 16 KiB): a larger request head gets 431.
@@ -118,6 +123,7 @@ impl Default for HttpConfig {
             port: 3000,
             cores: CoreSelection::Auto,
             pin_cores: true,
+            uring_taskrun: TaskRun::Defer,
             max_body_bytes: 1024 * 1024,
             max_header_bytes: 16 * 1024,
             request_timeout: Duration::from_millis(10_000),
@@ -143,6 +149,14 @@ impl HttpConfig {
             port: v.var("PORT").parse_or(d.port, "a port number from 0 to 65535")?,
             cores: v.var("CORES").map_or(d.cores, parse_cores)?,
             pin_cores: v.var("PIN_CORES").bool_or(d.pin_cores)?,
+            uring_taskrun: v.var("URING_TASKRUN").map_or(d.uring_taskrun, |t| {
+                match t.to_ascii_lowercase().as_str() {
+                    "defer" => Ok(TaskRun::Defer),
+                    "coop" => Ok(TaskRun::Coop),
+                    "signal" => Ok(TaskRun::Signal),
+                    _ => Err("`defer`, `coop` or `signal`".into()),
+                }
+            })?,
             max_body_bytes: v.var("MAX_BODY_BYTES").in_range(d.max_body_bytes, 64, 1 << 30)?,
             max_header_bytes: v.var("MAX_HEADER_BYTES").in_range(d.max_header_bytes, 1024, 1 << 20)?,
             request_timeout: v.var("REQUEST_TIMEOUT_MS").millis(d.request_timeout, 10, 3_600_000)?,
@@ -678,6 +692,9 @@ mod tests {
         assert_eq!(load(&[("CORES", "1-x")]).unwrap_err().var, "CORES");
         assert_eq!(load(&[("LOG_LEVEL", "info,=[")]).unwrap_err().var, "LOG_LEVEL");
         assert_eq!(load(&[("JSON_PARSER", "fast")]).unwrap_err().var, "JSON_PARSER");
+        assert_eq!(load(&[("URING_TASKRUN", "poll")]).unwrap_err().var, "URING_TASKRUN");
+        assert_eq!(load(&[("URING_TASKRUN", "Coop")]).unwrap().http.uring_taskrun, TaskRun::Coop);
+        assert_eq!(load(&[]).unwrap().http.uring_taskrun, TaskRun::Defer);
         assert_eq!(load(&[("CORS_ORIGINS", "example.com")]).unwrap_err().var, "CORS_ORIGINS");
         assert_eq!(load(&[("PARTITIONS", "0")]).unwrap_err().var, "PARTITIONS");
         assert_eq!(load(&[("REDIS_CLUSTER_NODES", "h:x")]).unwrap_err().var, "REDIS_CLUSTER_NODES");

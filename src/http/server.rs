@@ -33,8 +33,8 @@ const URING_ENTRIES: u32 = 4096;
 /// Which I/O driver a core's runtime ended up with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Driver {
-    /// io_uring.
-    IoUring,
+    /// io_uring, with the completion mode the kernel accepted.
+    IoUring(TaskRun),
     /// The epoll fallback (io_uring refused: old kernel, seccomp, sysctl).
     Epoll,
 }
@@ -43,9 +43,63 @@ impl Driver {
     /// `io_uring` or `epoll`, as logged.
     pub fn name(self) -> &'static str {
         match self {
-            Driver::IoUring => "io_uring",
+            Driver::IoUring(_) => "io_uring",
             Driver::Epoll => "epoll",
         }
+    }
+}
+
+/// `URING_TASKRUN`: when the kernel runs a ring's completion work (the
+/// step that turns a finished receive or send into a completion entry).
+///
+/// By default (`signal`) the kernel interrupts the core's thread for it
+/// as soon as the data arrives, even mid-request: an interrupt and a return
+/// to user mode per completion (perf: 7.5 % of the gateway's samples in
+/// `irqentry_exit_to_user_mode` under `bench-http`). The other two let the
+/// thread finish what it is doing and take the work in its next pass
+/// through the kernel, which a runtime that submits every loop makes
+/// anyway. tuning.md §23.9 has the figures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskRun {
+    /// `IORING_SETUP_DEFER_TASKRUN` (Linux 6.1): the work waits until the
+    /// thread asks for completions, so it runs in batches on that thread.
+    Defer,
+    /// `IORING_SETUP_COOP_TASKRUN` (Linux 5.19): no interrupt; the work runs
+    /// at the thread's next entry to the kernel.
+    Coop,
+    /// The kernel's default: an interrupt per completion's work.
+    Signal,
+}
+
+impl TaskRun {
+    /// As `URING_TASKRUN` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            TaskRun::Defer => "defer",
+            TaskRun::Coop => "coop",
+            TaskRun::Signal => "signal",
+        }
+    }
+
+    /// The mode to try when the kernel refuses this one (it predates it).
+    fn older(self) -> Option<TaskRun> {
+        match self {
+            TaskRun::Defer => Some(TaskRun::Coop),
+            TaskRun::Coop => Some(TaskRun::Signal),
+            TaskRun::Signal => None,
+        }
+    }
+
+    fn builder(self) -> io_uring::Builder {
+        let mut b = io_uring::IoUring::builder();
+        // One thread submits to each core's ring, which both modes need and
+        // which lets the kernel skip the ring's submission lock.
+        match self {
+            TaskRun::Defer => b.setup_defer_taskrun().setup_single_issuer(),
+            TaskRun::Coop => b.setup_coop_taskrun().setup_single_issuer(),
+            TaskRun::Signal => &mut b,
+        };
+        b
     }
 }
 
@@ -72,6 +126,8 @@ pub struct CoreSpec {
 /// Per-core HTTP settings, taken from [`crate::config::Config`].
 #[derive(Debug, Clone)]
 pub struct CoreSettings {
+    /// `URING_TASKRUN`.
+    pub uring_taskrun: TaskRun,
     /// Header and body limits.
     pub limits: Limits,
     /// `REQUEST_TIMEOUT_MS`.
@@ -119,9 +175,25 @@ pub fn run_core(spec: CoreSpec, started: impl FnOnce(Driver)) -> std::io::Result
             warn!(runtime = spec.index, cpu = cpu.id, "could not pin runtime thread to its core");
         }
     }
-    let mut rt = RuntimeBuilder::<FusionDriver>::new().with_entries(URING_ENTRIES).enable_timer().build()?;
+    let mut taskrun = spec.settings.uring_taskrun;
+    let mut rt = loop {
+        let built = RuntimeBuilder::<FusionDriver>::new()
+            .uring_builder(taskrun.builder())
+            .with_entries(URING_ENTRIES)
+            .enable_timer()
+            .build();
+        match (built, taskrun.older()) {
+            (Ok(rt), _) => break rt,
+            (Err(e), Some(older)) => {
+                warn!(runtime = spec.index, error = %e, refused = taskrun.name(), using = older.name(),
+                      "the kernel refused URING_TASKRUN's mode; trying the older one");
+                taskrun = older;
+            }
+            (Err(e), None) => return Err(e),
+        }
+    };
     let driver = match &rt {
-        FusionRuntime::Uring(_) => Driver::IoUring,
+        FusionRuntime::Uring(_) => Driver::IoUring(taskrun),
         FusionRuntime::Legacy(_) => Driver::Epoll,
     };
     started(driver);

@@ -381,6 +381,10 @@ impl TestApp {
         reply.ids.into_iter().map(|e| (e.id, e.map)).collect()
     }
 
+    pub fn drivers(&self) -> Vec<webhook_ingestor::http::server::Driver> {
+        self.app.as_ref().expect("running").drivers().to_vec()
+    }
+
     pub fn queue_backlog(&self) -> usize {
         self.app.as_ref().expect("running").queue_backlog()
     }

@@ -22,5 +22,6 @@ mod redis_cluster;
 mod redis_memory;
 mod security;
 mod senders;
+mod uring;
 mod worker;
 mod worker_faults;
