@@ -286,7 +286,7 @@ pub struct QueueConfig {
     /// refuses writes (the workers' acknowledgements still free memory).
     pub max_redis_memory_percent: u8,
     /// `ENQUEUE_MODE` (default `thread`): `thread` hands each job to the one
-    /// Redis pipeline thread; `core` (one node over TCP only) has each core
+    /// Redis pipeline thread; `core` (one node over TCP or a Unix socket) has each core
     /// pipeline its own jobs on its own connection (tuning.md §23).
     pub enqueue_mode: crate::queue::EnqueueMode,
 }
@@ -351,8 +351,8 @@ impl QueueConfig {
             "core" if cluster_nodes.is_some() => {
                 Err("`thread` with REDIS_CLUSTER_NODES (`core` is for one node)".into())
             }
-            "core" if !redis_url.starts_with("redis://") => {
-                Err("`thread` with this REDIS_URL (`core` needs a redis:// TCP URL)".into())
+            "core" if !plain_or_unix(&redis_url) => {
+                Err("`thread` with this REDIS_URL (`core` needs a redis:// or unix:// URL)".into())
             }
             "core" => Ok(crate::queue::EnqueueMode::Core),
             _ => Err("`thread` or `core`".into()),
@@ -656,6 +656,17 @@ impl Config {
     }
 }
 
+/// Whether `REDIS_URL` reaches its node over plain TCP or a Unix socket,
+/// the two transports the per-core enqueue speaks.
+fn plain_or_unix(redis_url: &str) -> bool {
+    redis::Client::open(redis_url).is_ok_and(|c| {
+        matches!(
+            c.get_connection_info().addr(),
+            redis::ConnectionAddr::Tcp(..) | redis::ConnectionAddr::Unix(_)
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -703,7 +714,7 @@ mod tests {
     }
 
     #[test]
-    fn the_per_core_enqueue_is_for_one_node_over_tcp() {
+    fn the_per_core_enqueue_is_for_one_node_over_tcp_or_a_unix_socket() {
         use crate::queue::EnqueueMode;
         assert_eq!(load(&[]).unwrap().queue.enqueue_mode, EnqueueMode::Thread);
         assert_eq!(load(&[("ENQUEUE_MODE", "core")]).unwrap().queue.enqueue_mode, EnqueueMode::Core);
@@ -714,7 +725,9 @@ mod tests {
         assert_eq!(e.var, "ENQUEUE_MODE");
         assert!(e.to_string().contains("REDIS_CLUSTER_NODES"), "{e}");
         let unix = [("ENQUEUE_MODE", "core"), ("REDIS_URL", "unix:///tmp/redis.sock")];
-        assert_eq!(load(&unix).unwrap_err().var, "ENQUEUE_MODE");
+        assert_eq!(load(&unix).unwrap().queue.enqueue_mode, EnqueueMode::Core);
+        let plus = [("ENQUEUE_MODE", "core"), ("REDIS_URL", "redis+unix:///tmp/redis.sock")];
+        assert_eq!(load(&plus).unwrap().queue.enqueue_mode, EnqueueMode::Core);
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The per-core enqueue (`ENQUEUE_MODE=core`, one Redis node): each core's
+//! The per-core enqueue (`ENQUEUE_MODE=core`, one Redis node, over TCP or
+//! a Unix socket): each core's
 //! runtime pipelines its own jobs to Redis on its own connection, so a job
 //! never leaves the thread that accepted it.
 //!
@@ -30,6 +31,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -37,8 +39,8 @@ use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
-use monoio::net::TcpStream;
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use monoio::net::{TcpStream, UnixStream};
 use redis::{ConnectionAddr, ConnectionInfo, Value};
 use tracing::{error, info, warn};
 
@@ -57,9 +59,9 @@ const READ_CHUNK: usize = 16 * 1024;
 pub(super) struct Shared {
     settings: PipelineSettings,
     info: ConnectionInfo,
-    /// `REDIS_URL`'s host, resolved once at start: a lookup would block the
-    /// core's runtime, and a core never blocks.
-    addr: SocketAddr,
+    /// Where Redis listens. A TCP host is resolved once at start: a lookup
+    /// would block the core's runtime, and a core never blocks.
+    endpoint: Endpoint,
     /// `host:port`, as logged and as the memory gauge names the master.
     name: String,
     streams: Vec<String>,
@@ -73,23 +75,27 @@ impl Shared {
     /// The shared part for `settings`.
     ///
     /// # Errors
-    /// The queue is not one node reached over plain TCP (configuration
-    /// refuses that first, naming `ENQUEUE_MODE`), or its host does not resolve.
+    /// The queue is not one node reached over plain TCP or a Unix socket
+    /// (configuration refuses that first, naming `ENQUEUE_MODE`), or its
+    /// host does not resolve.
     pub(super) fn new(settings: PipelineSettings) -> Result<Self, String> {
         let Target::Node(info) = settings.queue.target().clone() else {
             return Err("ENQUEUE_MODE=core needs one Redis node (REDIS_URL), not a cluster".into());
         };
-        let ConnectionAddr::Tcp(host, port) = info.addr() else {
-            return Err("ENQUEUE_MODE=core needs a redis:// (TCP) REDIS_URL".into());
+        let endpoint = match info.addr() {
+            ConnectionAddr::Tcp(host, port) => Endpoint::Tcp(
+                (host.as_str(), *port)
+                    .to_socket_addrs()
+                    .map_err(|e| format!("REDIS_URL's host {host}: {e}"))?
+                    .next()
+                    .ok_or_else(|| format!("REDIS_URL's host {host} resolves to no address"))?,
+            ),
+            ConnectionAddr::Unix(path) => Endpoint::Unix(path.clone()),
+            _ => return Err("ENQUEUE_MODE=core needs a redis:// (TCP) or unix:// REDIS_URL".into()),
         };
-        let addr = (host.as_str(), *port)
-            .to_socket_addrs()
-            .map_err(|e| format!("REDIS_URL's host {host}: {e}"))?
-            .next()
-            .ok_or_else(|| format!("REDIS_URL's host {host} resolves to no address"))?;
         let streams = settings.queue.streams();
         let name = info.addr().to_string();
-        Ok(Self { settings, info, addr, name, streams, waiting: Mutex::default() })
+        Ok(Self { settings, info, endpoint, name, streams, waiting: Mutex::default() })
     }
 }
 
@@ -155,8 +161,20 @@ pub(super) fn backlog(shared: &Shared) -> usize {
     waiting.iter().map(|w| w.load(Ordering::Relaxed)).sum()
 }
 
+/// Where the node listens.
+enum Endpoint {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+/// A connection to the node, either way.
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
 enum Link {
-    Up(TcpStream),
+    Up(Stream),
     Down { retry_at: Instant, backoff: Duration, reason: String },
 }
 
@@ -382,7 +400,10 @@ impl Flusher {
     async fn exchange(&mut self, packed: Vec<u8>, count: usize) -> Result<Vec<Value>, Broken> {
         let timeout = self.settings().enqueue_timeout;
         let Link::Up(stream) = &mut self.link else { unreachable!("exchange on a live link") };
-        exchange(stream, &mut self.rbuf, packed, count, timeout).await
+        match stream {
+            Stream::Tcp(s) => exchange(s, &mut self.rbuf, packed, count, timeout).await,
+            Stream::Unix(s) => exchange(s, &mut self.rbuf, packed, count, timeout).await,
+        }
     }
 
     fn mark_down(&mut self, reason: String) {
@@ -421,16 +442,38 @@ impl Flusher {
 
 /// A connection, authenticated, on the right database, every partition's
 /// stream and the group prepared (a Redis restarted empty is repaired).
-async fn connect(shared: &Shared, rbuf: &mut Vec<u8>) -> Result<TcpStream, String> {
+async fn connect(shared: &Shared, rbuf: &mut Vec<u8>) -> Result<Stream, String> {
+    let patience = shared.settings.enqueue_timeout.min(Duration::from_secs(1));
+    let timed_out = |_| "connect timed out".to_string();
+    match &shared.endpoint {
+        Endpoint::Tcp(addr) => {
+            let mut stream = monoio::time::timeout(patience, TcpStream::connect(*addr))
+                .await
+                .map_err(timed_out)?
+                .map_err(|e| e.to_string())?;
+            let _ = stream.set_nodelay(true);
+            prepare(shared, &mut stream, rbuf).await?;
+            Ok(Stream::Tcp(stream))
+        }
+        Endpoint::Unix(path) => {
+            let mut stream = monoio::time::timeout(patience, UnixStream::connect(path))
+                .await
+                .map_err(timed_out)?
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            prepare(shared, &mut stream, rbuf).await?;
+            Ok(Stream::Unix(stream))
+        }
+    }
+}
+
+/// Authenticates `stream`, selects the database and prepares every
+/// partition's stream and the group.
+async fn prepare(
+    shared: &Shared,
+    stream: &mut (impl AsyncReadRent + AsyncWriteRent),
+    rbuf: &mut Vec<u8>,
+) -> Result<(), String> {
     let s = &shared.settings;
-    let addr = shared.addr;
-    let patience = s.enqueue_timeout.min(Duration::from_secs(1));
-    let mut stream = match monoio::time::timeout(patience, TcpStream::connect(addr)).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => return Err(e.to_string()),
-        Err(_) => return Err("connect timed out".into()),
-    };
-    let _ = stream.set_nodelay(true);
     let r = shared.info.redis_settings();
     let mut pipe = redis::pipe();
     if let Some(password) = r.password() {
@@ -446,7 +489,7 @@ async fn connect(shared: &Shared, rbuf: &mut Vec<u8>) -> Result<TcpStream, Strin
         pipe.cmd("XGROUP").arg("CREATE").arg(stream).arg(GROUP).arg("0").arg("MKSTREAM");
     }
     let count = pipe.len();
-    let replies = exchange(&mut stream, rbuf, pipe.get_packed_pipeline(), count, s.enqueue_timeout)
+    let replies = exchange(stream, rbuf, pipe.get_packed_pipeline(), count, s.enqueue_timeout)
         .await
         .map_err(|b| b.reason)?;
     for reply in replies {
@@ -457,12 +500,12 @@ async fn connect(shared: &Shared, rbuf: &mut Vec<u8>) -> Result<TcpStream, Strin
             }
         }
     }
-    Ok(stream)
+    Ok(())
 }
 
 /// Writes `packed` on `stream` and reads `count` replies into values.
 async fn exchange(
-    stream: &mut TcpStream,
+    stream: &mut (impl AsyncReadRent + AsyncWriteRent),
     rbuf: &mut Vec<u8>,
     packed: Vec<u8>,
     count: usize,

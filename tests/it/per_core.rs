@@ -137,3 +137,34 @@ fn the_channel_depth_gauge_counts_the_jobs_waiting_on_every_core() {
         crate::ops::scrape(&app)["webhook_enqueue_channel_depth"] == 0.0
     });
 }
+
+#[test]
+fn a_redis_on_a_unix_socket_serves_the_per_core_enqueue_and_a_restart_is_survived() {
+    let socket_dir = tempfile::tempdir().unwrap();
+    let socket = socket_dir.path().join("redis.sock");
+    let socket_arg = socket.to_str().unwrap();
+    let redis = crate::harness::RedisServer::start_with(
+        crate::harness::free_port(),
+        "everysec",
+        &["--unixsocket", socket_arg, "--unixsocketperm", "700"],
+    );
+    let mut app = TestApp::start(webhook_ingestor::app::Role::Api, redis, None, |c| {
+        core(c);
+        c.queue.redis_url = format!("unix://{socket_arg}");
+    });
+    let ids = post_concurrently(app.addr, 10, 50);
+    assert_eq!(ids.iter().collect::<HashSet<_>>().len(), 500);
+    assert_eq!(app.stream_len(), 500, "every 202 went over the socket into the stream");
+
+    app.redis.kill();
+    let resp = app.post("stripe", &event("stripe", "evt_while_down"));
+    assert_eq!(resp.status, 503);
+    assert!(resp.header("retry-after").is_some());
+    app.redis.restart();
+    wait_until(Duration::from_secs(10), "a 202 once redis is back", || {
+        app.post("stripe", &event("stripe", "evt_after")).status == 202
+    });
+    // Redis writes its AOF before it answers, and a killed process loses
+    // nothing already written: the 500 are still there.
+    assert!(app.stream_len() >= 501);
+}
