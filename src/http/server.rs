@@ -92,8 +92,9 @@ impl TaskRun {
 
     fn builder(self) -> io_uring::Builder {
         let mut b = io_uring::IoUring::builder();
-        // One thread submits to each core's ring, which both modes need and
-        // which lets the kernel skip the ring's submission lock.
+        // Only the core's own thread submits to its ring: DEFER_TASKRUN
+        // requires saying so, and either mode lets the kernel skip the ring's
+        // submission lock for it.
         match self {
             TaskRun::Defer => b.setup_defer_taskrun().setup_single_issuer(),
             TaskRun::Coop => b.setup_coop_taskrun().setup_single_issuer(),

@@ -67,7 +67,8 @@ pub(super) struct Shared {
     streams: Vec<String>,
     /// Each core's count of jobs waiting on its flusher, summed by
     /// [`backlog`] for `/metrics`. A core writes only its own counter (no
-    /// shared cache line on the hot path); the lock is taken once per core.
+    /// shared cache line on the hot path); the lock is taken when a core
+    /// first enqueues and at each scrape, never per job.
     waiting: Mutex<Vec<Arc<AtomicUsize>>>,
 }
 
@@ -485,8 +486,8 @@ async fn prepare(
     if r.db() != 0 {
         pipe.cmd("SELECT").arg(r.db());
     }
-    for stream in &shared.streams {
-        pipe.cmd("XGROUP").arg("CREATE").arg(stream).arg(GROUP).arg("0").arg("MKSTREAM");
+    for key in &shared.streams {
+        pipe.cmd("XGROUP").arg("CREATE").arg(key).arg(GROUP).arg("0").arg("MKSTREAM");
     }
     let count = pipe.len();
     let replies = exchange(stream, rbuf, pipe.get_packed_pipeline(), count, s.enqueue_timeout)
