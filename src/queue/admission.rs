@@ -5,6 +5,7 @@
 //! Both ride along with a batch's `XADD`s, never on their own, so an idle
 //! gateway sends Redis nothing; the readings' state changes are logged once.
 
+use std::fmt::Display;
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
@@ -115,14 +116,14 @@ impl Memory {
     }
 
     /// Records the `INFO memory` reply of `master` (see [`Memory::note`]).
-    pub(super) fn note_reply(&mut self, reply: redis::Value, percent: u8, master: &str) {
+    pub(super) fn note_reply(&mut self, reply: redis::Value, percent: u8, master: &dyn Display) {
         let info = redis::from_redis_value::<String>(reply).ok();
         self.note(info.as_deref(), percent, master);
     }
 
     /// Records an `INFO memory` reply of `master`, logging when the
     /// `MAX_REDIS_MEMORY_PERCENT` line (`percent`, 0 = off) is crossed.
-    pub(super) fn note(&mut self, info: Option<&str>, percent: u8, master: &str) {
+    pub(super) fn note(&mut self, info: Option<&str>, percent: u8, master: &dyn Display) {
         self.read_at = Some(Instant::now());
         let Some((used, max)) = info.and_then(parse_memory) else { return };
         self.reading = (used, max);
@@ -133,14 +134,14 @@ impl Memory {
                 used_memory = used,
                 maxmemory = max,
                 max_redis_memory_percent = percent,
-                master,
+                master = %master,
                 "redis memory is nearly full: new requests get 503 until the workers free some"
             );
         } else if !full && self.full {
             info!(
                 used_memory = used,
                 maxmemory = max,
-                master,
+                master = %master,
                 "redis memory below MAX_REDIS_MEMORY_PERCENT again: accepting"
             );
         }
@@ -179,11 +180,11 @@ mod tests {
     #[test]
     fn memory_over_the_percent_refuses_and_below_accepts_again() {
         let mut m = Memory::default();
-        m.note(Some("used_memory:95\r\nmaxmemory:100\r\n"), 90, "m");
+        m.note(Some("used_memory:95\r\nmaxmemory:100\r\n"), 90, &"m");
         assert!(m.full());
-        m.note(Some("used_memory:50\r\nmaxmemory:100\r\n"), 90, "m");
+        m.note(Some("used_memory:50\r\nmaxmemory:100\r\n"), 90, &"m");
         assert!(!m.full());
-        m.note(Some("used_memory:95\r\nmaxmemory:100\r\n"), 0, "m");
+        m.note(Some("used_memory:95\r\nmaxmemory:100\r\n"), 0, &"m");
         assert!(!m.full(), "0 turns the check off");
     }
 

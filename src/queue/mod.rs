@@ -36,6 +36,7 @@
 //! is logged once, never per request.
 
 mod admission;
+mod batch;
 pub mod keys;
 mod per_core;
 mod pipeline;
@@ -127,7 +128,7 @@ impl Enqueuer {
     /// A handle whose jobs each core sends itself (`ENQUEUE_MODE=core`).
     ///
     /// # Errors
-    /// The queue is a cluster or not reached over TCP.
+    /// The queue is a cluster, or reached neither over TCP nor a Unix socket.
     pub fn per_core(settings: PipelineSettings) -> Result<Self, String> {
         let timeout = settings.enqueue_timeout;
         Ok(Self { via: Via::Core(std::sync::Arc::new(per_core::Shared::new(settings)?)), timeout })

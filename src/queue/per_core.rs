@@ -45,9 +45,10 @@ use redis::{ConnectionAddr, ConnectionInfo, Value};
 use tracing::{error, info, warn};
 
 use super::admission::{Depth, Memory};
-use super::pipeline::{deliver, short_of_replicas, xadd, xadd_outcome, PipelineSettings};
+use super::batch::{xadd, Acks, Batch};
+use super::pipeline::PipelineSettings;
 use super::resp::frame_len;
-use super::{EnqueueError, Pending, StreamId, Target, GROUP};
+use super::{EnqueueError, Pending, Target, GROUP};
 
 /// First reconnect delay; doubles up to [`MAX_BACKOFF`] (as the thread's).
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
@@ -196,41 +197,26 @@ struct Broken {
 
 struct Flusher {
     local: Rc<Local>,
-    /// The same as `local.shared`, held here so a batch borrows it without
-    /// a reference count.
-    shared: Arc<Shared>,
     link: Link,
     depth: Depth,
     memory: Memory,
-    batch: Vec<Pending>,
-    partition: Vec<u16>,
-    answer: Vec<Option<Result<StreamId, EnqueueError>>>,
+    batch: Batch,
     /// Replies read and not yet framed; kept from batch to batch.
     rbuf: Vec<u8>,
 }
 
 impl Flusher {
     fn new(local: Rc<Local>) -> Self {
-        let shared = local.shared.clone();
-        let s = &shared.settings;
+        let s = &local.shared.settings;
         let depth = Depth::new(s.queue.partitions(), s.max_queue_depth);
+        let batch = Batch::with_capacity(s.batch_max);
         let link =
             Link::Down { retry_at: Instant::now(), backoff: MIN_BACKOFF, reason: "not yet connected".into() };
-        Self {
-            local,
-            shared,
-            link,
-            depth,
-            memory: Memory::default(),
-            batch: Vec::new(),
-            partition: Vec::new(),
-            answer: Vec::new(),
-            rbuf: Vec::with_capacity(READ_CHUNK),
-        }
+        Self { local, link, depth, memory: Memory::default(), batch, rbuf: Vec::with_capacity(READ_CHUNK) }
     }
 
     fn settings(&self) -> &PipelineSettings {
-        &self.shared.settings
+        &self.local.shared.settings
     }
 
     /// Runs until the core's runtime is dropped; every job it took is
@@ -253,7 +239,7 @@ impl Flusher {
             {
                 let mut queue = self.local.queue.borrow_mut();
                 let n = queue.len().min(self.settings().batch_max);
-                self.batch.extend(queue.drain(..n));
+                self.batch.jobs.extend(queue.drain(..n));
                 self.local.waiting.store(queue.len(), Ordering::Relaxed);
             }
             self.flush().await;
@@ -261,47 +247,33 @@ impl Flusher {
     }
 
     async fn flush(&mut self) {
-        // A caller that gave up has already answered 503.
-        self.batch.retain(|p| !p.reply.is_canceled());
-        if self.batch.is_empty() {
+        if !self.batch.open(&self.local.shared.settings.queue) {
             return;
         }
-        let queue = &self.shared.settings.queue;
-        self.partition.clear();
-        self.partition
-            .extend(self.batch.iter().map(|p| queue.partition_of(&p.job.provider, &p.job.event_id)));
-        self.answer.clear();
-        self.answer.resize(self.batch.len(), None);
-        let sent_at = Instant::now();
         self.ensure_link().await;
         if let Link::Down { reason, .. } = &self.link {
-            let reason = format!("{}: {reason}", self.shared.name);
-            for a in &mut self.answer {
-                *a = Some(Err(EnqueueError::Unavailable(reason.clone())));
-            }
+            let reason = format!("{}: {reason}", self.local.shared.name);
+            self.batch.refuse_the_rest(&EnqueueError::Unavailable(reason));
         } else {
             let (slots, pipe) = self.plan();
             if !slots.is_empty() {
                 match self.exchange(pipe.get_packed_pipeline(), slots.len()).await {
                     Ok(replies) => self.read_replies(&slots, replies, None),
                     Err(Broken { read, reason }) => {
-                        self.shared.settings.metrics.pipeline.record_redis_error();
+                        self.local.shared.settings.metrics.pipeline.record_redis_error();
                         self.read_replies(&slots, read, Some(&reason));
                         self.mark_down(reason);
                     }
                 }
             }
         }
-        let metrics = &self.shared.settings.metrics.pipeline;
-        self.depth.settle(metrics);
-        let enqueued = deliver(&mut self.batch, &mut self.answer);
-        metrics.record_batch(self.partition.len(), sent_at.elapsed(), enqueued);
+        self.batch.close(&mut self.depth, &self.local.shared.settings.metrics.pipeline);
     }
 
     /// The batch's pipeline: its `XADD`s and `WAIT` unless refused, the
     /// `XLEN`s due and, when due, `INFO memory`. Refused jobs are answered.
     fn plan(&mut self) -> (Vec<Slot>, redis::Pipeline) {
-        let shared = &*self.shared;
+        let shared = &*self.local.shared;
         let s = &shared.settings;
         let mut pipe = redis::pipe();
         let mut slots = Vec::new();
@@ -315,10 +287,10 @@ impl Flusher {
         };
         let mut touched: Vec<u16> = Vec::new();
         match refusal {
-            Some(e) => self.answer.iter_mut().for_each(|a| *a = Some(Err(e.clone()))),
+            Some(e) => self.batch.refuse_the_rest(&e),
             None => {
-                for (job, p) in self.batch.iter().enumerate() {
-                    let part = self.partition[job];
+                for (job, p) in self.batch.jobs.iter().enumerate() {
+                    let part = self.batch.partition[job];
                     pipe.add_command(xadd(&shared.streams[part as usize], &p.job));
                     slots.push(Slot::Job(job));
                     if !touched.contains(&part) {
@@ -353,47 +325,25 @@ impl Flusher {
     /// Answers the jobs from `replies` (in the order of `slots`); with
     /// `broken`, the replies stopped there and the rest get 503.
     fn read_replies(&mut self, slots: &[Slot], replies: Vec<Value>, broken: Option<&str>) {
-        let s = &self.shared.settings;
-        // Answered XADDs are stored, unless a WAIT still had to say whether
-        // a replica has them.
+        let shared = &*self.local.shared;
+        let s = &shared.settings;
         let wait_unread = slots[replies.len()..].iter().any(|s| matches!(s, Slot::Wait));
-        let mut ids: Vec<(usize, StreamId)> = Vec::new();
+        let mut acks = Acks::default();
         for (slot, reply) in slots.iter().zip(replies) {
             match (*slot, reply) {
-                (Slot::Job(job), v) => match xadd_outcome(v) {
-                    Ok(id) => {
-                        self.depth.acked(self.partition[job]);
-                        ids.push((job, id));
-                    }
-                    Err(e) => self.answer[job] = Some(Err(e)),
-                },
-                (Slot::Wait, v) => {
-                    if let Some(e) = short_of_replicas(v, s.wait_replicas, &s.metrics.pipeline) {
-                        for (job, _) in ids.drain(..) {
-                            self.answer[job] = Some(Err(e.clone()));
-                        }
-                    }
-                }
+                (Slot::Job(job), v) => acks.xadd(job, v, &mut self.depth, &mut self.batch),
+                (Slot::Wait, v) => acks.wait(v, s.wait_replicas, &s.metrics.pipeline, &mut self.batch),
                 (Slot::Depth(p), v) => self.depth.read(p, v),
                 (Slot::Memory, v) => {
-                    self.memory.note_reply(v, s.max_memory_percent, &self.shared.name);
+                    self.memory.note_reply(v, s.max_memory_percent, &shared.name);
                     let (used, max) = self.memory.reading();
                     s.metrics.pipeline.set_redis_memory(used, max);
                 }
             }
         }
-        let failed =
-            |why: &str| EnqueueError::Unavailable(format!("redis failed before WAIT answered: {why}"));
-        for (job, id) in ids {
-            self.answer[job] = Some(match broken {
-                Some(why) if wait_unread => Err(failed(why)),
-                _ => Ok(id),
-            });
-        }
+        acks.finish(&mut self.batch, broken, wait_unread);
         if let Some(why) = broken {
-            for a in &mut self.answer {
-                a.get_or_insert_with(|| Err(EnqueueError::Unavailable(why.to_string())));
-            }
+            self.batch.refuse_the_rest(&EnqueueError::Unavailable(why.to_string()));
         }
     }
 
@@ -408,7 +358,7 @@ impl Flusher {
     }
 
     fn mark_down(&mut self, reason: String) {
-        error!(error = %reason, redis = %self.shared.name, "redis connection lost; reconnecting with backoff");
+        error!(error = %reason, redis = %self.local.shared.name, "redis connection lost; reconnecting with backoff");
         self.rbuf.clear();
         self.link = Link::Down { retry_at: Instant::now() + MIN_BACKOFF, backoff: MIN_BACKOFF * 2, reason };
     }
@@ -421,14 +371,14 @@ impl Flusher {
         }
         let (backoff, old) = (*backoff, reason.clone());
         self.rbuf.clear();
-        match connect(&self.shared, &mut self.rbuf).await {
+        match connect(&self.local.shared, &mut self.rbuf).await {
             Ok(stream) => {
-                info!(redis = %self.shared.name, "redis connected (per-core enqueue)");
+                info!(redis = %self.local.shared.name, "redis connected (per-core enqueue)");
                 self.link = Link::Up(stream);
             }
             Err(reason) => {
                 if reason != old {
-                    warn!(error = %reason, redis = %self.shared.name,
+                    warn!(error = %reason, redis = %self.local.shared.name,
                           "redis unreachable; this core's requests get 503 until it is back");
                 }
                 self.link = Link::Down {

@@ -18,9 +18,9 @@ use redis::{ConnectionAddr, ConnectionInfo, Value};
 use tracing::{error, info, warn};
 
 use super::admission::{share, Depth, Memory};
+use super::batch::{xadd, Acks, Batch};
 use super::topology::Topology;
-use super::{EnqueueError, Enqueuer, Pending, Queue, StreamId, GROUP};
-use crate::telemetry::metrics::PipelineMetrics;
+use super::{EnqueueError, Enqueuer, Pending, Queue, GROUP};
 
 /// First reconnect delay; doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
@@ -176,17 +176,14 @@ struct Pipeline {
     /// `streams[p]`: partition `p`'s stream key, spelled once rather than
     /// per `XADD`.
     streams: Vec<String>,
-    batch: Vec<Pending>,
-    /// Each job's partition, then its answer.
-    partition: Vec<u16>,
-    answer: Vec<Option<Result<StreamId, EnqueueError>>>,
+    batch: Batch,
     /// The queue's length, held against `MAX_QUEUE_DEPTH`.
     depth: Depth,
 }
 
 impl Pipeline {
     fn new(settings: PipelineSettings) -> Self {
-        let batch = Vec::with_capacity(settings.batch_max);
+        let batch = Batch::with_capacity(settings.batch_max);
         let template = match settings.queue.target() {
             super::Target::Node(i) => i.clone(),
             super::Target::Cluster(seeds) => seeds[0].clone(),
@@ -206,8 +203,6 @@ impl Pipeline {
             topology_at: Instant::now(),
             topology_stale: true,
             batch,
-            partition: Vec::new(),
-            answer: Vec::new(),
             depth,
         }
     }
@@ -232,18 +227,18 @@ impl Pipeline {
     /// once the channel is closed and empty.
     fn fill_batch(&mut self, rx: &Receiver<Pending>) -> bool {
         match rx.recv() {
-            Ok(p) => self.batch.push(p),
+            Ok(p) => self.batch.jobs.push(p),
             Err(_) => return false,
         }
         let deadline = Instant::now() + self.settings.batch_linger;
-        while self.batch.len() < self.settings.batch_max {
+        while self.batch.jobs.len() < self.settings.batch_max {
             let next = if self.settings.batch_linger.is_zero() {
                 rx.try_recv().map_err(|_| RecvTimeoutError::Timeout)
             } else {
                 rx.recv_deadline(deadline)
             };
             match next {
-                Ok(p) => self.batch.push(p),
+                Ok(p) => self.batch.jobs.push(p),
                 Err(_) => break,
             }
         }
@@ -252,34 +247,22 @@ impl Pipeline {
 
     /// Sends the batch (one pipeline per master) and answers every job in it.
     fn flush(&mut self) {
-        // A caller that gave up has already answered 503; storing its job now
-        // would only make a duplicate for the sender's retry to collide with.
-        self.batch.retain(|p| !p.reply.is_canceled());
-        if self.batch.is_empty() {
+        if !self.batch.open(&self.settings.queue) {
             return;
         }
         self.refresh_topology();
-        let queue = &self.settings.queue;
-        // Both buffers keep their capacity from batch to batch.
-        self.partition.clear();
-        self.partition
-            .extend(self.batch.iter().map(|p| queue.partition_of(&p.job.provider, &p.job.event_id)));
-        self.answer.clear();
-        self.answer.resize(self.batch.len(), None);
-        let sent_at = Instant::now();
-        let mut todo = Vec::with_capacity(self.batch.len());
-        for job in 0..self.batch.len() {
+        let mut todo = Vec::with_capacity(self.batch.jobs.len());
+        for job in 0..self.batch.jobs.len() {
             if self.depth.full() {
-                self.answer[job] = Some(Err(EnqueueError::QueueFull));
+                self.batch.refuse(job, EnqueueError::QueueFull);
                 continue;
             }
-            match self.route[self.partition[job] as usize] {
+            match self.route[self.batch.partition[job] as usize] {
                 Some(master) => todo.push(Send { job, master, asking: false }),
                 None => {
                     self.topology_stale = true;
-                    self.answer[job] = Some(Err(EnqueueError::Unavailable(
-                        "no redis master serves this partition now".into(),
-                    )));
+                    let e = EnqueueError::Unavailable("no redis master serves this partition now".into());
+                    self.batch.refuse(job, e);
                 }
             }
         }
@@ -289,13 +272,11 @@ impl Pipeline {
         if !redirected.is_empty() {
             let again = self.follow(redirected);
             for (s, _, _) in self.round(&again, false) {
-                self.answer[s.job] =
-                    Some(Err(EnqueueError::Unavailable("the partition's slot is moving; retry".into())));
+                let e = EnqueueError::Unavailable("the partition's slot is moving; retry".into());
+                self.batch.refuse(s.job, e);
             }
         }
-        self.depth.settle(&self.settings.metrics.pipeline);
-        let enqueued = deliver(&mut self.batch, &mut self.answer);
-        self.settings.metrics.pipeline.record_batch(self.partition.len(), sent_at.elapsed(), enqueued);
+        self.batch.close(&mut self.depth, &self.settings.metrics.pipeline);
     }
 
     /// Sends each master its part of `todo` (and, with `depths_only`, the
@@ -313,7 +294,7 @@ impl Pipeline {
             if !matches!(self.masters[m].link, Link::Up(_)) {
                 let reason = self.masters[m].down_reason();
                 for s in &mine {
-                    self.answer[s.job] = Some(Err(EnqueueError::Unavailable(reason.clone())));
+                    self.batch.refuse(s.job, EnqueueError::Unavailable(reason.clone()));
                 }
                 self.topology_stale = true;
                 continue;
@@ -322,7 +303,7 @@ impl Pipeline {
             let (slots, pipe) = self.plan(m, &mine, depths_only, refused);
             if refused {
                 for s in &mine {
-                    self.answer[s.job] = Some(Err(EnqueueError::MemoryFull));
+                    self.batch.refuse(s.job, EnqueueError::MemoryFull);
                 }
             }
             order.push(m);
@@ -361,12 +342,12 @@ impl Pipeline {
         let queue = &self.settings.queue;
         if !refused {
             for s in mine {
-                let p = self.partition[s.job];
+                let p = self.batch.partition[s.job];
                 if s.asking {
                     pipe.cmd("ASKING");
                     slots.push(Slot::Asking);
                 }
-                pipe.add_command(xadd(&self.streams[p as usize], &self.batch[s.job].job));
+                pipe.add_command(xadd(&self.streams[p as usize], &self.batch.jobs[s.job].job));
                 slots.push(Slot::Job(s.job));
                 if !s.asking && !touched.contains(&p) {
                     touched.push(p);
@@ -405,23 +386,16 @@ impl Pipeline {
         todo: &[Send],
         redirected: &mut Vec<(Send, ConnectionAddr, bool)>,
     ) {
-        let mut ids: Vec<(usize, StreamId)> = Vec::new();
+        let mut acks = Acks::default();
         for (k, slot) in slots.iter().enumerate() {
             let Link::Up(con) = &mut self.masters[m].link else { unreachable!("up while reading") };
             let reply = match con.recv_response() {
                 Ok(v) => v,
                 Err(e) => {
-                    // Jobs whose XADD was answered are stored, unless a WAIT
-                    // was still to say whether a replica has them.
-                    let waiting = slots[k..].iter().any(|s| matches!(s, Slot::Wait));
-                    for (job, id) in ids.drain(..) {
-                        self.answer[job] = Some(if waiting {
-                            Err(EnqueueError::Unavailable(format!("redis failed before WAIT answered: {e}")))
-                        } else {
-                            Ok(id)
-                        });
-                    }
-                    self.fail_master(m, &slots[k..], &e.to_string());
+                    let why = e.to_string();
+                    let wait_unread = slots[k..].iter().any(|s| matches!(s, Slot::Wait));
+                    acks.finish(&mut self.batch, Some(&why), wait_unread);
+                    self.fail_master(m, &slots[k..], &why);
                     return;
                 }
             };
@@ -443,34 +417,20 @@ impl Pipeline {
                             if e.code() == "CLUSTERDOWN" || e.code() == "TRYAGAIN" {
                                 self.topology_stale = true;
                             }
-                            self.answer[job] = Some(xadd_outcome(Value::ServerError(e)));
+                            acks.xadd(job, Value::ServerError(e), &mut self.depth, &mut self.batch);
                         }
                     }
                 }
-                (Slot::Job(job), v) => match xadd_outcome(v) {
-                    Ok(id) => {
-                        // In the stream now, whatever a WAIT says; an XLEN
-                        // later in this reply replaces the count.
-                        self.depth.acked(self.partition[job]);
-                        ids.push((job, id));
-                    }
-                    Err(e) => self.answer[job] = Some(Err(e)),
-                },
+                (Slot::Job(job), v) => acks.xadd(job, v, &mut self.depth, &mut self.batch),
                 (Slot::Wait, v) => {
-                    let metrics = &self.settings.metrics.pipeline;
-                    if let Some(e) = short_of_replicas(v, self.settings.wait_replicas, metrics) {
-                        for (job, _) in ids.drain(..) {
-                            self.answer[job] = Some(Err(e.clone()));
-                        }
-                    }
+                    let s = &self.settings;
+                    acks.wait(v, s.wait_replicas, &s.metrics.pipeline, &mut self.batch);
                 }
                 (Slot::Depth(p), v) => self.depth.read(p, v),
                 (Slot::Memory, v) => self.note_memory(m, v),
             }
         }
-        for (job, id) in ids {
-            self.answer[job] = Some(Ok(id));
-        }
+        acks.finish(&mut self.batch, None, false);
     }
 
     /// Master `m` failed mid-pipeline: every job still unanswered in
@@ -482,7 +442,7 @@ impl Pipeline {
         let reason = self.masters[m].down_reason();
         for slot in slots {
             if let Slot::Job(job) = slot {
-                self.answer[*job].get_or_insert_with(|| Err(EnqueueError::Unavailable(reason.clone())));
+                self.batch.answer[*job].get_or_insert_with(|| Err(EnqueueError::Unavailable(reason.clone())));
             }
         }
     }
@@ -501,7 +461,7 @@ impl Pipeline {
                 }
             };
             if !asking {
-                self.route[self.partition[send.job] as usize] = Some(master);
+                self.route[self.batch.partition[send.job] as usize] = Some(master);
                 self.topology_stale = true;
             }
             again.push(Send { job: send.job, master, asking });
@@ -555,8 +515,8 @@ impl Pipeline {
     /// Records master `m`'s memory from an `INFO memory` reply; the gauge
     /// shows the fullest master, the one that refuses first.
     fn note_memory(&mut self, m: usize, reply: Value) {
-        let name = self.masters[m].name();
-        self.masters[m].memory.note_reply(reply, self.settings.max_memory_percent, &name);
+        let master = &mut self.masters[m];
+        master.memory.note_reply(reply, self.settings.max_memory_percent, master.info.addr());
         let fullest =
             self.masters.iter().map(|m| m.memory.reading()).max_by(|a, b| share(*a).total_cmp(&share(*b)));
         if let Some((used, max)) = fullest {
@@ -630,52 +590,6 @@ pub fn prepare_stream(con: &mut impl redis::ConnectionLike, stream: &str) -> red
         Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
         other => other,
     }
-}
-
-/// A `WAIT` reply: the refusal for the batch's jobs when fewer than `want`
-/// replicas acknowledged them (counted as a Redis error).
-pub(super) fn short_of_replicas(reply: Value, want: u16, metrics: &PipelineMetrics) -> Option<EnqueueError> {
-    let have = redis::from_redis_value::<u64>(reply).unwrap_or(0);
-    (have < u64::from(want)).then(|| {
-        metrics.record_redis_error();
-        EnqueueError::Unavailable(format!(
-            "{have} of {want} replicas acknowledged within REDIS_WAIT_TIMEOUT_MS"
-        ))
-    })
-}
-
-/// An `XADD`'s reply (a redirect already followed): the job's stream id,
-/// or why Redis refused it.
-pub(super) fn xadd_outcome(reply: Value) -> Result<StreamId, EnqueueError> {
-    match reply {
-        Value::ServerError(e) => {
-            Err(EnqueueError::Unavailable(format!("{} {}", e.code(), e.details().unwrap_or_default())))
-        }
-        v => redis::from_redis_value::<StreamId>(v).map_err(|e| EnqueueError::Unavailable(e.to_string())),
-    }
-}
-
-/// Sends every job of `batch` its answer, emptying both, and returns how
-/// many were enqueued. No answer would be a bug; its caller still gets 503.
-pub(super) fn deliver(
-    batch: &mut Vec<Pending>,
-    answer: &mut Vec<Option<Result<StreamId, EnqueueError>>>,
-) -> usize {
-    let mut enqueued = 0;
-    for (p, answer) in batch.drain(..).zip(answer.drain(..)) {
-        let answer = answer.unwrap_or_else(|| Err(EnqueueError::Unavailable("no reply from redis".into())));
-        enqueued += usize::from(answer.is_ok());
-        let _ = p.reply.send(answer);
-    }
-    enqueued
-}
-
-/// The `XADD` of `job` to `stream`, as both enqueue paths send it.
-pub(super) fn xadd(stream: &str, job: &crate::job::WebhookJob) -> redis::Cmd {
-    let mut cmd = redis::cmd("XADD");
-    cmd.arg(stream).arg("*");
-    job.write_stream_fields(&mut cmd);
-    cmd
 }
 
 /// Reads Redis's durability settings once and warns about any that could

@@ -402,7 +402,6 @@ impl Drop for TestApp {
     }
 }
 
-/// Polls `check` until it holds, failing with `what` after `within`.
 /// `clients` keep-alive clients posting `each` distinct Stripe events at
 /// once; every answer must be 202. Returns the job ids.
 pub fn post_concurrently(addr: std::net::SocketAddr, clients: usize, each: usize) -> Vec<String> {
@@ -423,6 +422,7 @@ pub fn post_concurrently(addr: std::net::SocketAddr, clients: usize, each: usize
     threads.into_iter().flat_map(|t| t.join().unwrap()).collect()
 }
 
+/// Polls `check` until it holds, failing with `what` after `within`.
 pub fn wait_until(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
     while !check() {

@@ -1,0 +1,202 @@
+//! One batch of jobs as both enqueue paths (the pipeline thread,
+//! [`super::pipeline`], and the per-core flushers, [`super::per_core`])
+//! send and answer it: the `XADD` each job becomes, what each reply means
+//! for its job, and the delivery of every answer. Keeping this in one place
+//! keeps the two paths one contract: a job's answer is its stream id only
+//! once Redis acknowledged its `XADD` and, with `REDIS_WAIT_REPLICAS`, the
+//! `WAIT` after it.
+
+use std::time::Instant;
+
+use redis::Value;
+
+use super::admission::Depth;
+use super::{EnqueueError, Pending, Queue, StreamId};
+use crate::telemetry::metrics::PipelineMetrics;
+
+/// A job's answer while its batch is in flight (`None`: not decided yet).
+type Answer = Option<Result<StreamId, EnqueueError>>;
+
+/// The jobs of one batch, each one's partition and, once decided, its
+/// answer, indexed alike. The buffers keep their capacity from batch to batch.
+pub(super) struct Batch {
+    pub(super) jobs: Vec<Pending>,
+    pub(super) partition: Vec<u16>,
+    pub(super) answer: Vec<Answer>,
+    /// When it was opened: the start of its round trip.
+    opened: Instant,
+}
+
+impl Batch {
+    pub(super) fn with_capacity(n: usize) -> Self {
+        Self {
+            jobs: Vec::with_capacity(n),
+            partition: Vec::new(),
+            answer: Vec::new(),
+            opened: Instant::now(),
+        }
+    }
+
+    /// Readies the jobs taken for sending: drops those whose caller gave up
+    /// (it already answered 503, and storing the job now would only make a
+    /// duplicate for the sender's retry to collide with), notes each one's
+    /// partition, and leaves every answer undecided. False when none is left.
+    pub(super) fn open(&mut self, queue: &Queue) -> bool {
+        self.jobs.retain(|p| !p.reply.is_canceled());
+        self.partition.clear();
+        self.partition.extend(self.jobs.iter().map(|p| queue.partition_of(&p.job.provider, &p.job.event_id)));
+        self.answer.clear();
+        self.answer.resize(self.jobs.len(), None);
+        self.opened = Instant::now();
+        !self.jobs.is_empty()
+    }
+
+    /// Job `job` gets 503 (or whatever `e` says) for this.
+    pub(super) fn refuse(&mut self, job: usize, e: EnqueueError) {
+        self.answer[job] = Some(Err(e));
+    }
+
+    /// Every job not answered yet gets `e`.
+    pub(super) fn refuse_the_rest(&mut self, e: &EnqueueError) {
+        for a in &mut self.answer {
+            a.get_or_insert_with(|| Err(e.clone()));
+        }
+    }
+
+    /// Sends every job its answer (none would be a bug: its caller still
+    /// gets 503), publishes the queue's depth and the batch's figures, and
+    /// empties the batch for the next one.
+    pub(super) fn close(&mut self, depth: &mut Depth, metrics: &PipelineMetrics) {
+        depth.settle(metrics);
+        let size = self.jobs.len();
+        let mut enqueued = 0;
+        for (p, answer) in self.jobs.drain(..).zip(self.answer.drain(..)) {
+            let answer =
+                answer.unwrap_or_else(|| Err(EnqueueError::Unavailable("no reply from redis".into())));
+            enqueued += usize::from(answer.is_ok());
+            let _ = p.reply.send(answer);
+        }
+        metrics.record_batch(size, self.opened.elapsed(), enqueued);
+    }
+}
+
+/// The `XADD` of `job` to `stream`.
+pub(super) fn xadd(stream: &str, job: &crate::job::WebhookJob) -> redis::Cmd {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(stream).arg("*");
+    job.write_stream_fields(&mut cmd);
+    cmd
+}
+
+/// An `XADD`'s reply (a redirect already followed): the job's stream id,
+/// or why Redis refused it.
+fn xadd_outcome(reply: Value) -> Result<StreamId, EnqueueError> {
+    match reply {
+        Value::ServerError(e) => {
+            Err(EnqueueError::Unavailable(format!("{} {}", e.code(), e.details().unwrap_or_default())))
+        }
+        v => redis::from_redis_value::<StreamId>(v).map_err(|e| EnqueueError::Unavailable(e.to_string())),
+    }
+}
+
+/// What one connection's replies say of a batch's jobs, taken in reply
+/// order. A job whose `XADD` was acknowledged is in the stream, but its
+/// answer waits for the `WAIT` after it, if one was sent.
+#[derive(Default)]
+pub(super) struct Acks {
+    /// Jobs acknowledged and not yet answered.
+    ids: Vec<(usize, StreamId)>,
+}
+
+impl Acks {
+    /// Job `job`'s `XADD` answered `reply`.
+    pub(super) fn xadd(&mut self, job: usize, reply: Value, depth: &mut Depth, batch: &mut Batch) {
+        match xadd_outcome(reply) {
+            Ok(id) => {
+                // In the stream now, whatever a WAIT says; an XLEN later in
+                // the same reply replaces the count.
+                depth.acked(batch.partition[job]);
+                self.ids.push((job, id));
+            }
+            Err(e) => batch.refuse(job, e),
+        }
+    }
+
+    /// The `WAIT` for `want` replicas answered `reply`: short of them, every
+    /// job acknowledged so far gets 503 (counted as a Redis error).
+    pub(super) fn wait(&mut self, reply: Value, want: u16, metrics: &PipelineMetrics, batch: &mut Batch) {
+        let have = redis::from_redis_value::<u64>(reply).unwrap_or(0);
+        if have >= u64::from(want) {
+            return;
+        }
+        metrics.record_redis_error();
+        let e = EnqueueError::Unavailable(format!(
+            "{have} of {want} replicas acknowledged within REDIS_WAIT_TIMEOUT_MS"
+        ));
+        for (job, _) in self.ids.drain(..) {
+            batch.refuse(job, e.clone());
+        }
+    }
+
+    /// The replies ended. Every acknowledged job gets its id, unless the
+    /// connection broke (`broken`, why) while a `WAIT` was still unread
+    /// (`wait_unread`): then nobody can say a replica has it.
+    pub(super) fn finish(self, batch: &mut Batch, broken: Option<&str>, wait_unread: bool) {
+        for (job, id) in self.ids {
+            batch.answer[job] = Some(match broken {
+                Some(why) if wait_unread => {
+                    Err(EnqueueError::Unavailable(format!("redis failed before WAIT answered: {why}")))
+                }
+                _ => Ok(id),
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A batch of `n` undecided jobs in partition 0 (the replies are what
+    /// is tested; no caller waits).
+    fn undecided(n: usize) -> Batch {
+        let mut b = Batch::with_capacity(n);
+        b.partition = vec![0; n];
+        b.answer = vec![None; n];
+        b
+    }
+
+    fn id(b: &Batch, job: usize) -> Option<&str> {
+        b.answer[job].as_ref().and_then(|a| a.as_deref().ok())
+    }
+
+    #[test]
+    fn an_acknowledged_job_waits_for_its_wait_and_a_short_wait_refuses_it() {
+        let metrics = crate::telemetry::metrics::Metrics::with_sources(1, Vec::new());
+        let mut depth = Depth::new(1, 100);
+        let mut b = undecided(3);
+        let mut acks = Acks::default();
+        acks.xadd(0, Value::BulkString(b"1-0".to_vec()), &mut depth, &mut b);
+        acks.xadd(1, Value::Nil, &mut depth, &mut b);
+        assert!(b.answer[0].is_none(), "acknowledged, but the WAIT is still to come");
+        assert!(matches!(b.answer[1], Some(Err(_))), "no stream id: refused at once");
+        acks.wait(Value::Int(0), 1, &metrics.pipeline, &mut b);
+        assert!(matches!(b.answer[0], Some(Err(EnqueueError::Unavailable(_)))), "short of replicas");
+        acks.xadd(2, Value::BulkString(b"2-0".to_vec()), &mut depth, &mut b);
+        acks.finish(&mut b, None, false);
+        assert_eq!(id(&b, 2), Some("2-0"));
+    }
+
+    #[test]
+    fn a_connection_lost_before_a_due_wait_answers_no_acknowledged_job_with_an_id() {
+        let mut depth = Depth::new(1, 100);
+        for (wait_unread, stored) in [(true, None), (false, Some("1-0"))] {
+            let mut b = undecided(1);
+            let mut acks = Acks::default();
+            acks.xadd(0, Value::BulkString(b"1-0".to_vec()), &mut depth, &mut b);
+            acks.finish(&mut b, Some("reset"), wait_unread);
+            assert_eq!(id(&b, 0), stored, "WAIT unread: {wait_unread}");
+            assert!(b.answer[0].is_some());
+        }
+    }
+}
