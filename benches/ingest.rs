@@ -58,6 +58,7 @@ fn job() -> WebhookJob {
         event_timestamp_us: 0,
         received_at_us: 0,
         payload: SEED.as_bytes().to_vec(),
+        raw_body: None,
     }
 }
 

@@ -36,6 +36,7 @@ fn job(i: usize) -> WebhookJob {
         event_timestamp_us: 1_795_383_325_123_000,
         received_at_us: 1_795_383_325_123_000 + i as i64,
         payload: payload.into_bytes(),
+        raw_body: None,
     }
 }
 
@@ -87,7 +88,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         pg_timeouts: store::Timeouts::default(),
         block: Duration::from_millis(100),
         linger: Duration::from_millis(20),
-        idempotency_ttl_secs: 86_400,
+        dead_letter_redis_max_bytes: 64 << 20,
+        retention: Default::default(),
         max_attempts: 5,
         reclaim_idle: Duration::from_secs(30),
         shutdown_timeout: Duration::from_secs(5),

@@ -7,14 +7,18 @@
 //! rejects versions it does not know instead of guessing. Version 2 added
 //! the sender's event type and the verifying scheme; entries of version 1
 //! still in a stream when the gateway is upgraded read as an untyped,
-//! unverified envelope, which is what they were.
+//! unverified envelope, which is what they were. Version 3 adds the raw
+//! body when it differs from the stored payload (a form delivery); it is
+//! written only for such jobs, so a worker of the version before still
+//! reads every other entry during a rolling upgrade.
 
 use std::collections::HashMap;
 
 use thiserror::Error;
 
-/// Version written in every stream entry; bump it when the field layout changes.
-pub const FORMAT_VERSION: u32 = 2;
+/// The newest version written in a stream entry; bump it when the field
+/// layout changes. Entries that need nothing of it are written as version 2.
+pub const FORMAT_VERSION: u32 = 3;
 
 /// Field names of a job's stream entry. Short, because they are repeated in
 /// every entry and Redis stores them per entry (unless the stream's listpack
@@ -36,6 +40,8 @@ pub mod fields {
     pub const EVENT_TYPE: &str = "y";
     /// The scheme that verified the signature (v2; absent when none did).
     pub const VERIFIED_BY: &str = "s";
+    /// The body as received when the payload is not it (v3; absent otherwise).
+    pub const RAW_BODY: &str = "w";
 }
 
 /// A validated webhook, the unit that crosses every stage.
@@ -55,8 +61,13 @@ pub struct WebhookJob {
     /// The signature scheme that verified the request (`stripe`, `hmac`…);
     /// `None` for an unsigned envelope.
     pub verified_by: Option<String>,
-    /// The request body exactly as received (kept for audit and re-verification).
+    /// The JSON stored as `payload jsonb`: the request body exactly as
+    /// received, unless [`Self::raw_body`] holds that.
     pub payload: Vec<u8>,
+    /// The request body exactly as received (the bytes a signature covers),
+    /// when it is not `payload`: a form delivery whose `payload` field is
+    /// the JSON. `None`: `payload` is the body as received.
+    pub raw_body: Option<Vec<u8>>,
 }
 
 /// Why a stream entry could not be read back as a [`WebhookJob`].
@@ -74,10 +85,16 @@ pub enum JobDecodeError {
 }
 
 impl WebhookJob {
+    /// The request body exactly as received: stored as `raw_body bytea`.
+    pub fn body_as_received(&self) -> &[u8] {
+        self.raw_body.as_deref().unwrap_or(&self.payload)
+    }
+
     /// Appends this job's entry fields to an `XADD` command (after the id).
     pub fn write_stream_fields(&self, cmd: &mut redis::Cmd) {
+        let version = if self.raw_body.is_some() { FORMAT_VERSION } else { 2 };
         cmd.arg(fields::VERSION)
-            .arg(FORMAT_VERSION)
+            .arg(version)
             .arg(fields::PROVIDER)
             .arg(&self.provider)
             .arg(fields::EVENT_ID)
@@ -91,6 +108,9 @@ impl WebhookJob {
         if let Some(scheme) = &self.verified_by {
             cmd.arg(fields::VERIFIED_BY).arg(scheme);
         }
+        if let Some(raw) = &self.raw_body {
+            cmd.arg(fields::RAW_BODY).arg(&raw[..]);
+        }
         cmd.arg(fields::PAYLOAD).arg(&self.payload[..]);
     }
 
@@ -103,11 +123,11 @@ impl WebhookJob {
     pub fn from_stream_fields(mut map: HashMap<String, redis::Value>) -> Result<Self, Undecodable> {
         let header = (|| {
             let version = text(&map, fields::VERSION)?;
-            let v2 = match version.parse::<u32>() {
-                Ok(1) => false,
-                Ok(2) => true,
+            let version_number = match version.parse::<u32>() {
+                Ok(n @ 1..=FORMAT_VERSION) => n,
                 _ => return Err(JobDecodeError::UnknownVersion(version)),
             };
+            let v2 = version_number >= 2;
             let (event_type, verified_by) = if v2 {
                 let scheme = match map.contains_key(fields::VERIFIED_BY) {
                     true => Some(text(&map, fields::VERIFIED_BY)?),
@@ -125,8 +145,28 @@ impl WebhookJob {
                 received_at_us: int(&map, fields::RECEIVED_AT)?,
                 verified_by,
                 payload: Vec::new(),
+                raw_body: None,
             })
         })();
+        // Only version 3 carries it; read it whatever the version, as the
+        // payload is, so an entry is never stored without the body it holds.
+        let raw_body = match map.remove(fields::RAW_BODY) {
+            None => Ok(None),
+            Some(redis::Value::BulkString(raw)) => Ok(Some(raw)),
+            Some(other) => {
+                map.insert(fields::RAW_BODY.to_string(), other);
+                Err(JobDecodeError::Malformed(fields::RAW_BODY))
+            }
+        };
+        let header = match (header, raw_body) {
+            (Ok(job), Ok(raw_body)) => Ok(Self { raw_body, ..job }),
+            (Err(e), Ok(raw)) => {
+                // The fields go back whole, for the dead letter.
+                map.extend(raw.map(|r| (fields::RAW_BODY.to_string(), redis::Value::BulkString(r))));
+                Err(e)
+            }
+            (_, Err(e)) => Err(e),
+        };
         let error = match (header, map.remove(fields::PAYLOAD)) {
             (Ok(job), Some(redis::Value::BulkString(payload))) => return Ok(Self { payload, ..job }),
             (Err(e), payload) => {
@@ -203,10 +243,18 @@ mod tests {
             received_at_us: -5,
             verified_by: Some("stripe".into()),
             payload: b"{\"x\":\"\xff\"}".to_vec(),
+            raw_body: None,
         };
         assert_eq!(WebhookJob::from_stream_fields(entry_of(&job)).unwrap(), job);
-        let unverified = WebhookJob { verified_by: None, event_type: String::new(), ..job };
+        let unverified = WebhookJob { verified_by: None, event_type: String::new(), ..job.clone() };
         assert_eq!(WebhookJob::from_stream_fields(entry_of(&unverified)).unwrap(), unverified);
+        assert_eq!(entry_of(&job)["v"], redis::Value::BulkString(b"2".to_vec()), "no raw body: v2");
+        let form = WebhookJob { raw_body: Some(b"payload=%7B%7D".to_vec()), ..job };
+        let entry = entry_of(&form);
+        assert_eq!(entry["v"], redis::Value::BulkString(b"3".to_vec()));
+        let back = WebhookJob::from_stream_fields(entry).unwrap();
+        assert_eq!(back.body_as_received(), b"payload=%7B%7D");
+        assert_eq!(back, form);
     }
 
     #[test]
@@ -219,11 +267,14 @@ mod tests {
             received_at_us: 0,
             verified_by: None,
             payload: vec![],
+            raw_body: None,
         };
         let mut map = entry_of(&job);
-        map.insert("v".into(), redis::Value::BulkString(b"3".to_vec()));
+        map.insert("v".into(), redis::Value::BulkString(b"4".to_vec()));
+        map.insert("w".into(), redis::Value::BulkString(b"raw".to_vec()));
         let refused = WebhookJob::from_stream_fields(map).unwrap_err();
-        assert_eq!(refused.error, JobDecodeError::UnknownVersion("3".into()));
+        assert_eq!(refused.error, JobDecodeError::UnknownVersion("4".into()));
+        assert!(refused.fields.contains_key("w"), "the raw body comes back too");
         let mut map = refused.fields;
         assert!(map.contains_key("b"), "the fields come back whole");
         map.remove("p");

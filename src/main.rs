@@ -34,13 +34,15 @@ enum Command {
     },
     /// Apply the `sql/` migrations not yet applied, then exit.
     Migrate,
-    /// Move dead-lettered entries back into the main stream.
+    /// Move dead letters (webhook_dead_letters, and any still in the Redis
+    /// fallback stream) back into their streams.
     Replay {
-        /// Dead-letter stream ids to replay (default: all).
+        /// Dead-letter ids (`webhook_dead_letters.id`) to replay (default: all).
         #[arg(long = "id")]
-        ids: Vec<String>,
+        ids: Vec<i64>,
     },
-    /// Print queue length, pending entries, dead letters and rows stored.
+    /// Print queue length, pending entries, dead letters, rows stored and
+    /// what PostgreSQL keeps (partitions, dedupe generations, sizes).
     Stats,
     /// Read and validate the configuration, print it (secrets redacted), exit.
     CheckConfig,
@@ -120,8 +122,7 @@ fn serve(config: &Config, role: RoleArg) -> ExitCode {
 type CliResult = Result<(), Box<dyn std::error::Error>>;
 
 fn migrate(config: &Config) -> CliResult {
-    let url = config.store.database_url.as_deref().ok_or("DATABASE_URL is not set")?;
-    let mut client = postgres::Client::connect(url, postgres::NoTls)?;
+    let mut client = pg_client(config)?;
     let applied = store::migrate(&mut client)?;
     println!("migrations applied: {applied} (known: {})", store::MIGRATIONS.len());
     Ok(())
@@ -131,16 +132,18 @@ fn redis_con(config: &Config) -> Result<queue::Conn, redis::RedisError> {
     config.queue.queue().connect(Duration::from_secs(5), Duration::from_secs(5))
 }
 
-fn replay(config: &Config, ids: Vec<String>) -> CliResult {
+fn pg_client(config: &Config) -> Result<postgres::Client, Box<dyn std::error::Error>> {
+    let url = config.store.database_url.as_deref().ok_or("DATABASE_URL is not set")?;
+    Ok(postgres::Client::connect(url, postgres::NoTls)?)
+}
+
+fn replay(config: &Config, ids: Vec<i64>) -> CliResult {
     let scope = if ids.is_empty() { ReplayScope::All } else { ReplayScope::Ids(ids) };
     let queue = config.queue.queue();
     let mut con = redis_con(config)?;
-    // Each partition has its own dead letters, replayed into its own stream.
-    let mut moved = 0;
-    for stream in queue.streams() {
-        moved += worker::replay(&mut con, &stream, &scope)?;
-    }
-    println!("replayed {moved} dead-lettered entries into {}", config.queue.queue_name);
+    let mut client = pg_client(config)?;
+    let replayed = worker::replay(&mut con, &mut client, &queue.streams(), &scope)?;
+    println!("replayed {replayed} dead letters into {}", config.queue.queue_name);
     Ok(())
 }
 
@@ -153,23 +156,32 @@ fn stats(config: &Config) -> CliResult {
     println!("queue_length: {}", g.length);
     println!("pending:      {}", g.pending);
     println!("lag:          {}", g.lag);
-    println!("dead_letters: {}", g.dead_letters);
+    println!("dead_letters_in_redis: {}", g.dead_letters);
     if g.partitions.len() > 1 {
-        println!("partition  length  pending  lag  dead_letters");
+        println!("partition  length  pending  lag  dead_letters_in_redis");
         for (p, pg) in g.partitions.iter().enumerate() {
             match pg {
                 Some(pg) => println!(
-                    "{p:>9}  {:>6}  {:>7}  {:>3}  {:>12}",
+                    "{p:>9}  {:>6}  {:>7}  {:>3}  {:>21}",
                     pg.length, pg.pending, pg.lag, pg.dead_letters
                 ),
                 None => println!("{p:>9}  (its master did not answer)"),
             }
         }
     }
-    if let Some(url) = config.store.database_url.as_deref() {
-        let mut client = postgres::Client::connect(url, postgres::NoTls)?;
-        let rows: i64 = client.query_one("SELECT count(*) FROM webhook_events", &[])?.get(0);
-        println!("rows_stored:  {rows}");
+    if config.store.database_url.is_some() {
+        let mut client = pg_client(config)?;
+        let kept = store::partitions::kept(&mut client)?;
+        println!("rows_stored:  {}", kept.rows);
+        println!("dead_letters: {}", store::dead_letters::count(&mut client)?);
+        println!("table_bytes:  {}", kept.table_bytes);
+        println!("index_bytes:  {}", kept.index_bytes);
+        println!("key_bytes:    {}", kept.key_bytes);
+        println!("dedupe_generations: {}", kept.generations);
+        println!("event_partitions:   {}", kept.partitions.len());
+        for p in &kept.partitions {
+            println!("  {}", p.name);
+        }
     }
     Ok(())
 }

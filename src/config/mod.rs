@@ -28,7 +28,7 @@ use crate::http::proxy::TrustedProxies;
 use crate::http::server::TaskRun;
 use crate::ingest::sources::Sources;
 use crate::ingest::JsonParser;
-use crate::store::Timeouts;
+use crate::store::{Retention, Timeouts};
 use vars::{parse_cores, Vars};
 
 /// Which cores the per-core HTTP runtimes run on.
@@ -443,8 +443,10 @@ pub struct WorkerConfig {
     /// `WORKER_LINGER_MS` (default 50): after a short read, wait this long
     /// for more entries before writing (storage latency, not 202 latency).
     pub linger: Duration,
-    /// `IDEMPOTENCY_TTL_SECS` (default 86400): lifetime of the "already stored" keys.
-    pub idempotency_ttl_secs: u64,
+    /// `DEAD_LETTER_REDIS_MAX_BYTES` (default 64 MiB): how much the Redis
+    /// dead-letter stream may hold while PostgreSQL is unreachable; past
+    /// it, entries to dead-letter stay pending in their stream instead.
+    pub dead_letter_redis_max_bytes: u64,
     /// `MAX_ATTEMPTS` (default 5): deliveries before an entry PostgreSQL
     /// keeps rejecting goes to the dead-letter stream.
     pub max_attempts: u64,
@@ -461,7 +463,7 @@ impl Default for WorkerConfig {
             batch_max_bytes: 64 << 20,
             block: Duration::from_millis(1000),
             linger: Duration::from_millis(50),
-            idempotency_ttl_secs: 86_400,
+            dead_letter_redis_max_bytes: 64 << 20,
             max_attempts: 5,
             reclaim_idle: Duration::from_millis(30_000),
         }
@@ -477,10 +479,10 @@ impl WorkerConfig {
             batch_max_bytes: v.var("WORKER_BATCH_MAX_BYTES").in_range(d.batch_max_bytes, 1 << 16, 1 << 40)?,
             block: v.var("WORKER_BLOCK_MS").millis(d.block, 1, 60_000)?,
             linger: v.var("WORKER_LINGER_MS").millis(d.linger, 0, 10_000)?,
-            idempotency_ttl_secs: v.var("IDEMPOTENCY_TTL_SECS").in_range(
-                d.idempotency_ttl_secs,
-                1,
-                365 * 86_400,
+            dead_letter_redis_max_bytes: v.var("DEAD_LETTER_REDIS_MAX_BYTES").in_range(
+                d.dead_letter_redis_max_bytes,
+                0,
+                1 << 40,
             )?,
             max_attempts: v.var("MAX_ATTEMPTS").in_range(d.max_attempts, 1, 1000)?,
             reclaim_idle: v.var("RECLAIM_IDLE_MS").millis(d.reclaim_idle, 50, 86_400_000)?,
@@ -505,6 +507,10 @@ pub struct StoreConfig {
     pub timeouts: Timeouts,
     /// `MIGRATE_ON_START` (default true): apply `sql/` migrations when serving.
     pub migrate_on_start: bool,
+    /// `PARTITION_INTERVAL` (default `1d`), `EVENT_RETENTION` (default
+    /// `30d`, `0` = keep everything), `DEDUPE_WINDOW` (default `7d`):
+    /// what PostgreSQL keeps and for how long ([`crate::store::partitions`]).
+    pub retention: Retention,
 }
 
 impl Default for StoreConfig {
@@ -514,6 +520,7 @@ impl Default for StoreConfig {
             pool_size: WorkerConfig::default().threads as u32 + 1,
             timeouts: Timeouts::default(),
             migrate_on_start: true,
+            retention: Retention::default(),
         }
     }
 }
@@ -525,6 +532,7 @@ impl fmt::Debug for StoreConfig {
             .field("pool_size", &self.pool_size)
             .field("timeouts", &self.timeouts)
             .field("migrate_on_start", &self.migrate_on_start)
+            .field("retention", &self.retention)
             .finish()
     }
 }
@@ -550,7 +558,20 @@ impl StoreConfig {
                 statement: v.var("PG_STATEMENT_TIMEOUT_MS").millis(t.statement, 0, 86_400_000)?,
             },
             migrate_on_start: v.var("MIGRATE_ON_START").bool_or(d.migrate_on_start)?,
+            retention: Retention::read(v, d.retention)?,
         })
+    }
+}
+
+impl Retention {
+    fn read(v: &Vars<'_>, d: Retention) -> Result<Self, ConfigError> {
+        const SECOND: Duration = Duration::from_secs(1);
+        const TEN_YEARS: Duration = Duration::from_secs(3650 * 86_400);
+        let interval = v.var("PARTITION_INTERVAL").duration(d.interval, SECOND, Duration::from_secs(366 * 86_400))?;
+        let keep = d.events.unwrap_or(Duration::ZERO);
+        let events = v.var("EVENT_RETENTION").duration(keep, Duration::ZERO, TEN_YEARS)?;
+        let dedupe_window = v.var("DEDUPE_WINDOW").duration(d.dedupe_window, SECOND, TEN_YEARS)?;
+        Ok(Self { interval, events: (!events.is_zero()).then_some(events), dedupe_window })
     }
 }
 
@@ -766,6 +787,29 @@ mod tests {
         assert!(!e.to_string().contains("s3cret"), "{e}");
         let e = load(&[("REDIS_URL", "redis://:s3cret@h:port/")]).unwrap_err();
         assert!(!e.to_string().contains("s3cret"), "{e}");
+    }
+
+    #[test]
+    fn retention_takes_durations_with_their_unit() {
+        let r = load(&[]).unwrap().store.retention;
+        assert_eq!(r, Retention::default());
+        assert_eq!(r.interval, Duration::from_secs(86_400));
+        assert_eq!(r.events, Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!(r.dedupe_window, Duration::from_secs(7 * 86_400));
+        let r = load(&[("PARTITION_INTERVAL", "2s"), ("EVENT_RETENTION", "6s"), ("DEDUPE_WINDOW", "90m")])
+            .unwrap()
+            .store
+            .retention;
+        assert_eq!((r.interval, r.events), (Duration::from_secs(2), Some(Duration::from_secs(6))));
+        assert_eq!(r.dedupe_window, Duration::from_secs(5400));
+        assert_eq!(load(&[("EVENT_RETENTION", "0")]).unwrap().store.retention.events, None, "0 keeps all");
+        for bad in ["30", "1w", "-1d", "d", "0s5"] {
+            let e = load(&[("PARTITION_INTERVAL", bad)]).unwrap_err();
+            assert_eq!(e.var, "PARTITION_INTERVAL", "{bad}");
+            assert!(e.expected.contains("from 1s to 366d"), "{e}");
+        }
+        assert_eq!(load(&[("PARTITION_INTERVAL", "0")]).unwrap_err().var, "PARTITION_INTERVAL");
+        assert_eq!(load(&[("DEDUPE_WINDOW", "0")]).unwrap_err().var, "DEDUPE_WINDOW");
     }
 
     #[test]

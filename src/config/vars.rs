@@ -83,6 +83,19 @@ impl Var {
         self.in_range(default.as_millis() as u64, min, max).map(Duration::from_millis)
     }
 
+    /// A duration written with its unit (`90s`, `15m`, `12h`, `30d`; `0`
+    /// alone is zero), from `min` to `max`.
+    pub(super) fn duration(self, default: Duration, min: Duration, max: Duration) -> Result<Duration, ConfigError> {
+        self.map_or(default, |v| match parse_duration(v) {
+            Some(d) if d >= min && d <= max => Ok(d),
+            _ => Err(format!(
+                "a duration with its unit (s, m, h, d) from {} to {}",
+                show_duration(min),
+                show_duration(max)
+            )),
+        })
+    }
+
     pub(super) fn bool_or(self, default: bool) -> Result<bool, ConfigError> {
         self.map_or(default, |v| match v.to_ascii_lowercase().as_str() {
             "1" | "true" | "yes" | "on" => Ok(true),
@@ -116,4 +129,32 @@ pub(super) fn parse_cores(v: &str) -> Result<CoreSelection, String> {
     ids.sort_unstable();
     ids.dedup();
     Ok(CoreSelection::List(ids))
+}
+
+/// `90s`, `15m`, `12h`, `30d`, or `0`.
+pub(super) fn parse_duration(v: &str) -> Option<Duration> {
+    if v == "0" {
+        return Some(Duration::ZERO);
+    }
+    let unit = match v.chars().last()? {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        _ => return None,
+    };
+    let n: u64 = v[..v.len() - 1].trim().parse().ok()?;
+    n.checked_mul(unit).map(Duration::from_secs)
+}
+
+/// The largest unit that divides `d` exactly.
+pub(super) fn show_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0 => "0".into(),
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
 }

@@ -183,9 +183,9 @@ impl Handler {
         let admitted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             source.kind.admit(&mut self.ingestor.borrow_mut(), &req)
         }));
-        let (identity, payload) = match admitted {
-            Ok(Ok(Admitted::Event(identity))) => (identity, body.to_vec()),
-            Ok(Ok(Admitted::Decoded(identity, json))) => (identity, json),
+        let (identity, payload, raw_body) = match admitted {
+            Ok(Ok(Admitted::Event(identity))) => (identity, body.to_vec(), None),
+            Ok(Ok(Admitted::Decoded(identity, json))) => (identity, json, Some(body.to_vec())),
             Ok(Ok(Admitted::Reply(json))) => {
                 self.metrics.record_source(index, SourceOutcome::Answered);
                 return Response::json(Status::Ok, json);
@@ -208,6 +208,7 @@ impl Handler {
             received_at_us,
             verified_by: source.kind.scheme().map(str::to_string),
             payload,
+            raw_body,
         };
         match self.enqueuer.enqueue(job).await {
             Ok(id) => {

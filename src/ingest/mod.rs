@@ -114,6 +114,7 @@ impl Ingestor {
             received_at_us,
             verified_by: None,
             payload: body.to_vec(),
+            raw_body: None,
         })
     }
 

@@ -1,7 +1,7 @@
 //! Every Redis key spelling the system uses, in one place. With one
 //! partition (the single-node default) the stream is `QUEUE_NAME` itself;
 //! with `PARTITIONS` = N > 1 partition `p` is the stream `QUEUE_NAME:{p}`.
-//! Everything else (dead letters, idempotency keys) is derived from a
+//! Everything else (the dead-letter fallback stream) is derived from a
 //! partition's stream name, so it carries the same hash tag and lives in the
 //! same Redis Cluster slot: a partition's commands never span slots.
 
@@ -32,12 +32,6 @@ pub fn partition(provider: &str, event_id: &str, partitions: u16) -> u16 {
 /// The dead-letter stream of `stream`: entries that could not be stored.
 pub fn dead_letters(stream: &str) -> String {
     format!("{stream}:dead")
-}
-
-/// The key recording that `(provider, event_id)` is stored, set with a TTL
-/// after the commit. Providers never contain `:`, so the key is unambiguous.
-pub fn seen(stream: &str, provider: &str, event_id: &str) -> String {
-    format!("{stream}:seen:{provider}:{event_id}")
 }
 
 /// The consumer name of worker thread `n` of process `pid` on `host`.
@@ -71,14 +65,10 @@ mod tests {
         }
         assert!(seen.iter().all(|&n| (800..1200).contains(&n)), "{seen:?}");
         assert_eq!(stream("webhooks", 3, 16), "webhooks:{3}");
-        assert_eq!(seen_key_slot_tag(&seen_key()), "3");
+        assert_eq!(slot_tag(&dead_letters(&stream("webhooks", 3, 16))), "3");
     }
 
-    fn seen_key() -> String {
-        seen(&stream("webhooks", 3, 16), "stripe", "evt_1")
-    }
-
-    fn seen_key_slot_tag(key: &str) -> &str {
+    fn slot_tag(key: &str) -> &str {
         let open = key.find('{').unwrap();
         let close = key[open..].find('}').unwrap() + open;
         &key[open + 1..close]

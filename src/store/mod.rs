@@ -1,16 +1,22 @@
 //! Stage 5: PostgreSQL. Batches of jobs in, rows out, exactly once per
-//! `(provider, event_id)`.
+//! `(provider, event_id)` within `DEDUPE_WINDOW`.
 //!
-//! [`write_batch`] runs ONE transaction: a binary `COPY` of the batch
-//! into a per-session temporary staging table, then `INSERT … SELECT … ON
-//! CONFLICT (provider, event_id) DO NOTHING`, then `COMMIT`. A redelivered
-//! job (the worker path is at-least-once) is therefore a no-op. A batch of
-//! first deliveries, which can only conflict if a sender posted an event
-//! twice, is first copied straight into the table (no staging, no second
-//! pass over the rows); a unique conflict rolls that back, and the batch
-//! takes the staging way (tuning.md §23). The payload is
-//! sent as the raw body bytes (`jsonb` binary format: a version byte, then
-//! the text), never re-serialised.
+//! [`write_batch`] runs ONE transaction whose rows are gated on their keys
+//! ([`partitions`] has the tables and why): each row is stored only if its
+//! key goes into the current dedupe generation and is in none of the older
+//! generations still inside the window, decided in the same statement as
+//! the insert. A batch of first deliveries (which can only meet a stored
+//! key if a sender posted an event twice) inserts its keys from two arrays
+//! and, when every key was new, copies the rows straight into the table
+//! with a binary `COPY`. Any other batch, or one whose keys were not all
+//! new, is copied into a per-session temporary staging table and goes
+//! through the gated `INSERT … SELECT` (tuning.md §24). The payload is sent
+//! as the raw body bytes (`jsonb` binary format: a version byte, then the
+//! text), never re-serialised, and `raw_body` as the bytes received.
+//!
+//! A row whose partition does not exist yet (a backlog older than the
+//! partitions made ahead) makes the writer create it ([`partitions::cover`])
+//! and try the batch once more: a missing partition is never a row's fault.
 //!
 //! Connections come from an `r2d2` pool of sync `postgres` clients, used only
 //! from worker threads (the sync client runs its own small tokio runtime and
@@ -30,7 +36,9 @@
 //! minutes), and `statement_timeout` from `PG_STATEMENT_TIMEOUT_MS` (a
 //! statement stuck behind a lock or a slow server ends with `57014`).
 
+pub mod dead_letters;
 mod migrate;
+pub mod partitions;
 
 use std::time::Duration;
 
@@ -43,12 +51,13 @@ use thiserror::Error;
 use crate::job::WebhookJob;
 
 pub use migrate::{migrate, MIGRATIONS};
+pub use partitions::Retention;
 
 /// The columns every statement of a batch names, in the binary COPY's
-/// order ([`copy_rows`] encodes them so): one spelling for all four.
+/// order ([`copy_rows`] encodes them so): one spelling for all of them.
 macro_rules! columns {
     () => {
-        "provider, event_id, event_type, verified_by, event_timestamp, received_at, payload"
+        "provider, event_id, event_type, verified_by, event_timestamp, received_at, payload, raw_body"
     };
 }
 
@@ -90,9 +99,29 @@ pub enum StoreError {
     /// `DATABASE_URL` cannot be parsed.
     #[error("DATABASE_URL: {0}")]
     Config(String),
+    /// The tables are not what this build expects.
+    #[error("postgres schema: {0}")]
+    Schema(&'static str),
 }
 
 impl StoreError {
+    /// The server's SQLSTATE, when it gave one.
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            StoreError::Postgres(e) => e.code().map(|c| c.code()),
+            _ => None,
+        }
+    }
+
+    /// A row's `received_at` has no partition of `webhook_events` to go to.
+    pub fn is_missing_partition(&self) -> bool {
+        let StoreError::Postgres(e) = self else { return false };
+        e.as_db_error().is_some_and(|db| {
+            *db.code() == postgres::error::SqlState::CHECK_VIOLATION
+                && db.message().starts_with("no partition of relation")
+        })
+    }
+
     /// True when the failure is not caused by the rows themselves, so the
     /// same batch will succeed once the database recovers: no connection,
     /// server shutting down or out of resources, read-only, broken schema,
@@ -208,17 +237,27 @@ pub fn pool(database_url: &str, size: u32, timeouts: Timeouts) -> Result<Pool, S
 /// # Errors
 /// [`StoreError`]: what a batch of good rows would meet too.
 pub fn probe(client: &mut postgres::Client) -> Result<(), StoreError> {
-    write_batch(client, &[], false).map(|_| ())
+    write_once(client, &[], false).map(|_| ())
 }
 
 /// Columns of the staging table, in COPY order.
-pub const STAGING_TYPES: [Type; 7] =
-    [Type::TEXT, Type::TEXT, Type::TEXT, Type::TEXT, Type::TIMESTAMPTZ, Type::TIMESTAMPTZ, Type::JSONB];
+pub const STAGING_TYPES: [Type; 8] = [
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TIMESTAMPTZ,
+    Type::TIMESTAMPTZ,
+    Type::JSONB,
+    Type::BYTEA,
+];
 
 /// Writes `jobs` in one transaction (see the module docs). With
-/// `expect_new` (every job on its first delivery), the rows are first
-/// copied straight into the table; a unique conflict (a sender's retry of a
-/// stored event) rolls that back and the batch goes the staging way.
+/// `expect_new` (every job on its first delivery), the keys are inserted
+/// first and, if all were new, the rows copied straight into the table;
+/// otherwise the batch goes the staging way. A row with no partition to go
+/// to has its partition created (`retention` says the interval), and the
+/// batch is written again.
 ///
 /// # Errors
 /// [`StoreError`]; nothing is committed then.
@@ -226,9 +265,23 @@ pub fn write_batch(
     client: &mut postgres::Client,
     jobs: &[&WebhookJob],
     expect_new: bool,
+    retention: &Retention,
 ) -> Result<Written, StoreError> {
+    match write_once(client, jobs, expect_new) {
+        Err(e) if e.is_missing_partition() => {
+            let received = jobs.iter().map(|j| j.received_at_us);
+            let (from, to) = (received.clone().min().unwrap_or(0), received.max().unwrap_or(0));
+            partitions::cover(client, retention, from, to)?;
+            write_once(client, jobs, expect_new)
+        }
+        written => written,
+    }
+}
+
+fn write_once(client: &mut postgres::Client, jobs: &[&WebhookJob], expect_new: bool) -> Result<Written, StoreError> {
     if expect_new && !jobs.is_empty() {
         let mut tx = client.transaction()?;
+        let generations = lock_generations(&mut tx)?;
         // A COPY the server refuses before it enters copy mode (a lock
         // wait past statement_timeout, a read-only server, a missing
         // table) leaves the postgres crate's connection broken
@@ -242,15 +295,20 @@ pub fn write_batch(
             columns!(),
             " FROM webhook_events WHERE false"
         ))?;
-        match copy_rows(&mut tx, DIRECT_COPY, jobs) {
-            Ok(inserted) => {
+        let (providers, ids): (Vec<&str>, Vec<&str>) =
+            jobs.iter().map(|j| (j.provider.as_str(), j.event_id.as_str())).unzip();
+        match tx.execute(INSERT_KEYS, &[&generations.current, &providers, &ids, &generations.oldest]) {
+            Ok(n) if n == jobs.len() as u64 => {
+                let inserted = copy_rows(&mut tx, DIRECT_COPY, jobs)?;
                 tx.commit()?;
                 return Ok(Written { inserted, duplicates: 0 });
             }
-            // Dropping the transaction rolls it back.
-            Err(StoreError::Postgres(e))
-                if e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION) => {}
-            Err(e) => return Err(e),
+            // A key an older generation holds, or (below) the current one
+            // holds: some rows are copies. Dropping the transaction rolls
+            // it back, and the batch takes the staging way.
+            Ok(_) => {}
+            Err(e) if e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION) => {}
+            Err(e) => return Err(e.into()),
         }
     }
     let mut tx = client.transaction()?;
@@ -259,28 +317,76 @@ pub fn write_batch(
     // Named for its columns: a session never meets an older layout.
     tx.batch_execute(
         "SET LOCAL client_min_messages = warning;
-         CREATE TEMP TABLE IF NOT EXISTS webhook_staging_v2 (
+         CREATE TEMP TABLE IF NOT EXISTS webhook_staging_v3 (
              provider text, event_id text, event_type text, verified_by text,
-             event_timestamp timestamptz, received_at timestamptz, payload jsonb
+             event_timestamp timestamptz, received_at timestamptz, payload jsonb, raw_body bytea
          ) ON COMMIT DELETE ROWS",
     )?;
     copy_rows(&mut tx, STAGING_COPY, jobs)?;
-    let inserted = tx.execute(
-        concat!(
-            "INSERT INTO webhook_events (",
-            columns!(),
-            ") SELECT ",
-            columns!(),
-            " FROM webhook_staging_v2 ON CONFLICT (provider, event_id) DO NOTHING"
-        ),
-        &[],
-    )?;
+    let generations = lock_generations(&mut tx)?;
+    let inserted = tx.execute(GATED_INSERT, &[&generations.current, &generations.oldest])?;
     tx.commit()?;
     Ok(Written { inserted, duplicates: jobs.len() as u64 - inserted })
 }
 
+/// The dedupe generations a writer checks: the current one, which takes
+/// its keys, and the oldest still inside `DEDUPE_WINDOW`.
+struct Generations {
+    current: i32,
+    oldest: i32,
+}
+
+/// Takes [`partitions::GENERATION_LOCK`] shared (held to the commit), then
+/// reads the generations, in one round trip: a switch of generation either
+/// waited for this transaction or committed before it read.
+fn lock_generations(tx: &mut postgres::Transaction<'_>) -> Result<Generations, StoreError> {
+    let messages = tx.simple_query(&format!(
+        "SELECT pg_advisory_xact_lock_shared({});
+         SELECT max(gen), min(gen) FROM webhook_dedupe_generations",
+        partitions::GENERATION_LOCK
+    ))?;
+    let row = messages.iter().rev().find_map(|m| match m {
+        postgres::SimpleQueryMessage::Row(row) => Some(row),
+        _ => None,
+    });
+    let number = |i| row.and_then(|r| r.get(i)).and_then(|v: &str| v.parse::<i32>().ok());
+    match (number(0), number(1)) {
+        (Some(current), Some(oldest)) => Ok(Generations { current, oldest }),
+        _ => Err(StoreError::Schema("webhook_dedupe_generations holds no generation")),
+    }
+}
+
+/// The keys of a batch of first deliveries, from two arrays, into the
+/// current generation ($1) unless a generation from $4 up holds them; a
+/// key the current generation holds fails the statement (23505).
+const INSERT_KEYS: &str = "INSERT INTO webhook_event_keys (gen, provider, event_id)
+     SELECT $1, u.p, u.e FROM unnest($2::text[], $3::text[]) AS u(p, e)
+      WHERE (SELECT true FROM webhook_event_keys k
+              WHERE k.gen >= $4 AND k.gen < $1 AND k.provider = u.p AND k.event_id = u.e
+              LIMIT 1) IS NULL";
+
+/// The staged rows whose key goes into the current generation ($1) and is
+/// in no generation from $2 up. The older generations are probed per row
+/// (a scalar subquery, never a hash of a whole generation); a key two
+/// workers insert at once waits on the index for the first to commit.
+const GATED_INSERT: &str = concat!(
+    "WITH fresh AS (
+        INSERT INTO webhook_event_keys (gen, provider, event_id)
+        SELECT $1, s.provider, s.event_id FROM webhook_staging_v3 s
+         WHERE (SELECT true FROM webhook_event_keys k
+                 WHERE k.gen >= $2 AND k.gen < $1 AND k.provider = s.provider AND k.event_id = s.event_id
+                 LIMIT 1) IS NULL
+        ON CONFLICT DO NOTHING
+        RETURNING provider, event_id)
+     INSERT INTO webhook_events (",
+    columns!(),
+    ") SELECT DISTINCT ON (s.provider, s.event_id) ",
+    "s.provider, s.event_id, s.event_type, s.verified_by, s.event_timestamp, s.received_at, s.payload, s.raw_body",
+    " FROM webhook_staging_v3 s JOIN fresh f ON f.provider = s.provider AND f.event_id = s.event_id"
+);
+
 const DIRECT_COPY: &str = concat!("COPY webhook_events (", columns!(), ") FROM STDIN (FORMAT binary)");
-const STAGING_COPY: &str = concat!("COPY webhook_staging_v2 (", columns!(), ") FROM STDIN (FORMAT binary)");
+const STAGING_COPY: &str = concat!("COPY webhook_staging_v3 (", columns!(), ") FROM STDIN (FORMAT binary)");
 
 /// A binary `COPY` of `jobs` by `statement`; the rows copied.
 fn copy_rows(
@@ -304,6 +410,7 @@ pub struct CopyRow<'a> {
     event_timestamp: Timestamptz,
     received_at: Timestamptz,
     payload: RawJsonb<'a>,
+    raw_body: &'a [u8],
 }
 
 impl<'a> CopyRow<'a> {
@@ -317,11 +424,12 @@ impl<'a> CopyRow<'a> {
             event_timestamp: Timestamptz(job.event_timestamp_us),
             received_at: Timestamptz(job.received_at_us),
             payload: RawJsonb(&job.payload),
+            raw_body: job.body_as_received(),
         }
     }
 
     /// The values, for `BinaryCopyInWriter::write`.
-    pub fn params(&self) -> [&(dyn ToSql + Sync); 7] {
+    pub fn params(&self) -> [&(dyn ToSql + Sync); 8] {
         [
             &self.provider,
             &self.event_id,
@@ -330,6 +438,7 @@ impl<'a> CopyRow<'a> {
             &self.event_timestamp,
             &self.received_at,
             &self.payload,
+            &self.raw_body,
         ]
     }
 }
@@ -342,7 +451,7 @@ const PG_EPOCH_US: i64 = 946_684_800_000_000;
 /// once turned a valid instant into 1970-01-01. An instant before
 /// PostgreSQL's first is refused as a [`RowError`], never replaced.
 #[derive(Debug)]
-struct Timestamptz(i64);
+pub(crate) struct Timestamptz(pub(crate) i64);
 
 impl ToSql for Timestamptz {
     fn to_sql(

@@ -258,7 +258,8 @@ pub struct WorkerMetrics {
     dead_lettered: AtomicU64,
     postgres_errors: AtomicU64,
     redis_errors: AtomicU64,
-    keys_not_set: AtomicU64,
+    dead_letter_fallbacks: AtomicU64,
+    dead_letters_moved: AtomicU64,
 }
 
 impl WorkerMetrics {
@@ -280,9 +281,14 @@ impl WorkerMetrics {
         self.redis_errors.fetch_add(1, Relaxed);
     }
 
-    /// Idempotency keys Redis refused to set (out of memory).
-    pub fn record_keys_not_set(&self, n: u64) {
-        self.keys_not_set.fetch_add(n, Relaxed);
+    /// Dead letters written to the Redis fallback stream (PostgreSQL unreachable).
+    pub fn record_dead_letter_fallbacks(&self, n: u64) {
+        self.dead_letter_fallbacks.fetch_add(n, Relaxed);
+    }
+
+    /// Dead letters moved from the Redis fallback stream into PostgreSQL.
+    pub fn record_dead_letters_moved(&self, n: u64) {
+        self.dead_letters_moved.fetch_add(n, Relaxed);
     }
 }
 
@@ -374,7 +380,8 @@ impl Metrics {
                 dead_lettered: AtomicU64::new(0),
                 postgres_errors: AtomicU64::new(0),
                 redis_errors: AtomicU64::new(0),
-                keys_not_set: AtomicU64::new(0),
+                dead_letter_fallbacks: AtomicU64::new(0),
+                dead_letters_moved: AtomicU64::new(0),
             },
         })
     }
@@ -499,7 +506,7 @@ impl Metrics {
         render_counter(
             &mut out,
             "webhook_dead_lettered_total",
-            "Entries moved to the dead-letter stream.",
+            "Entries dead-lettered (webhook_dead_letters, or the Redis fallback stream).",
             w.dead_lettered.load(Relaxed),
         );
         render_counter(
@@ -517,9 +524,15 @@ impl Metrics {
         );
         render_counter(
             &mut out,
-            "webhook_idempotency_keys_not_set_total",
-            "Idempotency keys Redis refused after a commit (the unique constraint still dedupes).",
-            w.keys_not_set.load(Relaxed),
+            "webhook_dead_letter_fallbacks_total",
+            "Dead letters kept in the Redis fallback stream because PostgreSQL was unreachable.",
+            w.dead_letter_fallbacks.load(Relaxed),
+        );
+        render_counter(
+            &mut out,
+            "webhook_dead_letters_moved_total",
+            "Dead letters moved from the Redis fallback stream into webhook_dead_letters.",
+            w.dead_letters_moved.load(Relaxed),
         );
         render_gauge(
             &mut out,

@@ -1,38 +1,139 @@
-//! The dead-letter stream `<QUEUE_NAME>:dead`: entries that could not be
-//! stored after `MAX_ATTEMPTS` deliveries (or could not be decoded), with the
-//! original fields plus why, how often, and where from. `replay` moves them
-//! back into the main stream once the cause is fixed.
+//! Dead letters: entries that could not be stored after `MAX_ATTEMPTS`
+//! deliveries (or could not be decoded). They go to PostgreSQL's
+//! `webhook_dead_letters` ([`crate::store::dead_letters`]) with their body,
+//! error and SQLSTATE, so Redis holds only work in flight. While
+//! PostgreSQL is unreachable they wait in the Redis fallback stream
+//! `<stream>:dead` (capped by `DEAD_LETTER_REDIS_MAX_BYTES`; past it the
+//! entry stays pending in its own stream), and [`move_fallback`] moves
+//! them into the table once PostgreSQL is back. [`replay`] puts dead
+//! letters back into their stream and deletes them from the table.
 
+use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use redis::streams::StreamRangeReply;
+use base64::Engine as _;
+use redis::streams::{StreamId, StreamRangeReply};
+use thiserror::Error;
 
 use super::Entry;
+use crate::job::WebhookJob;
+use crate::store::dead_letters::{self, DeadLetter};
+use crate::store::StoreError;
 
-/// Extra fields a dead letter carries besides the original entry's.
+/// Extra fields a fallback dead letter carries besides the original entry's.
 pub mod fields {
     /// The last error.
     pub const ERROR: &str = "error";
+    /// Its SQLSTATE, when PostgreSQL gave one.
+    pub const SQLSTATE: &str = "sqlstate";
     /// Deliveries when it was given up.
     pub const ATTEMPTS: &str = "attempts";
     /// Its id in the main stream.
     pub const SOURCE_ID: &str = "source_id";
     /// When it was dead-lettered, µs since the epoch.
     pub const DEAD_AT: &str = "dead_at";
+    /// Every extra field, to tell them from the entry's own.
+    pub const ALL: [&str; 5] = [ERROR, SQLSTATE, ATTEMPTS, SOURCE_ID, DEAD_AT];
 }
 
-/// The dead-letter stream of `stream`.
+/// An entry given up, and why.
+#[derive(Debug)]
+pub struct Dead {
+    /// The entry.
+    pub entry: Entry,
+    /// The last error.
+    pub error: String,
+    /// Its SQLSTATE, when PostgreSQL gave one.
+    pub sqlstate: Option<String>,
+}
+
+/// The Redis fallback stream of `stream`.
 pub fn dead_letter_stream(stream: &str) -> String {
     crate::queue::keys::dead_letters(stream)
 }
 
-/// The `XADD` of `entry` to the dead-letter stream: its fields as they
-/// were in the main stream, plus why, how often, and where from.
-pub(super) fn xadd(dead_stream: &str, entry: &Entry, reason: &str) -> redis::Cmd {
-    let now_us = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0);
+fn now_us() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
+}
+
+fn base64(b: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+/// A job's fields, or (undecodable) the entry's fields as name → base64.
+fn letter_of(
+    job: Result<&WebhookJob, &HashMap<String, redis::Value>>,
+    error: String,
+    sqlstate: Option<String>,
+    attempts: u64,
+    stream: &str,
+    stream_id: &str,
+    dead_at_us: i64,
+) -> DeadLetter {
+    let mut letter = DeadLetter {
+        id: 0,
+        provider: None,
+        event_id: None,
+        event_type: None,
+        verified_by: None,
+        event_timestamp_us: None,
+        received_at_us: None,
+        raw_body: None,
+        payload: None,
+        fields: None,
+        error,
+        sqlstate,
+        attempts: attempts as i64,
+        stream: stream.to_string(),
+        stream_id: stream_id.to_string(),
+        dead_at_us,
+    };
+    match job {
+        Ok(job) => {
+            letter.provider = Some(job.provider.clone());
+            letter.event_id = Some(job.event_id.clone());
+            letter.event_type = Some(job.event_type.clone());
+            letter.verified_by = job.verified_by.clone();
+            letter.event_timestamp_us = Some(job.event_timestamp_us);
+            letter.received_at_us = Some(job.received_at_us);
+            letter.raw_body = Some(job.body_as_received().to_vec());
+            letter.payload = job.raw_body.as_ref().map(|_| job.payload.clone());
+        }
+        Err(map) => {
+            let mut names: Vec<&String> = map.keys().collect();
+            names.sort();
+            let mut fields = serde_json::Map::new();
+            for name in names {
+                if let redis::Value::BulkString(value) = &map[name] {
+                    fields.insert(name.clone(), serde_json::Value::String(base64(value)));
+                }
+            }
+            letter.fields = Some(serde_json::Value::Object(fields));
+        }
+    }
+    letter
+}
+
+/// The row for `dead`, which came from `stream`.
+pub(super) fn letter(stream: &str, dead: &Dead) -> DeadLetter {
+    let job = dead.entry.job.as_ref().map_err(|u| &u.fields);
+    letter_of(
+        job,
+        dead.error.clone(),
+        dead.sqlstate.clone(),
+        dead.entry.deliveries,
+        stream,
+        &dead.entry.id,
+        now_us(),
+    )
+}
+
+/// The `XADD` of `dead` to the fallback stream: its fields as they were in
+/// the main stream, plus why, how often, and where from.
+pub(super) fn xadd(dead_stream: &str, dead: &Dead) -> redis::Cmd {
     let mut cmd = redis::cmd("XADD");
     cmd.arg(dead_stream).arg("*");
-    match &entry.job {
+    match &dead.entry.job {
         Ok(job) => job.write_stream_fields(&mut cmd),
         Err(undecodable) => {
             let mut names: Vec<&String> = undecodable.fields.keys().collect();
@@ -44,15 +145,111 @@ pub(super) fn xadd(dead_stream: &str, entry: &Entry, reason: &str) -> redis::Cmd
             }
         }
     }
-    cmd.arg(fields::ERROR)
-        .arg(reason)
-        .arg(fields::ATTEMPTS)
-        .arg(entry.deliveries)
+    cmd.arg(fields::ERROR).arg(&dead.error);
+    if let Some(code) = &dead.sqlstate {
+        cmd.arg(fields::SQLSTATE).arg(code);
+    }
+    cmd.arg(fields::ATTEMPTS)
+        .arg(dead.entry.deliveries)
         .arg(fields::SOURCE_ID)
-        .arg(&entry.id)
+        .arg(&dead.entry.id)
         .arg(fields::DEAD_AT)
-        .arg(now_us);
+        .arg(now_us());
     cmd
+}
+
+/// The row for a fallback dead letter read back from `stream`'s fallback stream.
+fn from_fallback(stream: &str, e: StreamId) -> DeadLetter {
+    let mut map = e.map;
+    let mut text = |name: &str| match map.remove(name) {
+        Some(redis::Value::BulkString(b)) => Some(String::from_utf8_lossy(&b).into_owned()),
+        _ => None,
+    };
+    let error = text(fields::ERROR).unwrap_or_default();
+    let sqlstate = text(fields::SQLSTATE);
+    let attempts = text(fields::ATTEMPTS).and_then(|a| a.parse().ok()).unwrap_or(0);
+    let source_id = text(fields::SOURCE_ID).unwrap_or_else(|| e.id.clone());
+    let dead_at = text(fields::DEAD_AT).and_then(|a| a.parse().ok()).unwrap_or_else(now_us);
+    match WebhookJob::from_stream_fields(map) {
+        Ok(job) => letter_of(Ok(&job), error, sqlstate, attempts, stream, &source_id, dead_at),
+        Err(u) => letter_of(Err(&u.fields), error, sqlstate, attempts, stream, &source_id, dead_at),
+    }
+}
+
+/// The `XADD` that puts `letter` back into its stream as it first came.
+fn replay_command(letter: &DeadLetter) -> Result<redis::Cmd, ReplayError> {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(&letter.stream).arg("*");
+    if let Some(serde_json::Value::Object(fields)) = &letter.fields {
+        for (name, value) in fields {
+            let bytes = value
+                .as_str()
+                .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok())
+                .ok_or(ReplayError::Malformed(letter.id))?;
+            cmd.arg(name).arg(bytes);
+        }
+        return Ok(cmd);
+    }
+    let (Some(provider), Some(event_id), Some(ts), Some(received), Some(raw)) = (
+        &letter.provider,
+        &letter.event_id,
+        letter.event_timestamp_us,
+        letter.received_at_us,
+        &letter.raw_body,
+    ) else {
+        return Err(ReplayError::Malformed(letter.id));
+    };
+    let job = WebhookJob {
+        provider: provider.clone(),
+        event_id: event_id.clone(),
+        event_type: letter.event_type.clone().unwrap_or_default(),
+        event_timestamp_us: ts,
+        received_at_us: received,
+        verified_by: letter.verified_by.clone(),
+        payload: letter.payload.clone().unwrap_or_else(|| raw.clone()),
+        raw_body: letter.payload.as_ref().map(|_| raw.clone()),
+    };
+    job.write_stream_fields(&mut cmd);
+    Ok(cmd)
+}
+
+/// Why a move or a replay stopped.
+#[derive(Debug, Error)]
+pub enum ReplayError {
+    /// Redis failed.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// PostgreSQL failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A row holds neither a job nor an entry's fields (edited by hand?).
+    #[error("dead letter {0} holds neither a job nor an entry's fields")]
+    Malformed(i64),
+}
+
+/// Moves up to `max` fallback dead letters of `stream` into the table
+/// (inserted first, then deleted from Redis: a crash in between repeats the
+/// insert, which the table's unique key absorbs). Returns how many moved.
+///
+/// # Errors
+/// [`ReplayError`]; what moved before stays moved.
+pub fn move_fallback(
+    con: &mut impl redis::ConnectionLike,
+    client: &mut postgres::Client,
+    stream: &str,
+    max: usize,
+) -> Result<usize, ReplayError> {
+    let dead = dead_letter_stream(stream);
+    let r: StreamRangeReply =
+        redis::cmd("XRANGE").arg(&dead).arg("-").arg("+").arg("COUNT").arg(max).query(con)?;
+    if r.ids.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<String> = r.ids.iter().map(|e| e.id.clone()).collect();
+    let letters: Vec<DeadLetter> = r.ids.into_iter().map(|e| from_fallback(stream, e)).collect();
+    dead_letters::insert(client, &letters)?;
+    redis::cmd("XDEL").arg(&dead).arg(&ids).exec(con)?;
+    Ok(ids.len())
 }
 
 /// Which dead letters to replay.
@@ -60,53 +257,41 @@ pub(super) fn xadd(dead_stream: &str, entry: &Entry, reason: &str) -> redis::Cmd
 pub enum ReplayScope {
     /// Every one.
     All,
-    /// These dead-letter stream ids.
-    Ids(Vec<String>),
+    /// These rows of `webhook_dead_letters`.
+    Ids(Vec<i64>),
 }
 
-/// Moves dead letters back into the main stream (as new entries, with their
-/// original fields) and deletes them from the dead-letter stream, atomically
-/// per entry. Returns how many were moved.
+/// Puts dead letters back into their streams (as new entries, with their
+/// original fields) and deletes them from the table, one at a time: added
+/// first, deleted once Redis has it, so a crash in between replays it
+/// twice, which the dedupe makes one row. Fallback dead letters still in
+/// Redis (`streams`) are moved into the table first. Returns how many were replayed.
 ///
 /// # Errors
-/// Redis failed; entries moved before the failure stay moved.
+/// [`ReplayError`]; entries replayed before the failure stay replayed.
 pub fn replay(
     con: &mut impl redis::ConnectionLike,
-    stream: &str,
+    client: &mut postgres::Client,
+    streams: &[String],
     scope: &ReplayScope,
-) -> redis::RedisResult<usize> {
-    let dead = dead_letter_stream(stream);
-    let entries: Vec<redis::streams::StreamId> = match scope {
-        ReplayScope::All => {
-            let r: StreamRangeReply = redis::cmd("XRANGE").arg(&dead).arg("-").arg("+").query(con)?;
-            r.ids
-        }
-        ReplayScope::Ids(ids) => {
-            let mut found = Vec::new();
-            for id in ids {
-                let r: StreamRangeReply = redis::cmd("XRANGE").arg(&dead).arg(id).arg(id).query(con)?;
-                found.extend(r.ids);
-            }
-            found
-        }
-    };
-    let extra = [fields::ERROR, fields::ATTEMPTS, fields::SOURCE_ID, fields::DEAD_AT];
-    let mut moved = 0;
-    for e in entries {
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        let cmd = pipe.cmd("XADD").arg(stream).arg("*");
-        let mut names: Vec<&String> = e.map.keys().filter(|k| !extra.contains(&k.as_str())).collect();
-        names.sort();
-        for name in names {
-            if let redis::Value::BulkString(value) = &e.map[name] {
-                cmd.arg(name).arg(&value[..]);
-            }
-        }
-        cmd.ignore();
-        pipe.cmd("XDEL").arg(&dead).arg(&e.id).ignore();
-        pipe.query::<()>(con)?;
-        moved += 1;
+) -> Result<usize, ReplayError> {
+    for stream in streams {
+        while move_fallback(con, client, stream, 1000)? > 0 {}
     }
-    Ok(moved)
+    let mut replayed = 0;
+    loop {
+        let batch = match scope {
+            ReplayScope::All => dead_letters::list(client, None, 1000)?,
+            ReplayScope::Ids(ids) if replayed == 0 => dead_letters::list(client, Some(ids), ids.len() as i64)?,
+            ReplayScope::Ids(_) => Vec::new(),
+        };
+        if batch.is_empty() {
+            return Ok(replayed);
+        }
+        for letter in batch {
+            replay_command(&letter)?.exec(con)?;
+            dead_letters::delete(client, letter.id)?;
+            replayed += 1;
+        }
+    }
 }

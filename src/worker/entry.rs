@@ -19,7 +19,8 @@ pub struct Entry {
     pub job: Result<WebhookJob, Undecodable>,
     /// How many times the group has delivered it (1 on first read).
     pub deliveries: u64,
-    /// The idempotency key, computed once (none when the job did not decode).
+    /// `(provider, event_id)` as one string, computed once, to find copies
+    /// inside a batch (none when the job did not decode).
     pub(crate) key: Option<String>,
     /// What holding it costs, for the byte budget.
     pub(crate) bytes: usize,
@@ -27,7 +28,7 @@ pub struct Entry {
     pub(crate) lane: usize,
     /// Read with `XREADGROUP … >`: its first delivery, so no worker can
     /// have stored it before. Only a sender posting it twice could have (the
-    /// unique constraint absorbs that), so its key is not looked up.
+    /// dedupe generations absorb that), so the batch may take the direct way.
     pub(crate) fresh: bool,
 }
 
@@ -66,7 +67,7 @@ impl Entry {
 }
 
 impl Entry {
-    pub(crate) fn new(e: StreamId, deliveries: u64, stream: &str) -> Self {
+    pub(crate) fn new(e: StreamId, deliveries: u64) -> Self {
         let bytes = ENTRY_OVERHEAD
             + e.id.len()
             + e.map
@@ -74,7 +75,8 @@ impl Entry {
                 .map(|(k, v)| k.len() + if let redis::Value::BulkString(b) = v { b.len() } else { 16 })
                 .sum::<usize>();
         let job = WebhookJob::from_stream_fields(e.map);
-        let key = job.as_ref().ok().map(|j| crate::queue::keys::seen(stream, &j.provider, &j.event_id));
+        // Providers are `[a-z0-9_-]`: the NUL cannot be part of one.
+        let key = job.as_ref().ok().map(|j| format!("{}\0{}", j.provider, j.event_id));
         Self { id: e.id, job, deliveries, key, bytes, lane: 0, fresh: false }
     }
 }

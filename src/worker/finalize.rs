@@ -1,14 +1,15 @@
 //! Step 3: tell Redis what became of the batch, in one pipelined round trip
-//! (three on a cluster) that never lets the optional part block the essential one:
+//! (two on a cluster) that never lets the fallback part block the essential one:
 //!
-//! 1. dead letters: `MULTI`, their `XADD`s to `<QUEUE_NAME>:dead`, their
-//!    `XACK` + `XDEL`, `EXEC`, so an entry is never acknowledged without its
-//!    dead letter. Refused as a whole (Redis out of memory refuses `XADD`),
-//!    they stay pending and are tried again after a reclaim;
-//! 2. `XACK` + `XDEL` of everything committed or skipped. Redis accepts
-//!    these even at `maxmemory` under `noeviction`, and they free memory;
-//! 3. the idempotency keys, `SET … EX`. Refusals (out of memory) are counted
-//!    and logged, never retried: the keys only save database work.
+//! 1. dead letters PostgreSQL could not take (it went down, or the entry
+//!    was dead-lettered without it): `MULTI`, their `XADD`s to
+//!    `<QUEUE_NAME>:dead`, their `XACK` + `XDEL`, `EXEC`, so an entry is
+//!    never acknowledged without its dead letter. Refused as a whole (Redis
+//!    out of memory refuses `XADD`), they stay pending and are tried again
+//!    after a reclaim;
+//! 2. `XACK` + `XDEL` of everything committed, skipped or dead-lettered in
+//!    PostgreSQL. Redis accepts these even at `maxmemory` under
+//!    `noeviction`, and they free memory.
 //!
 //! A connection failure retries the whole round trip once Redis is back
 //! (the batch stays in hand); dead letters are then re-sent only for
@@ -19,9 +20,9 @@ use std::time::Instant;
 
 use tracing::warn;
 
-use super::dead_letter::{dead_letter_stream, xadd};
+use super::dead_letter::{dead_letter_stream, xadd, Dead};
 use super::write::Stored;
-use super::{jitter, Entry, Worker, WorkerError, MAX_ACK_BACKOFF, MIN_BACKOFF};
+use super::{jitter, Worker, WorkerError, MAX_ACK_BACKOFF, MIN_BACKOFF};
 use crate::queue::GROUP;
 
 /// Tries of an acknowledgement before a worker with several partitions
@@ -31,11 +32,10 @@ const LANE_ACK_TRIES: u32 = 3;
 /// What one partition is told, borrowed from the step's [`Stored`].
 #[derive(Default)]
 struct LaneOutcome<'a> {
-    /// Committed, then skipped: acknowledged and deleted.
+    /// Committed, skipped, dead-lettered in PostgreSQL: acknowledged and deleted.
     acks: Vec<&'a str>,
-    /// The idempotency keys of the committed.
-    keys: Vec<&'a str>,
-    dead: Vec<&'a (Entry, String)>,
+    /// To the Redis dead-letter stream.
+    dead: Vec<&'a Dead>,
 }
 
 impl Worker {
@@ -47,21 +47,16 @@ impl Worker {
     pub fn finalize(&mut self, stored: Stored) -> Result<(), WorkerError> {
         // Each partition on its own: its commands share its slot.
         let mut lanes: BTreeMap<usize, LaneOutcome<'_>> = BTreeMap::new();
-        for (at, key) in &stored.committed {
-            let lane = lanes.entry(at.lane).or_default();
-            lane.acks.push(&at.id);
-            lane.keys.push(key);
-        }
-        for at in &stored.skipped {
+        for at in stored.committed.iter().chain(&stored.skipped).chain(&stored.dead_in_table) {
             lanes.entry(at.lane).or_default().acks.push(&at.id);
         }
         for dead in &stored.dead {
-            lanes.entry(dead.0.lane).or_default().dead.push(dead);
+            lanes.entry(dead.entry.lane).or_default().dead.push(dead);
         }
         let mut failure = None;
         for (lane, outcome) in lanes {
             self.lane = lane;
-            if let Err(e) = self.finalize_lane(&outcome.acks, outcome.dead, &outcome.keys) {
+            if let Err(e) = self.finalize_lane(&outcome.acks, outcome.dead) {
                 failure.get_or_insert(e);
             }
         }
@@ -69,12 +64,7 @@ impl Worker {
     }
 
     /// [`Self::finalize`] for the current lane.
-    fn finalize_lane(
-        &mut self,
-        acks: &[&str],
-        mut dead: Vec<&(Entry, String)>,
-        keys: &[&str],
-    ) -> Result<(), WorkerError> {
+    fn finalize_lane(&mut self, acks: &[&str], mut dead: Vec<&Dead>) -> Result<(), WorkerError> {
         if acks.is_empty() && dead.is_empty() {
             return Ok(());
         }
@@ -84,7 +74,8 @@ impl Worker {
         let mut tries = 0;
         loop {
             let result = if first { Ok(()) } else { self.keep_still_pending(&mut dead) }
-                .and_then(|()| self.acknowledge(acks, &dead, keys));
+                .and_then(|()| self.keep_within_fallback_cap(&mut dead))
+                .and_then(|()| self.acknowledge(acks, &dead));
             first = false;
             match result {
                 Ok(()) => return Ok(()),
@@ -111,23 +102,17 @@ impl Worker {
 
     /// The round trip itself. On one node it is one pipeline whose parts
     /// fail alone (`ignore_errors`); on a cluster redis-rs fails a whole
-    /// pipeline on any error reply, so the three parts go as three, and the
-    /// optional one still cannot hold back the others.
-    fn acknowledge(
-        &mut self,
-        acks: &[&str],
-        dead: &[&(Entry, String)],
-        keys: &[&str],
-    ) -> redis::RedisResult<()> {
+    /// pipeline on any error reply, so the two parts go as two, and the
+    /// fallback one still cannot hold back the other.
+    fn acknowledge(&mut self, acks: &[&str], dead: &[&Dead]) -> redis::RedisResult<()> {
         let stream = self.stream();
-        let ttl = self.settings.idempotency_ttl_secs;
-        let (mut dead_part, mut ack_part, mut key_part) = (redis::pipe(), redis::pipe(), redis::pipe());
+        let (mut dead_part, mut ack_part) = (redis::pipe(), redis::pipe());
         if !dead.is_empty() {
             let dead_stream = dead_letter_stream(&stream);
-            let ids: Vec<&str> = dead.iter().map(|(e, _)| e.id.as_str()).collect();
+            let ids: Vec<&str> = dead.iter().map(|d| d.entry.id.as_str()).collect();
             dead_part.cmd("MULTI");
-            for (entry, reason) in dead {
-                dead_part.add_command(xadd(&dead_stream, entry, reason));
+            for d in dead {
+                dead_part.add_command(xadd(&dead_stream, d));
             }
             dead_part.cmd("XACK").arg(&stream).arg(GROUP).arg(&ids);
             dead_part.cmd("XDEL").arg(&stream).arg(&ids);
@@ -137,14 +122,11 @@ impl Worker {
             ack_part.cmd("XACK").arg(&stream).arg(GROUP).arg(acks);
             ack_part.cmd("XDEL").arg(&stream).arg(acks);
         }
-        for key in keys {
-            key_part.cmd("SET").arg(key).arg(1).arg("EX").arg(ttl);
-        }
         let con = self.con()?;
-        let (dead_reply, ack_reply, refused) = if con.pipelines_span_partitions() {
+        let (dead_reply, ack_reply) = if con.pipelines_span_partitions() {
             let mut pipe = redis::pipe();
             pipe.ignore_errors();
-            for part in [&dead_part, &ack_part, &key_part] {
+            for part in [&dead_part, &ack_part] {
                 for cmd in part.cmd_iter() {
                     pipe.add_command(cmd.clone());
                 }
@@ -153,10 +135,8 @@ impl Worker {
             let mut replies = replies.into_iter();
             // MULTI, each command's QUEUED, then EXEC's verdict.
             let dead_reply = replies.by_ref().take(dead_part.len()).last().unwrap_or(Ok(redis::Value::Nil));
-            let ack_replies: Vec<_> = replies.by_ref().take(ack_part.len()).collect();
-            let ack_reply = ack_replies.into_iter().find(Result::is_err).unwrap_or(Ok(redis::Value::Nil));
-            let refused = replies.filter(Result::is_err).count();
-            (dead_reply.map(drop), ack_reply.map(drop), refused)
+            let ack_reply = replies.find(Result::is_err).unwrap_or(Ok(redis::Value::Nil));
+            (dead_reply.map(drop), ack_reply.map(drop))
         } else {
             let mut send = |part: &redis::Pipeline| -> redis::RedisResult<()> {
                 if part.is_empty() {
@@ -165,13 +145,7 @@ impl Worker {
                     part.query::<redis::Value>(con).map(drop)
                 }
             };
-            let dead_reply = send(&dead_part);
-            let ack_reply = send(&ack_part);
-            let refused = match send(&key_part) {
-                Ok(()) => 0,
-                Err(_) => key_part.len(),
-            };
-            (dead_reply, ack_reply, refused)
+            (send(&dead_part), send(&ack_part))
         };
         if let Err(e) = dead_reply {
             if e.is_io_error() {
@@ -182,25 +156,43 @@ impl Worker {
         }
         // XACK and XDEL are refused only when something is badly wrong (the
         // group deleted, the node gone): retry rather than forget.
-        ack_reply?;
-        if refused > 0 {
-            self.settings.metrics.workers.record_keys_not_set(refused as u64);
-            warn!(consumer = %self.name, keys = refused,
-                  "redis refused idempotency keys (out of memory?); PostgreSQL's unique constraint still dedupes");
+        ack_reply
+    }
+
+    /// The Redis fallback stream holds at most `DEAD_LETTER_REDIS_MAX_BYTES`:
+    /// dead letters that would pass it stay pending in their own stream
+    /// (tried again after a reclaim, by then perhaps into PostgreSQL).
+    fn keep_within_fallback_cap(&mut self, dead: &mut Vec<&Dead>) -> redis::RedisResult<()> {
+        if dead.is_empty() {
+            return Ok(());
         }
+        let dead_stream = dead_letter_stream(&self.stream());
+        let used: Option<u64> = redis::cmd("MEMORY").arg("USAGE").arg(&dead_stream).query(self.con()?)?;
+        let cap = self.settings.dead_letter_redis_max_bytes;
+        let mut total = used.unwrap_or(0);
+        let before = dead.len();
+        dead.retain(|d| {
+            total += d.entry.bytes as u64;
+            total <= cap
+        });
+        if dead.len() < before {
+            warn!(consumer = %self.name, stream = %dead_stream, cap, kept_pending = before - dead.len(),
+                  "the redis dead-letter fallback is full; entries stay pending until postgres is back");
+        }
+        self.settings.metrics.workers.record_dead_letter_fallbacks(dead.len() as u64);
         Ok(())
     }
 
     /// Before a retry: keeps only the dead letters whose entry is still
     /// pending (the previous try may have gone through, its reply lost).
-    fn keep_still_pending(&mut self, dead: &mut Vec<&(Entry, String)>) -> redis::RedisResult<()> {
+    fn keep_still_pending(&mut self, dead: &mut Vec<&Dead>) -> redis::RedisResult<()> {
         if dead.is_empty() {
             return Ok(());
         }
         let stream = self.stream();
         let mut pipe = redis::pipe();
-        for (entry, _) in dead.iter() {
-            pipe.cmd("XPENDING").arg(&stream).arg(GROUP).arg(&entry.id).arg(&entry.id).arg(1);
+        for d in dead.iter() {
+            pipe.cmd("XPENDING").arg(&stream).arg(GROUP).arg(&d.entry.id).arg(&d.entry.id).arg(1);
         }
         let still: Vec<redis::streams::StreamPendingCountReply> = pipe.query(self.con()?)?;
         let mut still = still.into_iter();

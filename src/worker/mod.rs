@@ -72,7 +72,9 @@ use tracing::{error, info, warn};
 use crate::store::{self, Pool, StoreError, Timeouts};
 
 pub use claims::Claims;
-pub use dead_letter::{dead_letter_stream, fields as dead_letter_fields, replay, ReplayScope};
+pub use dead_letter::{
+    dead_letter_stream, fields as dead_letter_fields, move_fallback, replay, Dead, ReplayError, ReplayScope,
+};
 use entry::by_lane;
 pub use entry::{At, Entry};
 pub use write::{Stored, SUSPECT_AFTER};
@@ -83,6 +85,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// every moment the batch stays unacknowledged another worker could take it.
 const MAX_ACK_BACKOFF: Duration = Duration::from_secs(1);
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// How often a worker looks for dead letters in the Redis fallback streams.
+const FALLBACK_MOVE_EVERY: Duration = Duration::from_secs(5);
 
 /// What the workers need from the configuration.
 #[derive(Debug, Clone)]
@@ -101,8 +105,10 @@ pub struct WorkerSettings {
     /// batch, wait this long and read again, so low traffic does not cost a
     /// transaction per handful of events. Delays storage, never the 202.
     pub linger: Duration,
-    /// `IDEMPOTENCY_TTL_SECS`.
-    pub idempotency_ttl_secs: u64,
+    /// `DEAD_LETTER_REDIS_MAX_BYTES`: the Redis dead-letter stream's cap.
+    pub dead_letter_redis_max_bytes: u64,
+    /// `PARTITION_INTERVAL`, `EVENT_RETENTION`, `DEDUPE_WINDOW`.
+    pub retention: crate::store::Retention,
     /// `MAX_ATTEMPTS`: deliveries before an entry is dead-lettered.
     pub max_attempts: u64,
     /// `RECLAIM_IDLE_MS`: pending this long without a heartbeat = abandoned.
@@ -142,11 +148,6 @@ pub enum WorkerError {
     /// Shutdown was requested.
     #[error("shutting down")]
     ShuttingDown,
-}
-
-/// The Redis key recording that `(provider, event_id)` is stored.
-pub fn idempotency_key(stream: &str, provider: &str, event_id: &str) -> String {
-    crate::queue::keys::seen(stream, provider, event_id)
 }
 
 /// What one step did.
@@ -231,6 +232,8 @@ pub struct Worker {
     /// Shared by the workers of a process: set once migrations are applied.
     migrated: Arc<AtomicBool>,
     claims: Claims,
+    /// When the Redis fallback dead letters are next looked for.
+    next_fallback_move: Instant,
 }
 
 impl Worker {
@@ -258,7 +261,19 @@ impl Worker {
     ) -> Result<Self, WorkerError> {
         let migrated = Arc::new(AtomicBool::new(!settings.migrate));
         let lanes = settings.queue.streams().into_iter().map(Lane::new).collect();
-        Ok(Self { name, settings, con: None, lanes, lane: 0, held: (0, 0), pool, shutdown, migrated, claims })
+        Ok(Self {
+            name,
+            settings,
+            con: None,
+            lanes,
+            lane: 0,
+            held: (0, 0),
+            pool,
+            shutdown,
+            migrated,
+            claims,
+            next_fallback_move: Instant::now(),
+        })
     }
 
     /// Reads only these partitions (every one by default).
@@ -349,6 +364,7 @@ impl Worker {
                         info!(consumer = %self.name, "worker recovered");
                     }
                     backoff = MIN_BACKOFF;
+                    self.move_fallback_dead_letters();
                 }
                 Err(WorkerError::ShuttingDown) => break,
                 Err(e) => {
@@ -422,7 +438,7 @@ impl Worker {
                 read,
                 inserted: stored.inserted,
                 duplicates: stored.duplicates + stored.skipped.len() as u64,
-                dead_lettered: stored.dead.len(),
+                dead_lettered: stored.dead.len() + stored.dead_in_table.len(),
                 left_pending: stored.retry_later.len(),
             };
             self.finalize(stored).map(|()| report)
@@ -491,6 +507,39 @@ impl Worker {
         }
     }
 
+    /// Every [`FALLBACK_MOVE_EVERY`]: dead letters that waited in a Redis
+    /// fallback stream while PostgreSQL was unreachable move into the table.
+    fn move_fallback_dead_letters(&mut self) {
+        if Instant::now() < self.next_fallback_move {
+            return;
+        }
+        self.next_fallback_move = Instant::now() + FALLBACK_MOVE_EVERY;
+        for lane in 0..self.lanes.len() {
+            let stream = self.lanes[lane].stream.clone();
+            let Ok(mut client) = self.pool.get() else { return };
+            let moved = match self.con() {
+                Ok(con) => move_fallback(con, &mut client, &stream, 1000),
+                Err(_) => return,
+            };
+            match moved {
+                Ok(0) => {}
+                Ok(n) => {
+                    self.settings.metrics.workers.record_dead_letters_moved(n as u64);
+                    info!(consumer = %self.name, stream = %stream, moved = n,
+                          "dead letters moved from the redis fallback stream into webhook_dead_letters");
+                    self.next_fallback_move = Instant::now();
+                }
+                Err(e) => {
+                    warn!(consumer = %self.name, error = %e, "cannot move the fallback dead letters yet");
+                    if matches!(e, ReplayError::Redis(_)) {
+                        self.disconnect();
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
     /// Until when the keeper may refresh this worker's claim without news.
     fn live_until(&self) -> Instant {
         Instant::now() + self.settings.hang_limit()
@@ -509,6 +558,9 @@ impl Worker {
         }
         let mut client = self.pool.get().map_err(StoreError::from)?;
         store::migrate(&mut client)?;
+        // The partitions the first rows need, before they are written (a
+        // process that finds another maintaining leaves it to that one).
+        store::partitions::maintain(&mut client, &self.settings.retention, now_us())?;
         self.migrated.store(true, Ordering::Release);
         Ok(())
     }
@@ -554,6 +606,47 @@ impl Worker {
 /// ±25 % jitter, so workers retrying after one outage do not move in lockstep.
 fn jitter(d: Duration) -> Duration {
     d.mul_f64(rand::rng().random_range(0.75..1.25))
+}
+
+/// µs since the Unix epoch, the clock `received_at` is read from.
+fn now_us() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
+}
+
+/// The partition maintenance of [`store::partitions`], every
+/// `maintenance_every()` until shutdown. Every process runs it; one at a
+/// time does the work. Failures are logged once per change and retried.
+fn maintain_partitions(settings: Arc<WorkerSettings>, pool: Pool, shutdown: CancellationToken) {
+    let every = settings.retention.maintenance_every();
+    let mut last_error: Option<String> = None;
+    loop {
+        let until = Instant::now() + every;
+        while Instant::now() < until && !shutdown.is_cancelled() {
+            thread::sleep((until - Instant::now()).min(Duration::from_millis(50)));
+        }
+        if shutdown.is_cancelled() {
+            return;
+        }
+        let run = pool
+            .get()
+            .map_err(StoreError::from)
+            .and_then(|mut c| store::partitions::maintain(&mut c, &settings.retention, now_us()));
+        match run {
+            Ok(_) => {
+                if last_error.take().is_some() {
+                    info!("partition maintenance recovered");
+                }
+            }
+            Err(e) => {
+                settings.metrics.workers.record_postgres_error();
+                let msg = e.to_string();
+                if last_error.as_deref() != Some(&msg) {
+                    warn!(error = %msg, "partition maintenance failed; tried again next run");
+                    last_error = Some(msg);
+                }
+            }
+        }
+    }
 }
 
 /// Handles to the running worker threads.
@@ -603,6 +696,14 @@ pub fn spawn_workers(
         let t = thread::Builder::new()
             .name(format!("worker-{n}"))
             .spawn(move || worker.run())
+            .map_err(|e| WorkerError::Redis(redis::RedisError::from(e)))?;
+        threads.push(t);
+    }
+    if count > 0 {
+        let (settings, pool, shutdown) = (settings.clone(), pool.clone(), shutdown.clone());
+        let t = thread::Builder::new()
+            .name("pg-maintenance".into())
+            .spawn(move || maintain_partitions(settings, pool, shutdown))
             .map_err(|e| WorkerError::Redis(redis::RedisError::from(e)))?;
         threads.push(t);
     }

@@ -147,7 +147,7 @@ impl Worker {
                 r.keys
                     .into_iter()
                     .flat_map(|k| k.ids)
-                    .map(|e| Entry { fresh: true, ..Entry::new(e, 1, &stream) })
+                    .map(|e| Entry { fresh: true, ..Entry::new(e, 1) })
                     .collect()
             })
             .unwrap_or_default())
@@ -275,7 +275,7 @@ fn fetch_by_id(con: &mut Conn, stream: &str, pending: Vec<(String, u64)>) -> Res
     let mut entries = Vec::with_capacity(pending.len());
     for ((id, deliveries), reply) in pending.into_iter().zip(found) {
         match reply.ids.into_iter().next() {
-            Some(e) => entries.push(Entry::new(e, deliveries, stream)),
+            Some(e) => entries.push(Entry::new(e, deliveries)),
             None => gone.push(id),
         }
     }
@@ -310,7 +310,7 @@ fn claim(
         .into_iter()
         .map(|e: StreamId| {
             let n = counts.get(e.id.as_str()).copied().unwrap_or(1);
-            Entry::new(e, n, stream)
+            Entry::new(e, n)
         })
         .collect())
 }

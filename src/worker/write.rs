@@ -1,6 +1,8 @@
 //! Step 2: dedupe, then write to PostgreSQL, so that no single entry can
 //! hold back the others.
 //!
+//! * Every entry is written: PostgreSQL's dedupe generations decide which
+//!   are copies (Redis holds no idempotency state).
 //! * Later copies of a key in the same batch (a sender's retry) wait for the
 //!   first: they are acknowledged only once it is committed, and stay
 //!   pending with it otherwise, so no copy is dropped while the kept one
@@ -15,17 +17,20 @@
 //!   passes, so an outage that begins mid-split is never blamed on rows.
 //! * An entry judged bad stays pending (another attempt after a reclaim)
 //!   until it has been delivered `MAX_ATTEMPTS` times; then it is dead-lettered
-//!   with its error.
+//!   with its error and SQLSTATE: into `webhook_dead_letters` in the same
+//!   step, or, if PostgreSQL cannot take it then, the Redis fallback stream
+//!   ([`super::dead_letter`]).
 
 use std::collections::HashSet;
 use std::time::Instant;
 
 use tracing::{error, info, warn};
 
-use super::entry::{by_lane, At, Entry};
+use super::dead_letter::Dead;
+use super::entry::{At, Entry};
 use super::{jitter, Worker, WorkerError, MAX_BACKOFF, MIN_BACKOFF};
 use crate::job::WebhookJob;
-use crate::store::{self, StoreError};
+use crate::store::{self, dead_letters, StoreError};
 
 /// Failed tries of one batch, with a systemic-looking error, before the
 /// worker asks whether its rows are the cause (≈ 0.7 s with the backoff).
@@ -34,13 +39,14 @@ pub const SUSPECT_AFTER: u32 = 3;
 /// A batch after [`Worker::store`]: what to do with each entry in Redis.
 #[derive(Debug, Default)]
 pub struct Stored {
-    /// Committed (new or duplicate rows): `(entry, key)`; ack, then set the key.
-    pub committed: Vec<(At, String)>,
-    /// Stored already (key present), or a copy of a key committed in this
-    /// batch: ack only.
+    /// Committed (new or duplicate rows): acknowledge.
+    pub committed: Vec<At>,
+    /// A copy of a key committed in this batch: acknowledge.
     pub skipped: Vec<At>,
-    /// To the dead-letter stream, with the reason.
-    pub dead: Vec<(Entry, String)>,
+    /// Dead-lettered in `webhook_dead_letters`: acknowledge.
+    pub dead_in_table: Vec<At>,
+    /// To dead-letter, not yet in the table: the Redis fallback stream.
+    pub dead: Vec<Dead>,
     /// Left pending for a later attempt (a bad entry with attempts left, or
     /// a copy of one).
     pub retry_later: Vec<At>,
@@ -75,90 +81,57 @@ impl Worker {
             match (&entry.job, &entry.key) {
                 (Err(undecodable), _) => {
                     let reason = format!("undecodable stream entry: {}", undecodable.error);
-                    out.dead.push((entry, reason));
+                    out.dead.push(Dead { entry, error: reason, sqlstate: None });
                 }
                 (Ok(_), Some(key)) if !firsts.insert(key.clone()) => copies.push((entry.at(), key.clone())),
                 (Ok(_), _) => to_write.push(entry),
             }
         }
 
-        // Only redeliveries are looked up: a fresh entry's key can exist only
-        // if a sender posted the event twice, which PostgreSQL's unique
-        // constraint absorbs, so checking every entry would cost a command
-        // per event to save work on a few (tuning.md §23).
-        let mut known: HashSet<String> = HashSet::new();
-        let (mut fresh, again): (Vec<Entry>, Vec<Entry>) = to_write.into_iter().partition(|e| e.fresh);
-        fresh.extend(self.drop_known(again, &mut out, &mut known));
-        self.write_all(fresh, &mut out)?;
+        // Every entry goes to PostgreSQL, whose dedupe generations decide:
+        // Redis keeps no idempotency state (tuning.md §24: it cost memory
+        // that grew with the rate and only ever saved the write of a
+        // redelivery, which the gated insert makes a no-op anyway).
+        let mut committed_keys: HashSet<String> = HashSet::new();
+        self.write_all(to_write, &mut out, &mut committed_keys)?;
 
         // A copy goes with its first: acknowledged if that is stored, pending if not.
-        let done: HashSet<&str> =
-            out.committed.iter().map(|(_, k)| k.as_str()).chain(known.iter().map(String::as_str)).collect();
         for (id, key) in copies {
-            if done.contains(key.as_str()) {
+            if committed_keys.contains(&key) {
                 out.skipped.push(id);
             } else {
                 out.retry_later.push(id);
             }
         }
+        self.dead_letter_in_table(&mut out);
         Ok(out)
     }
 
-    /// One round trip: entries whose key says they are stored already are
-    /// acknowledged without a write. The keys only save work, so when Redis
-    /// does not answer, every entry is written (the unique constraint decides).
-    fn drop_known(
-        &mut self,
-        entries: Vec<Entry>,
-        out: &mut Stored,
-        known: &mut HashSet<String>,
-    ) -> Vec<Entry> {
-        // One pipeline per partition: on a cluster each goes to its slot's master.
-        let mut groups = by_lane(entries, |e| e.lane).into_iter();
-        let Some((_, first)) = groups.next() else { return Vec::new() };
-        let mut fresh = self.drop_known_in_lane(first, out, known);
-        for (_, group) in groups {
-            fresh.extend(self.drop_known_in_lane(group, out, known));
+    /// Stores the step's dead letters in `webhook_dead_letters`; those the
+    /// table took are acknowledged, the rest go to the Redis fallback.
+    fn dead_letter_in_table(&mut self, out: &mut Stored) {
+        if out.dead.is_empty() {
+            return;
         }
-        fresh
-    }
-
-    fn drop_known_in_lane(
-        &mut self,
-        entries: Vec<Entry>,
-        out: &mut Stored,
-        known: &mut HashSet<String>,
-    ) -> Vec<Entry> {
-        if entries.is_empty() {
-            return entries;
-        }
-        let mut pipe = redis::pipe();
-        for e in &entries {
-            pipe.cmd("EXISTS").arg(&e.key);
-        }
-        let found: Vec<bool> = match self.con().and_then(|con| pipe.query(con)) {
-            Ok(found) => found,
+        let letters: Vec<_> =
+            out.dead.iter().map(|d| super::dead_letter::letter(&self.lanes[d.entry.lane].stream, d)).collect();
+        let stored = self.pool.get().map_err(StoreError::from).and_then(|mut c| dead_letters::insert(&mut c, &letters));
+        match stored {
+            Ok(_) => out.dead_in_table.extend(out.dead.drain(..).map(|d| d.entry.at())),
             Err(e) => {
-                warn!(consumer = %self.name, error = %e, "redis did not answer the idempotency check; writing the batch anyway");
-                self.disconnect();
-                return entries;
-            }
-        };
-        let mut fresh = Vec::with_capacity(entries.len());
-        for (e, found) in entries.into_iter().zip(found) {
-            match (found, &e.key) {
-                (true, Some(key)) => {
-                    known.insert(key.clone());
-                    out.skipped.push(e.at());
-                }
-                _ => fresh.push(e),
+                warn!(consumer = %self.name, error = %e, entries = out.dead.len(),
+                      "postgres cannot take the dead letters; they wait in the redis fallback stream");
             }
         }
-        fresh
     }
 
     /// Writes every entry, retrying systemic failures (see the module docs).
-    fn write_all(&mut self, entries: Vec<Entry>, out: &mut Stored) -> Result<(), WorkerError> {
+    fn write_all(
+        &mut self,
+        entries: Vec<Entry>,
+        out: &mut Stored,
+        committed_keys: &mut HashSet<String>,
+    ) -> Result<(), WorkerError> {
         let mut backoff = MIN_BACKOFF;
         let mut shutdown_seen: Option<Instant> = None;
         let mut remaining = entries;
@@ -166,7 +139,7 @@ impl Worker {
         let mut suspect = false;
         let mut warned = false;
         while !remaining.is_empty() {
-            let halt = match self.write_split(remaining, out, suspect) {
+            let halt = match self.write_split(remaining, out, committed_keys, suspect) {
                 Ok(()) => break,
                 Err(halt) => halt,
             };
@@ -213,7 +186,13 @@ impl Worker {
     /// Writes `items`, splitting on errors the rows may cause (every data
     /// error; with `suspect`, systemic-looking ones too). Stops at an error
     /// that is the database's, with the entries not yet written.
-    fn write_split(&mut self, items: Vec<Entry>, out: &mut Stored, suspect: bool) -> Result<(), Halt> {
+    fn write_split(
+        &mut self,
+        items: Vec<Entry>,
+        out: &mut Stored,
+        committed_keys: &mut HashSet<String>,
+        suspect: bool,
+    ) -> Result<(), Halt> {
         let mut client = match self.pool.get() {
             Ok(c) => c,
             Err(e) => return Err(Halt { error: StoreError::Pool(e), left: items, probe_failed: false }),
@@ -223,14 +202,14 @@ impl Worker {
             self.touch();
             let jobs: Vec<&WebhookJob> = batch.iter().filter_map(|e| e.job.as_ref().ok()).collect();
             let expect_new = batch.iter().all(|e| e.fresh);
-            let e = match store::write_batch(&mut client, &jobs, expect_new) {
+            let e = match store::write_batch(&mut client, &jobs, expect_new, &self.settings.retention) {
                 Ok(written) => {
                     out.inserted += written.inserted;
                     out.duplicates += written.duplicates;
-                    out.committed.extend(batch.into_iter().filter_map(|e| {
-                        let at = e.at();
-                        e.key.map(|k| (at, k))
-                    }));
+                    for e in batch {
+                        out.committed.push(e.at());
+                        committed_keys.extend(e.key);
+                    }
                     continue;
                 }
                 Err(e) => e,
@@ -256,18 +235,19 @@ impl Worker {
                 return halt(e, batch, stack, true);
             }
             let entry = batch.into_iter().next().expect("one entry");
-            self.judge(entry, e.to_string(), out);
+            self.judge(entry, &e, out);
         }
         Ok(())
     }
 
     /// An entry PostgreSQL refused on its own: another attempt later, or,
     /// on its last, the dead-letter stream.
-    fn judge(&self, entry: Entry, reason: String, out: &mut Stored) {
+    fn judge(&self, entry: Entry, e: &StoreError, out: &mut Stored) {
+        let reason = e.to_string();
         if entry.deliveries >= self.settings.max_attempts {
             error!(consumer = %self.name, id = %entry.id, deliveries = entry.deliveries, error = %reason,
                    "entry rejected by postgres on its last attempt; dead-lettered");
-            out.dead.push((entry, reason));
+            out.dead.push(Dead { entry, error: reason, sqlstate: e.sqlstate().map(str::to_string) });
         } else {
             warn!(consumer = %self.name, id = %entry.id, deliveries = entry.deliveries, error = %reason,
                   "entry rejected by postgres; left pending for another attempt");

@@ -360,6 +360,14 @@ pub fn pending(redis: &dyn QueueRedis) -> (u64, HashMap<String, u64>) {
     redis.pending()
 }
 
+/// Rows of `webhook_dead_letters` (0 before the migrations ran).
+fn dead_letter_rows(pg: &PostgresServer) -> usize {
+    pg.client(DB)
+        .query_one("SELECT count(*) FROM webhook_dead_letters", &[])
+        .map(|r| r.get::<_, i64>(0) as usize)
+        .unwrap_or(0)
+}
+
 /// Rows per event id.
 pub fn stored(pg: &PostgresServer) -> HashMap<String, i64> {
     pg.client(DB)
@@ -369,13 +377,15 @@ pub fn stored(pg: &PostgresServer) -> HashMap<String, i64> {
 }
 
 /// Ids of rows that are not exactly what the load sent for them: the body
-/// `event("stripe", id)` (compared as JSON, jsonb normalises spacing), its
-/// provider and its timestamp (2026-11-22T21:35:25.123Z).
+/// `event("stripe", id)` (as JSON in `payload`, jsonb normalises spacing;
+/// byte for byte in `raw_body`), its provider and its timestamp
+/// (2026-11-22T21:35:25.123Z).
 fn corrupt_rows(pg: &PostgresServer) -> Vec<String> {
     let rows = pg
         .client(DB)
         .query(
-            "SELECT event_id, provider, payload::text, extract(epoch FROM event_timestamp)::float8 FROM webhook_events",
+            "SELECT event_id, provider, payload::text, extract(epoch FROM event_timestamp)::float8, raw_body
+               FROM webhook_events",
             &[],
         )
         .unwrap();
@@ -384,7 +394,10 @@ fn corrupt_rows(pg: &PostgresServer) -> Vec<String> {
             let id: String = r.get(0);
             let sent: serde_json::Value = serde_json::from_str(&event("stripe", &id)).unwrap();
             let payload: serde_json::Value = serde_json::from_str(&r.get::<_, String>(2)).unwrap_or_default();
-            r.get::<_, String>(1) != "stripe" || payload != sent || r.get::<_, f64>(3) != 1_795_383_325.123
+            r.get::<_, String>(1) != "stripe"
+                || payload != sent
+                || r.get::<_, f64>(3) != 1_795_383_325.123
+                || r.get::<_, Vec<u8>>(4) != event("stripe", &id).as_bytes()
         })
         .map(|r| r.get(0))
         .collect()
@@ -436,7 +449,7 @@ pub fn measure(
         lost: accepted.iter().filter(|id| !rows.contains_key(id.as_str())).count(),
         corrupt: corrupt_rows(pg).len(),
         unexpected: rows.keys().filter(|id| !sent.contains(id)).count(),
-        dead_lettered: redis.dead_letters(),
+        dead_lettered: redis.dead_letters() + dead_letter_rows(pg),
         max_latency_ms: ledger.max_latency.as_millis(),
     };
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("reliability");

@@ -350,11 +350,25 @@ impl TestApp {
             .unwrap_or(0)
     }
 
+    /// Dead letters: rows of `webhook_dead_letters` (with PostgreSQL) and
+    /// entries of the Redis fallback stream.
     pub fn dead_letters(&self) -> usize {
+        self.dead_letters_in_redis() + self.dead_letter_rows().len()
+    }
+
+    /// Entries of the Redis dead-letter fallback stream.
+    pub fn dead_letters_in_redis(&self) -> usize {
         redis::cmd("XLEN")
             .arg(format!("{}:dead", self.config.queue.queue_name))
             .query(&mut self.redis.con())
             .unwrap()
+    }
+
+    /// The rows of `webhook_dead_letters` (none without PostgreSQL, or
+    /// before the migrations ran).
+    pub fn dead_letter_rows(&self) -> Vec<webhook_ingestor::store::dead_letters::DeadLetter> {
+        let Some(pg) = &self.postgres else { return Vec::new() };
+        webhook_ingestor::store::dead_letters::list(&mut pg.client(DB), None, 100_000).unwrap_or_default()
     }
 
     pub fn client(&self) -> Client {

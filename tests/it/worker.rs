@@ -1,7 +1,6 @@
 //! The worker path against a real Redis and a real PostgreSQL: every 202
 //! becomes exactly one row, through duplicates, outages, crashes and poison.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -131,11 +130,8 @@ fn the_same_event_five_times_is_one_row_and_providers_are_kept_apart() {
             ("stripe".to_string(), "evt_dup2".to_string(), 1)
         ]
     );
-    let ttl: i64 = redis::cmd("TTL")
-        .arg(worker::idempotency_key("webhooks", "stripe", "evt_dup"))
-        .query(&mut app.redis.con())
-        .unwrap();
-    assert!(ttl > 0 && ttl <= 86_400, "ttl {ttl}");
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut app.redis.con()).unwrap();
+    assert_eq!(keys, ["webhooks"], "the dedupe is PostgreSQL's: Redis keeps no key per event");
 }
 
 #[test]
@@ -206,7 +202,8 @@ pub fn worker_settings(app: &TestApp, reclaim_idle: Duration) -> Arc<WorkerSetti
         pg_timeouts: store::Timeouts::default(),
         block: Duration::from_millis(100),
         linger: Duration::from_millis(20),
-        idempotency_ttl_secs: 86_400,
+        dead_letter_redis_max_bytes: 64 << 20,
+        retention: Default::default(),
         max_attempts: 5,
         reclaim_idle,
         shutdown_timeout: Duration::from_secs(5),
@@ -244,7 +241,7 @@ fn a_worker_dying_between_commit_and_ack_causes_a_redo_not_a_duplicate() {
 }
 
 #[test]
-fn only_redeliveries_are_looked_up_by_key_first_deliveries_meet_the_unique_constraint() {
+fn sender_retries_and_redeliveries_are_absorbed_by_the_dedupe_generations_without_redis_keys() {
     let app = TestApp::spawn_api_with_postgres();
     let pool = store::pool(&app.postgres.as_ref().unwrap().url(DB), 2, store::Timeouts::default()).unwrap();
     let settings = worker_settings(&app, Duration::from_millis(200));
@@ -254,20 +251,16 @@ fn only_redeliveries_are_looked_up_by_key_first_deliveries_meet_the_unique_const
     let mut w = worker("w");
     assert_eq!(app.post("stripe", &event("stripe", "evt_once")).status, 202);
     assert_eq!(w.run_once().unwrap().inserted, 1);
-    let key = worker::idempotency_key("webhooks", "stripe", "evt_once");
-    let set: bool = redis::cmd("EXISTS").arg(&key).query(&mut app.redis.con()).unwrap();
-    assert!(set, "the key is set after the commit");
 
-    // A sender's retry is a first delivery: not looked up, written, and the
-    // unique constraint drops it.
+    // A sender's retry is a first delivery: written, and the dedupe drops it.
     assert_eq!(app.post("stripe", &event("stripe", "evt_once")).status, 202);
     let entries = w.read().unwrap();
     let stored = w.store(entries).unwrap();
     assert_eq!((stored.inserted, stored.duplicates, stored.skipped.len()), (0, 1, 0));
     w.finalize(stored).unwrap();
 
-    // A redelivery (read by a worker that died before acknowledging) whose
-    // key exists is skipped without a write.
+    // A redelivery (read by a worker that died before acknowledging) is
+    // written again as well, and is a duplicate too.
     assert_eq!(app.post("stripe", &event("stripe", "evt_once")).status, 202);
     let mut gone = worker("gone");
     assert_eq!(gone.read().unwrap().len(), 1);
@@ -278,10 +271,12 @@ fn only_redeliveries_are_looked_up_by_key_first_deliveries_meet_the_unique_const
     assert_eq!(entries.len(), 1, "b reclaimed the entry");
     assert!(entries[0].deliveries > 1);
     let stored = b.store(entries).unwrap();
-    assert_eq!((stored.inserted, stored.duplicates, stored.skipped.len()), (0, 0, 1));
+    assert_eq!((stored.inserted, stored.duplicates), (0, 1));
     b.finalize(stored).unwrap();
     assert_eq!(app.rows(), 1);
     assert_eq!((app.stream_len(), app.pending()), (0, 0));
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut app.redis.con()).unwrap();
+    assert_eq!(keys, ["webhooks"], "no idempotency key was set");
 }
 
 #[test]
@@ -297,25 +292,32 @@ fn first_deliveries_are_copied_straight_into_the_table_and_a_conflict_falls_back
         received_at_us: 1_700_000_000_000_001,
         verified_by: None,
         payload: format!(r#"{{"id":"{id}"}}"#).into_bytes(),
+        raw_body: None,
     };
     let staged = |pg: &mut postgres::Client| -> bool {
-        pg.query_one("SELECT to_regclass('pg_temp.webhook_staging_v2') IS NOT NULL", &[]).unwrap().get(0)
+        pg.query_one("SELECT to_regclass('pg_temp.webhook_staging_v3') IS NOT NULL", &[]).unwrap().get(0)
     };
     let (a, b, c) = (job("evt_a"), job("evt_b"), job("evt_c"));
+    let retention = store::Retention::default();
 
-    // New rows, expected new: straight into the table, no staging table made.
-    let w = store::write_batch(&mut pg, &[&a, &b], true).unwrap();
+    // New rows, expected new: straight into the table, no staging table
+    // made. Their day (2023-11-14) has no partition yet: it is made.
+    let w = store::write_batch(&mut pg, &[&a, &b], true, &retention).unwrap();
     assert_eq!((w.inserted, w.duplicates), (2, 0));
     assert!(!staged(&mut pg), "the direct COPY needs no staging table");
+    let partitions: Vec<String> =
+        store::partitions::partitions(&mut pg).unwrap().into_iter().map(|p| p.name).collect();
+    assert!(partitions.contains(&"webhook_events_p20231114".to_string()), "{partitions:?}");
 
-    // One of them again beside a new one: the direct COPY meets the unique
-    // constraint, is rolled back whole, and the staging way stores the new one.
-    let w = store::write_batch(&mut pg, &[&b, &c], true).unwrap();
+    // One of them again beside a new one: the direct insert of the keys
+    // meets the current generation's index, is rolled back whole, and the
+    // staging way stores the new one.
+    let w = store::write_batch(&mut pg, &[&b, &c], true, &retention).unwrap();
     assert_eq!((w.inserted, w.duplicates), (1, 1));
     assert!(staged(&mut pg), "the conflict took the staging way");
 
     // Not expected new (a redelivery): staging at once, every row a duplicate.
-    let w = store::write_batch(&mut pg, &[&a, &b, &c], false).unwrap();
+    let w = store::write_batch(&mut pg, &[&a, &b, &c], false, &retention).unwrap();
     assert_eq!((w.inserted, w.duplicates), (0, 3));
     let rows: Vec<(String, String)> = pg
         .query("SELECT event_id, payload::text FROM webhook_events ORDER BY event_id", &[])
@@ -369,23 +371,21 @@ fn a_poison_entry_is_dead_lettered_alone_and_replay_stores_it_once_fixed() {
         assert_eq!(client.read_response().unwrap().status, 202);
     }
 
-    wait_until(DRAIN, "the poison entry in the dead-letter stream", || app.dead_letters() == 1);
+    wait_until(DRAIN, "the poison entry in webhook_dead_letters", || app.dead_letters() == 1);
     assert_drained(&app);
     assert_eq!(app.rows(), 20, "every other entry is stored");
-    let dead: redis::streams::StreamRangeReply =
-        redis::cmd("XRANGE").arg("webhooks:dead").arg("-").arg("+").query(&mut app.redis.con()).unwrap();
-    let fields = &dead.ids[0].map;
-    let text = |k: &str| match &fields[k] {
-        redis::Value::BulkString(b) => String::from_utf8(b.clone()).unwrap(),
-        v => panic!("{k}: {v:?}"),
-    };
-    assert_eq!(text("e"), "evt_poison");
-    assert!(text("error").contains("no_poison"), "{}", text("error"));
-    assert_eq!(text("attempts"), "2");
+    let dead = app.dead_letter_rows();
+    assert_eq!(dead[0].event_id.as_deref(), Some("evt_poison"));
+    assert!(dead[0].error.contains("no_poison"), "{}", dead[0].error);
+    assert_eq!(dead[0].sqlstate.as_deref(), Some("23514"));
+    assert_eq!(dead[0].attempts, 2);
+    assert_eq!(dead[0].raw_body.as_deref(), Some(event("stripe", "evt_poison").as_bytes()), "the body as sent");
+    assert_eq!(app.dead_letters_in_redis(), 0, "Redis holds only work in flight");
 
     // The cause is fixed; replay brings it back and it is stored.
     app.pg().batch_execute("ALTER TABLE webhook_events DROP CONSTRAINT no_poison").unwrap();
-    let moved = worker::replay(&mut app.redis.con(), "webhooks", &ReplayScope::All).unwrap();
+    let moved =
+        worker::replay(&mut app.redis.con(), &mut app.pg(), &["webhooks".to_string()], &ReplayScope::All).unwrap();
     assert_eq!(moved, 1);
     wait_until(DRAIN, "the replayed row", || app.rows() == 21);
     assert_drained(&app);
@@ -393,7 +393,7 @@ fn a_poison_entry_is_dead_lettered_alone_and_replay_stores_it_once_fixed() {
 }
 
 #[test]
-fn after_draining_ten_thousand_events_redis_holds_only_keys_with_a_ttl() {
+fn after_draining_ten_thousand_events_redis_holds_nothing_but_the_empty_stream() {
     let app = TestApp::spawn_full(|_| {});
     let addr = app.addr;
     let clients: Vec<_> = (0..20)
@@ -413,17 +413,8 @@ fn after_draining_ten_thousand_events_redis_holds_only_keys_with_a_ttl() {
     assert_drained(&app);
 
     let mut con = app.redis.con();
-    let keys: Vec<String> = redis::cmd("KEYS").arg("webhooks:seen:*").query(&mut con).unwrap();
-    assert_eq!(keys.len(), 10_000);
-    let mut pipe = redis::pipe();
-    for k in &keys {
-        pipe.cmd("TTL").arg(k);
-    }
-    let ttls: Vec<i64> = pipe.query(&mut con).unwrap();
-    assert!(ttls.iter().all(|t| *t > 0 && *t <= 86_400), "every key expires");
-    let all: HashSet<String> =
-        redis::cmd("KEYS").arg("*").query::<Vec<String>>(&mut con).unwrap().into_iter().collect();
-    let unexpected: Vec<&String> =
-        all.iter().filter(|k| !k.starts_with("webhooks:seen:") && *k != "webhooks").collect();
-    assert!(unexpected.is_empty(), "nothing else is left behind: {unexpected:?}");
+    let all: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut con).unwrap();
+    assert_eq!(all, ["webhooks"], "no key per event, nothing left behind");
+    let dbsize: u64 = redis::cmd("DBSIZE").query(&mut con).unwrap();
+    assert_eq!(dbsize, 1);
 }
