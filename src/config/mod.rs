@@ -567,7 +567,8 @@ impl Retention {
     fn read(v: &Vars<'_>, d: Retention) -> Result<Self, ConfigError> {
         const SECOND: Duration = Duration::from_secs(1);
         const TEN_YEARS: Duration = Duration::from_secs(3650 * 86_400);
-        let interval = v.var("PARTITION_INTERVAL").duration(d.interval, SECOND, Duration::from_secs(366 * 86_400))?;
+        let interval =
+            v.var("PARTITION_INTERVAL").duration(d.interval, SECOND, Duration::from_secs(366 * 86_400))?;
         let keep = d.events.unwrap_or(Duration::ZERO);
         let events = v.var("EVENT_RETENTION").duration(keep, Duration::ZERO, TEN_YEARS)?;
         let dedupe_window = v.var("DEDUPE_WINDOW").duration(d.dedupe_window, SECOND, TEN_YEARS)?;

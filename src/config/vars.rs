@@ -85,7 +85,12 @@ impl Var {
 
     /// A duration written with its unit (`90s`, `15m`, `12h`, `30d`; `0`
     /// alone is zero), from `min` to `max`.
-    pub(super) fn duration(self, default: Duration, min: Duration, max: Duration) -> Result<Duration, ConfigError> {
+    pub(super) fn duration(
+        self,
+        default: Duration,
+        min: Duration,
+        max: Duration,
+    ) -> Result<Duration, ConfigError> {
         self.map_or(default, |v| match parse_duration(v) {
             Some(d) if d >= min && d <= max => Ok(d),
             _ => Err(format!(

@@ -122,10 +122,8 @@ pub fn list(
     limit: i64,
 ) -> Result<Vec<DeadLetter>, StoreError> {
     let rows = match ids {
-        None => client.query(
-            &format!("SELECT {COLUMNS} FROM webhook_dead_letters ORDER BY id LIMIT $1"),
-            &[&limit],
-        )?,
+        None => client
+            .query(&format!("SELECT {COLUMNS} FROM webhook_dead_letters ORDER BY id LIMIT $1"), &[&limit])?,
         Some(ids) => client.query(
             &format!("SELECT {COLUMNS} FROM webhook_dead_letters WHERE id = ANY($1) ORDER BY id LIMIT $2"),
             &[&ids, &limit],

@@ -278,7 +278,11 @@ pub fn write_batch(
     }
 }
 
-fn write_once(client: &mut postgres::Client, jobs: &[&WebhookJob], expect_new: bool) -> Result<Written, StoreError> {
+fn write_once(
+    client: &mut postgres::Client,
+    jobs: &[&WebhookJob],
+    expect_new: bool,
+) -> Result<Written, StoreError> {
     if expect_new && !jobs.is_empty() {
         let mut tx = client.transaction()?;
         let generations = lock_generations(&mut tx)?;

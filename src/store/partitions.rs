@@ -204,7 +204,8 @@ fn gaps(existing: &[Partition], from: i64, to: i64) -> Vec<(i64, i64)> {
 
 /// `µs` as a `timestamptz` literal (UTC).
 fn literal(us: i64) -> String {
-    let t = OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    let t = OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
     format!(
         "{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:06}+00",
         t.year(),
@@ -220,7 +221,8 @@ fn literal(us: i64) -> String {
 /// The name of the partition starting at `from`: `webhook_events_p20261207`
 /// for a day, with the time and µs only when they are not zero.
 fn partition_name(from: i64) -> String {
-    let t = OffsetDateTime::from_unix_timestamp_nanos(i128::from(from) * 1000).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    let t = OffsetDateTime::from_unix_timestamp_nanos(i128::from(from) * 1000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
     let mut name = format!("webhook_events_p{:04}{:02}{:02}", t.year(), u8::from(t.month()), t.day());
     let (h, m, s, us) = (t.hour(), t.minute(), t.second(), t.microsecond());
     if (h, m, s, us) != (0, 0, 0, 0) {
@@ -264,7 +266,12 @@ pub fn partitions(client: &mut impl GenericClient) -> Result<Vec<Partition>, Sto
 ///
 /// # Errors
 /// [`StoreError`]; nothing half-made stays (one transaction).
-pub fn cover(client: &mut Client, retention: &Retention, from_us: i64, to_us: i64) -> Result<Vec<String>, StoreError> {
+pub fn cover(
+    client: &mut Client,
+    retention: &Retention,
+    from_us: i64,
+    to_us: i64,
+) -> Result<Vec<String>, StoreError> {
     let step = retention.interval_us();
     let from = slot_start(from_us, step);
     let to = slot_start(to_us, step).saturating_add(step);
@@ -304,7 +311,11 @@ pub fn cover(client: &mut Client, retention: &Retention, from_us: i64, to_us: i6
 /// # Errors
 /// [`StoreError`]: the step that failed; the ones before it stay done, and
 /// the next run takes up the rest.
-pub fn maintain(client: &mut Client, retention: &Retention, now_us: i64) -> Result<Option<Maintained>, StoreError> {
+pub fn maintain(
+    client: &mut Client,
+    retention: &Retention,
+    now_us: i64,
+) -> Result<Option<Maintained>, StoreError> {
     let locked: bool = client.query_one("SELECT pg_try_advisory_lock($1)", &[&MAINTENANCE_LOCK])?.get(0);
     if !locked {
         return Ok(None);
@@ -315,7 +326,11 @@ pub fn maintain(client: &mut Client, retention: &Retention, now_us: i64) -> Resu
     result.map(Some)
 }
 
-fn maintain_locked(client: &mut Client, retention: &Retention, now_us: i64) -> Result<Maintained, StoreError> {
+fn maintain_locked(
+    client: &mut Client,
+    retention: &Retention,
+    now_us: i64,
+) -> Result<Maintained, StoreError> {
     let mut done = Maintained::default();
     let step = retention.interval_us();
     let current = slot_start(now_us, step);
@@ -364,12 +379,10 @@ fn switch_generation(client: &mut Client, retention: &Retention) -> Result<Optio
          END $$"
     ))?;
     let mut tx = client.transaction()?;
-    let switched = tx
-        .execute("SELECT pg_advisory_xact_lock($1)", &[&GENERATION_LOCK])
-        .and_then(|_| {
-            tx.execute("UPDATE webhook_dedupe_generations SET ended_at = now() WHERE gen = $1", &[&current])?;
-            tx.execute("INSERT INTO webhook_dedupe_generations (gen) VALUES ($1)", &[&next])
-        });
+    let switched = tx.execute("SELECT pg_advisory_xact_lock($1)", &[&GENERATION_LOCK]).and_then(|_| {
+        tx.execute("UPDATE webhook_dedupe_generations SET ended_at = now() WHERE gen = $1", &[&current])?;
+        tx.execute("INSERT INTO webhook_dedupe_generations (gen) VALUES ($1)", &[&next])
+    });
     match switched {
         Ok(_) => {
             tx.commit()?;
@@ -377,8 +390,10 @@ fn switch_generation(client: &mut Client, retention: &Retention) -> Result<Optio
             Ok(Some(next))
         }
         Err(e) if e.code() == Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
-            warn!(wait_ms = LOCK_WAIT.as_millis() as u64,
-                  "dedupe generation switch gave up waiting for the writers; tried again next run");
+            warn!(
+                wait_ms = LOCK_WAIT.as_millis() as u64,
+                "dedupe generation switch gave up waiting for the writers; tried again next run"
+            );
             Ok(None)
         }
         Err(e) => Err(e.into()),

@@ -282,7 +282,9 @@ pub fn replay(
     loop {
         let batch = match scope {
             ReplayScope::All => dead_letters::list(client, None, 1000)?,
-            ReplayScope::Ids(ids) if replayed == 0 => dead_letters::list(client, Some(ids), ids.len() as i64)?,
+            ReplayScope::Ids(ids) if replayed == 0 => {
+                dead_letters::list(client, Some(ids), ids.len() as i64)?
+            }
             ReplayScope::Ids(_) => Vec::new(),
         };
         if batch.is_empty() {

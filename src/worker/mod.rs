@@ -560,7 +560,11 @@ impl Worker {
         store::migrate(&mut client)?;
         // The partitions the first rows need, before they are written (a
         // process that finds another maintaining leaves it to that one).
-        store::partitions::maintain(&mut client, &self.settings.retention, now_us())?;
+        // Best effort: a write makes a missing partition itself, and the
+        // maintenance thread tries again; neither waits on this.
+        if let Err(e) = store::partitions::maintain(&mut client, &self.settings.retention, now_us()) {
+            warn!(consumer = %self.name, error = %e, "partition maintenance at start failed; tried again later");
+        }
         self.migrated.store(true, Ordering::Release);
         Ok(())
     }

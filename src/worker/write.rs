@@ -113,9 +113,16 @@ impl Worker {
         if out.dead.is_empty() {
             return;
         }
-        let letters: Vec<_> =
-            out.dead.iter().map(|d| super::dead_letter::letter(&self.lanes[d.entry.lane].stream, d)).collect();
-        let stored = self.pool.get().map_err(StoreError::from).and_then(|mut c| dead_letters::insert(&mut c, &letters));
+        let letters: Vec<_> = out
+            .dead
+            .iter()
+            .map(|d| super::dead_letter::letter(&self.lanes[d.entry.lane].stream, d))
+            .collect();
+        let stored = self
+            .pool
+            .get()
+            .map_err(StoreError::from)
+            .and_then(|mut c| dead_letters::insert(&mut c, &letters));
         match stored {
             Ok(_) => out.dead_in_table.extend(out.dead.drain(..).map(|d| d.entry.at())),
             Err(e) => {

@@ -20,6 +20,7 @@ mod process;
 mod protocol;
 mod redis_cluster;
 mod redis_memory;
+mod retention;
 mod security;
 mod senders;
 mod uring;

@@ -1,7 +1,8 @@
 //! Redis out of memory under `noeviction`: the gateway answers 503 before
 //! Redis refuses writes, and the workers' acknowledgements (which Redis
-//! accepts at `maxmemory`) drain and free it, even though the idempotency
-//! keys cannot be set meanwhile.
+//! accepts at `maxmemory`) drain and free it. Redis holds only work in
+//! flight: no per-event state outlives its entry, so a small `maxmemory`
+//! takes any number of events as long as the workers keep up.
 
 use std::time::Duration;
 
@@ -50,19 +51,12 @@ fn a_nearly_full_redis_gets_503s_and_the_workers_drain_it_even_at_maxmemory() {
     let resp = client.post("stripe", &event("stripe", "evt_refused"));
     assert_eq!((resp.status, resp.header("retry-after")), (503, Some("1")));
 
-    // Now past maxmemory, and staying past it: Redis refuses SET and XADD
-    // (as when the keys of a busy day fill it). Acknowledging must not
-    // depend on them: before the fix, the refused SETs aborted the whole
-    // MULTI, nothing was acknowledged, and nothing was ever freed.
+    // Now past maxmemory, and staying past it: Redis refuses XADD.
+    // Acknowledging must not depend on any write: XACK and XDEL free.
     set_maxmemory(&app, 256 * 1024);
     app.postgres.as_mut().unwrap().start_again();
     wait_until(Duration::from_secs(60), "every accepted event stored", || app.rows() == accepted as i64);
     wait_until(Duration::from_secs(10), "the stream drained", || app.stream_len() == 0 && app.pending() == 0);
-    let metrics = crate::ops::scrape(&app);
-    assert!(
-        metrics["webhook_idempotency_keys_not_set_total"] > 0.0,
-        "the keys were refused, and that was all"
-    );
     assert_eq!(app.dead_letters(), 0);
 
     // The acknowledgements freed the stream's memory.
@@ -74,4 +68,65 @@ fn a_nearly_full_redis_gets_503s_and_the_workers_drain_it_even_at_maxmemory() {
         client.post("stripe", &event("stripe", "evt_after")).status == 202
     });
     wait_until(Duration::from_secs(30), "the new row", || app.rows() == accepted as i64 + 1);
+}
+
+/// Posts `count` events on `clients` connections, each retried after a
+/// 503 as a sender would; returns how many 503s were met.
+fn post_all_retrying(app: &TestApp, clients: usize, count: usize) -> usize {
+    let addr = app.addr;
+    let threads: Vec<_> = (0..clients)
+        .map(|c| {
+            std::thread::spawn(move || {
+                let mut client = crate::harness::Client::connect(addr);
+                let mut refused = 0;
+                for i in (c..count).step_by(clients) {
+                    let body = event("stripe", &format!("evt_{i}"));
+                    loop {
+                        match client.post("stripe", &body).status {
+                            202 => break,
+                            503 => {
+                                refused += 1;
+                                std::thread::sleep(Duration::from_millis(20));
+                            }
+                            other => panic!("status {other}"),
+                        }
+                    }
+                }
+                refused
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).sum()
+}
+
+#[test]
+fn a_small_redis_takes_many_times_its_size_in_events_and_never_refuses_once_drained() {
+    // 3 MiB: the idempotency keys of old (~137 bytes an event, kept a day)
+    // filled its 90 % after ~20,000 events and refused every request
+    // after, with the stream empty, until they expired.
+    let app = TestApp::spawn_full(|c| c.worker.threads = 2);
+    assert_eq!(app.post("stripe", &event("stripe", "evt_warm")).status, 202);
+    wait_until(Duration::from_secs(30), "migrations and a first row", || app.rows() == 1);
+    let budget: u64 = 3 << 20;
+    let base = used_memory(&app);
+    set_maxmemory(&app, base + budget);
+
+    const EVENTS: usize = 40_000;
+    let refused = post_all_retrying(&app, 8, EVENTS);
+    wait_until(Duration::from_secs(120), "every event stored", || app.rows() == EVENTS as i64 + 1);
+    wait_until(Duration::from_secs(10), "the stream drained", || app.stream_len() == 0 && app.pending() == 0);
+
+    // Drained: Redis is back near where it started, far below its budget,
+    // and takes new events at once.
+    let after = used_memory(&app);
+    assert!(after < base + budget / 4, "used_memory {after} after the drain, {base} before the load");
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut app.redis.con()).unwrap();
+    assert_eq!(keys, ["webhooks"], "nothing per event is kept");
+    let mut client = app.client();
+    for i in 0..200 {
+        assert_eq!(client.post("stripe", &event("stripe", &format!("evt_after_{i}"))).status, 202);
+    }
+    // 503s during the load are the queue's own backpressure (workers behind
+    // a burst), never a refusal after the drain; say how many there were.
+    eprintln!("503s met (and retried) during the load: {refused}");
 }

@@ -285,6 +285,32 @@ fn stripe_signed_by_the_stripe_library() {
         .unwrap()
         .get(0);
     assert_eq!(at, t as f64, "Stripe's `created` is the event time");
+    // The row keeps the bytes Stripe signed: its own library verifies them
+    // from the row, and refuses the jsonb text (reordered, respaced).
+    let (raw, text): (Vec<u8>, String) = {
+        let row = app
+            .pg()
+            .query_one("SELECT raw_body, payload::text FROM webhook_events WHERE event_id = 'evt_1'", &[])
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(raw, b1.as_bytes());
+    let check = |body: &[u8]| {
+        let req = serde_json::json!([{
+            "scheme": "stripe", "secret": "whsec_new_stripe", "verify": sigs[0], "body_b64": base64_encode(body)
+        }]);
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/senders/sign.py");
+        let mut child =
+            Command::new("python3").arg(script).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+        child.stdin.take().unwrap().write_all(&serde_json::to_vec(&req).unwrap()).unwrap();
+        let out: Vec<String> = serde_json::from_slice(&child.wait_with_output().unwrap().stdout).unwrap();
+        out[0].clone()
+    };
+    assert_eq!(check(&raw), "verified", "stripe-python re-verifies the stored body");
+    assert!(
+        check(text.as_bytes()).starts_with("SignatureVerificationError"),
+        "the jsonb text is not what was signed"
+    );
     // Rejections are counted per source and reason.
     let metrics = crate::ops::scrape(&app);
     assert!(metrics[r#"webhook_source_rejected_total{source="stripe",reason="bad_signature"}"#] >= 5.0);
@@ -677,6 +703,12 @@ fn a_github_hook_left_at_its_default_form_content_type_delivers_too() {
         &serde_json::from_str::<serde_json::Value>(json).unwrap(),
         "the decoded JSON is stored"
     );
+    let raw: Vec<u8> = app
+        .pg()
+        .query_one("SELECT raw_body FROM webhook_events WHERE event_id = 'd-form'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(raw, form.as_bytes(), "and the form's bytes GitHub signed, as received");
 }
 
 /// `application/x-www-form-urlencoded` encoding of a field value.

@@ -379,13 +379,18 @@ fn a_poison_entry_is_dead_lettered_alone_and_replay_stores_it_once_fixed() {
     assert!(dead[0].error.contains("no_poison"), "{}", dead[0].error);
     assert_eq!(dead[0].sqlstate.as_deref(), Some("23514"));
     assert_eq!(dead[0].attempts, 2);
-    assert_eq!(dead[0].raw_body.as_deref(), Some(event("stripe", "evt_poison").as_bytes()), "the body as sent");
+    assert_eq!(
+        dead[0].raw_body.as_deref(),
+        Some(event("stripe", "evt_poison").as_bytes()),
+        "the body as sent"
+    );
     assert_eq!(app.dead_letters_in_redis(), 0, "Redis holds only work in flight");
 
     // The cause is fixed; replay brings it back and it is stored.
     app.pg().batch_execute("ALTER TABLE webhook_events DROP CONSTRAINT no_poison").unwrap();
     let moved =
-        worker::replay(&mut app.redis.con(), &mut app.pg(), &["webhooks".to_string()], &ReplayScope::All).unwrap();
+        worker::replay(&mut app.redis.con(), &mut app.pg(), &["webhooks".to_string()], &ReplayScope::All)
+            .unwrap();
     assert_eq!(moved, 1);
     wait_until(DRAIN, "the replayed row", || app.rows() == 21);
     assert_drained(&app);

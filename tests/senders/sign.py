@@ -7,6 +7,11 @@ Shopify, Paddle, generic HMAC).
 stdin: a JSON list of {"scheme", "secret", "body", "timestamp", "id"};
 stdout: a JSON list with, for each, the value of the signature header the
 sender would send (the test builds the request and its variants from it).
+
+A request with "verify": the signature header, checks instead that the
+sender's library accepts "body" (base64 in "body_b64") with that header,
+as a receiver re-verifying a stored body would: "verified" or the
+library's error.
 """
 import base64
 import datetime
@@ -41,4 +46,15 @@ def sign(req):
     raise SystemExit(f"unknown scheme {scheme}")
 
 
-json.dump([sign(r) for r in json.load(sys.stdin)], sys.stdout)
+def verify(req):
+    body = base64.b64decode(req["body_b64"]).decode("utf-8")
+    if req["scheme"] == "stripe":
+        try:
+            stripe.Webhook.construct_event(body, req["verify"], req["secret"])
+            return "verified"
+        except Exception as e:  # the library's own verdict, as text
+            return f"{type(e).__name__}: {e}"
+    raise SystemExit(f"cannot verify {req['scheme']}")
+
+
+json.dump([verify(r) if "verify" in r else sign(r) for r in json.load(sys.stdin)], sys.stdout)
