@@ -92,6 +92,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         retention: Default::default(),
         max_attempts: 5,
         reclaim_idle: Duration::from_secs(30),
+        host: webhook_ingestor::worker::hostname(),
         shutdown_timeout: Duration::from_secs(5),
         migrate: false,
         metrics: webhook_ingestor::telemetry::metrics::Metrics::new(0),

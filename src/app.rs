@@ -9,6 +9,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
+use std::time::{Duration, Instant};
 
 use socket2::{Domain, Socket, Type};
 use thiserror::Error;
@@ -94,6 +95,8 @@ pub struct RunningApp {
     workers: Option<WorkerPool>,
     /// Each core's I/O driver, in core order.
     drivers: Vec<Driver>,
+    /// `SHUTDOWN_TIMEOUT_MS`: how long the workers may take once shutdown is asked.
+    shutdown_timeout: Duration,
 }
 
 impl RunningApp {
@@ -120,7 +123,17 @@ impl RunningApp {
     }
 
     /// Waits until shutdown has completed: cores drained, queued jobs answered.
+    ///
+    /// Bounded: once shutdown is asked, the workers get `SHUTDOWN_TIMEOUT_MS`
+    /// (and a second of slack) to finish the batch in hand, whatever the
+    /// network does; a worker still blocked then (a `COPY` to a frozen
+    /// server, a black-holed Redis) is left behind with its entries pending
+    /// (nothing is acknowledged before its commit), and the process ends.
     pub fn wait(self) {
+        while !self.shutdown.is_cancelled() && !self.cores.iter().any(thread::JoinHandle::is_finished) {
+            thread::sleep(Duration::from_millis(50));
+        }
+        let deadline = Instant::now() + self.shutdown_timeout + Duration::from_secs(1);
         for core in self.cores {
             if core.join().is_err() {
                 error!("a core runtime panicked");
@@ -133,7 +146,7 @@ impl RunningApp {
             let _ = thread.join();
         }
         if let Some(workers) = self.workers {
-            workers.join();
+            workers.join_until(deadline);
         }
         info!("stopped");
     }
@@ -142,6 +155,19 @@ impl RunningApp {
     pub fn stop(self) {
         self.shutdown.cancel();
         self.wait();
+    }
+}
+
+/// Every route with its scheme; a warning when any takes unsigned requests,
+/// so an unsigned gateway is never a silent accident.
+fn log_routes(sources: &crate::ingest::sources::Sources) {
+    if sources.unsigned_routes().is_empty() {
+        info!(routes = %sources.describe_routes(), "webhook routes");
+    } else if sources.from_file() {
+        warn!(routes = %sources.describe_routes(), "webhook routes; some take unsigned requests");
+    } else {
+        warn!(routes = %sources.describe_routes(),
+              "no SOURCES_FILE: every /webhooks/:provider takes the unsigned envelope (REQUIRE_SIGNED=true refuses this)");
     }
 }
 
@@ -154,6 +180,9 @@ pub fn start(config: &Config, role: Role) -> Result<RunningApp, StartError> {
     let shutdown = CancellationToken::new();
     let cpus = if role.gateway() { choose_cores(config)? } else { Vec::new() };
     let sources = config.ingest.sources.clone().unwrap_or_default();
+    if role.gateway() {
+        log_routes(&sources);
+    }
     let source_names =
         if sources.from_file() { sources.iter().map(|s| s.route.clone()).collect() } else { Vec::new() };
     let metrics = Metrics::with_sources(cpus.len(), source_names);
@@ -167,6 +196,7 @@ pub fn start(config: &Config, role: Role) -> Result<RunningApp, StartError> {
         health: Vec::new(),
         workers,
         drivers: Vec::new(),
+        shutdown_timeout: config.ops.shutdown_timeout,
     };
     if role.gateway() {
         if let Err(e) = start_gateway(config, &mut app, cpus, metrics, sources) {
@@ -185,13 +215,13 @@ fn start_workers(
     let url = config.store.database_url.as_deref().ok_or_else(|| {
         StartError::Database("not set; the worker and all roles need PostgreSQL (or use --role api)".into())
     })?;
-    let pool = store::pool(url, config.store.pool_size, config.store.timeouts)
+    let pool = store::pool(url, config.store.pool_size, config.store.session())
         .map_err(|e| StartError::Database(e.to_string()))?;
     let settings = WorkerSettings {
         queue: config.queue.queue(),
         batch_max: config.worker.batch_max,
         batch_max_bytes: config.worker.batch_max_bytes,
-        max_body_bytes: config.http.max_body_bytes,
+        max_body_bytes: config.largest_body(),
         pg_timeouts: config.store.timeouts,
         block: config.worker.block,
         linger: config.worker.linger,
@@ -199,6 +229,7 @@ fn start_workers(
         retention: config.store.retention,
         max_attempts: config.worker.max_attempts,
         reclaim_idle: config.worker.reclaim_idle,
+        host: config.worker.host.clone(),
         shutdown_timeout: config.ops.shutdown_timeout,
         migrate: config.store.migrate_on_start,
         metrics,
@@ -260,7 +291,7 @@ fn start_gateway(
     let (health, health_thread) = spawn_health(HealthSettings {
         queue: config.queue.queue(),
         database_url: config.store.database_url.clone(),
-        pg_timeouts: config.store.timeouts,
+        pg_session: config.store.session(),
         memory_limit_bytes: config.ops.memory_limit_bytes,
         show_errors: config.ops.health_show_errors,
     })
@@ -269,7 +300,8 @@ fn start_gateway(
 
     let settings = CoreSettings {
         uring_taskrun: config.http.uring_taskrun,
-        limits: Limits { max_head: config.http.max_header_bytes, max_body: config.http.max_body_bytes },
+        limits: Limits { max_head: config.http.max_header_bytes, max_body: config.largest_body() },
+        max_body: config.http.max_body_bytes,
         request_timeout: config.http.request_timeout,
         keepalive_timeout: config.http.keepalive_timeout,
         retry_after_secs: config.http.retry_after_secs,

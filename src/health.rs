@@ -5,7 +5,8 @@
 //! ```
 //!
 //! One entry per dependency: `redis` (`PING`), `database` (a real round trip,
-//! when `DATABASE_URL` is set) and `memory_rss` (resident memory under
+//! when `DATABASE_URL` is set, reading `fsync` and `synchronous_commit`: a
+//! `warning` when either is off, the check still up) and `memory_rss` (resident memory under
 //! `MEMORY_LIMIT_BYTES`). 200 when all are up, 503 otherwise. A dependency
 //! that is down shows `"message":"unreachable"`; its error text (which can
 //! name hosts, users, databases) goes to the log, once per change, and into
@@ -57,8 +58,9 @@ pub struct HealthSettings {
     pub queue: crate::queue::Queue,
     /// `DATABASE_URL`, when this process uses PostgreSQL.
     pub database_url: Option<String>,
-    /// `PG_*_TIMEOUT_MS` (the check's own connect timeout stays 1 s).
-    pub pg_timeouts: crate::store::Timeouts,
+    /// `PG_*_TIMEOUT_MS`, `PG_SYNCHRONOUS_COMMIT` (the check's own connect
+    /// timeout stays 1 s).
+    pub pg_session: crate::store::Session,
     /// `MEMORY_LIMIT_BYTES`.
     pub memory_limit_bytes: u64,
     /// `HEALTH_SHOW_ERRORS`: put dependency error text in the answer.
@@ -254,7 +256,17 @@ impl Checker {
         }
         let con = self.redis.as_mut().expect("just set");
         match redis::cmd("PING").query::<String>(con) {
-            Ok(_) => Ok(Map::new()),
+            Ok(_) => {
+                // What the workers hold back and why: a warning, not a failure.
+                let mut fields = Map::new();
+                let held = read_held(&self.settings.queue, con);
+                if !held.is_empty() {
+                    fields.insert("warning".into(), "the workers hold entries back (see held)".into());
+                    fields
+                        .insert("held".into(), held.into_iter().map(|(k, v)| (k, Value::from(v))).collect());
+                }
+                Ok(fields)
+            }
             Err(e) => {
                 self.redis = None;
                 Err(e.to_string())
@@ -262,21 +274,33 @@ impl Checker {
         }
     }
 
+    /// A round trip that also reads what a commit is worth: a warning in
+    /// the details (the check stays up) when `fsync` or the session's
+    /// `synchronous_commit` is off.
     fn database(&mut self) -> Check {
         if self.pg.as_ref().is_none_or(postgres::Client::is_closed) {
             let url = self.settings.database_url.as_deref().unwrap_or_default();
-            let timeouts = crate::store::Timeouts { connect: CHECK_TIMEOUT, ..self.settings.pg_timeouts };
-            let config = crate::store::connect_config(url, timeouts).map_err(|e| e.to_string())?;
+            let mut session = self.settings.pg_session;
+            session.timeouts.connect = CHECK_TIMEOUT;
+            let config = crate::store::connect_config(url, session).map_err(|e| e.to_string())?;
             self.pg = Some(
                 config.connect(postgres::NoTls).map_err(|e| crate::store::StoreError::from(e).to_string())?,
             );
         }
         let client = self.pg.as_mut().expect("just set");
-        match client.simple_query("SELECT 1") {
-            Ok(_) => Ok(Map::new()),
+        match crate::store::durability(client) {
+            Ok((fsync, synchronous_commit)) => {
+                let mut fields = Map::new();
+                if let Some(warning) = crate::store::durability_warning(&fsync, &synchronous_commit) {
+                    fields.insert("warning".into(), warning.into());
+                }
+                fields.insert("fsync".into(), fsync.into());
+                fields.insert("synchronous_commit".into(), synchronous_commit.into());
+                Ok(fields)
+            }
             Err(e) => {
                 self.pg = None;
-                Err(crate::store::StoreError::from(e).to_string())
+                Err(e.to_string())
             }
         }
     }
@@ -292,6 +316,15 @@ impl Checker {
         fields.insert("limit_bytes".into(), limit.into());
         Ok(fields)
     }
+}
+
+/// What the workers of `queue` hold back and why (condition, description):
+/// entries of a newer job format, rows PostgreSQL refuses alike. Empty when
+/// nothing is held or Redis does not answer.
+pub fn read_held(queue: &crate::queue::Queue, con: &mut crate::queue::Conn) -> Vec<(String, String)> {
+    let held: std::collections::BTreeMap<String, String> =
+        redis::cmd("HGETALL").arg(crate::queue::keys::held(queue.name())).query(con).unwrap_or_default();
+    held.into_iter().collect()
 }
 
 /// Every partition's gauges and their totals; `None` when no partition's

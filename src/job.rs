@@ -70,6 +70,12 @@ pub struct WebhookJob {
     pub raw_body: Option<Vec<u8>>,
 }
 
+/// Microseconds since the Unix epoch, from the system clock: the clock a
+/// job's `received_at_us` and every other stored instant are read from.
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
+}
+
 /// Why a stream entry could not be read back as a [`WebhookJob`].
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum JobDecodeError {
@@ -85,6 +91,14 @@ pub enum JobDecodeError {
 }
 
 impl WebhookJob {
+    /// SHA-256 of [`Self::body_as_received`]: stored as `body_sha256` with
+    /// the row and its dedupe key, so a second delivery of the id with
+    /// another body is told apart (a conflict), never merged.
+    pub fn body_sha256(&self) -> [u8; 32] {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(self.body_as_received()).into()
+    }
+
     /// The request body exactly as received: stored as `raw_body bytea`.
     pub fn body_as_received(&self) -> &[u8] {
         self.raw_body.as_deref().unwrap_or(&self.payload)

@@ -70,6 +70,14 @@ fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve { role: RoleArg::All }) {
         Command::CheckConfig => {
             println!("{config:#?}");
+            let sources = config.ingest.sources.clone().unwrap_or_default();
+            println!("routes: {}", sources.describe_routes());
+            if !sources.unsigned_routes().is_empty() {
+                println!(
+                    "routes: warning: unsigned requests are accepted on {:?}",
+                    sources.unsigned_routes()
+                );
+            }
             match webhook_ingestor::http::cores::for_this_process(&config.http.cores, config.http.pin_cores) {
                 Ok(c) => {
                     println!("cores: {} runtimes; {}", c.cpus.len(), c.reason);
@@ -78,6 +86,9 @@ fn main() -> ExitCode {
                     }
                 }
                 Err(e) => println!("cores: CORES: {e}"),
+            }
+            if let Some(url) = config.store.database_url.as_deref() {
+                postgres_durability(url, config.store.session());
             }
             Ok(())
         }
@@ -93,6 +104,25 @@ fn main() -> ExitCode {
             eprintln!("webhook-ingestor: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `check-config`'s word on PostgreSQL: what a commit is worth there, as
+/// the gateway's sessions see it (a line, never an error: the server may
+/// simply be down while the configuration is checked).
+fn postgres_durability(url: &str, mut session: store::Session) {
+    session.timeouts.connect = Duration::from_secs(2);
+    let read = store::connect_config(url, session)
+        .and_then(|c| c.connect(postgres::NoTls).map_err(store::StoreError::from))
+        .and_then(|mut client| store::durability(&mut client));
+    match read {
+        Ok((fsync, commit)) => {
+            println!("postgres: fsync={fsync} synchronous_commit={commit}");
+            if let Some(warning) = store::durability_warning(&fsync, &commit) {
+                println!("postgres: warning: {warning}");
+            }
+        }
+        Err(e) => println!("postgres: not reachable now ({e})"),
     }
 }
 
@@ -157,6 +187,9 @@ fn stats(config: &Config) -> CliResult {
     println!("pending:      {}", g.pending);
     println!("lag:          {}", g.lag);
     println!("dead_letters_in_redis: {}", g.dead_letters);
+    for (condition, description) in webhook_ingestor::health::read_held(&queue, &mut con) {
+        println!("held {condition}: {description}");
+    }
     if g.partitions.len() > 1 {
         println!("partition  length  pending  lag  dead_letters_in_redis");
         for (p, pg) in g.partitions.iter().enumerate() {
@@ -174,6 +207,7 @@ fn stats(config: &Config) -> CliResult {
         let kept = store::partitions::kept(&mut client)?;
         println!("rows_stored:  {}", kept.rows);
         println!("dead_letters: {}", store::dead_letters::count(&mut client)?);
+        println!("conflicts:    {}", store::count_conflicts(&mut client)?);
         println!("table_bytes:  {}", kept.table_bytes);
         println!("index_bytes:  {}", kept.index_bytes);
         println!("key_bytes:    {}", kept.key_bytes);

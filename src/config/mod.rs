@@ -28,7 +28,7 @@ use crate::http::proxy::TrustedProxies;
 use crate::http::server::TaskRun;
 use crate::ingest::sources::Sources;
 use crate::ingest::JsonParser;
-use crate::store::{Retention, Timeouts};
+use crate::store::{Retention, Session, SynchronousCommit, Timeouts};
 use vars::{parse_cores, Vars};
 
 /// Which cores the per-core HTTP runtimes run on.
@@ -204,6 +204,13 @@ pub struct IngestConfig {
     /// with their signature schemes and secrets. Unset: every
     /// `/webhooks/:provider` takes the seed's unsigned envelope.
     pub sources: Option<Arc<Sources>>,
+    /// `REQUIRE_SIGNED` (default false): refuse to start with a route that
+    /// takes unsigned requests (no `SOURCES_FILE`, or an `envelope` source)
+    /// unless `ALLOW_UNSIGNED` names it. For production.
+    pub require_signed: bool,
+    /// `ALLOW_UNSIGNED` (default empty): the routes allowed to stay unsigned
+    /// under `REQUIRE_SIGNED` (`*` = every route, as without a file).
+    pub allow_unsigned: Vec<String>,
 }
 
 impl Default for IngestConfig {
@@ -212,6 +219,8 @@ impl Default for IngestConfig {
             json_parser: crate::ingest::Ingestor::DEFAULT_PARSER,
             max_json_depth: crate::ingest::DEFAULT_MAX_DEPTH,
             sources: None,
+            require_signed: false,
+            allow_unsigned: Vec::new(),
         }
     }
 }
@@ -220,6 +229,11 @@ impl IngestConfig {
     fn read(v: &Vars<'_>) -> Result<Self, ConfigError> {
         let d = Self::default();
         let file = v.var("SOURCES_FILE");
+        // Set but blank (`SOURCES_FILE=$UNSET_VAR`) is a mistake, not a wish
+        // for the unsigned envelope on every route: say so.
+        if file.value.is_none() && v.lookup("SOURCES_FILE").is_some() {
+            return Err(file.error("a file name; unset it to have the unsigned envelope on every route"));
+        }
         let sources = match &file.value {
             None => None,
             Some(path) => {
@@ -230,7 +244,7 @@ impl IngestConfig {
                 Some(Arc::new(parsed))
             }
         };
-        Ok(Self {
+        Self {
             json_parser: v.var("JSON_PARSER").map_or(d.json_parser, |p| {
                 match p.to_ascii_lowercase().as_str() {
                     "serde" => Ok(JsonParser::Serde),
@@ -239,8 +253,41 @@ impl IngestConfig {
                 }
             })?,
             max_json_depth: v.var("MAX_JSON_DEPTH").in_range(d.max_json_depth, 0, 1_000_000)?,
+            require_signed: v.var("REQUIRE_SIGNED").bool_or(d.require_signed)?,
+            allow_unsigned: v.var("ALLOW_UNSIGNED").map_or(d.allow_unsigned, |list| {
+                Ok(list.split(',').map(|r| r.trim().to_string()).filter(|r| !r.is_empty()).collect())
+            })?,
             sources,
-        })
+        }
+        .checked(v)
+    }
+
+    /// Under `REQUIRE_SIGNED`, every unsigned route must be named in `ALLOW_UNSIGNED`.
+    fn checked(self, v: &Vars<'_>) -> Result<Self, ConfigError> {
+        if !self.require_signed {
+            return Ok(self);
+        }
+        let sources = self.sources.clone().unwrap_or_default();
+        let unnamed: Vec<&str> = sources
+            .unsigned_routes()
+            .into_iter()
+            .filter(|r| !self.allow_unsigned.iter().any(|a| a == r))
+            .collect();
+        if unnamed.is_empty() {
+            return Ok(self);
+        }
+        let mut e = v.var("REQUIRE_SIGNED").error(if sources.from_file() {
+            format!(
+                "routes {unnamed:?} take unsigned requests (kind = \"envelope\"): give them a signing kind, \
+                 or name them in ALLOW_UNSIGNED"
+            )
+        } else {
+            "no SOURCES_FILE: every route would take unsigned requests; set SOURCES_FILE \
+             (or ALLOW_UNSIGNED=* to accept that)"
+                .into()
+        });
+        e.value = "true".into();
+        Err(e)
     }
 }
 
@@ -447,12 +494,17 @@ pub struct WorkerConfig {
     /// dead-letter stream may hold while PostgreSQL is unreachable; past
     /// it, entries to dead-letter stay pending in their stream instead.
     pub dead_letter_redis_max_bytes: u64,
-    /// `MAX_ATTEMPTS` (default 5): deliveries before an entry PostgreSQL
-    /// keeps rejecting goes to the dead-letter stream.
+    /// `MAX_ATTEMPTS` (default 5): attempts that failed because of an entry
+    /// (PostgreSQL refused it while taking other rows) before it is dead-lettered.
     pub max_attempts: u64,
     /// `RECLAIM_IDLE_MS` (default 30000): an entry pending this long without
     /// a heartbeat is taken over by another worker (its worker died).
     pub reclaim_idle: Duration,
+    /// `CONSUMER_HOST` (default: the kernel's host name): the host part of
+    /// this process's consumer names (`<host>-<pid>-<n>`). Set it where
+    /// host names repeat across machines (containers given the same
+    /// `hostname:`), or two processes could take each other for gone.
+    pub host: String,
 }
 
 impl Default for WorkerConfig {
@@ -466,6 +518,7 @@ impl Default for WorkerConfig {
             dead_letter_redis_max_bytes: 64 << 20,
             max_attempts: 5,
             reclaim_idle: Duration::from_millis(30_000),
+            host: crate::worker::hostname(),
         }
     }
 }
@@ -486,6 +539,16 @@ impl WorkerConfig {
             )?,
             max_attempts: v.var("MAX_ATTEMPTS").in_range(d.max_attempts, 1, 1000)?,
             reclaim_idle: v.var("RECLAIM_IDLE_MS").millis(d.reclaim_idle, 50, 86_400_000)?,
+            host: match v.var("CONSUMER_HOST").value {
+                None => d.host,
+                Some(h)
+                    if !h.is_empty()
+                        && h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) =>
+                {
+                    h
+                }
+                Some(_) => return Err(v.var("CONSUMER_HOST").error("letters, digits, `-`, `_` or `.`")),
+            },
         };
         if c.batch_max_bytes < max_body_bytes {
             return Err(at_least_body(v, "WORKER_BATCH_MAX_BYTES", max_body_bytes));
@@ -503,10 +566,14 @@ pub struct StoreConfig {
     pub pool_size: u32,
     /// `PG_CONNECT_TIMEOUT_MS` (default 5000), `PG_SOCKET_TIMEOUT_MS` (default
     /// 30000: TCP keepalives and `TCP_USER_TIMEOUT`), `PG_STATEMENT_TIMEOUT_MS`
-    /// (default 60000, 0 = none: the server's `statement_timeout`).
+    /// (default 60000, 0 = none: the server's `statement_timeout`),
+    /// `PG_LOCK_TIMEOUT_MS` (default 10000, 0 = none: its `lock_timeout`).
     pub timeouts: Timeouts,
     /// `MIGRATE_ON_START` (default true): apply `sql/` migrations when serving.
     pub migrate_on_start: bool,
+    /// `PG_SYNCHRONOUS_COMMIT` (default `on`; `remote_apply`, `remote_write`,
+    /// `local`; never `off`): set in every session of the gateway.
+    pub synchronous_commit: SynchronousCommit,
     /// `PARTITION_INTERVAL` (default `1d`), `EVENT_RETENTION` (default
     /// `30d`, `0` = keep everything), `DEDUPE_WINDOW` (default `7d`):
     /// what PostgreSQL keeps and for how long ([`crate::store::partitions`]).
@@ -520,6 +587,7 @@ impl Default for StoreConfig {
             pool_size: WorkerConfig::default().threads as u32 + 1,
             timeouts: Timeouts::default(),
             migrate_on_start: true,
+            synchronous_commit: SynchronousCommit::On,
             retention: Retention::default(),
         }
     }
@@ -532,12 +600,18 @@ impl fmt::Debug for StoreConfig {
             .field("pool_size", &self.pool_size)
             .field("timeouts", &self.timeouts)
             .field("migrate_on_start", &self.migrate_on_start)
+            .field("synchronous_commit", &self.synchronous_commit)
             .field("retention", &self.retention)
             .finish()
     }
 }
 
 impl StoreConfig {
+    /// How the gateway's PostgreSQL sessions are set up.
+    pub fn session(&self) -> Session {
+        Session { timeouts: self.timeouts, synchronous_commit: self.synchronous_commit }
+    }
+
     fn read(v: &Vars<'_>, worker_threads: usize) -> Result<Self, ConfigError> {
         let d = Self::default();
         // The pool serves every worker thread and the migrations.
@@ -556,8 +630,16 @@ impl StoreConfig {
                 connect: v.var("PG_CONNECT_TIMEOUT_MS").millis(t.connect, 100, 600_000)?,
                 socket: v.var("PG_SOCKET_TIMEOUT_MS").millis(t.socket, 1000, 3_600_000)?,
                 statement: v.var("PG_STATEMENT_TIMEOUT_MS").millis(t.statement, 0, 86_400_000)?,
+                lock: v.var("PG_LOCK_TIMEOUT_MS").millis(t.lock, 0, 86_400_000)?,
             },
             migrate_on_start: v.var("MIGRATE_ON_START").bool_or(d.migrate_on_start)?,
+            synchronous_commit: v.var("PG_SYNCHRONOUS_COMMIT").map_or(d.synchronous_commit, |c| {
+                SynchronousCommit::parse(c).ok_or_else(|| {
+                    "`on`, `remote_apply`, `remote_write` or `local` (`off` would let a crash lose \
+                     events whose stream entries are already deleted)"
+                        .into()
+                })
+            })?,
             retention: Retention::read(v, d.retention)?,
         })
     }
@@ -667,14 +749,37 @@ impl Config {
         let vars = Vars::new(&get);
         let http = HttpConfig::read(&vars)?;
         let worker = WorkerConfig::read(&vars, http.max_body_bytes)?;
-        Ok(Self {
+        let config = Self {
             ingest: IngestConfig::read(&vars)?,
             queue: QueueConfig::read(&vars)?,
             store: StoreConfig::read(&vars, worker.threads)?,
             ops: OpsConfig::read(&vars)?,
             worker,
             http,
-        })
+        };
+        // A route's own `max_body_bytes` may pass MAX_BODY_BYTES: the
+        // buffers that hold one body must still fit the largest.
+        let largest = config.largest_body();
+        for (name, have) in [
+            ("MAX_BUFFER_BYTES_PER_CORE", config.http.max_buffer_bytes_per_core),
+            ("WORKER_BATCH_MAX_BYTES", config.worker.batch_max_bytes),
+        ] {
+            if have < largest {
+                let mut e = vars.var(name).error(format!(
+                    "at least {largest}, the largest body a route of SOURCES_FILE takes (max_body_bytes)"
+                ));
+                e.value = have.to_string();
+                return Err(e);
+            }
+        }
+        Ok(config)
+    }
+
+    /// The largest body any route takes: `MAX_BODY_BYTES`, or a source's
+    /// own `max_body_bytes` (a `github` route: 25 MiB) when larger.
+    pub fn largest_body(&self) -> usize {
+        let global = self.http.max_body_bytes;
+        self.ingest.sources.as_ref().map_or(global, |s| s.largest_body(global))
     }
 }
 
@@ -761,6 +866,10 @@ mod tests {
         let one = load(&[]).unwrap().queue.queue();
         assert!(!one.is_cluster());
         assert_eq!(one.streams(), vec!["webhooks".to_string()], "one node: the stream of old");
+        // One partition on a cluster still carries its tag: its dead letters
+        // (`webhooks:{0}:dead`) must share its slot for the MULTI that moves them.
+        let single = load(&[("REDIS_CLUSTER_NODES", "127.0.0.1:7000"), ("PARTITIONS", "1")]).unwrap();
+        assert_eq!(single.queue.queue().streams(), vec!["webhooks:{0}".to_string()]);
         assert_eq!(load(&[]).unwrap().queue.wait_timeout, Duration::from_millis(1000));
     }
 
@@ -811,6 +920,49 @@ mod tests {
         }
         assert_eq!(load(&[("PARTITION_INTERVAL", "0")]).unwrap_err().var, "PARTITION_INTERVAL");
         assert_eq!(load(&[("DEDUPE_WINDOW", "0")]).unwrap_err().var, "DEDUPE_WINDOW");
+    }
+
+    #[test]
+    fn commits_are_durable_unless_told_which_standby_durability_to_use() {
+        assert_eq!(load(&[]).unwrap().store.synchronous_commit, SynchronousCommit::On);
+        let c = load(&[("PG_SYNCHRONOUS_COMMIT", "remote_apply")]).unwrap();
+        assert_eq!(c.store.session().synchronous_commit, SynchronousCommit::RemoteApply);
+        let e = load(&[("PG_SYNCHRONOUS_COMMIT", "off")]).unwrap_err();
+        assert_eq!(e.var, "PG_SYNCHRONOUS_COMMIT");
+        assert!(e.expected.contains("`off` would"), "{e}");
+        assert_eq!(crate::store::durability_warning("on", "on"), None);
+        assert!(crate::store::durability_warning("off", "on").unwrap().contains("fsync=off"));
+        assert!(crate::store::durability_warning("on", "off").unwrap().contains("synchronous_commit=off"));
+    }
+
+    #[test]
+    fn unsigned_routes_are_a_stated_choice() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sources.toml");
+        std::fs::write(
+            &file,
+            "[[source]]\nroute = \"stripe\"\nkind = \"stripe\"\nsecrets = [\"whsec_x\"]\n\
+             [[source]]\nroute = \"open\"\nkind = \"envelope\"\n",
+        )
+        .unwrap();
+        let path = file.display().to_string();
+        // Without the flag, as before: the envelope, on every route or on the named ones.
+        assert!(load(&[]).unwrap().ingest.sources.is_none());
+        assert!(load(&[("SOURCES_FILE", &path)]).is_ok());
+        // Blank is a mistake, not a choice.
+        assert_eq!(load(&[("SOURCES_FILE", " ")]).unwrap_err().var, "SOURCES_FILE");
+        // With it: no file, or an unnamed envelope route, stops the start.
+        let e = load(&[("REQUIRE_SIGNED", "true")]).unwrap_err();
+        assert_eq!(e.var, "REQUIRE_SIGNED");
+        assert!(e.expected.contains("no SOURCES_FILE"), "{e}");
+        let e = load(&[("REQUIRE_SIGNED", "true"), ("SOURCES_FILE", &path)]).unwrap_err();
+        assert!(e.expected.contains("[\"open\"]") && e.expected.contains("ALLOW_UNSIGNED"), "{e}");
+        assert!(
+            load(&[("REQUIRE_SIGNED", "true"), ("SOURCES_FILE", &path), ("ALLOW_UNSIGNED", "open")]).is_ok()
+        );
+        assert!(load(&[("REQUIRE_SIGNED", "true"), ("ALLOW_UNSIGNED", "*")]).is_ok());
+        let c = load(&[("SOURCES_FILE", &path)]).unwrap();
+        assert_eq!(c.ingest.sources.unwrap().describe_routes(), "stripe=stripe, open=unsigned");
     }
 
     #[test]

@@ -3,12 +3,14 @@
 //! (`MAX_CONNECTIONS_PER_IP`). Both are plain counters in `Cell`s: a core's
 //! connections are tasks on one thread, so nothing is locked.
 //!
-//! A body larger than [`SMALL_BODY`] takes a [`Grant`] for its size before
-//! it is read, and gives it back when its request is answered; when the core
-//! holds `MAX_BUFFER_BYTES_PER_CORE` already, the request gets 503 with
-//! `Retry-After` and its body is never read. Smaller bodies are bounded by
-//! the connection count and skip the accounting, so the common webhook pays
-//! nothing for it.
+//! A body larger than [`SMALL_BODY`] takes a [`Grant`] that grows with the
+//! bytes that actually arrive (never with what `Content-Length` declares: a
+//! client that declares a megabyte and sends nothing holds nothing), and
+//! gives it back when its request is answered. When the core's budget, or
+//! the client's share of it ([`CLIENT_SHARE`]), cannot cover the next
+//! bytes, the request gets 503 with `Retry-After` and is closed unread.
+//! Smaller bodies are bounded by the connection count and skip the
+//! accounting, so the common webhook pays nothing for it.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -19,17 +21,26 @@ use super::proxy::client_key;
 /// Bodies up to this size are not accounted (they fit a connection's base buffer).
 pub const SMALL_BODY: usize = 16 * 1024;
 
+/// The most of a core's budget one client (an IP, an IPv6 /64) may hold:
+/// one slow sender cannot starve the others.
+pub const CLIENT_SHARE: f64 = 0.5;
+
 /// One core's body-byte budget.
 #[derive(Debug)]
 pub struct BufferBudget {
     used: Cell<usize>,
     max: usize,
+    /// Bytes held per client; a client is absent when it holds none.
+    by_client: RefCell<HashMap<IpAddr, usize>>,
+    client_max: usize,
 }
 
 impl BufferBudget {
-    /// A budget of `max` bytes.
-    pub fn new(max: usize) -> Self {
-        Self { used: Cell::new(0), max }
+    /// A budget of `max` bytes, of which one client may hold
+    /// [`CLIENT_SHARE`] but never less than `at_least` (one whole body).
+    pub fn new(max: usize, at_least: usize) -> Self {
+        let client_max = ((max as f64 * CLIENT_SHARE) as usize).max(at_least).min(max);
+        Self { used: Cell::new(0), max, by_client: RefCell::new(HashMap::new()), client_max }
     }
 
     /// Bytes granted now.
@@ -37,10 +48,9 @@ impl BufferBudget {
         self.used.get()
     }
 
-    /// A grant for `bytes`, or `None` when the budget cannot cover it.
-    pub fn take(&self, bytes: usize) -> Option<Grant<'_>> {
-        let mut grant = Grant { budget: self, bytes: 0 };
-        grant.grow_to(bytes).then_some(grant)
+    /// An empty grant for `peer`'s request, to grow as its body arrives.
+    pub fn open(&self, peer: IpAddr) -> Grant<'_> {
+        Grant { budget: self, client: client_key(peer), bytes: 0 }
     }
 }
 
@@ -48,18 +58,28 @@ impl BufferBudget {
 #[derive(Debug)]
 pub struct Grant<'a> {
     budget: &'a BufferBudget,
+    client: IpAddr,
     bytes: usize,
 }
 
 impl Grant<'_> {
-    /// Extends the grant to `bytes` in total (a chunked body growing);
-    /// false, and unchanged, when the budget cannot cover it.
+    /// Extends the grant to `bytes` in total (a body arriving); false, and
+    /// unchanged, when the core's budget or the client's share cannot cover it.
     pub fn grow_to(&mut self, bytes: usize) -> bool {
         let extra = bytes.saturating_sub(self.bytes);
+        if extra == 0 {
+            return true;
+        }
         let used = self.budget.used.get();
-        if used + extra > self.budget.max {
+        let mut by_client = self.budget.by_client.borrow_mut();
+        let client = by_client.entry(self.client).or_insert(0);
+        if used + extra > self.budget.max || *client + extra > self.budget.client_max {
+            if *client == 0 {
+                by_client.remove(&self.client);
+            }
             return false;
         }
+        *client += extra;
         self.budget.used.set(used + extra);
         self.bytes += extra;
         true
@@ -68,7 +88,17 @@ impl Grant<'_> {
 
 impl Drop for Grant<'_> {
     fn drop(&mut self) {
+        if self.bytes == 0 {
+            return;
+        }
         self.budget.used.set(self.budget.used.get() - self.bytes);
+        let mut by_client = self.budget.by_client.borrow_mut();
+        if let Some(held) = by_client.get_mut(&self.client) {
+            *held -= self.bytes;
+            if *held == 0 {
+                by_client.remove(&self.client);
+            }
+        }
     }
 }
 
@@ -121,18 +151,45 @@ impl ConnectionsPerClient {
 mod tests {
     use super::*;
 
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::from([192, 0, 2, last])
+    }
+
     #[test]
     fn grants_share_the_budget_and_return_it_on_drop() {
-        let budget = BufferBudget::new(100);
-        let a = budget.take(60).unwrap();
-        assert!(budget.take(50).is_none());
-        let mut b = budget.take(40).unwrap();
-        assert!(!b.grow_to(41), "over the budget");
+        let budget = BufferBudget::new(100, 0);
+        let mut a = budget.open(ip(1));
+        assert!(a.grow_to(50));
+        let mut a2 = budget.open(ip(1));
+        assert!(!a2.grow_to(1), "a client holds at most half");
+        let mut b = budget.open(ip(2));
+        assert!(b.grow_to(50));
+        let mut c = budget.open(ip(3));
+        assert!(!c.grow_to(1), "over the budget");
         assert_eq!(budget.used(), 100);
         drop(a);
-        assert!(b.grow_to(90));
-        drop(b);
+        assert!(c.grow_to(30));
+        assert!(a2.grow_to(20));
+        drop((b, c, a2));
         assert_eq!(budget.used(), 0);
+        assert!(budget.by_client.borrow().is_empty(), "nothing kept per client once released");
+    }
+
+    #[test]
+    fn a_declared_size_holds_nothing_until_it_arrives() {
+        let budget = BufferBudget::new(100, 0);
+        let idle: Vec<Grant<'_>> = (0..1000).map(|i| budget.open(ip((i % 250) as u8))).collect();
+        assert_eq!(budget.used(), 0);
+        let mut real = budget.open(ip(251));
+        assert!(real.grow_to(40), "{} grants that received nothing take no room", idle.len());
+    }
+
+    #[test]
+    fn one_client_may_always_hold_one_whole_body() {
+        let budget = BufferBudget::new(100, 80);
+        let mut a = budget.open(ip(1));
+        assert!(a.grow_to(80));
+        assert!(!a.grow_to(81));
     }
 
     #[test]

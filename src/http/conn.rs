@@ -160,15 +160,18 @@ impl Conn {
             let label = Handler::label(&route);
             let check = ctx.handler.precheck(&head, &route, self.peer, now);
             let extra = check.extra;
-            if let (Some(resp), true) =
-                (&check.refusal, head.expect_continue && head.body != BodyFraming::Empty)
-            {
-                // The client is waiting for our word before sending the body:
-                // answer now and never read it (RFC 9110 §10.1.1).
-                return self.close_with(ctx, resp.clone(), to, extra, label).await;
+            if let Some(resp) = &check.refusal {
+                if !self.body_in_hand(&head) {
+                    // Refused from its head (404, 405, 415, 429…): a large
+                    // body still to come is never read, only the connection
+                    // closed. A client waiting on `Expect: 100-continue`
+                    // gets its answer at once (RFC 9110 §10.1.1).
+                    return self.close_with(ctx, resp.clone(), to, extra, label).await;
+                }
             }
             // Held until the answer is decided: the body is in memory until then.
-            let (body, head_at, _grant) = match self.read_body(ctx, &head, deadline).await? {
+            let (body, head_at, _grant) = match self.read_body(ctx, &head, deadline, check.body_limit).await?
+            {
                 Ok(read) => read,
                 Err(resp) => return self.close_with(ctx, resp, to, extra, label).await,
             };
@@ -215,14 +218,13 @@ impl Conn {
         ctx: &'c CoreContext,
         head: &RequestHead,
         deadline: Instant,
+        body_limit: usize,
     ) -> Result<Result<(Body, usize, Option<Grant<'c>>), Response>, End> {
         let off = head.head_len;
         let buffered = self.rbuf.len() - self.start - off;
+        // Accounted as the bytes arrive, never from the declared length.
         let mut grant = match head.body {
-            BodyFraming::Length(n) if n > SMALL_BODY => match ctx.buffers.take(n) {
-                Some(g) => Some(g),
-                None => return Ok(Err(self.over_budget(ctx))),
-            },
+            BodyFraming::Length(n) if n > SMALL_BODY => Some(ctx.buffers.open(self.peer)),
             _ => None,
         };
         let needs_more = match head.body {
@@ -241,8 +243,24 @@ impl Conn {
                 Ok(Ok((Body::Buffered(self.start..self.start), head_at, None)))
             }
             BodyFraming::Length(n) => {
-                self.rbuf.reserve((self.start + off + n).saturating_sub(self.rbuf.len()));
-                while self.rbuf.len() - self.start - off < n {
+                loop {
+                    let received = self.rbuf.len() - self.start - off;
+                    if received >= n {
+                        break;
+                    }
+                    // Room for what comes next, doubling as it comes, held on
+                    // the budget before it is read into.
+                    let room = match &mut grant {
+                        None => n,
+                        Some(g) => {
+                            let room = (received.max(READ_CHUNK) * 2).min(n);
+                            if !g.grow_to(room) {
+                                return Ok(Err(self.over_budget(ctx)));
+                            }
+                            room
+                        }
+                    };
+                    self.rbuf.reserve((self.start + off + room).saturating_sub(self.rbuf.len()));
                     self.fill(ctx, Wait::Until(deadline)).await?;
                 }
                 let (head_at, body) = (self.start, self.start + off);
@@ -250,7 +268,7 @@ impl Conn {
                 Ok(Ok((Body::Buffered(body..body + n), head_at, grant)))
             }
             BodyFraming::Chunked => {
-                let mut decoder = ChunkedDecoder::new(ctx.limits.max_body);
+                let mut decoder = ChunkedDecoder::new(body_limit);
                 let mut body = Vec::new();
                 let mut pos = off;
                 loop {
@@ -265,14 +283,10 @@ impl Conn {
                             return Ok(Err(bad_request("malformed chunked body").closing()));
                         }
                     }
-                    if body.len() > SMALL_BODY {
-                        let covered = match &mut grant {
-                            Some(g) => g.grow_to(body.len()),
-                            None => ctx.buffers.take(body.len()).map(|g| grant = Some(g)).is_some(),
-                        };
-                        if !covered {
-                            return Ok(Err(self.over_budget(ctx)));
-                        }
+                    if body.len() > SMALL_BODY
+                        && !grant.get_or_insert_with(|| ctx.buffers.open(self.peer)).grow_to(body.len())
+                    {
+                        return Ok(Err(self.over_budget(ctx)));
                     }
                     // Everything after the head is decoded into `body`: drop it
                     // so a long chunked body does not sit in memory twice.
@@ -284,6 +298,18 @@ impl Conn {
                 self.start += pos;
                 Ok(Ok((Body::Owned(body), head_at, grant)))
             }
+        }
+    }
+
+    /// Whether a refused request's body is cheap to skip, so the connection
+    /// can be kept (a pipelining client over its rate limit): none, all of
+    /// it in the buffer already, or small enough to read ([`SMALL_BODY`]).
+    /// Any other is never read: the connection is closed after the answer.
+    fn body_in_hand(&self, head: &RequestHead) -> bool {
+        match head.body {
+            BodyFraming::Empty => true,
+            BodyFraming::Length(n) => n <= SMALL_BODY || self.rbuf.len() - self.start - head.head_len >= n,
+            BodyFraming::Chunked => false,
         }
     }
 
@@ -435,7 +461,7 @@ fn head_error_response(e: &HeadError) -> Response {
     }
 }
 
-fn too_large(limit: usize) -> Response {
+pub(crate) fn too_large(limit: usize) -> Response {
     Response::error(Status::PayloadTooLarge, Message::One(format!("request body larger than {limit} bytes")))
         .closing()
 }

@@ -13,17 +13,17 @@
 use std::cell::RefCell;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use super::cors::Cors;
 use super::proxy::TrustedProxies;
 use super::ratelimit::RateLimiter;
-use super::request::{ContentType, Headers, Method, RequestHead};
+use super::request::{BodyFraming, ContentType, Headers, Method, RequestHead};
 use super::response::{Extra, Message, RateHeaders, Response, Status};
 use super::router::{route, Route, WEBHOOK_ALLOW};
 use crate::ingest::sources::{Admitted, Request, Sources};
 use crate::ingest::{IngestError, Ingestor};
-use crate::job::WebhookJob;
+use crate::job::{now_us, WebhookJob};
 use crate::queue::{EnqueueError, Enqueuer};
 use crate::telemetry::metrics::{CoreMetrics, Metrics, RouteLabel, SourceOutcome};
 
@@ -33,6 +33,8 @@ pub(crate) struct Handler {
     pub(crate) enqueuer: Enqueuer,
     pub(crate) ingestor: RefCell<Ingestor>,
     pub(crate) sources: Arc<Sources>,
+    /// `MAX_BODY_BYTES`: the body limit of routes without their own.
+    pub(crate) max_body: usize,
     /// Header lines sent on every response (helmet's, or none).
     pub(crate) fixed_headers: &'static [u8],
     pub(crate) cors: Cors,
@@ -52,6 +54,8 @@ pub(crate) struct Precheck<'h> {
     pub(crate) refusal: Option<Response>,
     /// The per-response headers for this request.
     pub(crate) extra: Extra<'h>,
+    /// The largest body this route takes (a chunked body is cut there).
+    pub(crate) body_limit: usize,
 }
 
 impl Handler {
@@ -81,6 +85,7 @@ impl Handler {
             vary_origin: self.cors.enabled(),
             rate: None,
         };
+        let mut body_limit = self.max_body;
         let refusal = match route {
             Route::NotFound => Some(Response::error(
                 Status::NotFound,
@@ -107,10 +112,17 @@ impl Handler {
             Route::Webhook { source, .. } => {
                 let (limited, rate) = self.rate_limit(head, peer, now);
                 extra.rate = rate;
-                let form = head.content_type == ContentType::Form
-                    && self.sources.get(*source).is_some_and(|s| s.kind.takes_form());
+                let source = self.sources.get(*source);
+                let form =
+                    head.content_type == ContentType::Form && source.is_some_and(|s| s.kind.takes_form());
+                body_limit = source.and_then(|s| s.max_body).unwrap_or(self.max_body);
                 match limited {
                     Some(resp) => Some(resp),
+                    // The head parser let it through under the largest
+                    // route's limit; this route's own is smaller.
+                    None if matches!(head.body, BodyFraming::Length(n) if n > body_limit) => {
+                        Some(super::conn::too_large(body_limit))
+                    }
                     None if head.content_type != ContentType::Json && !form => Some(Response::error(
                         Status::UnsupportedMediaType,
                         Message::One("Content-Type must be application/json".into()),
@@ -119,7 +131,7 @@ impl Handler {
                 }
             }
         };
-        Precheck { refusal, extra }
+        Precheck { refusal, extra, body_limit }
     }
 
     /// The rate limiter's word on a webhook, and what to report of it.
@@ -248,9 +260,4 @@ fn unavailable_message(e: &EnqueueError) -> &'static str {
         EnqueueError::MemoryFull => "queue is full (redis memory), retry later",
         EnqueueError::Closed => "server is shutting down, retry later",
     }
-}
-
-/// Microseconds since the Unix epoch, from the system clock.
-fn now_us() -> i64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
 }

@@ -218,6 +218,12 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<RequestHead>, He
     if head_len > limits.max_head {
         return Err(HeadError::HeadTooLarge);
     }
+    // httparse takes a bare LF as a line end. A proxy in front that does not
+    // would forward such a "line" inside a header value: one request, two
+    // readings of its headers (a smuggled header). Only CRLF ends a line here.
+    if memchr::memchr_iter(b'\n', &buf[..head_len]).any(|i| i == 0 || buf[i - 1] != b'\r') {
+        return Err(HeadError::Malformed("a line of the request head ends in a bare LF"));
+    }
     let http10 = req.version == Some(0);
     let method = match req.method.unwrap_or_default() {
         "POST" => Method::Post,
@@ -264,6 +270,11 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<RequestHead>, He
             }
             expect_continue = true;
         } else if name.eq_ignore_ascii_case("content-type") {
+            // Routing would read the last and a sender the first: refuse
+            // the ambiguity (a singleton field, RFC 9110 §8.3).
+            if content_type != ContentType::Missing {
+                return Err(HeadError::Malformed("more than one Content-Type"));
+            }
             content_type = classify_content_type(h.value);
         } else if name.eq_ignore_ascii_case("origin") {
             origin = std::str::from_utf8(trim(h.value)).ok().map(str::to_owned);
@@ -390,6 +401,22 @@ mod tests {
     fn smuggling_shapes_are_refused() {
         let both = "POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert!(matches!(parse(both), Err(HeadError::Framing(_))));
+        assert_eq!(
+            parse("POST / HTTP/1.1\r\nContent-Type: text/plain\r\ncontent-type: application/json\r\n\r\n"),
+            Err(HeadError::Malformed("more than one Content-Type"))
+        );
+        for bare in [
+            "POST / HTTP/1.1\nHost: a\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\nX-Smuggled: 1\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\n\n",
+            "POST / HTTP/1.1\n\n",
+        ] {
+            assert_eq!(
+                parse(bare),
+                Err(HeadError::Malformed("a line of the request head ends in a bare LF")),
+                "{bare:?}"
+            );
+        }
         let two = "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n";
         assert!(matches!(parse(two), Err(HeadError::Framing(_))));
         for cl in ["+5", "-1", "0x10", "5 5", "", "9999999999999999999"] {

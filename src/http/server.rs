@@ -143,6 +143,9 @@ pub struct CoreSettings {
     pub max_connections_per_ip: u32,
     /// `MAX_BUFFER_BYTES_PER_CORE`: request bodies in flight on one core.
     pub max_buffer_bytes: usize,
+    /// `MAX_BODY_BYTES`: the body limit of routes without their own
+    /// (`limits.max_body` is the largest of all routes').
+    pub max_body: usize,
     /// `SHUTDOWN_TIMEOUT_MS`.
     pub shutdown_timeout: Duration,
     /// `JSON_PARSER`.
@@ -211,6 +214,7 @@ async fn accept_loop(spec: CoreSpec) -> std::io::Result<()> {
         enqueuer: spec.enqueuer,
         ingestor: RefCell::new(Ingestor::new(settings.json_parser).with_max_depth(settings.max_json_depth)),
         sources: settings.sources.clone(),
+        max_body: settings.max_body,
         fixed_headers: if settings.security_headers { HELMET_HEADERS } else { b"" },
         cors: settings.cors.clone(),
         limiter: RefCell::new(RateLimiter::new(
@@ -228,7 +232,7 @@ async fn accept_loop(spec: CoreSpec) -> std::io::Result<()> {
         request_timeout: settings.request_timeout,
         keepalive_timeout: settings.keepalive_timeout,
         shutdown: spec.shutdown.clone(),
-        buffers: BufferBudget::new(settings.max_buffer_bytes),
+        buffers: BufferBudget::new(settings.max_buffer_bytes, settings.limits.max_body),
         handler,
         metrics,
     });

@@ -1,13 +1,16 @@
 //! Every Redis key spelling the system uses, in one place. With one
-//! partition (the single-node default) the stream is `QUEUE_NAME` itself;
-//! with `PARTITIONS` = N > 1 partition `p` is the stream `QUEUE_NAME:{p}`.
+//! partition on one node (the default) the stream is `QUEUE_NAME` itself;
+//! with `PARTITIONS` = N > 1, or on a Redis Cluster whatever `PARTITIONS`
+//! is, partition `p` is the stream `QUEUE_NAME:{p}`.
 //! Everything else (the dead-letter fallback stream) is derived from a
 //! partition's stream name, so it carries the same hash tag and lives in the
 //! same Redis Cluster slot: a partition's commands never span slots.
 
-/// The stream of partition `p` of `partitions` of the queue `name`.
-pub fn stream(name: &str, p: u16, partitions: u16) -> String {
-    if partitions <= 1 {
+/// The stream of partition `p` of `partitions` of the queue `name`. On a
+/// cluster (`tagged`) it always carries its hash tag, even alone: its
+/// dead-letter stream must share its slot.
+pub fn stream(name: &str, p: u16, partitions: u16, tagged: bool) -> String {
+    if partitions <= 1 && !tagged {
         name.to_string()
     } else {
         format!("{name}:{{{p}}}")
@@ -32,6 +35,27 @@ pub fn partition(provider: &str, event_id: &str, partitions: u16) -> u16 {
 /// The dead-letter stream of `stream`: entries that could not be stored.
 pub fn dead_letters(stream: &str) -> String {
     format!("{stream}:dead")
+}
+
+/// The attempts against the entries of `stream` that PostgreSQL refused
+/// (a hash, entry id → attempts): only failures the entry caused count, not
+/// deliveries. Shares the stream's slot, so it goes in the same pipelines.
+pub fn attempts(stream: &str) -> String {
+    format!("{stream}:attempts")
+}
+
+/// What the workers of queue `name` hold back and why (a hash, condition →
+/// description, expiring when nobody refreshes it): read by `/health` and
+/// `stats`.
+pub fn held(name: &str) -> String {
+    format!("{name}:held")
+}
+
+/// The liveness mark of worker process `pid` on `host` for queue `name`:
+/// a key its claim keeper keeps setting with a short expiry. A consumer
+/// whose process has no mark is gone, and others take over its entries.
+pub fn alive(name: &str, host: &str, pid: u32) -> String {
+    format!("{name}:alive:{host}-{pid}")
 }
 
 /// The consumer name of worker thread `n` of process `pid` on `host`.
@@ -64,8 +88,11 @@ mod tests {
             seen[partition("stripe", &format!("evt_{i}"), 16) as usize] += 1;
         }
         assert!(seen.iter().all(|&n| (800..1200).contains(&n)), "{seen:?}");
-        assert_eq!(stream("webhooks", 3, 16), "webhooks:{3}");
-        assert_eq!(slot_tag(&dead_letters(&stream("webhooks", 3, 16))), "3");
+        assert_eq!(stream("webhooks", 3, 16, false), "webhooks:{3}");
+        assert_eq!(slot_tag(&dead_letters(&stream("webhooks", 3, 16, true))), "3");
+        assert_eq!(stream("webhooks", 0, 1, false), "webhooks", "one node, one partition: the stream of old");
+        assert_eq!(slot_tag(&dead_letters(&stream("webhooks", 0, 1, true))), "0", "a cluster tags even one");
+        assert_eq!(slot_tag(&attempts(&stream("webhooks", 5, 16, true))), "5");
     }
 
     fn slot_tag(key: &str) -> &str {

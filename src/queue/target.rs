@@ -98,7 +98,7 @@ impl Queue {
 
     /// The stream of partition `p`.
     pub fn stream(&self, p: u16) -> String {
-        keys::stream(&self.name, p, self.partitions)
+        keys::stream(&self.name, p, self.partitions, self.is_cluster())
     }
 
     /// Every partition's stream, in partition order.

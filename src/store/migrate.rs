@@ -14,6 +14,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "0001_init.sql", include_str!("../../sql/0001_init.sql")),
     (2, "0002_sources.sql", include_str!("../../sql/0002_sources.sql")),
     (3, "0003_retention.sql", include_str!("../../sql/0003_retention.sql")),
+    (4, "0004_digests.sql", include_str!("../../sql/0004_digests.sql")),
 ];
 
 /// Arbitrary constant for `pg_advisory_xact_lock`, shared by every instance.

@@ -33,8 +33,11 @@
 //! Every connection carries `PG_CONNECT_TIMEOUT_MS`, TCP keepalives and
 //! `TCP_USER_TIMEOUT` from `PG_SOCKET_TIMEOUT_MS` (a dead peer or a
 //! black-holed network is noticed in that time, not the kernel's ~15
-//! minutes), and `statement_timeout` from `PG_STATEMENT_TIMEOUT_MS` (a
-//! statement stuck behind a lock or a slow server ends with `57014`).
+//! minutes), `statement_timeout` from `PG_STATEMENT_TIMEOUT_MS` (a
+//! statement stuck on a slow server ends with `57014`), `lock_timeout` from
+//! `PG_LOCK_TIMEOUT_MS` (a wait for another session's lock ends with
+//! `55P03`), and server-side keepalives and `idle_in_transaction_session_timeout`
+//! so the server drops a session whose client is gone.
 
 pub mod dead_letters;
 mod migrate;
@@ -57,7 +60,7 @@ pub use partitions::Retention;
 /// order ([`copy_rows`] encodes them so): one spelling for all of them.
 macro_rules! columns {
     () => {
-        "provider, event_id, event_type, verified_by, event_timestamp, received_at, payload, raw_body"
+        "provider, event_id, event_type, verified_by, event_timestamp, received_at, payload, raw_body, body_sha256"
     };
 }
 
@@ -75,6 +78,10 @@ pub struct Timeouts {
     /// `PG_STATEMENT_TIMEOUT_MS`: the server cancels a statement running longer
     /// (`Duration::ZERO` = never).
     pub statement: Duration,
+    /// `PG_LOCK_TIMEOUT_MS`: the server ends a wait for a lock this long with
+    /// `55P03` (`Duration::ZERO` = never), so a lock another session holds
+    /// is told apart from a slow statement and never blamed on a row.
+    pub lock: Duration,
 }
 
 impl Default for Timeouts {
@@ -83,8 +90,96 @@ impl Default for Timeouts {
             connect: Duration::from_secs(5),
             socket: Duration::from_secs(30),
             statement: Duration::from_secs(60),
+            lock: Duration::from_secs(10),
         }
     }
+}
+
+/// `PG_SYNCHRONOUS_COMMIT`: when the server reports a commit, so when a
+/// stream entry may be deleted after it. `off` is refused: it acknowledges
+/// commits a crash can still lose, and the entry would already be gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SynchronousCommit {
+    /// Flushed to this server's disk (the default).
+    #[default]
+    On,
+    /// Also applied on the synchronous standbys.
+    RemoteApply,
+    /// Also written (not flushed) by the synchronous standbys.
+    RemoteWrite,
+    /// Flushed locally, whatever the standbys.
+    Local,
+}
+
+impl SynchronousCommit {
+    /// The setting's value, as PostgreSQL spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::On => "on",
+            Self::RemoteApply => "remote_apply",
+            Self::RemoteWrite => "remote_write",
+            Self::Local => "local",
+        }
+    }
+
+    /// Parses a value; `off` is not one.
+    pub fn parse(v: &str) -> Option<Self> {
+        match v.to_ascii_lowercase().as_str() {
+            "on" => Some(Self::On),
+            "remote_apply" => Some(Self::RemoteApply),
+            "remote_write" => Some(Self::RemoteWrite),
+            "local" => Some(Self::Local),
+            _ => None,
+        }
+    }
+}
+
+/// How the gateway's PostgreSQL sessions are set up: their timeouts and
+/// their commit durability. A bare [`Timeouts`] converts, with the default
+/// durability.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Session {
+    /// `PG_*_TIMEOUT_MS`.
+    pub timeouts: Timeouts,
+    /// `PG_SYNCHRONOUS_COMMIT`.
+    pub synchronous_commit: SynchronousCommit,
+}
+
+impl From<Timeouts> for Session {
+    fn from(timeouts: Timeouts) -> Self {
+        Self { timeouts, synchronous_commit: SynchronousCommit::default() }
+    }
+}
+
+/// What can make a 202'd event be lost after its commit, read from the
+/// server's settings as this session sees them: `None` when nothing.
+pub fn durability_warning(fsync: &str, synchronous_commit: &str) -> Option<String> {
+    let mut risks = Vec::new();
+    if fsync.eq_ignore_ascii_case("off") {
+        risks.push("the server runs with fsync=off: a crash of its machine can lose committed events");
+    }
+    if synchronous_commit.eq_ignore_ascii_case("off") {
+        risks.push(
+            "synchronous_commit=off in the gateway's sessions (a pooler that drops startup options?): \
+             a server crash can lose the last commits, whose stream entries are already deleted",
+        );
+    }
+    (!risks.is_empty()).then(|| risks.join("; "))
+}
+
+/// `(fsync, synchronous_commit)` as this session sees them.
+///
+/// # Errors
+/// [`StoreError`].
+pub fn durability(client: &mut postgres::Client) -> Result<(String, String), StoreError> {
+    let messages =
+        client.simple_query("SELECT current_setting('fsync'), current_setting('synchronous_commit')")?;
+    let row = messages.iter().find_map(|m| match m {
+        postgres::SimpleQueryMessage::Row(row) => Some(row),
+        _ => None,
+    });
+    let value = |i| row.and_then(|r| r.get(i)).unwrap_or_default().to_string();
+    Ok((value(0), value(1)))
 }
 
 /// A PostgreSQL failure.
@@ -140,6 +235,13 @@ impl StoreError {
         ) || code == "25006"
     }
 
+    /// A lock wait that ran out (`55P03`): another session holds what the
+    /// statement needs, a key's row or the whole table. Never the row's
+    /// fault; [`probe`] (which takes the table's locks, not a key's) says which.
+    pub fn is_lock_wait(&self) -> bool {
+        self.sqlstate() == Some("55P03")
+    }
+
     /// True when a systemic-looking failure could still come from the rows
     /// of the batch, so that a [`probe`] that passes points at them: the
     /// server answered with a code, and the code is not one that by nature
@@ -185,16 +287,24 @@ fn describe(e: &postgres::Error) -> String {
 pub struct Written {
     /// New rows.
     pub inserted: u64,
-    /// Jobs whose `(provider, event_id)` was already stored.
+    /// Jobs whose `(provider, event_id)` was already stored with the same body.
     pub duplicates: u64,
+    /// Jobs whose `(provider, event_id)` was already stored with another
+    /// body: kept in `webhook_event_conflicts` (new ones counted here).
+    pub conflicts: u64,
 }
 
-/// The connection settings for `database_url` with `timeouts` applied.
+/// The connection settings for `database_url` with `session` applied.
 ///
 /// # Errors
 /// [`StoreError::Config`] when the URL cannot be parsed (the message never
 /// repeats the URL, which may hold a password).
-pub fn connect_config(database_url: &str, timeouts: Timeouts) -> Result<postgres::Config, StoreError> {
+pub fn connect_config(
+    database_url: &str,
+    session: impl Into<Session>,
+) -> Result<postgres::Config, StoreError> {
+    let session = session.into();
+    let timeouts = session.timeouts;
     let mut config: postgres::Config =
         database_url.parse().map_err(|e: postgres::Error| StoreError::Config(e.to_string()))?;
     config.connect_timeout(timeouts.connect);
@@ -207,14 +317,33 @@ pub fn connect_config(database_url: &str, timeouts: Timeouts) -> Result<postgres
         .keepalives_interval((socket / 6).max(Duration::from_secs(1)))
         .keepalives_retries(4)
         .tcp_user_timeout(socket);
+    // Server-side settings of the session, through the startup options:
+    // the statement and lock timeouts; an idle transaction (a client gone
+    // between statements) ended after the socket budget; and the server's
+    // own keepalives with that budget, so a session abandoned mid-COPY (its
+    // client's network dropped) releases its row locks in about that time
+    // instead of the kernel's two hours.
+    let secs = |d: Duration| d.as_secs().max(1);
+    let mut options = vec![
+        format!("-c idle_in_transaction_session_timeout={}", socket.as_millis()),
+        format!("-c tcp_keepalives_idle={}", secs(socket / 3)),
+        format!("-c tcp_keepalives_interval={}", secs(socket / 6)),
+        "-c tcp_keepalives_count=4".to_string(),
+        format!("-c tcp_user_timeout={}", socket.as_millis()),
+    ];
     if !timeouts.statement.is_zero() {
-        let ms = timeouts.statement.as_millis();
-        let options = match config.get_options() {
-            Some(o) if !o.trim().is_empty() => format!("{o} -c statement_timeout={ms}"),
-            _ => format!("-c statement_timeout={ms}"),
-        };
-        config.options(&options);
+        options.push(format!("-c statement_timeout={}", timeouts.statement.as_millis()));
     }
+    if !timeouts.lock.is_zero() {
+        options.push(format!("-c lock_timeout={}", timeouts.lock.as_millis()));
+    }
+    // A stream entry is deleted once COMMIT returns: the commit must be durable by then.
+    options.push(format!("-c synchronous_commit={}", session.synchronous_commit.as_str()));
+    let options = match config.get_options() {
+        Some(o) if !o.trim().is_empty() => format!("{o} {}", options.join(" ")),
+        _ => options.join(" "),
+    };
+    config.options(&options);
     Ok(config)
 }
 
@@ -222,8 +351,10 @@ pub fn connect_config(database_url: &str, timeouts: Timeouts) -> Result<postgres
 ///
 /// # Errors
 /// [`StoreError::Config`] when the URL cannot be parsed.
-pub fn pool(database_url: &str, size: u32, timeouts: Timeouts) -> Result<Pool, StoreError> {
-    let manager = PostgresConnectionManager::new(connect_config(database_url, timeouts)?, NoTls);
+pub fn pool(database_url: &str, size: u32, session: impl Into<Session>) -> Result<Pool, StoreError> {
+    let session = session.into();
+    let manager = PostgresConnectionManager::new(connect_config(database_url, session)?, NoTls);
+    let timeouts = session.timeouts;
     Ok(r2d2::Pool::builder()
         .max_size(size)
         .min_idle(Some(0))
@@ -237,11 +368,20 @@ pub fn pool(database_url: &str, size: u32, timeouts: Timeouts) -> Result<Pool, S
 /// # Errors
 /// [`StoreError`]: what a batch of good rows would meet too.
 pub fn probe(client: &mut postgres::Client) -> Result<(), StoreError> {
-    write_once(client, &[], false).map(|_| ())
+    write_once(client, &[], false, Finish::Commit).map(|_| ())
+}
+
+/// Deliveries kept in `webhook_event_conflicts`: an id stored with one
+/// body and delivered again with another.
+///
+/// # Errors
+/// [`StoreError`].
+pub fn count_conflicts(client: &mut postgres::Client) -> Result<i64, StoreError> {
+    Ok(client.query_one("SELECT count(*) FROM webhook_event_conflicts", &[])?.get(0))
 }
 
 /// Columns of the staging table, in COPY order.
-pub const STAGING_TYPES: [Type; 8] = [
+pub const STAGING_TYPES: [Type; 9] = [
     Type::TEXT,
     Type::TEXT,
     Type::TEXT,
@@ -249,6 +389,7 @@ pub const STAGING_TYPES: [Type; 8] = [
     Type::TIMESTAMPTZ,
     Type::TIMESTAMPTZ,
     Type::JSONB,
+    Type::BYTEA,
     Type::BYTEA,
 ];
 
@@ -267,12 +408,58 @@ pub fn write_batch(
     expect_new: bool,
     retention: &Retention,
 ) -> Result<Written, StoreError> {
-    match write_once(client, jobs, expect_new) {
+    write_covered(client, jobs, expect_new, retention, Finish::Commit)
+}
+
+/// Writes one made-up, ordinary event the way [`write_batch`] writes a
+/// batch, then rolls it back: whether the database takes a row at all right
+/// now. When it does, rows PostgreSQL refuses are refused for what they
+/// hold; when it refuses this one too, the database refuses every row (a
+/// schema change, a trigger), and no entry is to blame.
+///
+/// # Errors
+/// [`StoreError`]: what the made-up row met.
+pub fn canary(client: &mut postgres::Client, retention: &Retention) -> Result<(), StoreError> {
+    let now = crate::job::now_us();
+    let job = WebhookJob {
+        provider: "canary".into(),
+        event_id: format!("canary-{now}"),
+        event_type: "canary".into(),
+        event_timestamp_us: now,
+        received_at_us: now,
+        verified_by: None,
+        payload: br#"{"canary":true}"#.to_vec(),
+        raw_body: None,
+    };
+    write_covered(client, &[&job], false, retention, Finish::Rollback).map(drop)
+}
+
+/// How a write's transaction ends.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Finish {
+    Commit,
+    Rollback,
+}
+
+fn write_covered(
+    client: &mut postgres::Client,
+    jobs: &[&WebhookJob],
+    expect_new: bool,
+    retention: &Retention,
+    finish: Finish,
+) -> Result<Written, StoreError> {
+    match write_once(client, jobs, expect_new, finish) {
         Err(e) if e.is_missing_partition() => {
-            let received = jobs.iter().map(|j| j.received_at_us);
-            let (from, to) = (received.clone().min().unwrap_or(0), received.max().unwrap_or(0));
-            partitions::cover(client, retention, from, to)?;
-            write_once(client, jobs, expect_new)
+            // The intervals the rows fall in, each once: a replayed event
+            // from weeks ago needs its own interval, not every one between.
+            let step = retention.interval.as_micros().max(1) as i64;
+            let mut slots: Vec<i64> = jobs.iter().map(|j| j.received_at_us.div_euclid(step)).collect();
+            slots.sort_unstable();
+            slots.dedup();
+            for slot in slots {
+                partitions::cover(client, retention, slot * step, slot * step)?;
+            }
+            write_once(client, jobs, expect_new, finish)
         }
         written => written,
     }
@@ -282,6 +469,7 @@ fn write_once(
     client: &mut postgres::Client,
     jobs: &[&WebhookJob],
     expect_new: bool,
+    finish: Finish,
 ) -> Result<Written, StoreError> {
     if expect_new && !jobs.is_empty() {
         let mut tx = client.transaction()?;
@@ -301,11 +489,16 @@ fn write_once(
         ))?;
         let (providers, ids): (Vec<&str>, Vec<&str>) =
             jobs.iter().map(|j| (j.provider.as_str(), j.event_id.as_str())).unzip();
-        match tx.execute(INSERT_KEYS, &[&generations.current, &providers, &ids, &generations.oldest]) {
+        let digests: Vec<[u8; 32]> = jobs.iter().map(|j| j.body_sha256()).collect();
+        let digests: Vec<&[u8]> = digests.iter().map(|d| &d[..]).collect();
+        let older = generations.older();
+        match tx.execute(INSERT_KEYS, &[&generations.current, &providers, &ids, &older, &digests]) {
             Ok(n) if n == jobs.len() as u64 => {
                 let inserted = copy_rows(&mut tx, DIRECT_COPY, jobs)?;
-                tx.commit()?;
-                return Ok(Written { inserted, duplicates: 0 });
+                if finish == Finish::Commit {
+                    tx.commit()?;
+                }
+                return Ok(Written { inserted, duplicates: 0, conflicts: 0 });
             }
             // A key an older generation holds, or (below) the current one
             // holds: some rows are copies. Dropping the transaction rolls
@@ -321,16 +514,23 @@ fn write_once(
     // Named for its columns: a session never meets an older layout.
     tx.batch_execute(
         "SET LOCAL client_min_messages = warning;
-         CREATE TEMP TABLE IF NOT EXISTS webhook_staging_v3 (
+         CREATE TEMP TABLE IF NOT EXISTS webhook_staging_v4 (
              provider text, event_id text, event_type text, verified_by text,
-             event_timestamp timestamptz, received_at timestamptz, payload jsonb, raw_body bytea
+             event_timestamp timestamptz, received_at timestamptz, payload jsonb, raw_body bytea,
+             body_sha256 bytea
          ) ON COMMIT DELETE ROWS",
     )?;
     copy_rows(&mut tx, STAGING_COPY, jobs)?;
     let generations = lock_generations(&mut tx)?;
-    let inserted = tx.execute(GATED_INSERT, &[&generations.current, &generations.oldest])?;
-    tx.commit()?;
-    Ok(Written { inserted, duplicates: jobs.len() as u64 - inserted })
+    let inserted = tx.execute(GATED_INSERT, &[&generations.current, &generations.older()])?;
+    // A statement of its own, so it sees the keys of writers this one's
+    // insert waited for (a new snapshot): two deliveries of one id with
+    // different bodies at once still meet here.
+    let conflicts = tx.execute(CONFLICTS, &[&generations.all()])?;
+    if finish == Finish::Commit {
+        tx.commit()?;
+    }
+    Ok(Written { inserted, duplicates: jobs.len() as u64 - inserted - conflicts, conflicts })
 }
 
 /// The dedupe generations a writer checks: the current one, which takes
@@ -338,6 +538,23 @@ fn write_once(
 struct Generations {
     current: i32,
     oldest: i32,
+}
+
+impl Generations {
+    /// The older generations inside the window, as the array the probes
+    /// take. Each probe is `gen = ANY(…)` on the leading column of the
+    /// keys' primary key, one index descent per generation; a range
+    /// (`gen >= oldest AND gen < current`) cannot narrow a descent on the
+    /// columns after it, so PostgreSQL read a whole older generation per
+    /// row instead (the soak of tuning.md §24.4 stalled on it).
+    fn older(&self) -> Vec<i32> {
+        (self.oldest..self.current).collect()
+    }
+
+    /// Every generation inside the window, the current one too.
+    fn all(&self) -> Vec<i32> {
+        (self.oldest..=self.current).collect()
+    }
 }
 
 /// Takes [`partitions::GENERATION_LOCK`] shared (held to the commit), then
@@ -361,36 +578,51 @@ fn lock_generations(tx: &mut postgres::Transaction<'_>) -> Result<Generations, S
 }
 
 /// The keys of a batch of first deliveries, from two arrays, into the
-/// current generation ($1) unless a generation from $4 up holds them; a
-/// key the current generation holds fails the statement (23505).
-const INSERT_KEYS: &str = "INSERT INTO webhook_event_keys (gen, provider, event_id)
-     SELECT $1, u.p, u.e FROM unnest($2::text[], $3::text[]) AS u(p, e)
+/// current generation ($1) with their bodies' digests ($5) unless one of
+/// the older generations ($4) holds them; a key the current generation
+/// holds fails the statement (23505).
+pub const INSERT_KEYS: &str = "INSERT INTO webhook_event_keys (gen, provider, event_id, body_sha256)
+     SELECT $1, u.p, u.e, u.d FROM unnest($2::text[], $3::text[], $5::bytea[]) AS u(p, e, d)
       WHERE (SELECT true FROM webhook_event_keys k
-              WHERE k.gen >= $4 AND k.gen < $1 AND k.provider = u.p AND k.event_id = u.e
+              WHERE k.gen = ANY($4::int4[]) AND k.provider = u.p AND k.event_id = u.e
               LIMIT 1) IS NULL";
 
 /// The staged rows whose key goes into the current generation ($1) and is
-/// in no generation from $2 up. The older generations are probed per row
+/// in none of the older generations ($2). The older generations are probed per row
 /// (a scalar subquery, never a hash of a whole generation); a key two
 /// workers insert at once waits on the index for the first to commit.
 const GATED_INSERT: &str = concat!(
     "WITH fresh AS (
-        INSERT INTO webhook_event_keys (gen, provider, event_id)
-        SELECT $1, s.provider, s.event_id FROM webhook_staging_v3 s
+        INSERT INTO webhook_event_keys (gen, provider, event_id, body_sha256)
+        SELECT $1, s.provider, s.event_id, s.body_sha256 FROM webhook_staging_v4 s
          WHERE (SELECT true FROM webhook_event_keys k
-                 WHERE k.gen >= $2 AND k.gen < $1 AND k.provider = s.provider AND k.event_id = s.event_id
+                 WHERE k.gen = ANY($2::int4[]) AND k.provider = s.provider AND k.event_id = s.event_id
                  LIMIT 1) IS NULL
         ON CONFLICT DO NOTHING
         RETURNING provider, event_id)
      INSERT INTO webhook_events (",
     columns!(),
     ") SELECT DISTINCT ON (s.provider, s.event_id) ",
-    "s.provider, s.event_id, s.event_type, s.verified_by, s.event_timestamp, s.received_at, s.payload, s.raw_body",
-    " FROM webhook_staging_v3 s JOIN fresh f ON f.provider = s.provider AND f.event_id = s.event_id"
+    "s.provider, s.event_id, s.event_type, s.verified_by, s.event_timestamp, s.received_at, s.payload, s.raw_body, \
+     s.body_sha256",
+    " FROM webhook_staging_v4 s JOIN fresh f ON f.provider = s.provider AND f.event_id = s.event_id"
 );
 
+/// The staged rows whose key a generation inside the window ($1) holds with
+/// another body's digest: into `webhook_event_conflicts`, once per body.
+/// Keys from before digests (NULL) never conflict.
+const CONFLICTS: &str = "INSERT INTO webhook_event_conflicts (provider, event_id, event_type, verified_by,
+         event_timestamp, received_at, payload, raw_body, body_sha256, stored_sha256)
+     SELECT s.provider, s.event_id, s.event_type, s.verified_by, s.event_timestamp, s.received_at,
+            s.payload, s.raw_body, s.body_sha256, k.body_sha256
+       FROM webhook_staging_v4 s
+       JOIN LATERAL (SELECT k.body_sha256 FROM webhook_event_keys k
+                      WHERE k.gen = ANY($1::int4[]) AND k.provider = s.provider AND k.event_id = s.event_id
+                      LIMIT 1) k ON k.body_sha256 <> s.body_sha256
+     ON CONFLICT (provider, event_id, body_sha256) DO NOTHING";
+
 const DIRECT_COPY: &str = concat!("COPY webhook_events (", columns!(), ") FROM STDIN (FORMAT binary)");
-const STAGING_COPY: &str = concat!("COPY webhook_staging_v3 (", columns!(), ") FROM STDIN (FORMAT binary)");
+const STAGING_COPY: &str = concat!("COPY webhook_staging_v4 (", columns!(), ") FROM STDIN (FORMAT binary)");
 
 /// A binary `COPY` of `jobs` by `statement`; the rows copied.
 fn copy_rows(
@@ -415,6 +647,7 @@ pub struct CopyRow<'a> {
     received_at: Timestamptz,
     payload: RawJsonb<'a>,
     raw_body: &'a [u8],
+    body_sha256: Vec<u8>,
 }
 
 impl<'a> CopyRow<'a> {
@@ -429,11 +662,12 @@ impl<'a> CopyRow<'a> {
             received_at: Timestamptz(job.received_at_us),
             payload: RawJsonb(&job.payload),
             raw_body: job.body_as_received(),
+            body_sha256: job.body_sha256().to_vec(),
         }
     }
 
     /// The values, for `BinaryCopyInWriter::write`.
-    pub fn params(&self) -> [&(dyn ToSql + Sync); 8] {
+    pub fn params(&self) -> [&(dyn ToSql + Sync); 9] {
         [
             &self.provider,
             &self.event_id,
@@ -443,6 +677,7 @@ impl<'a> CopyRow<'a> {
             &self.received_at,
             &self.payload,
             &self.raw_body,
+            &self.body_sha256,
         ]
     }
 }

@@ -439,7 +439,8 @@ fn detach_and_drop(client: &mut Client, parent: &str, name: &str, pending: bool)
     Ok(())
 }
 
-/// Dead letters older than the retention, in slices so no transaction is long.
+/// Dead letters and conflicts older than the retention, in slices so no
+/// transaction is long.
 fn delete_old_dead_letters(client: &mut Client, horizon_us: i64) -> Result<u64, StoreError> {
     let horizon = literal(horizon_us);
     let mut deleted = 0;
@@ -447,6 +448,10 @@ fn delete_old_dead_letters(client: &mut Client, horizon_us: i64) -> Result<u64, 
         let n = client.execute(
             "DELETE FROM webhook_dead_letters WHERE id IN (
                 SELECT id FROM webhook_dead_letters WHERE dead_at < $1::text::timestamptz LIMIT 10000)",
+            &[&horizon],
+        )? + client.execute(
+            "DELETE FROM webhook_event_conflicts WHERE id IN (
+                SELECT id FROM webhook_event_conflicts WHERE detected_at < $1::text::timestamptz LIMIT 10000)",
             &[&horizon],
         )?;
         deleted += n;

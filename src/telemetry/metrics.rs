@@ -260,6 +260,9 @@ pub struct WorkerMetrics {
     redis_errors: AtomicU64,
     dead_letter_fallbacks: AtomicU64,
     dead_letters_moved: AtomicU64,
+    unknown_format: AtomicU64,
+    held: AtomicU64,
+    conflicts: AtomicU64,
 }
 
 impl WorkerMetrics {
@@ -284,6 +287,21 @@ impl WorkerMetrics {
     /// Dead letters written to the Redis fallback stream (PostgreSQL unreachable).
     pub fn record_dead_letter_fallbacks(&self, n: u64) {
         self.dead_letter_fallbacks.fetch_add(n, Relaxed);
+    }
+
+    /// Entries of a job format newer than this build, left pending.
+    pub fn record_unknown_format(&self, n: u64) {
+        self.unknown_format.fetch_add(n, Relaxed);
+    }
+
+    /// Deliveries of a stored id with another body, kept apart.
+    pub fn record_conflicts(&self, n: u64) {
+        self.conflicts.fetch_add(n, Relaxed);
+    }
+
+    /// Entries left pending unjudged: PostgreSQL refused every row alike.
+    pub fn record_held(&self, n: u64) {
+        self.held.fetch_add(n, Relaxed);
     }
 
     /// Dead letters moved from the Redis fallback stream into PostgreSQL.
@@ -382,6 +400,9 @@ impl Metrics {
                 redis_errors: AtomicU64::new(0),
                 dead_letter_fallbacks: AtomicU64::new(0),
                 dead_letters_moved: AtomicU64::new(0),
+                unknown_format: AtomicU64::new(0),
+                held: AtomicU64::new(0),
+                conflicts: AtomicU64::new(0),
             },
         })
     }
@@ -527,6 +548,25 @@ impl Metrics {
             "webhook_dead_letter_fallbacks_total",
             "Dead letters kept in the Redis fallback stream because PostgreSQL was unreachable.",
             w.dead_letter_fallbacks.load(Relaxed),
+        );
+        render_counter(
+            &mut out,
+            "webhook_entries_unknown_format_total",
+            "Entries of a job format newer than this build, left pending for a newer worker (each reading counts).",
+            w.unknown_format.load(Relaxed),
+        );
+        render_counter(
+            &mut out,
+            "webhook_entries_held_total",
+            "Entries left pending unjudged because PostgreSQL refused every row alike (each time counts).",
+            w.held.load(Relaxed),
+        );
+        render_counter(
+            &mut out,
+            "webhook_event_conflicts_total",
+            "Deliveries of an already stored (provider, event id) with a different body, kept apart in \
+             webhook_event_conflicts and never merged.",
+            w.conflicts.load(Relaxed),
         );
         render_counter(
             &mut out,

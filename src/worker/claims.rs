@@ -9,6 +9,13 @@
 //! delivery count does not move. A worker that stops giving news for longer
 //! than its hang limit (see [`super::WorkerSettings`]) is no longer covered,
 //! so a hung worker's entries do move on.
+//!
+//! The keeper also marks the process alive: every [`MARK_EVERY`] it sets
+//! [`crate::queue::keys::alive`] to expire after [`MARK_TTL`], and deletes
+//! it when the process stops. A consumer whose process has no mark (killed,
+//! or its host gone) has its entries taken over within seconds by the others
+//! ([`super::read`]), without waiting `RECLAIM_IDLE_MS`; a live process
+//! blocked in a long write keeps its mark, since this thread is not blocked.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,6 +27,11 @@ use tracing::debug;
 
 use super::{WorkerError, WorkerSettings};
 use crate::queue::GROUP;
+
+/// How often the liveness mark is set.
+pub(super) const MARK_EVERY: Duration = Duration::from_secs(1);
+/// How long a mark outlives its last refresh.
+pub(super) const MARK_TTL: Duration = Duration::from_secs(3);
 
 /// A batch in hand (one per partition the step read).
 #[derive(Debug)]
@@ -50,9 +62,10 @@ impl Claims {
         let (alive, stop) = crossbeam_channel::bounded(0);
         let period = (settings.reclaim_idle / 3).max(Duration::from_millis(10));
         let shared = held.clone();
+        let mark = crate::queue::keys::alive(queue.name(), &settings.host, std::process::id());
         thread::Builder::new()
             .name("claim-keeper".into())
-            .spawn(move || keep(&queue, period, shared, stop))
+            .spawn(move || keep(&queue, &mark, period, shared, stop))
             .map_err(|e| WorkerError::Redis(redis::RedisError::from(e)))?;
         Ok(Self { held, _alive: alive })
     }
@@ -83,43 +96,52 @@ impl Claims {
 
 fn keep(
     queue: &crate::queue::Queue,
+    mark: &str,
     period: Duration,
     held: Arc<Mutex<HashMap<(String, String), Held>>>,
     stop: Receiver<()>,
 ) {
     let mut con: Option<crate::queue::Conn> = None;
-    while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(period) {
+    let tick = period.min(MARK_EVERY);
+    let mut next_claims = Instant::now() + period;
+    while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(tick) {
         let now = Instant::now();
-        // One command per batch: batches of different partitions may live
-        // on different cluster masters.
-        let mut claims = Vec::new();
-        {
+        let mut cmds = Vec::new();
+        let mut set = redis::cmd("SET");
+        set.arg(mark).arg(1).arg("PX").arg(MARK_TTL.as_millis() as u64);
+        cmds.push(set);
+        if now >= next_claims {
+            next_claims = now + period;
+            // One command per batch: batches of different partitions may
+            // live on different cluster masters.
             let held = held.lock().unwrap_or_else(|e| e.into_inner());
             for h in held.values().filter(|h| h.live_until > now && !h.ids.is_empty()) {
                 let mut cmd = redis::cmd("XCLAIM");
                 cmd.arg(&h.stream).arg(GROUP).arg(&h.consumer).arg(0).arg(&h.ids).arg("JUSTID");
-                claims.push(cmd);
+                cmds.push(cmd);
             }
         }
-        if claims.is_empty() {
-            continue;
-        }
         if con.is_none() {
-            let timeout = period.min(Duration::from_secs(2));
+            let timeout = tick.min(Duration::from_secs(2));
             con = queue.connect(timeout, Duration::from_secs(2)).ok();
         }
         let Some(c) = con.as_mut() else { continue };
         let mut failed = false;
-        for cmd in claims {
+        for cmd in cmds {
             // A master that is away cannot have its entries reclaimed
             // meanwhile either; the others' claims still go out.
             if let Err(e) = cmd.exec(c) {
-                debug!(error = %e, "claim keeper could not refresh a claim");
+                debug!(error = %e, "claim keeper could not refresh a claim or the liveness mark");
                 failed = true;
             }
         }
         if failed {
             con = None;
         }
+    }
+    // Stopping: the process is going, so others need not wait for the mark
+    // to expire to take over what it leaves pending.
+    if let Some(c) = con.as_mut() {
+        let _ = redis::cmd("DEL").arg(mark).exec(c);
     }
 }

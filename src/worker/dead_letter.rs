@@ -1,5 +1,5 @@
-//! Dead letters: entries that could not be stored after `MAX_ATTEMPTS`
-//! deliveries (or could not be decoded). They go to PostgreSQL's
+//! Dead letters: entries PostgreSQL refused `MAX_ATTEMPTS` times while it
+//! stored other rows (or that could not be decoded). They go to PostgreSQL's
 //! `webhook_dead_letters` ([`crate::store::dead_letters`]) with their body,
 //! error and SQLSTATE, so Redis holds only work in flight. While
 //! PostgreSQL is unreachable they wait in the Redis fallback stream
@@ -9,14 +9,13 @@
 //! letters back into their stream and deletes them from the table.
 
 use std::collections::HashMap;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use redis::streams::{StreamId, StreamRangeReply};
 use thiserror::Error;
 
 use super::Entry;
-use crate::job::WebhookJob;
+use crate::job::{now_us, WebhookJob};
 use crate::store::dead_letters::{self, DeadLetter};
 use crate::store::StoreError;
 
@@ -26,7 +25,7 @@ pub mod fields {
     pub const ERROR: &str = "error";
     /// Its SQLSTATE, when PostgreSQL gave one.
     pub const SQLSTATE: &str = "sqlstate";
-    /// Deliveries when it was given up.
+    /// Failed attempts when it was given up.
     pub const ATTEMPTS: &str = "attempts";
     /// Its id in the main stream.
     pub const SOURCE_ID: &str = "source_id";
@@ -45,15 +44,14 @@ pub struct Dead {
     pub error: String,
     /// Its SQLSTATE, when PostgreSQL gave one.
     pub sqlstate: Option<String>,
+    /// Attempts that failed because of it (deliveries, for an entry that
+    /// could not be decoded).
+    pub attempts: u64,
 }
 
 /// The Redis fallback stream of `stream`.
 pub fn dead_letter_stream(stream: &str) -> String {
     crate::queue::keys::dead_letters(stream)
-}
-
-fn now_us() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
 }
 
 fn base64(b: &[u8]) -> String {
@@ -117,15 +115,7 @@ fn letter_of(
 /// The row for `dead`, which came from `stream`.
 pub(super) fn letter(stream: &str, dead: &Dead) -> DeadLetter {
     let job = dead.entry.job.as_ref().map_err(|u| &u.fields);
-    letter_of(
-        job,
-        dead.error.clone(),
-        dead.sqlstate.clone(),
-        dead.entry.deliveries,
-        stream,
-        &dead.entry.id,
-        now_us(),
-    )
+    letter_of(job, dead.error.clone(), dead.sqlstate.clone(), dead.attempts, stream, &dead.entry.id, now_us())
 }
 
 /// The `XADD` of `dead` to the fallback stream: its fields as they were in
@@ -150,7 +140,7 @@ pub(super) fn xadd(dead_stream: &str, dead: &Dead) -> redis::Cmd {
         cmd.arg(fields::SQLSTATE).arg(code);
     }
     cmd.arg(fields::ATTEMPTS)
-        .arg(dead.entry.deliveries)
+        .arg(dead.attempts)
         .arg(fields::SOURCE_ID)
         .arg(&dead.entry.id)
         .arg(fields::DEAD_AT)
@@ -229,7 +219,9 @@ pub enum ReplayError {
 
 /// Moves up to `max` fallback dead letters of `stream` into the table
 /// (inserted first, then deleted from Redis: a crash in between repeats the
-/// insert, which the table's unique key absorbs). Returns how many moved.
+/// insert, which the table's unique key absorbs). Returns how many left
+/// the stream and how many of those were new rows (another worker moving the
+/// same ones at once inserted the rest).
 ///
 /// # Errors
 /// [`ReplayError`]; what moved before stays moved.
@@ -238,18 +230,18 @@ pub fn move_fallback(
     client: &mut postgres::Client,
     stream: &str,
     max: usize,
-) -> Result<usize, ReplayError> {
+) -> Result<(usize, u64), ReplayError> {
     let dead = dead_letter_stream(stream);
     let r: StreamRangeReply =
         redis::cmd("XRANGE").arg(&dead).arg("-").arg("+").arg("COUNT").arg(max).query(con)?;
     if r.ids.is_empty() {
-        return Ok(0);
+        return Ok((0, 0));
     }
     let ids: Vec<String> = r.ids.iter().map(|e| e.id.clone()).collect();
     let letters: Vec<DeadLetter> = r.ids.into_iter().map(|e| from_fallback(stream, e)).collect();
-    dead_letters::insert(client, &letters)?;
+    let new = dead_letters::insert(client, &letters)?;
     redis::cmd("XDEL").arg(&dead).arg(&ids).exec(con)?;
-    Ok(ids.len())
+    Ok((ids.len(), new))
 }
 
 /// Which dead letters to replay.
@@ -276,7 +268,7 @@ pub fn replay(
     scope: &ReplayScope,
 ) -> Result<usize, ReplayError> {
     for stream in streams {
-        while move_fallback(con, client, stream, 1000)? > 0 {}
+        while move_fallback(con, client, stream, 1000)?.0 > 0 {}
     }
     let mut replayed = 0;
     loop {

@@ -8,22 +8,24 @@
 //!    out of memory refuses `XADD`), they stay pending and are tried again
 //!    after a reclaim;
 //! 2. `XACK` + `XDEL` of everything committed, skipped or dead-lettered in
-//!    PostgreSQL. Redis accepts these even at `maxmemory` under
-//!    `noeviction`, and they free memory.
+//!    PostgreSQL, and `HDEL` of their attempt counts (only for entries read
+//!    again: a first delivery has none). Redis accepts these even at
+//!    `maxmemory` under `noeviction`, and they free memory.
 //!
 //! A connection failure retries the whole round trip once Redis is back
 //! (the batch stays in hand); dead letters are then re-sent only for
 //! entries still pending, so a lost reply does not write them twice.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Instant;
 
 use tracing::warn;
 
 use super::dead_letter::{dead_letter_stream, xadd, Dead};
+use super::entry::At;
 use super::write::Stored;
 use super::{jitter, Worker, WorkerError, MAX_ACK_BACKOFF, MIN_BACKOFF};
-use crate::queue::GROUP;
+use crate::queue::{keys, GROUP};
 
 /// Tries of an acknowledgement before a worker with several partitions
 /// moves on to the others.
@@ -36,6 +38,9 @@ struct LaneOutcome<'a> {
     acks: Vec<&'a str>,
     /// To the Redis dead-letter stream.
     dead: Vec<&'a Dead>,
+    /// Acknowledged entries that may have an attempt count to delete (read
+    /// again, not on their first delivery).
+    forget: Vec<&'a str>,
 }
 
 impl Worker {
@@ -53,10 +58,17 @@ impl Worker {
         for dead in &stored.dead {
             lanes.entry(dead.entry.lane).or_default().dead.push(dead);
         }
+        if !stored.redelivered.is_empty() {
+            let acked: HashSet<&At> =
+                stored.committed.iter().chain(&stored.skipped).chain(&stored.dead_in_table).collect();
+            for at in stored.redelivered.iter().filter(|at| acked.contains(at)) {
+                lanes.entry(at.lane).or_default().forget.push(&at.id);
+            }
+        }
         let mut failure = None;
         for (lane, outcome) in lanes {
             self.lane = lane;
-            if let Err(e) = self.finalize_lane(&outcome.acks, outcome.dead) {
+            if let Err(e) = self.finalize_lane(&outcome.acks, outcome.dead, &outcome.forget) {
                 failure.get_or_insert(e);
             }
         }
@@ -64,7 +76,12 @@ impl Worker {
     }
 
     /// [`Self::finalize`] for the current lane.
-    fn finalize_lane(&mut self, acks: &[&str], mut dead: Vec<&Dead>) -> Result<(), WorkerError> {
+    fn finalize_lane(
+        &mut self,
+        acks: &[&str],
+        mut dead: Vec<&Dead>,
+        forget: &[&str],
+    ) -> Result<(), WorkerError> {
         if acks.is_empty() && dead.is_empty() {
             return Ok(());
         }
@@ -75,7 +92,7 @@ impl Worker {
         loop {
             let result = if first { Ok(()) } else { self.keep_still_pending(&mut dead) }
                 .and_then(|()| self.keep_within_fallback_cap(&mut dead))
-                .and_then(|()| self.acknowledge(acks, &dead));
+                .and_then(|()| self.acknowledge(acks, &dead, forget));
             first = false;
             match result {
                 Ok(()) => return Ok(()),
@@ -104,7 +121,7 @@ impl Worker {
     /// fail alone (`ignore_errors`); on a cluster redis-rs fails a whole
     /// pipeline on any error reply, so the two parts go as two, and the
     /// fallback one still cannot hold back the other.
-    fn acknowledge(&mut self, acks: &[&str], dead: &[&Dead]) -> redis::RedisResult<()> {
+    fn acknowledge(&mut self, acks: &[&str], dead: &[&Dead], forget: &[&str]) -> redis::RedisResult<()> {
         let stream = self.stream();
         let (mut dead_part, mut ack_part) = (redis::pipe(), redis::pipe());
         if !dead.is_empty() {
@@ -116,11 +133,15 @@ impl Worker {
             }
             dead_part.cmd("XACK").arg(&stream).arg(GROUP).arg(&ids);
             dead_part.cmd("XDEL").arg(&stream).arg(&ids);
+            dead_part.cmd("HDEL").arg(keys::attempts(&stream)).arg(&ids);
             dead_part.cmd("EXEC");
         }
         if !acks.is_empty() {
             ack_part.cmd("XACK").arg(&stream).arg(GROUP).arg(acks);
             ack_part.cmd("XDEL").arg(&stream).arg(acks);
+        }
+        if !forget.is_empty() {
+            ack_part.cmd("HDEL").arg(keys::attempts(&stream)).arg(forget);
         }
         let con = self.con()?;
         let (dead_reply, ack_reply) = if con.pipelines_span_partitions() {

@@ -13,22 +13,23 @@
 //!    `RECLAIM_IDLE_MS`, when a reclaim is due; else `XREADGROUP … >` new
 //!    ones. Reads are sized so a batch holds at most `WORKER_BATCH_MAX`
 //!    entries and `WORKER_BATCH_MAX_BYTES` bytes;
-//! 2. **store** ([`write`]): drop redelivered entries whose idempotency key
-//!    exists (one pipelined `EXISTS`; skipped if Redis does not answer;
-//!    first deliveries are not looked up) and later copies
-//!    of a key inside the batch, then write the rest in ONE transaction
-//!    ([`crate::store::write_batch`]), whatever partitions they came from;
+//! 2. **store** ([`write`]): drop later copies of a key inside the batch
+//!    (a copy with another body waits for its first, then is kept apart as
+//!    a conflict), then write the rest in ONE transaction
+//!    ([`crate::store::write_batch`]), whatever partitions they came from:
+//!    PostgreSQL's dedupe generations decide what is new; Redis keeps no
+//!    idempotency state. Lone refusals are judged by [`judge`];
 //! 3. **finalize** ([`finalize`]), per lane (one slot each): dead letters (each `XADD` atomic with its
-//!    `XACK`), then `XACK` + `XDEL` of the rest, then the idempotency keys
-//!    with `EX IDEMPOTENCY_TTL_SECS`. Acknowledging never waits on the keys:
-//!    they only save work; the unique constraint is the guarantee.
+//!    `XACK`), then `XACK` + `XDEL` of the rest (and their attempt counts).
 //!
 //! While a batch is in hand, [`claims`] keeps its entries' idle time fresh
 //! (`XCLAIM … JUSTID`, not a delivery), even during one long `COPY`, so no
-//! other worker reclaims and reloads it.
+//! other worker reclaims and reloads it; it also keeps this process's
+//! liveness mark, by which others take over a dead process's entries in
+//! seconds.
 //!
-//! Keys are set only after the commit, so a crash anywhere causes a redo,
-//! never a loss, and the unique `(provider, event_id)` makes the redo a
+//! Entries are acknowledged only after the commit, so a crash anywhere
+//! causes a redo, never a loss, and the dedupe generations make the redo a
 //! no-op. Acked entries are deleted, so Redis memory stays flat.
 //!
 //! # Failures
@@ -42,9 +43,9 @@
 //!   error that persists ([`write::SUSPECT_AFTER`] tries) while the same
 //!   statements with no rows ([`crate::store::probe`]) pass: the rows are
 //!   the cause (`54001` from a deeply nested body is one). The bad entry
-//!   stays pending and is retried on reclaim; once delivered `MAX_ATTEMPTS`
-//!   times it moves to the dead-letter stream `<QUEUE_NAME>:dead` with its
-//!   last error and count.
+//!   stays pending and is retried on reclaim; after `MAX_ATTEMPTS` failed
+//!   attempts ([`judge`]) it moves to `webhook_dead_letters` with its last
+//!   error and count.
 //! * An entry that cannot be decoded goes to the dead-letter stream at once.
 //! * Redis failures: a batch in hand is kept (its write goes on; its
 //!   acknowledgement is retried) and after a reconnect the worker first
@@ -56,6 +57,7 @@ mod claims;
 mod dead_letter;
 mod entry;
 mod finalize;
+mod judge;
 mod read;
 mod write;
 
@@ -69,6 +71,7 @@ use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::job::now_us;
 use crate::store::{self, Pool, StoreError, Timeouts};
 
 pub use claims::Claims;
@@ -109,10 +112,12 @@ pub struct WorkerSettings {
     pub dead_letter_redis_max_bytes: u64,
     /// `PARTITION_INTERVAL`, `EVENT_RETENTION`, `DEDUPE_WINDOW`.
     pub retention: crate::store::Retention,
-    /// `MAX_ATTEMPTS`: deliveries before an entry is dead-lettered.
+    /// `MAX_ATTEMPTS`: attempts that failed because of an entry before it is dead-lettered.
     pub max_attempts: u64,
     /// `RECLAIM_IDLE_MS`: pending this long without a heartbeat = abandoned.
     pub reclaim_idle: Duration,
+    /// `CONSUMER_HOST`: the host part of this process's consumer names.
+    pub host: String,
     /// `SHUTDOWN_TIMEOUT_MS`: how long a batch in hand may keep retrying after shutdown.
     pub shutdown_timeout: Duration,
     /// `MIGRATE_ON_START`: apply migrations before the first write.
@@ -163,6 +168,8 @@ pub struct Report {
     pub dead_lettered: usize,
     /// Entries left pending for another attempt.
     pub left_pending: usize,
+    /// Deliveries of a stored id with another body, kept apart.
+    pub conflicts: u64,
 }
 
 /// One partition a worker consumes, and where it stands in it.
@@ -173,6 +180,8 @@ struct Lane {
     own_cursor: Option<String>,
     /// Take over what dead consumers of this host left (at start).
     adopt_orphans: bool,
+    /// When to look next for consumers whose process is gone.
+    next_adopt: Instant,
     next_reclaim: Instant,
     /// After its master failed: no read before `retry_at`.
     retry_at: Instant,
@@ -188,6 +197,7 @@ impl Lane {
             stream,
             own_cursor: None,
             adopt_orphans: false,
+            next_adopt: now,
             next_reclaim: now,
             retry_at: now,
             backoff: MIN_BACKOFF,
@@ -359,6 +369,7 @@ impl Worker {
                             report.duplicates,
                             report.dead_lettered,
                         );
+                        self.settings.metrics.workers.record_conflicts(report.conflicts);
                     }
                     if last_error.take().is_some() {
                         info!(consumer = %self.name, "worker recovered");
@@ -440,6 +451,7 @@ impl Worker {
                 duplicates: stored.duplicates + stored.skipped.len() as u64,
                 dead_lettered: stored.dead.len() + stored.dead_in_table.len(),
                 left_pending: stored.retry_later.len(),
+                conflicts: stored.conflicts,
             };
             self.finalize(stored).map(|()| report)
         });
@@ -522,9 +534,9 @@ impl Worker {
                 Err(_) => return,
             };
             match moved {
-                Ok(0) => {}
-                Ok(n) => {
-                    self.settings.metrics.workers.record_dead_letters_moved(n as u64);
+                Ok((_, 0)) => {}
+                Ok((_, n)) => {
+                    self.settings.metrics.workers.record_dead_letters_moved(n);
                     info!(consumer = %self.name, stream = %stream, moved = n,
                           "dead letters moved from the redis fallback stream into webhook_dead_letters");
                     self.next_fallback_move = Instant::now();
@@ -558,6 +570,12 @@ impl Worker {
         }
         let mut client = self.pool.get().map_err(StoreError::from)?;
         store::migrate(&mut client)?;
+        if let Some(warning) = store::durability(&mut client)
+            .ok()
+            .and_then(|(fsync, commit)| store::durability_warning(&fsync, &commit))
+        {
+            warn!(consumer = %self.name, warning = %warning, "202'd events are not safe from a PostgreSQL crash");
+        }
         // The partitions the first rows need, before they are written (a
         // process that finds another maintaining leaves it to that one).
         // Best effort: a write makes a missing partition itself, and the
@@ -612,11 +630,6 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(rand::rng().random_range(0.75..1.25))
 }
 
-/// µs since the Unix epoch, the clock `received_at` is read from.
-fn now_us() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
-}
-
 /// The partition maintenance of [`store::partitions`], every
 /// `maintenance_every()` until shutdown. Every process runs it; one at a
 /// time does the work. Failures are logged once per change and retried.
@@ -667,6 +680,27 @@ impl WorkerPool {
             }
         }
     }
+
+    /// The same, but no later than `deadline`: a worker still blocked then
+    /// (a `COPY` to a frozen server, a reply from a black-holed Redis) is
+    /// left to end with the process. Its entries stay pending, whole: a
+    /// batch is acknowledged only after its commit, so at worst it is redone.
+    pub fn join_until(self, deadline: Instant) {
+        while Instant::now() < deadline && !self.threads.iter().all(thread::JoinHandle::is_finished) {
+            thread::sleep(Duration::from_millis(20));
+        }
+        let (done, stuck): (Vec<_>, Vec<_>) =
+            self.threads.into_iter().partition(thread::JoinHandle::is_finished);
+        for t in done {
+            if t.join().is_err() {
+                error!("a worker thread panicked");
+            }
+        }
+        if !stuck.is_empty() {
+            warn!(threads = stuck.len(),
+                  "worker threads still blocked at the shutdown deadline; their entries stay pending for the next start");
+        }
+    }
 }
 
 /// Starts `count` worker threads sharing one claim keeper, each reading its
@@ -683,7 +717,7 @@ pub fn spawn_workers(
 ) -> Result<WorkerPool, WorkerError> {
     let settings = Arc::new(settings);
     let migrated = Arc::new(AtomicBool::new(!settings.migrate));
-    let host = hostname();
+    let host = settings.host.clone();
     let pid = std::process::id();
     let claims = Claims::start(&settings)?;
     let mut threads = Vec::with_capacity(count);
@@ -714,8 +748,8 @@ pub fn spawn_workers(
     Ok(WorkerPool { threads })
 }
 
-/// This machine's name, as consumer names carry it.
-pub(crate) fn hostname() -> String {
+/// The kernel's host name: `CONSUMER_HOST`'s default, as consumer names carry it.
+pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "host".into())

@@ -4,9 +4,13 @@
 //!    `XPENDING … <me>` and fetched by id with `XRANGE`, which (unlike
 //!    `XREADGROUP … 0`) is not a new delivery: a Redis blip costs neither an
 //!    attempt nor a `RECLAIM_IDLE_MS` wait;
-//! 2. (at start, on the first thread of each partition) entries of
-//!    **orphans**: consumers of this host
-//!    whose process no longer exists, claimed at once (a crash is a delivery);
+//! 2. entries of **orphans**, claimed at once (a crash is a delivery):
+//!    consumers of this host whose process no longer exists (at start, on
+//!    the first thread of each partition), and, every [`ADOPT_EVERY`],
+//!    consumers of any host whose process has no liveness mark
+//!    ([`super::claims`]) and which have been silent for [`silent_for`]: a
+//!    worker killed on another machine costs seconds, not `RECLAIM_IDLE_MS`.
+//!    Orphans with nothing pending are removed from the group;
 //! 3. entries **abandoned** by any consumer for `RECLAIM_IDLE_MS`, when a
 //!    reclaim is due (`XPENDING … IDLE`, then `XCLAIM`: a delivery);
 //! 4. **new** entries, `XREADGROUP … >`, blocking `WORKER_BLOCK_MS` for the
@@ -18,16 +22,28 @@
 //! carried a `MAX_BODY_BYTES` body.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::streams::{
     StreamClaimReply, StreamId, StreamPendingCountReply, StreamReadOptions, StreamReadReply,
 };
 use tracing::info;
 
+use super::claims::MARK_TTL;
 use super::entry::{Entry, ENTRY_OVERHEAD};
 use super::{Worker, WorkerError};
 use crate::queue::{keys, Conn, GROUP};
+
+/// How often a worker looks for consumers whose process is gone.
+pub(super) const ADOPT_EVERY: Duration = Duration::from_secs(2);
+
+/// How long a consumer without a liveness mark must have been silent
+/// before it counts as gone: past the mark's expiry, and past a blocking
+/// read, so a process just started (or one from before liveness marks,
+/// which reads all the time) is never taken for dead.
+fn silent_for(block: Duration) -> Duration {
+    (MARK_TTL * 2).max(block * 2 + Duration::from_secs(1))
+}
 
 impl Worker {
     /// Step 1: see the module docs.
@@ -56,12 +72,13 @@ impl Worker {
                 return Ok(own);
             }
         }
-        if self.current().adopt_orphans {
+        if self.current().adopt_orphans || Instant::now() >= self.current().next_adopt {
             let adopted = self.adopt()?;
             if !adopted.is_empty() {
                 return Ok(adopted);
             }
             self.current().adopt_orphans = false;
+            self.current().next_adopt = Instant::now() + ADOPT_EVERY;
         }
         if std::time::Instant::now() >= self.current().next_reclaim {
             let (reclaimed, more) = self.reclaim()?;
@@ -173,11 +190,13 @@ impl Worker {
         Ok(entries)
     }
 
-    /// Entries of this host's dead consumers (see the module docs, 2).
+    /// Entries of consumers whose process is gone (see the module docs, 2).
     fn adopt(&mut self) -> Result<Vec<Entry>, WorkerError> {
         let stream = self.stream();
         let me = self.name.clone();
-        let host = super::hostname();
+        let host = self.settings.host.clone();
+        let queue = self.settings.queue.name().to_string();
+        let silent_ms = silent_for(self.settings.block).as_millis() as usize;
         let count = self.read_count(0, 0);
         let con = self.con()?;
         let consumers: redis::streams::StreamInfoConsumersReply =
@@ -186,7 +205,26 @@ impl Worker {
                 Err(e) if e.code() == Some("NOGROUP") => return Ok(Vec::new()),
                 Err(e) => return Err(e.into()),
             };
-        for orphan in consumers.consumers.iter().filter(|c| c.name != me && is_orphan(&c.name, &host)) {
+        let mut marked: HashMap<(String, u32), bool> = HashMap::new();
+        for orphan in consumers.consumers.iter().filter(|c| c.name != me) {
+            let gone = match keys::consumer_origin(&orphan.name) {
+                Some((h, _)) if h == host => is_orphan(&orphan.name, &host),
+                Some((h, pid)) if orphan.idle > silent_ms => {
+                    let alive = match marked.get(&(h.to_string(), pid)) {
+                        Some(&a) => a,
+                        None => {
+                            let a: bool = redis::cmd("EXISTS").arg(keys::alive(&queue, h, pid)).query(con)?;
+                            marked.insert((h.to_string(), pid), a);
+                            a
+                        }
+                    };
+                    !alive
+                }
+                _ => false,
+            };
+            if !gone {
+                continue;
+            }
             if orphan.pending == 0 {
                 let _: redis::RedisResult<u64> = redis::cmd("XGROUP")
                     .arg("DELCONSUMER")
@@ -199,7 +237,7 @@ impl Worker {
             let pending = pending_of(con, &stream, "-", count, Some(&orphan.name))?;
             let entries = claim(con, &stream, &me, 0, &pending)?;
             info!(consumer = %me, from = %orphan.name, entries = entries.len(),
-                  "took over the entries of a consumer of this host whose process is gone");
+                  "took over the entries of a consumer whose process is gone");
             if !entries.is_empty() {
                 return Ok(entries);
             }

@@ -3,33 +3,40 @@
 //!
 //! * Every entry is written: PostgreSQL's dedupe generations decide which
 //!   are copies (Redis holds no idempotency state).
+//! * An entry of a job format newer than this build (a rolling upgrade) is
+//!   left pending for a worker that reads it, never dead-lettered; one
+//!   that cannot be decoded otherwise is dead-lettered at once.
 //! * Later copies of a key in the same batch (a sender's retry) wait for the
 //!   first: they are acknowledged only once it is committed, and stay
 //!   pending with it otherwise, so no copy is dropped while the kept one
 //!   might still fail.
 //! * A data error splits the batch by halves until the entry that causes it
-//!   is alone; the rest is stored.
+//!   is alone; the rest is stored. So does a lock wait that ran out
+//!   (`55P03`) on one key another session holds (the empty probe passes):
+//!   that entry waits, never judged, while the others are stored; a lock
+//!   on the table (the probe waits too) is an outage and the batch is retried.
 //! * A systemic error keeps the batch and retries it with backoff. If it
 //!   persists for [`SUSPECT_AFTER`] tries and its code could come from rows
 //!   ([`StoreError::may_be_caused_by_rows`]) while [`store::probe`] (the same
 //!   statements, no rows) passes, the batch is split as for a data error.
 //!   A lone entry that still fails is judged only after a second probe
 //!   passes, so an outage that begins mid-split is never blamed on rows.
-//! * An entry judged bad stays pending (another attempt after a reclaim)
-//!   until it has been delivered `MAX_ATTEMPTS` times; then it is dead-lettered
-//!   with its error and SQLSTATE: into `webhook_dead_letters` in the same
-//!   step, or, if PostgreSQL cannot take it then, the Redis fallback stream
-//!   ([`super::dead_letter`]).
+//! * An entry refused alone is judged by [`super::judge`]: it is blamed
+//!   only while other rows are stored (every row refused alike is the
+//!   database's refusal: held, unjudged), an attempt is counted against it,
+//!   and at `MAX_ATTEMPTS` it is dead-lettered with its error and SQLSTATE:
+//!   into `webhook_dead_letters` in the same step, or, if PostgreSQL cannot
+//!   take it then, the Redis fallback stream ([`super::dead_letter`]).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use super::dead_letter::Dead;
 use super::entry::{At, Entry};
 use super::{jitter, Worker, WorkerError, MAX_BACKOFF, MIN_BACKOFF};
-use crate::job::WebhookJob;
+use crate::job::{JobDecodeError, WebhookJob};
 use crate::store::{self, dead_letters, StoreError};
 
 /// Failed tries of one batch, with a systemic-looking error, before the
@@ -50,8 +57,15 @@ pub struct Stored {
     /// Left pending for a later attempt (a bad entry with attempts left, or
     /// a copy of one).
     pub retry_later: Vec<At>,
+    /// Entries read again (not on their first delivery): an attempt count
+    /// may be kept for them, deleted when they are acknowledged.
+    pub(super) redelivered: Vec<At>,
+    /// Entries refused alone, for [`super::judge`] (empty after it).
+    pub(super) refused: Vec<(Entry, StoreError)>,
     /// New rows inserted.
     pub inserted: u64,
+    /// Deliveries of a stored id with another body, kept apart.
+    pub conflicts: u64,
     /// Rows that already existed.
     pub duplicates: u64,
 }
@@ -76,24 +90,64 @@ impl Worker {
         // Later copies of a key, resolved once the first copy's fate is known.
         let mut copies: Vec<(At, String)> = Vec::new();
         let mut to_write: Vec<Entry> = Vec::with_capacity(entries.len());
-        let mut firsts: HashSet<String> = HashSet::with_capacity(entries.len());
+        // Each key's first entry, by its index in `to_write`.
+        let mut firsts: HashMap<String, usize> = HashMap::with_capacity(entries.len());
+        // Copies of a key with another body: written after the firsts, so
+        // they meet them as conflicts (kept apart), never as duplicates.
+        let mut other_bodies: Vec<Entry> = Vec::new();
+        let mut unknown = 0u64;
+        out.redelivered = entries.iter().filter(|e| !e.fresh).map(Entry::at).collect();
         for entry in entries {
             match (&entry.job, &entry.key) {
+                // Written by a newer gateway (a rolling upgrade): not this
+                // worker's to judge. It stays pending for one that reads it.
+                (Err(undecodable), _) if matches!(undecodable.error, JobDecodeError::UnknownVersion(_)) => {
+                    unknown += 1;
+                    out.retry_later.push(entry.at());
+                }
                 (Err(undecodable), _) => {
                     let reason = format!("undecodable stream entry: {}", undecodable.error);
-                    out.dead.push(Dead { entry, error: reason, sqlstate: None });
+                    let attempts = entry.deliveries;
+                    out.dead.push(Dead { entry, error: reason, sqlstate: None, attempts });
                 }
-                (Ok(_), Some(key)) if !firsts.insert(key.clone()) => copies.push((entry.at(), key.clone())),
-                (Ok(_), _) => to_write.push(entry),
+                (Ok(job), Some(key)) => match firsts.get(key) {
+                    Some(&i) if same_body(&to_write[i], job) => copies.push((entry.at(), key.clone())),
+                    Some(_) => other_bodies.push(Entry { fresh: false, ..entry }),
+                    None => {
+                        firsts.insert(key.clone(), to_write.len());
+                        to_write.push(entry);
+                    }
+                },
+                (Ok(_), None) => to_write.push(entry),
             }
         }
 
+        if unknown > 0 {
+            self.settings.metrics.workers.record_unknown_format(unknown);
+            warn!(consumer = %self.name, entries = unknown,
+                  "entries of a newer job format than this build reads; left pending for a newer worker");
+            self.note_held(
+                "unknown_format",
+                &format!("{unknown} entries of a job format newer than this worker reads, left pending for a newer one"),
+            );
+        }
         // Every entry goes to PostgreSQL, whose dedupe generations decide:
         // Redis keeps no idempotency state (tuning.md §24: it cost memory
         // that grew with the rate and only ever saved the write of a
         // redelivery, which the gated insert makes a no-op anyway).
         let mut committed_keys: HashSet<String> = HashSet::new();
         self.write_all(to_write, &mut out, &mut committed_keys)?;
+        // A copy with another body goes once its first is stored (it is then
+        // a conflict, kept apart); while the first is not, it waits with it,
+        // as a copy does, and may become the row if the first is dead.
+        let (after_first, waiting): (Vec<Entry>, Vec<Entry>) = other_bodies
+            .into_iter()
+            .partition(|e| e.key.as_ref().is_some_and(|k| committed_keys.contains(k)));
+        out.retry_later.extend(waiting.iter().map(Entry::at));
+        if !after_first.is_empty() {
+            self.write_all(after_first, &mut out, &mut committed_keys)?;
+        }
+        self.judge_refusals(&mut out);
 
         // A copy goes with its first: acknowledged if that is stored, pending if not.
         for (id, key) in copies {
@@ -213,6 +267,7 @@ impl Worker {
                 Ok(written) => {
                     out.inserted += written.inserted;
                     out.duplicates += written.duplicates;
+                    out.conflicts += written.conflicts;
                     for e in batch {
                         out.committed.push(e.at());
                         committed_keys.extend(e.key);
@@ -221,12 +276,21 @@ impl Worker {
                 }
                 Err(e) => e,
             };
-            let rows_may_cause = !e.is_systemic() || (suspect && e.may_be_caused_by_rows());
             let halt = |e, batch: Vec<Entry>, stack: Vec<Vec<Entry>>, probe_failed| {
                 let mut left = batch;
                 left.extend(stack.into_iter().flatten());
                 Err(Halt { error: e, left, probe_failed })
             };
+            // A lock wait ran out: on the table (the probe, which takes the
+            // table's locks, waits too: an outage, the batch is retried) or
+            // on one key another session holds (an abandoned transaction,
+            // a hand-run one): that key's entry is split out and waits,
+            // unjudged, while the others are stored.
+            let key_locked = e.is_lock_wait() && store::probe(&mut client).is_ok();
+            if e.is_lock_wait() && !key_locked {
+                return halt(e, batch, stack, true);
+            }
+            let rows_may_cause = key_locked || !e.is_systemic() || (suspect && e.may_be_caused_by_rows());
             if !rows_may_cause {
                 return halt(e, batch, stack, false);
             }
@@ -238,27 +302,23 @@ impl Worker {
                 stack.push(left);
                 continue;
             }
-            if e.is_systemic() && store::probe(&mut client).is_err() {
-                return halt(e, batch, stack, true);
-            }
             let entry = batch.into_iter().next().expect("one entry");
-            self.judge(entry, &e, out);
+            if key_locked {
+                warn!(consumer = %self.name, id = %entry.id, error = %e,
+                      "another session holds this entry's key; it waits (not an attempt against it)");
+                out.retry_later.push(entry.at());
+                continue;
+            }
+            if e.is_systemic() && store::probe(&mut client).is_err() {
+                return halt(e, vec![entry], stack, true);
+            }
+            out.refused.push((entry, e));
         }
         Ok(())
     }
+}
 
-    /// An entry PostgreSQL refused on its own: another attempt later, or,
-    /// on its last, the dead-letter stream.
-    fn judge(&self, entry: Entry, e: &StoreError, out: &mut Stored) {
-        let reason = e.to_string();
-        if entry.deliveries >= self.settings.max_attempts {
-            error!(consumer = %self.name, id = %entry.id, deliveries = entry.deliveries, error = %reason,
-                   "entry rejected by postgres on its last attempt; dead-lettered");
-            out.dead.push(Dead { entry, error: reason, sqlstate: e.sqlstate().map(str::to_string) });
-        } else {
-            warn!(consumer = %self.name, id = %entry.id, deliveries = entry.deliveries, error = %reason,
-                  "entry rejected by postgres; left pending for another attempt");
-            out.retry_later.push(entry.at());
-        }
-    }
+/// Whether `job` carries the same body as the entry `first` (a copy, not a conflict).
+fn same_body(first: &Entry, job: &WebhookJob) -> bool {
+    first.job.as_ref().is_ok_and(|f| f.body_as_received() == job.body_as_received())
 }

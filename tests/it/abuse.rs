@@ -249,3 +249,60 @@ fn a_pipelined_flood_is_answered_in_order() {
     let sent: Vec<String> = (0..N).filter(|i| expected(*i) == 202).map(|i| format!("evt_{i:05}")).collect();
     assert_eq!(ids, sent);
 }
+
+#[test]
+fn connections_declaring_big_bodies_and_sending_nothing_hold_no_body_budget() {
+    // 600 × 1 MiB declared is more than both cores' default budget (2 ×
+    // 256 MiB): reserved from Content-Length, as before, every real body
+    // over 16 KiB got 503 while they stayed open.
+    let app = TestApp::spawn_with(|c| {
+        c.http.max_connections_per_ip = 0;
+        c.http.max_body_bytes = 2 << 20;
+        c.http.request_timeout = Duration::from_secs(60);
+    });
+    let head = b"POST /webhooks/stripe HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1048576\r\n\r\n";
+    let held: Vec<TcpStream> = (0..600)
+        .map(|_| {
+            let mut s = TcpStream::connect(app.addr).unwrap();
+            s.write_all(head).unwrap();
+            s.write_all(b"{\"provider\":").unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let padding = "x".repeat(20 * 1024);
+    let mut client = app.client();
+    for i in 0..20 {
+        let body = format!(
+            r#"{{"provider":"stripe","eventId":"evt_big_{i}","timestamp":"2026-11-22T21:35:25Z","data":{{"p":"{padding}"}}}}"#
+        );
+        assert_eq!(
+            client.post("stripe", &body).status,
+            202,
+            "a real 20 KiB event, {} holders open",
+            held.len()
+        );
+    }
+    drop(held);
+}
+
+#[test]
+fn a_request_refused_from_its_head_is_answered_and_its_body_never_read() {
+    let app = TestApp::spawn();
+    let mut s = TcpStream::connect(app.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // A 404 whose 1 MiB body has not come: answered at once, then closed.
+    s.write_all(b"POST /nope HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1048576\r\n\r\n{")
+        .unwrap();
+    let mut client = Client::from_stream(s);
+    let resp = client.read_response().expect("answered before the body");
+    assert_eq!(resp.status, 404);
+    assert!(client.read_response().is_none(), "closed, not waiting for the body");
+    // One whose body is all there is skipped and the connection kept.
+    let mut client = app.client();
+    let mut two = b"POST /nope HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}".to_vec();
+    two.extend(post_request("stripe", &event("stripe", "evt_after_404")));
+    client.send(&two);
+    assert_eq!(client.read_response().unwrap().status, 404);
+    assert_eq!(client.read_response().unwrap().status, 202);
+}

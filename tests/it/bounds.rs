@@ -46,6 +46,25 @@ fn idle_keep_alive_connections_give_back_the_buffers_of_their_large_requests() {
     drop(idle);
 }
 
+/// The head of a POST of `body` to the stripe route.
+fn head(body: &str) -> String {
+    format!(
+        "POST /webhooks/stripe HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+}
+
+/// A client connected from `source` (a loopback address: each is a client
+/// of its own for the per-client bounds).
+fn client_from(app: &TestApp, source: [u8; 4]) -> Client {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&std::net::SocketAddr::from((source, 0)).into()).unwrap();
+    socket.connect(&app.addr.into()).unwrap();
+    let stream: std::net::TcpStream = socket.into();
+    stream.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    Client::from_stream(stream)
+}
+
 #[test]
 fn bodies_beyond_the_core_budget_get_503_unread_and_the_budget_comes_back() {
     let app = TestApp::spawn_with(|c| {
@@ -53,39 +72,73 @@ fn bodies_beyond_the_core_budget_get_503_unread_and_the_budget_comes_back() {
         c.http.max_buffer_bytes_per_core = 2 << 20;
     });
     let body = |id: &str| padded_event(id, 900_000);
-    let head = |b: &str| {
-        format!(
-            "POST /webhooks/stripe HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            b.len()
-        )
-    };
-    // Two large bodies in flight hold 1.8 MB of the 2 MiB budget.
+    // Two large bodies, all but their last bytes arrived, hold 1.8 MB of
+    // the 2 MiB budget (counted as they arrive: a declared length alone
+    // holds nothing). Three clients, so no one meets its half share.
     let (a, b) = (body("evt_a"), body("evt_b"));
-    let mut ca = app.client();
+    let mut ca = client_from(&app, [127, 0, 0, 2]);
     ca.send(head(&a).as_bytes());
-    ca.send(&a.as_bytes()[..1000]);
-    let mut cb = app.client();
+    ca.send(&a.as_bytes()[..a.len() - 1000]);
+    let mut cb = client_from(&app, [127, 0, 0, 3]);
     cb.send(head(&b).as_bytes());
-    cb.send(&b.as_bytes()[..1000]);
-    std::thread::sleep(Duration::from_millis(200));
-    // A third is refused at once, from its head, and its connection closed.
+    cb.send(&b.as_bytes()[..b.len() - 1000]);
+    std::thread::sleep(Duration::from_millis(300));
+    // A third is refused once its arriving bytes pass what is left, and
+    // its connection closed without reading the rest.
     let c = body("evt_c");
-    let mut cc = app.client();
+    let mut cc = client_from(&app, [127, 0, 0, 4]);
     cc.send(head(&c).as_bytes());
-    let refused = cc.read_response().expect("an answer before the body");
+    cc.send(&c.as_bytes()[..400_000]);
+    let refused = cc.read_response().expect("an answer before the whole body");
     assert_eq!((refused.status, refused.header("retry-after")), (503, Some("1")));
     assert!(cc.is_closed());
     // Small requests are not accounted and still pass.
     assert_eq!(app.post("stripe", &event("stripe", "evt_small")).status, 202);
     // The first two complete; their budget is released.
-    ca.send(&a.as_bytes()[1000..]);
-    cb.send(&b.as_bytes()[1000..]);
+    ca.send(&a.as_bytes()[a.len() - 1000..]);
+    cb.send(&b.as_bytes()[b.len() - 1000..]);
     assert_eq!(ca.read_response().unwrap().status, 202);
     assert_eq!(cb.read_response().unwrap().status, 202);
-    let mut again = app.client();
+    let mut again = client_from(&app, [127, 0, 0, 4]);
     again.send(head(&c).as_bytes());
     again.send(c.as_bytes());
     assert_eq!(again.read_response().unwrap().status, 202);
+}
+
+#[test]
+fn one_client_holds_at_most_half_of_a_cores_body_budget() {
+    let app = TestApp::spawn_with(|c| {
+        c.http.cores = CoreSelection::Count(1);
+        c.http.max_buffer_bytes_per_core = 4 << 20;
+    });
+    let body = |id: &str| padded_event(id, 900_000);
+    // One client's slow bodies: two fit its 2 MiB share, a third does not.
+    let slow: Vec<(Client, String)> = ["evt_s1", "evt_s2"]
+        .iter()
+        .map(|id| {
+            let b = body(id);
+            let mut c = client_from(&app, [127, 0, 0, 5]);
+            c.send(head(&b).as_bytes());
+            c.send(&b.as_bytes()[..b.len() - 1000]);
+            (c, b)
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let third = body("evt_s3");
+    let mut c3 = client_from(&app, [127, 0, 0, 5]);
+    c3.send(head(&third).as_bytes());
+    c3.send(&third.as_bytes()[..400_000]);
+    assert_eq!(c3.read_response().expect("refused").status, 503, "past its share");
+    // Another client still has the other half.
+    let other = body("evt_other");
+    let mut co = client_from(&app, [127, 0, 0, 6]);
+    co.send(head(&other).as_bytes());
+    co.send(other.as_bytes());
+    assert_eq!(co.read_response().unwrap().status, 202);
+    for (mut c, b) in slow {
+        c.send(&b.as_bytes()[b.len() - 1000..]);
+        assert_eq!(c.read_response().unwrap().status, 202);
+    }
 }
 
 #[test]

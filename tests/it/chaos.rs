@@ -82,6 +82,53 @@ fn a_worker_killed_mid_batch_has_its_entries_taken_over_by_the_other() {
 }
 
 #[test]
+fn a_worker_killed_on_another_host_has_its_entries_taken_over_in_seconds_not_a_reclaim() {
+    // Two hosts as consumer names see them, and a reclaim of a minute: only
+    // the dead process's missing liveness mark explains a takeover sooner.
+    // Before the marks it took RECLAIM_IDLE_MS (32.5 s with the default).
+    let (redis, pg) = servers();
+    let api = Gateway::spawn(free_port(), &redis, Some(&pg), "api", &[]);
+    let slow = [("WORKER_LINGER_MS", "200"), ("WORKER_THREADS", "1"), SLOW_RECLAIM];
+    let on = |host: &'static str| -> Vec<(&str, &str)> {
+        slow.iter().copied().chain([("CONSUMER_HOST", host)]).collect()
+    };
+    let mut doomed = Gateway::spawn(free_port(), &redis, Some(&pg), "worker", &on("host-a"));
+    let survivor = Gateway::spawn(free_port(), &redis, Some(&pg), "worker", &on("host-b"));
+    let load = Load::start(api.addr(), CLIENTS, PACE, "remotekill");
+    load.wait_for_more(300, Duration::from_secs(20));
+
+    let marker = format!("host-a-{}-", doomed.pid());
+    let held =
+        || -> u64 { pending(&redis).1.iter().filter(|(n, _)| n.contains(&marker)).map(|(_, n)| *n).sum() };
+    let mut orphaned = 0;
+    wait_until(Duration::from_secs(20), "the doomed worker to hold a batch", || {
+        orphaned = held();
+        orphaned > 0
+    });
+    doomed.kill9();
+    let killed = Instant::now();
+    wait_until(BEFORE_A_RECLAIM, "the survivor to take over the dead one's entries", || held() == 0);
+    let took = killed.elapsed();
+    load.wait_for_more(300, Duration::from_secs(20));
+    let ledger = load.stop();
+
+    let report = settle("remote_worker_kill9", &ledger, &redis, &pg);
+    eprintln!("orphaned at the kill: {orphaned}, taken over after {took:?} (reclaim 60 s); {report:?}");
+    wait_until(Duration::from_secs(10), "the dead consumer removed from the group", || {
+        let names: Vec<(String, u64)> = consumer_names(&redis);
+        !names.iter().any(|(n, _)| n.contains(&marker))
+    });
+    drop(survivor);
+}
+
+/// Every consumer of the group and its pending count.
+fn consumer_names(redis: &RedisServer) -> Vec<(String, u64)> {
+    let reply: redis::streams::StreamInfoConsumersReply =
+        redis::cmd("XINFO").arg("CONSUMERS").arg("webhooks").arg("ingest").query(&mut redis.con()).unwrap();
+    reply.consumers.into_iter().map(|c| (c.name, c.pending as u64)).collect()
+}
+
+#[test]
 fn redis_killed_with_sigkill_mid_load_restarts_from_its_aof() {
     // The workers take back what they held when Redis died, without the
     // minute-long reclaim.
@@ -162,6 +209,29 @@ fn sigterm_mid_load_exits_0_drained_and_loses_nothing() {
     // a worker started afterwards stores it.
     let _worker = Gateway::spawn(free_port(), &redis, Some(&pg), "worker", &[]);
     settle("sigterm", &ledger, &redis, &pg);
+}
+
+#[test]
+fn sigterm_with_a_black_holed_redis_ends_within_the_shutdown_timeout_and_loses_nothing() {
+    let timeout = [("SHUTDOWN_TIMEOUT_MS", "2000"), ("WORKER_LINGER_MS", "200")];
+    let (redis, pg, mut gateway, load) = loaded_gateway("blackhole", &timeout, 500);
+    // Frozen, not gone: its kernel still accepts connections, nothing answers.
+    redis.pause();
+    std::thread::sleep(Duration::from_millis(300));
+    let signalled = Instant::now();
+    gateway.signal("-TERM");
+    let status = gateway.wait_exit(Duration::from_secs(30));
+    let took = signalled.elapsed();
+    let ledger = load.stop();
+    assert!(status.success(), "{status:?}");
+    // The cores drain within the timeout, the workers get it plus a second;
+    // before, a worker retried a frozen Redis for far longer.
+    assert!(took < Duration::from_secs(5), "SHUTDOWN_TIMEOUT_MS (2 s) + slack, took {took:?}");
+    redis.resume();
+    // What the stopped process held stays pending, whole: a new start stores it.
+    let _worker = Gateway::spawn(free_port(), &redis, Some(&pg), "worker", &[]);
+    let report = settle("sigterm_blackholed_redis", &ledger, &redis, &pg);
+    eprintln!("exited {took:?} after SIGTERM; {report:?}");
 }
 
 #[test]

@@ -314,3 +314,79 @@ fn cluster_master_without_replica_down_only_its_partitions_refuse() {
     let report = settle("cluster_master_down_no_replica", &ledger, &cluster, &system.pg);
     eprintln!("a master without replica down: {report:?}");
 }
+
+/// The cluster seen with `PARTITIONS=1`.
+struct OnePartition<'a>(&'a RedisCluster);
+
+impl QueueRedis for OnePartition<'_> {
+    fn env(&self) -> Vec<(String, String)> {
+        let mut env = self.0.env();
+        env.retain(|(k, _)| k != "PARTITIONS");
+        env.push(("PARTITIONS".into(), "1".into()));
+        env
+    }
+    fn pending(&self) -> (u64, std::collections::HashMap<String, u64>) {
+        crate::fault::pending_in(&mut self.0.con(), &one_stream())
+    }
+    fn queue_length(&self) -> usize {
+        redis::cmd("XLEN").arg(one_stream()).query(&mut self.0.con()).unwrap()
+    }
+    fn dead_letters(&self) -> usize {
+        redis::cmd("XLEN").arg(format!("{}:dead", one_stream())).query(&mut self.0.con()).unwrap()
+    }
+}
+
+fn one_stream() -> String {
+    keys::stream(webhook_ingestor::queue::DEFAULT_STREAM, 0, 1, true)
+}
+
+#[test]
+fn cluster_with_one_partition_tags_its_keys_so_a_dead_letter_reaches_the_fallback() {
+    // Before the fix the one stream was `webhooks` and its fallback
+    // `webhooks:dead`: two slots, so the dead letter's MULTI was CROSSSLOT
+    // and the entry looped, pending, forever.
+    let cluster = RedisCluster::start(three_masters(0));
+    let mut pg = PostgresServer::start();
+    pg.create_database(DB);
+    let one = OnePartition(&cluster);
+    let gateway = Gateway::spawn(free_port(), &one, Some(&pg), "all", &[("RECLAIM_IDLE_MS", "300")]);
+    let stream = one_stream();
+    assert!(stream.contains('{'), "hash-tagged though alone: {stream}");
+    let mut con = cluster.con();
+    // One event stored: the workers are reading.
+    let mut client = crate::harness::Client::connect(gateway.addr());
+    assert_eq!(client.post("stripe", &crate::harness::event("stripe", "evt_first")).status, 202);
+    let rows = |pg: &PostgresServer| -> i64 {
+        pg.client(DB).query_one("SELECT count(*) FROM webhook_events", &[]).map_or(-1, |r| r.get(0))
+    };
+    wait_until(Duration::from_secs(20), "the first event stored", || rows(&pg) == 1);
+
+    // PostgreSQL down: a dead letter can only go to the Redis fallback.
+    pg.stop();
+    redis::cmd("XADD")
+        .arg(&stream)
+        .arg("*")
+        .arg("v")
+        .arg("2")
+        .arg("y")
+        .arg("")
+        .arg("e")
+        .arg("no_provider")
+        .arg("b")
+        .arg("{}")
+        .exec(&mut con)
+        .unwrap();
+    wait_until(Duration::from_secs(30), "the dead letter in the fallback stream", || one.dead_letters() == 1);
+    wait_until(Duration::from_secs(10), "its entry acknowledged", || {
+        one.queue_length() == 0 && one.pending().0 == 0
+    });
+
+    // PostgreSQL back: it moves into the table, and the fallback empties.
+    pg.start_again();
+    let count = || -> i64 {
+        pg.client(DB).query_one("SELECT count(*) FROM webhook_dead_letters", &[]).map_or(-1, |r| r.get(0))
+    };
+    wait_until(Duration::from_secs(30), "the move into the table", || {
+        one.dead_letters() == 0 && count() == 1
+    });
+}

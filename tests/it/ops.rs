@@ -41,7 +41,7 @@ fn the_healthcheck_command_reports_a_serving_gateway_and_fails_otherwise() {
     assert!(!healthcheck(free_port()), "nothing listens there");
 }
 
-fn health(app: &TestApp) -> (u16, serde_json::Value) {
+pub fn health(app: &TestApp) -> (u16, serde_json::Value) {
     let mut client = app.client();
     client.send(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n");
     let resp = client.read_response().unwrap();
@@ -73,6 +73,31 @@ fn health_reports_every_dependency_in_terminus_shape() {
         assert_eq!(doc["details"][name]["status"], "up", "{doc}");
     }
     assert!(doc["details"]["memory_rss"]["rss_bytes"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn health_warns_when_a_commit_is_not_durable_and_stays_up() {
+    // The test servers run with fsync=off (speed): exactly what a
+    // production server must not, and what /health must say.
+    let app = TestApp::spawn_full(|c| {
+        c.store.synchronous_commit = webhook_ingestor::store::SynchronousCommit::Local
+    });
+    let (status, doc) = health(&app);
+    assert_eq!(status, 200, "a warning, not an outage: {doc}");
+    let db = &doc["details"]["database"];
+    assert_eq!(db["status"], "up");
+    assert_eq!(db["fsync"], "off");
+    assert_eq!(db["synchronous_commit"], "local", "the gateway's own setting, per session: {doc}");
+    assert!(db["warning"].as_str().unwrap().contains("fsync=off"), "{doc}");
+    // check-config says the same.
+    let out = Command::new(env!("CARGO_BIN_EXE_webhook-ingestor"))
+        .arg("check-config")
+        .env("DATABASE_URL", app.postgres.as_ref().unwrap().url(crate::harness::DB))
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("postgres: fsync=off synchronous_commit=on"), "{text}");
+    assert!(text.contains("postgres: warning: the server runs with fsync=off"), "{text}");
 }
 
 #[test]

@@ -16,6 +16,17 @@ fn nested(depth: usize) -> String {
     format!("{}1{}", r#"{"a":"#.repeat(depth), "}".repeat(depth))
 }
 
+/// Inserts the dedupe key of `stripe`/`event_id` in `tx`, left open: its
+/// lock is held as an abandoned session would hold it.
+fn lock_key(tx: &mut postgres::Transaction<'_>, event_id: &str) {
+    tx.execute(
+        "INSERT INTO webhook_event_keys (gen, provider, event_id)
+         SELECT max(gen), 'stripe', $1 FROM webhook_dedupe_generations",
+        &[&event_id],
+    )
+    .unwrap();
+}
+
 /// One worker that batches what arrives together, retries a bad entry after
 /// 300 ms and dead-letters it on its second delivery; migrated and warm.
 fn quick_retries(tweak: impl FnOnce(&mut webhook_ingestor::config::Config)) -> TestApp {
@@ -172,4 +183,176 @@ fn a_retry_in_the_same_batch_waits_for_its_first_copy_and_is_stored_when_that_on
         .get(0);
     assert_eq!(data, r#"{"fixed": true}"#);
     assert_eq!(app.rows(), 3);
+}
+
+#[test]
+fn an_entry_of_a_newer_job_format_waits_for_a_newer_worker_and_is_never_dead_lettered() {
+    // A rolling upgrade: a newer gateway wrote version 99; this worker has
+    // had its two attempts at it several times over (reclaim every 300 ms).
+    let app = quick_retries(|_| {});
+    redis::cmd("XADD")
+        .arg("webhooks")
+        .arg("*")
+        .arg("v")
+        .arg("99")
+        .arg("p")
+        .arg("stripe")
+        .arg("e")
+        .arg("evt_future")
+        .arg("b")
+        .arg("{}")
+        .exec(&mut app.redis.con())
+        .unwrap();
+    for i in 0..5 {
+        assert_eq!(app.post("stripe", &event("stripe", &format!("evt_around_{i}"))).status, 202);
+    }
+    wait_until(Duration::from_secs(20), "the events around it stored", || app.rows() == 6);
+    wait_until(Duration::from_secs(20), "several readings of it", || {
+        crate::ops::scrape(&app)["webhook_entries_unknown_format_total"] >= 3.0
+    });
+    assert_eq!(app.dead_letters(), 0, "never dead-lettered");
+    assert_eq!((app.stream_len(), app.pending()), (1, 1), "it waits, pending, in the stream");
+    let (status, doc) = crate::ops::health(&app);
+    assert_eq!(status, 200, "{doc}");
+    let held = doc["details"]["redis"]["held"]["unknown_format"].as_str().unwrap_or_default().to_string();
+    assert!(held.contains("newer"), "/health tells why it waits: {doc}");
+}
+
+#[test]
+fn a_key_locked_by_another_session_waits_unjudged_and_is_stored_once_released() {
+    // The worker's own session abandoned mid-transaction after a network
+    // drop holds its keys' locks like this hand-run one does.
+    let app = quick_retries(|c| {
+        c.store.timeouts.lock = Duration::from_millis(500);
+        c.store.timeouts.statement = Duration::from_secs(3);
+    });
+    let mut holder = app.pg();
+    let mut tx = holder.transaction().unwrap();
+    lock_key(&mut tx, "evt_locked");
+    let mut batch = post_request("stripe", &event("stripe", "evt_locked"));
+    for i in 0..4 {
+        batch.extend(post_request("stripe", &event("stripe", &format!("evt_free_{i}"))));
+    }
+    let mut client = app.client();
+    client.send(&batch);
+    for _ in 0..5 {
+        assert_eq!(client.read_response().unwrap().status, 202);
+    }
+    // The others are not held back by the locked key.
+    wait_until(Duration::from_secs(20), "the four free events stored", || app.rows() == 5);
+    // Several lock waits later (each 0.5 s; two attempts allowed, reclaims
+    // every 0.3 s), it is still not blamed: before the fix it was
+    // dead-lettered here and never stored.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(app.dead_letters(), 0, "a lock wait is not the row's fault");
+    assert_eq!(app.pending(), 1, "it waits, pending");
+    tx.rollback().unwrap();
+    wait_until(Duration::from_secs(20), "stored once the lock is gone", || app.rows() == 6);
+    wait_until(Duration::from_secs(10), "the stream drained", || app.stream_len() == 0 && app.pending() == 0);
+    assert_eq!(app.dead_letters(), 0);
+}
+
+#[test]
+fn the_server_drops_a_session_whose_client_is_gone() {
+    // Settings the gateway's sessions carry to the server, so an abandoned
+    // one (a client gone mid-COPY or mid-transaction) releases its locks.
+    let app = quick_retries(|c| c.store.timeouts.socket = Duration::from_secs(12));
+    let url = app.postgres.as_ref().unwrap().url(crate::harness::DB);
+    let timeouts = webhook_ingestor::store::Timeouts {
+        socket: Duration::from_secs(12),
+        lock: Duration::from_secs(7),
+        ..Default::default()
+    };
+    let pool = webhook_ingestor::store::pool(&url, 1, timeouts).unwrap();
+    let mut session = pool.get().unwrap();
+    let show = |s: &mut postgres::Client, name: &str| -> String {
+        s.query_one(&format!("SHOW {name}"), &[]).unwrap().get(0)
+    };
+    assert_eq!(show(&mut session, "idle_in_transaction_session_timeout"), "12s");
+    assert_eq!(show(&mut session, "tcp_keepalives_idle"), "4");
+    assert_eq!(show(&mut session, "tcp_keepalives_interval"), "2");
+    assert_eq!(show(&mut session, "tcp_keepalives_count"), "4");
+    // PostgreSQL shows this one in plain milliseconds.
+    assert_eq!(show(&mut session, "tcp_user_timeout"), "12000");
+    assert_eq!(show(&mut session, "lock_timeout"), "7s");
+    assert_eq!(show(&mut session, "statement_timeout"), "1min");
+}
+
+#[test]
+fn a_schema_change_that_refuses_every_row_holds_the_entries_unjudged_until_it_is_undone() {
+    let app = quick_retries(|_| {});
+    // A trigger that refuses every insert: a bad deploy, not ten bad events.
+    app.pg()
+        .batch_execute(
+            "CREATE FUNCTION closed() RETURNS trigger LANGUAGE plpgsql AS
+               $$ BEGIN RAISE EXCEPTION 'closed for maintenance' USING ERRCODE = 'P0001'; END $$;
+             CREATE TRIGGER closed BEFORE INSERT ON webhook_events FOR EACH ROW EXECUTE FUNCTION closed();",
+        )
+        .unwrap();
+    let mut batch = Vec::new();
+    for i in 0..10 {
+        batch.extend(post_request("stripe", &event("stripe", &format!("evt_held_{i}"))));
+    }
+    let mut client = app.client();
+    client.send(&batch);
+    for _ in 0..10 {
+        assert_eq!(client.read_response().unwrap().status, 202);
+    }
+    // Many reclaims (0.3 s) past MAX_ATTEMPTS = 2: before the fix every
+    // one was dead-lettered here.
+    wait_until(Duration::from_secs(20), "the entries held and counted", || {
+        crate::ops::scrape(&app).get("webhook_entries_held_total").copied().unwrap_or(0.0) >= 20.0
+    });
+    assert_eq!(app.dead_letters(), 0, "the database's refusal is no entry's fault");
+    assert_eq!(app.rows(), 1);
+    assert_eq!(app.pending(), 10, "held, pending");
+    let (status, doc) = crate::ops::health(&app);
+    assert_eq!(status, 200, "held entries are a warning, not an outage: {doc}");
+    let held = doc["details"]["redis"]["held"]["refused:P0001"].as_str().unwrap_or_default().to_string();
+    assert!(held.contains("closed for maintenance"), "{doc}");
+    let stats = crate::retention::cli(&app, &["stats"]);
+    assert!(stats.contains("held refused:P0001: postgres refuses every row"), "{stats}");
+
+    app.pg().batch_execute("DROP TRIGGER closed ON webhook_events").unwrap();
+    wait_until(Duration::from_secs(20), "all ten stored once it is undone", || app.rows() == 11);
+    wait_until(Duration::from_secs(10), "the stream drained", || app.stream_len() == 0 && app.pending() == 0);
+    assert_eq!(app.dead_letters(), 0);
+}
+
+#[test]
+fn only_attempts_that_failed_because_of_the_entry_count_not_deliveries() {
+    let app = quick_retries(|c| {
+        c.store.timeouts.lock = Duration::from_millis(300);
+        c.store.timeouts.statement = Duration::from_secs(3);
+    });
+    app.pg()
+        .batch_execute("ALTER TABLE webhook_events ADD CONSTRAINT no_poison CHECK (event_id <> 'evt_poison')")
+        .unwrap();
+    // Its key held by another session: it is delivered again and again
+    // (reclaims every 0.3 s) without one attempt failing because of it.
+    let mut holder = app.pg();
+    let mut tx = holder.transaction().unwrap();
+    lock_key(&mut tx, "evt_poison");
+    assert_eq!(app.post("stripe", &event("stripe", "evt_poison")).status, 202);
+    let deliveries = || -> u64 {
+        let r: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+            .arg("webhooks")
+            .arg("ingest")
+            .arg("-")
+            .arg("+")
+            .arg(10)
+            .query(&mut app.redis.con())
+            .unwrap();
+        r.first().map_or(0, |e| e.3)
+    };
+    wait_until(Duration::from_secs(30), "several deliveries", || deliveries() >= 4);
+    tx.rollback().unwrap();
+    // Now it fails because of itself: two attempts, whatever the deliveries.
+    wait_until(Duration::from_secs(30), "the dead letter", || app.dead_letters() == 1);
+    let dead = crate::harness::TestApp::dead_letter_rows(&app);
+    assert_eq!(dead[0].attempts, 2, "attempts, not the {}+ deliveries", 4);
+    assert_eq!(dead[0].sqlstate.as_deref(), Some("23514"));
+    let counts: std::collections::HashMap<String, u64> =
+        redis::cmd("HGETALL").arg("webhooks:attempts").query(&mut app.redis.con()).unwrap();
+    assert!(counts.is_empty(), "the count leaves with the entry: {counts:?}");
 }

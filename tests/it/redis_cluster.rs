@@ -216,7 +216,7 @@ impl RedisCluster {
 
 /// Partition `p`'s stream.
 pub fn stream(p: u16) -> String {
-    webhook_ingestor::queue::keys::stream(DEFAULT_STREAM, p, PARTITIONS)
+    webhook_ingestor::queue::keys::stream(DEFAULT_STREAM, p, PARTITIONS, true)
 }
 
 impl QueueRedis for RedisCluster {

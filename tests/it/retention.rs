@@ -50,12 +50,13 @@ fn partitions_are_made_ahead_and_dropped_whole_after_the_retention_while_events_
     assert_eq!(app.post("stripe", &event("stripe", "evt_early")).status, 202);
     wait_until(Duration::from_secs(10), "the early row", || rows_of(&app, "evt_early") == 1);
 
-    // Made ahead: the partitions of the next two intervals exist already.
-    let ahead = now_us() + 2 * interval.as_micros() as i64;
+    // Made ahead: each run makes the next two intervals; the last run was
+    // at most half an interval ago, so the next interval exists already.
+    let ahead = now_us() + interval.as_micros() as i64;
     let parts = partitions::partitions(&mut app.pg()).unwrap();
     assert!(
         parts.iter().any(|p| p.from.unwrap_or(i64::MIN) <= ahead && ahead < p.to),
-        "a partition for two intervals ahead: {parts:?}"
+        "a partition for the next interval: {parts:?}"
     );
 
     // Events keep coming while old partitions are dropped: every one 202,
@@ -344,4 +345,90 @@ fn an_upgrade_keeps_every_row_and_its_dedupe() {
     let parts = partitions::partitions(&mut client).unwrap();
     assert_eq!(parts[0].name, "webhook_events_legacy");
     assert_eq!(parts[0].from, None, "the old rows' partition reaches back to the start");
+}
+
+/// `webhook-ingestor <args>` against `app`'s Redis and PostgreSQL: its stdout.
+pub fn cli(app: &TestApp, args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_webhook-ingestor"))
+        .args(args)
+        .env("REDIS_URL", app.redis.url())
+        .env("DATABASE_URL", app.postgres.as_ref().unwrap().url(DB))
+        .output()
+        .expect("the binary runs");
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn stats_and_replay_read_the_dead_letter_table() {
+    let app = TestApp::spawn_full(|c| {
+        c.worker.max_attempts = 1;
+        c.worker.threads = 1;
+    });
+    assert_eq!(app.post("stripe", &event("stripe", "evt_warm")).status, 202);
+    wait_until(Duration::from_secs(30), "migrations and a first row", || app.rows() == 1);
+    app.pg()
+        .batch_execute("ALTER TABLE webhook_events ADD CONSTRAINT no_poison CHECK (event_id <> 'evt_poison')")
+        .unwrap();
+    assert_eq!(app.post("stripe", &event("stripe", "evt_poison")).status, 202);
+    wait_until(Duration::from_secs(30), "the dead letter", || app.dead_letter_rows().len() == 1);
+    drained(&app);
+
+    let stats = cli(&app, &["stats"]);
+    for line in [
+        "rows_stored:  1",
+        "dead_letters: 1",
+        "dead_letters_in_redis: 0",
+        "event_partitions:",
+        "  webhook_events_p",
+    ] {
+        assert!(stats.contains(line), "{line:?} in:\n{stats}");
+    }
+    app.pg().batch_execute("ALTER TABLE webhook_events DROP CONSTRAINT no_poison").unwrap();
+    let id = app.dead_letter_rows()[0].id.to_string();
+    assert!(
+        cli(&app, &["replay", "--id", "999999"]).starts_with("replayed 0 "),
+        "an unknown id replays nothing"
+    );
+    assert!(cli(&app, &["replay", "--id", &id]).starts_with("replayed 1 "));
+    wait_until(Duration::from_secs(30), "the replayed row", || rows_of(&app, "evt_poison") == 1);
+    assert!(app.dead_letter_rows().is_empty(), "replayed letters leave the table");
+}
+
+#[test]
+fn the_dedupe_probe_descends_an_older_generations_index_and_never_scans_it() {
+    // The soak with a two-minute interval stalled at its first switch: the
+    // probe was `gen >= oldest AND gen < current`, a range on the leading
+    // column of the keys' primary key, so each row read all of the older
+    // generation. Written as `gen = ANY(…)` it is one index descent.
+    let app = spawn(Retention::default());
+    let mut pg = app.pg();
+    pg.batch_execute(
+        "INSERT INTO webhook_event_keys (gen, provider, event_id)
+           SELECT max(g.gen), 'stripe', 'k' || i FROM webhook_dedupe_generations g, generate_series(1, 200000) i
+           GROUP BY i;
+         ANALYZE webhook_event_keys;",
+    )
+    .unwrap();
+    let older: i32 = pg.query_one("SELECT max(gen) FROM webhook_dedupe_generations", &[]).unwrap().get(0);
+    let current = older + 1;
+    pg.batch_execute(&format!(
+        "CREATE TABLE webhook_event_keys_probe_test PARTITION OF webhook_event_keys FOR VALUES IN ({current});
+         PREPARE probe(int4, text[], text[], int4[], bytea[]) AS {};
+         SET plan_cache_mode = force_custom_plan;",
+        store::INSERT_KEYS
+    ))
+    .unwrap();
+    let plan: Vec<String> = pg
+        .query(
+            &format!("EXPLAIN EXECUTE probe({current}, '{{stripe}}', '{{k5}}', '{{{older}}}', '{{NULL}}')"),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let plan = plan.join("\n");
+    assert!(!plan.contains("Seq Scan on webhook_event_keys"), "{plan}");
+    assert!(plan.contains("Index Only Scan") || plan.contains("Index Scan"), "{plan}");
 }

@@ -101,6 +101,20 @@ fn sign(requests: &[ToSign<'_>]) -> Vec<String> {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// What the sender's own library (through `sign.py`) says of `body` with
+/// the signature header `header`: "verified" or its error.
+fn library_verdict(scheme: &str, secret: &str, header: &str, body: &[u8]) -> String {
+    let req = serde_json::json!([{
+        "scheme": scheme, "secret": secret, "verify": header, "body_b64": base64_encode(body)
+    }]);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/senders/sign.py");
+    let mut child =
+        Command::new("python3").arg(script).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(&serde_json::to_vec(&req).unwrap()).unwrap();
+    let out: Vec<String> = serde_json::from_slice(&child.wait_with_output().unwrap().stdout).unwrap();
+    out[0].clone()
+}
+
 /// A gateway whose routes are [`SOURCES`].
 pub fn gateway() -> TestApp {
     TestApp::spawn_full(|c| {
@@ -295,17 +309,7 @@ fn stripe_signed_by_the_stripe_library() {
         (row.get(0), row.get(1))
     };
     assert_eq!(raw, b1.as_bytes());
-    let check = |body: &[u8]| {
-        let req = serde_json::json!([{
-            "scheme": "stripe", "secret": "whsec_new_stripe", "verify": sigs[0], "body_b64": base64_encode(body)
-        }]);
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/senders/sign.py");
-        let mut child =
-            Command::new("python3").arg(script).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
-        child.stdin.take().unwrap().write_all(&serde_json::to_vec(&req).unwrap()).unwrap();
-        let out: Vec<String> = serde_json::from_slice(&child.wait_with_output().unwrap().stdout).unwrap();
-        out[0].clone()
-    };
+    let check = |body: &[u8]| library_verdict("stripe", "whsec_new_stripe", &sigs[0], body);
     assert_eq!(check(&raw), "verified", "stripe-python re-verifies the stored body");
     assert!(
         check(text.as_bytes()).starts_with("SignatureVerificationError"),
@@ -922,4 +926,91 @@ fn version_1_entries_left_in_the_stream_drain_normally() {
     let row = app.pg().query_one("SELECT event_type, verified_by FROM webhook_events", &[]).unwrap();
     assert_eq!((row.get::<_, String>(0), row.get::<_, Option<String>>(1)), (String::new(), None));
     assert_eq!(app.dead_letters(), 0);
+}
+
+#[test]
+fn a_stripe_signature_with_a_stray_item_is_accepted_as_stripe_python_accepts_it() {
+    let app = gateway();
+    let t = now();
+    let body =
+        format!(r#"{{"id":"evt_stray","object":"event","type":"invoice.paid","created":{t},"data":{{}}}}"#);
+    let sig =
+        sign(&[ToSign { scheme: "stripe", secret: "whsec_new_stripe", body: &body, timestamp: t, id: "" }])
+            .remove(0);
+    for header in [format!("{sig},stray"), format!("stray,{sig}"), format!("{sig}, ,junk")] {
+        assert_eq!(
+            library_verdict("stripe", "whsec_new_stripe", &header, body.as_bytes()),
+            "verified",
+            "{header}"
+        );
+        let resp = post(&app, "stripe", &[h("Stripe-Signature", &header)], &body);
+        assert_eq!(resp.status, 202, "{header}: {}", String::from_utf8_lossy(&resp.body));
+    }
+    wait_rows(&app, "stripe", 1);
+}
+
+#[test]
+fn slack_rate_limit_notices_interactivity_and_slash_commands_signed_by_slack_sdk() {
+    // Before: the rate-limit notice (no event_id) got 400, and the two form
+    // formats 415, though slack_sdk's verifier accepts all three.
+    let app = gateway();
+    let t = now();
+    let minute = t - t % 60;
+    let rate = format!(
+        r#"{{"token":"x","type":"app_rate_limited","team_id":"T1","minute_rate_limited":{minute},"api_app_id":"A1"}}"#
+    );
+    let action = r#"{"type":"block_actions","trigger_id":"1334.7384.80889","team":{"id":"T1"},"actions":[{"action_id":"approve","value":"yes & no"}]}"#;
+    let interactivity = format!("payload={}", form_encode(action));
+    let slash = "token=x&team_id=T1&command=%2Fweather&text=94070+today&trigger_id=2.3.abc";
+    let sigs = sign(&[
+        ToSign { scheme: "slack", secret: "slack-new", body: &rate, timestamp: t, id: "" },
+        ToSign { scheme: "slack", secret: "slack-new", body: &interactivity, timestamp: t, id: "" },
+        ToSign { scheme: "slack", secret: "slack-old", body: slash, timestamp: t, id: "" },
+    ]);
+    let headers =
+        |sig: &str| vec![h("X-Slack-Request-Timestamp", &t.to_string()), h("X-Slack-Signature", sig)];
+    let form = "application/x-www-form-urlencoded";
+    assert_eq!(post(&app, "slack", &headers(&sigs[0]), &rate).status, 202);
+    assert_eq!(post_as(&app, "slack", form, &headers(&sigs[1]), &interactivity).status, 202);
+    assert_eq!(post_as(&app, "slack", form, &headers(&sigs[2]), slash).status, 202);
+    // A form signed with the wrong secret is still refused.
+    assert_eq!(post_as(&app, "slack", form, &headers(&flip_last(&sigs[2])), slash).status, 401);
+
+    let rows = wait_rows(&app, "slack", 3);
+    let limited = &rows[&format!("app_rate_limited:A1:T1:{minute}")];
+    assert_eq!((limited.0.as_str(), limited.1.as_deref()), ("app_rate_limited", Some("slack")));
+    let clicked = &rows["1334.7384.80889"];
+    assert_eq!(clicked.0, "block_actions");
+    assert_eq!(clicked.2["actions"][0]["value"], "yes & no", "the payload field's JSON, decoded");
+    let command = &rows["2.3.abc"];
+    assert_eq!(command.0, "slash_command");
+    assert_eq!(
+        (command.2["command"].as_str(), command.2["text"].as_str()),
+        (Some("/weather"), Some("94070 today"))
+    );
+    let raw: Vec<u8> = app
+        .pg()
+        .query_one("SELECT raw_body FROM webhook_events WHERE event_id = '2.3.abc'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(raw, slash.as_bytes(), "the form as signed, byte for byte");
+}
+
+#[test]
+fn a_github_route_takes_bodies_up_to_githubs_cap_while_other_routes_keep_max_body_bytes() {
+    // GitHub sends up to 25 MB; MAX_BODY_BYTES (1 MiB here) was global, so
+    // a big push got 413 and was never redelivered.
+    let app = gateway();
+    assert_eq!(app.config.http.max_body_bytes, 1 << 20);
+    let padding = "x".repeat(3 << 20);
+    let body = format!(r#"{{"ref":"refs/heads/main","pad":"{padding}"}}"#);
+    let sig =
+        sign(&[ToSign { scheme: "github", secret: "gh-new", body: &body, timestamp: 0, id: "" }]).remove(0);
+    let headers =
+        vec![h("X-Hub-Signature-256", &sig), h("X-GitHub-Event", "push"), h("X-GitHub-Delivery", "big-1")];
+    let resp = post(&app, "github", &headers, &body);
+    assert_eq!(resp.status, 202, "{}", String::from_utf8_lossy(&resp.body));
+    assert_eq!(post(&app, "stripe", &[], &body).status, 413, "other routes keep MAX_BODY_BYTES");
+    let rows = wait_rows(&app, "github", 1);
+    assert!(rows.contains_key("big-1"));
 }

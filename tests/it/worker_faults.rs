@@ -98,6 +98,38 @@ fn a_batch_blocked_in_a_long_write_keeps_its_claim_and_nobody_reclaims_it() {
 }
 
 #[test]
+fn a_live_worker_on_another_host_blocked_past_its_marks_expiry_keeps_its_batch() {
+    // Silent in Redis for longer than a dead process's mark lasts, but alive:
+    // its claim keeper keeps the mark, so nobody takes its entries.
+    let app = TestApp::spawn_api_with_postgres();
+    post_events(&app, 50, "evt_slow");
+    store::migrate(&mut app.pg()).unwrap();
+    let on = |host: &str| {
+        let mut s = (*worker_settings(&app, Duration::from_secs(60))).clone();
+        s.host = host.into();
+        Arc::new(s)
+    };
+    let mut locker = app.pg();
+    let mut lock = locker.transaction().unwrap();
+    lock.batch_execute("LOCK TABLE webhook_events IN ACCESS EXCLUSIVE MODE").unwrap();
+    let name = |host| webhook_ingestor::queue::keys::consumer(host, std::process::id(), 0);
+    let mut a = worker(&app, &name("host-a"), &on("host-a"));
+    let writer = std::thread::spawn(move || a.run_once().unwrap());
+    wait_until(Duration::from_secs(10), "A to take the batch", || deliveries(&app).len() == 50);
+
+    let mut b = worker(&app, &name("host-b"), &on("host-b"));
+    let until = Instant::now() + Duration::from_secs(9);
+    while Instant::now() < until {
+        let stolen = b.read().unwrap();
+        assert!(stolen.is_empty(), "B took {} entries from a live worker", stolen.len());
+    }
+    lock.rollback().unwrap();
+    let report = writer.join().unwrap();
+    assert_eq!((report.read, report.inserted), (50, 50));
+    assert!(deliveries(&app).is_empty(), "everything acknowledged");
+}
+
+#[test]
 fn after_a_lost_connection_a_worker_takes_back_its_own_entries_at_once_without_a_new_delivery() {
     let app = TestApp::spawn_api_with_postgres();
     post_events(&app, 20, "evt_own");

@@ -28,7 +28,7 @@
 use super::hmac::HeaderSignature;
 use super::mac::Encoding;
 use super::spec::Reading;
-use super::util::{event_id, event_type, header_text};
+use super::util::{event_id, event_type, form_payload, header_text, is_form};
 use super::{Admitted, Identity, Kind, Request, SourceError, Unauthorized};
 use crate::ingest::{IngestError, Ingestor};
 
@@ -90,28 +90,6 @@ impl Kind for GitHub {
             None => Admitted::Event(identity),
         })
     }
-}
-
-/// Whether the request is a form delivery (the handler let only JSON and
-/// forms through).
-fn is_form(req: &Request<'_>) -> bool {
-    req.headers.text("Content-Type").is_some_and(|t| {
-        t.split(';')
-            .next()
-            .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"))
-    })
-}
-
-/// The `payload` field of a form body, decoded (`+` is a space, `%XX` a
-/// byte): the JSON GitHub puts there. Bytes that are not UTF-8 are left as
-/// they are for the JSON parser to refuse, never replaced.
-fn form_payload(body: &[u8]) -> Result<Vec<u8>, IngestError> {
-    let mut found = body.split(|&b| b == b'&').filter_map(|pair| pair.strip_prefix(b"payload="));
-    let (Some(value), None) = (found.next(), found.next()) else {
-        return Err(IngestError::Invalid(vec!["a form delivery must hold exactly one payload field".into()]));
-    };
-    let plus_as_space: Vec<u8> = value.iter().map(|&b| if b == b'+' { b' ' } else { b }).collect();
-    Ok(percent_encoding::percent_decode(&plus_as_space).collect())
 }
 
 #[cfg(test)]

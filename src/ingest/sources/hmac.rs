@@ -69,11 +69,7 @@ impl HeaderSignature {
         let value = super::util::either(&req.headers, &names)?;
         let malformed = || Unauthorized::Malformed(self.headers[0].clone());
         let mut candidates = Vec::new();
-        for part in value.split(|&b| b == b',' || b == b' ').filter(|p| !p.is_empty()) {
-            let encoded = match &self.prefix {
-                Some(p) => part.strip_prefix(p.as_bytes()).ok_or_else(malformed)?,
-                None => part,
-            };
+        for encoded in signatures(value, self.prefix.as_deref().map(str::as_bytes)).ok_or_else(malformed)? {
             candidates.push(self.encoding.decode(encoded).ok_or_else(malformed)?);
         }
         if candidates.is_empty() {
@@ -84,6 +80,30 @@ impl HeaderSignature {
         } else {
             Err(Unauthorized::NoMatch)
         }
+    }
+}
+
+/// The encoded signatures of a header: items separated by `,` or spaces,
+/// each after `prefix` when there is one. The prefix is matched whole
+/// before the header is split, so one holding a space or a comma (`sha256 `,
+/// `v1, `) still matches. `None`: an item lacks the prefix.
+fn signatures<'v>(value: &'v [u8], prefix: Option<&[u8]>) -> Option<Vec<&'v [u8]>> {
+    let separator = |b: &u8| *b == b',' || *b == b' ';
+    let Some(prefix) = prefix else {
+        return Some(value.split(separator).filter(|p| !p.is_empty()).collect());
+    };
+    let mut out = Vec::new();
+    let mut rest = value;
+    loop {
+        let start = rest.iter().position(|b| !separator(b)).unwrap_or(rest.len());
+        rest = &rest[start..];
+        if rest.is_empty() {
+            return Some(out);
+        }
+        let after = rest.strip_prefix(prefix)?;
+        let end = after.iter().position(separator).unwrap_or(after.len());
+        out.push(&after[..end]);
+        rest = &after[end..];
     }
 }
 
@@ -168,6 +188,25 @@ impl Kind for GenericHmac {
             event_type,
             event_timestamp_us: req.received_at_us,
         }))
+    }
+}
+
+#[cfg(test)]
+mod signature_list {
+    use super::signatures;
+
+    #[test]
+    fn a_prefix_may_hold_the_separators() {
+        let got = |v: &str, p: Option<&str>| {
+            signatures(v.as_bytes(), p.map(str::as_bytes))
+                .map(|s| s.iter().map(|x| String::from_utf8_lossy(x).into_owned()).collect::<Vec<_>>())
+        };
+        assert_eq!(got("ab, cd", None), Some(vec!["ab".into(), "cd".into()]));
+        assert_eq!(got("v1=ab v1=cd", Some("v1=")), Some(vec!["ab".into(), "cd".into()]));
+        assert_eq!(got("sha256 ab", Some("sha256 ")), Some(vec!["ab".into()]));
+        assert_eq!(got("v1, ab, v1, cd", Some("v1, ")), Some(vec!["ab".into(), "cd".into()]));
+        assert_eq!(got("v1=ab cd", Some("v1=")), None, "an item without the prefix");
+        assert_eq!(got("", Some("v1=")), Some(vec![]));
     }
 }
 

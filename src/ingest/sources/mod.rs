@@ -25,6 +25,7 @@
 //! source that takes every `/webhooks/:provider`: the seed's contract.
 
 pub mod envelope;
+mod file_error;
 pub mod github;
 pub mod hmac;
 pub mod mac;
@@ -147,6 +148,10 @@ pub trait Kind: Send + Sync + fmt::Debug {
     }
 }
 
+/// What GitHub sends at most ("payloads are capped at 25 MB"): a `github`
+/// route's body limit unless its `max_body_bytes` says otherwise.
+pub const GITHUB_MAX_BODY: usize = 25 << 20;
+
 /// One route's source.
 #[derive(Debug)]
 pub struct Source {
@@ -156,6 +161,9 @@ pub struct Source {
     pub index: usize,
     /// The kind's name as configured (`stripe`, `envelope`, …).
     pub kind_name: &'static str,
+    /// `max_body_bytes`: this route's body limit, when it has its own
+    /// (GitHub: 25 MiB, what GitHub sends at most); else `MAX_BODY_BYTES`.
+    pub max_body: Option<usize>,
     /// The rules.
     pub kind: Box<dyn Kind>,
 }
@@ -182,6 +190,7 @@ impl Default for Sources {
             index: 0,
             kind_name: "envelope",
             kind: Box::new(envelope::Envelope::unsigned()),
+            max_body: None,
         };
         Self { list: vec![source], by_route: HashMap::new(), catch_all: true }
     }
@@ -204,13 +213,10 @@ impl Sources {
     ///
     /// # Errors
     /// The first problem, naming the source and the field ([`SourceError`]);
-    /// a TOML syntax error or an unknown field names its line.
+    /// a TOML syntax error or an unknown field names its line and column,
+    /// never the text there (it may be a secret).
     pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, SourceError> {
-        let file: File = toml::from_str(text).map_err(|e| SourceError {
-            source_name: "the file".into(),
-            field: "toml",
-            problem: e.to_string().lines().collect::<Vec<_>>().join(" "),
-        })?;
+        let file: File = toml::from_str(text).map_err(|e| file_error::describe(&e, text))?;
         if file.source.is_empty() {
             return Err(SourceError {
                 source_name: "the file".into(),
@@ -248,9 +254,10 @@ impl Sources {
                     ))
                 }
             };
+            let max_body = r.max_body((kind_name == "github").then_some(GITHUB_MAX_BODY))?;
             r.finish(kind_name)?;
             by_route.insert(route.clone(), i);
-            list.push(Source { route, index: i, kind_name, kind });
+            list.push(Source { route, index: i, kind_name, kind, max_body });
         }
         Ok(Self { list, by_route, catch_all: false })
     }
@@ -276,6 +283,24 @@ impl Sources {
     /// Whether routes come from a file (otherwise every route is the envelope's).
     pub fn from_file(&self) -> bool {
         !self.catch_all
+    }
+
+    /// The routes that take unsigned requests (`*` for every route).
+    pub fn unsigned_routes(&self) -> Vec<&str> {
+        self.list.iter().filter(|s| s.kind.scheme().is_none()).map(|s| s.route.as_str()).collect()
+    }
+
+    /// Every route with its scheme, for the start log and `check-config`:
+    /// The largest body any route takes: `global` (`MAX_BODY_BYTES`) or a
+    /// route's own `max_body_bytes` above it.
+    pub fn largest_body(&self, global: usize) -> usize {
+        self.list.iter().filter_map(|s| s.max_body).fold(global, usize::max)
+    }
+
+    /// `stripe=stripe, open=unsigned`, or `*=unsigned` without a file.
+    pub fn describe_routes(&self) -> String {
+        let route = |s: &Source| format!("{}={}", s.route, s.kind.scheme().unwrap_or("unsigned"));
+        self.list.iter().map(route).collect::<Vec<_>>().join(", ")
     }
 }
 
@@ -359,6 +384,58 @@ pub(crate) mod util {
     /// An ISO 8601 instant as µs, when PostgreSQL can store it.
     pub(crate) fn iso_to_us(text: &str) -> Option<i64> {
         crate::ingest::parse_iso8601_us(text).filter(|us| *us >= MIN_TIMESTAMP_US)
+    }
+
+    /// Whether the request is a form post (the handler lets forms through
+    /// only to kinds that take them).
+    pub(crate) fn is_form(req: &super::Request<'_>) -> bool {
+        req.headers.text("Content-Type").is_some_and(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"))
+        })
+    }
+
+    /// The fields of a form body, names and values decoded (`+` is a space,
+    /// `%XX` a byte). Bytes that are not UTF-8 are left as they are for the
+    /// JSON parser to refuse, never replaced.
+    pub(crate) fn form_fields(body: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let decode = |v: &[u8]| -> Vec<u8> {
+            let plus_as_space: Vec<u8> = v.iter().map(|&b| if b == b'+' { b' ' } else { b }).collect();
+            percent_encoding::percent_decode(&plus_as_space).collect()
+        };
+        body.split(|&b| b == b'&')
+            .filter(|pair| !pair.is_empty())
+            .map(|pair| match pair.iter().position(|&b| b == b'=') {
+                Some(eq) => (decode(&pair[..eq]), decode(&pair[eq + 1..])),
+                None => (decode(pair), Vec::new()),
+            })
+            .collect()
+    }
+
+    /// The one `payload` field of a form body, decoded: the JSON that GitHub
+    /// and Slack's interactivity put there.
+    pub(crate) fn form_payload(body: &[u8]) -> Result<Vec<u8>, IngestError> {
+        let mut found = form_fields(body).into_iter().filter(|(name, _)| name == b"payload");
+        match (found.next(), found.next()) {
+            (Some((_, value)), None) => Ok(value),
+            _ => {
+                Err(IngestError::Invalid(vec!["a form delivery must hold exactly one payload field".into()]))
+            }
+        }
+    }
+
+    /// A form body's fields as one JSON object of strings (what `jsonb`
+    /// stores of a form that carries no JSON, a Slack slash command).
+    pub(crate) fn form_as_json(body: &[u8]) -> Result<Vec<u8>, IngestError> {
+        let mut object = serde_json::Map::new();
+        for (name, value) in form_fields(body) {
+            let (Ok(name), Ok(value)) = (String::from_utf8(name), String::from_utf8(value)) else {
+                return Err(IngestError::Invalid(vec!["a form field is not UTF-8".into()]));
+            };
+            object.insert(name, serde_json::Value::String(value));
+        }
+        Ok(serde_json::to_vec(&object).unwrap_or_default())
     }
 
     /// The sender's own time for the event, when it gives one: a value that

@@ -6,9 +6,21 @@
 //!
 //! A `url_verification` request (sent when the endpoint is configured) is
 //! verified, then answered 200 `{"challenge": …}` at once and not stored.
-//! Stored: body `event_id` (retries carry it again, with `X-Slack-Retry-Num`),
-//! `event.type` as the type (the outer `type` when there is no `event`), and
-//! `event_time`.
+//! Stored, as `slack_sdk` and Bolt receive them (the signature is the same
+//! for every one: it covers the raw body, whatever its format):
+//!
+//! * Events API callbacks: body `event_id` (retries carry it again, with
+//!   `X-Slack-Retry-Num`), `event.type` as the type (the outer `type` when
+//!   there is no `event`), and `event_time`;
+//! * `app_rate_limited` (no `event_id`): the id
+//!   `app_rate_limited:<api_app_id>:<team_id>:<minute_rate_limited>`, that
+//!   minute as the time;
+//! * interactivity (a form whose `payload` field is the JSON: block
+//!   actions, shortcuts, view submissions): the JSON as `payload`, its
+//!   `type`, and its `trigger_id` as the id (else the body's SHA-256: Slack
+//!   does not retry these);
+//! * slash commands (a form of plain fields): the fields as one JSON object,
+//!   type `slash_command`, `trigger_id` as the id.
 //!
 //! ```toml
 //! [[source]]
@@ -23,7 +35,9 @@ use serde::Deserialize;
 
 use super::mac::{Algorithm, Encoding, Keys};
 use super::spec::Reading;
-use super::util::{event_id, event_type, fresh, required, secs, secs_to_us};
+use super::util::{
+    event_id, event_type, form_as_json, form_fields, form_payload, fresh, is_form, required, secs, secs_to_us,
+};
 use super::{Admitted, Identity, Kind, Request, SourceError, Unauthorized};
 use crate::ingest::{IngestError, Ingestor};
 
@@ -61,6 +75,15 @@ struct Body<'a> {
     challenge: Option<Cow<'a, str>>,
     #[serde(borrow)]
     event: Option<Inner<'a>>,
+    // app_rate_limited
+    #[serde(borrow)]
+    api_app_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    team_id: Option<Cow<'a, str>>,
+    minute_rate_limited: Option<i64>,
+    // interactivity and slash commands
+    #[serde(borrow)]
+    trigger_id: Option<Cow<'a, str>>,
 }
 
 impl Kind for Slack {
@@ -83,7 +106,14 @@ impl Kind for Slack {
         }
     }
 
+    fn takes_form(&self) -> bool {
+        true
+    }
+
     fn admit(&self, ingestor: &mut Ingestor, req: &Request<'_>) -> Result<Admitted, IngestError> {
+        if is_form(req) {
+            return self.admit_form(ingestor, req);
+        }
         let body: Body<'_> = ingestor.parse_storable(req.body)?;
         if body.kind.as_deref() == Some("url_verification") {
             let challenge = body.challenge.unwrap_or_default();
@@ -91,18 +121,65 @@ impl Kind for Slack {
                 serde_json::to_vec(&serde_json::json!({ "challenge": challenge })).unwrap_or_default();
             return Ok(Admitted::Reply(reply));
         }
+        if body.kind.as_deref() == Some("app_rate_limited") {
+            let minute = body.minute_rate_limited.ok_or_else(|| {
+                IngestError::Invalid(vec!["app_rate_limited needs minute_rate_limited".into()])
+            })?;
+            let id = format!(
+                "app_rate_limited:{}:{}:{minute}",
+                body.api_app_id.as_deref().unwrap_or_default(),
+                body.team_id.as_deref().unwrap_or_default()
+            );
+            return Ok(Admitted::Event(Identity {
+                event_id: event_id(Some(&id), "api_app_id, team_id and minute_rate_limited")?,
+                event_type: "app_rate_limited".into(),
+                event_timestamp_us: at(Some(minute), "minute_rate_limited")?.unwrap_or(req.received_at_us),
+            }));
+        }
         let kind = body.event.as_ref().and_then(|e| e.kind.as_deref()).or(body.kind.as_deref());
-        let at = body.event_time.map(|t| {
-            secs_to_us(t).ok_or_else(|| {
-                IngestError::Invalid(vec!["event_time must be a time PostgreSQL stores".into()])
-            })
-        });
         Ok(Admitted::Event(Identity {
             event_id: event_id(body.event_id.as_deref(), "event_id")?,
             event_type: event_type(kind, "event.type")?,
-            event_timestamp_us: at.transpose()?.unwrap_or(req.received_at_us),
+            event_timestamp_us: at(body.event_time, "event_time")?.unwrap_or(req.received_at_us),
         }))
     }
+}
+
+impl Slack {
+    /// Interactivity (`payload=<json>`) and slash commands (plain fields).
+    fn admit_form(&self, ingestor: &mut Ingestor, req: &Request<'_>) -> Result<Admitted, IngestError> {
+        let has_payload = form_fields(req.body).iter().any(|(name, _)| name == b"payload");
+        let (json, default_type) = if has_payload {
+            (form_payload(req.body)?, "")
+        } else {
+            (form_as_json(req.body)?, "slash_command")
+        };
+        let body: Body<'_> = ingestor.parse_storable(&json)?;
+        let digest;
+        let id = match body.trigger_id.as_deref() {
+            Some(t) if !t.is_empty() => t,
+            _ => {
+                use sha2::Digest as _;
+                digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(req.body)));
+                &digest
+            }
+        };
+        let identity = Identity {
+            event_id: event_id(Some(id), "trigger_id")?,
+            event_type: event_type(Some(body.kind.as_deref().unwrap_or(default_type)), "type")?,
+            event_timestamp_us: req.received_at_us,
+        };
+        Ok(Admitted::Decoded(identity, json))
+    }
+}
+
+/// Seconds since the epoch from `what`, as µs, when PostgreSQL stores them.
+fn at(secs: Option<i64>, what: &str) -> Result<Option<i64>, IngestError> {
+    secs.map(|t| {
+        secs_to_us(t)
+            .ok_or_else(|| IngestError::Invalid(vec![format!("{what} must be a time PostgreSQL stores")]))
+    })
+    .transpose()
 }
 
 #[cfg(test)]

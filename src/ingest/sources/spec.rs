@@ -33,6 +33,7 @@ pub(super) struct Spec {
     pub(super) type_header: Option<String>,
     pub(super) type_pointer: Option<String>,
     pub(super) dedupe_on: Option<String>,
+    pub(super) max_body_bytes: Option<u64>,
 }
 
 /// A [`Spec`] being turned into a source: remembers which fields were used,
@@ -91,6 +92,19 @@ impl<'a> Reading<'a> {
     pub(super) fn keys(&mut self, algorithm: Algorithm) -> Result<Keys, SourceError> {
         let secrets: Vec<Vec<u8>> = self.secrets()?.into_iter().map(String::into_bytes).collect();
         Ok(Keys::new(algorithm, &secrets))
+    }
+
+    /// `max_body_bytes`, the route's own body limit (`None`: `MAX_BODY_BYTES`,
+    /// unless the kind has a default of its own).
+    pub(super) fn max_body(&mut self, default: Option<usize>) -> Result<Option<usize>, SourceError> {
+        self.mark("max_body_bytes");
+        match self.spec.max_body_bytes {
+            Some(n) if !(64..=1 << 30).contains(&n) => {
+                Err(self.error("max_body_bytes", "between 64 and 1073741824"))
+            }
+            Some(n) => Ok(Some(n as usize)),
+            None => Ok(default),
+        }
     }
 
     /// `tolerance_secs`, or the scheme's default.

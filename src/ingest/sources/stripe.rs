@@ -3,8 +3,8 @@
 //! written (`whsec_…`, prefix included), as stripe-python's `_webhook.py`
 //! and stripe-node do it:
 //!
-//! * the header splits on `,`, each item on the first `=`; `t` is the first
-//!   `t`; every `v1` is a candidate (Stripe sends two while a rolled secret
+//! * the header splits on `,`, each item on the first `=` (an item with
+//!   none is skipped); `t` is the first `t`; every `v1` is a candidate (Stripe sends two while a rolled secret
 //!   is still active); `v0` and unknown schemes are ignored;
 //! * a `v1` that is not 64 hex digits never matches;
 //! * the signature is checked first, then the age: older than
@@ -69,7 +69,9 @@ impl Kind for Stripe {
         let mut candidates = Vec::new();
         for item in header.split(|&b| b == b',') {
             let item = item.trim_ascii();
-            let Some(eq) = item.iter().position(|&b| b == b'=') else { return Err(malformed()) };
+            // An item without `=` is skipped, as stripe-python and
+            // stripe-node skip it (a proxy's stray token must not cost a 401).
+            let Some(eq) = item.iter().position(|&b| b == b'=') else { continue };
             let (key, value) = (&item[..eq], &item[eq + 1..]);
             match key {
                 b"t" if t.is_none() => t = Some(value),
