@@ -59,6 +59,7 @@ fn job() -> WebhookJob {
         received_at_us: 0,
         payload: SEED.as_bytes().to_vec(),
         raw_body: None,
+        unsigned_fields: String::new(),
     }
 }
 

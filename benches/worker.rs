@@ -37,6 +37,7 @@ fn job(i: usize) -> WebhookJob {
         received_at_us: 1_795_383_325_123_000 + i as i64,
         payload: payload.into_bytes(),
         raw_body: None,
+        unsigned_fields: String::new(),
     }
 }
 

@@ -1,5 +1,6 @@
--- A digest of every body, kept with its row and with its dedupe key, and
--- deliveries that reuse an id with another body kept apart (issue 25).
+-- A digest of every body, kept with its row and with its dedupe key,
+-- deliveries that reuse an id with another body kept apart, and which
+-- fields the signature does not cover (issue 25).
 --
 -- * body_sha256 is SHA-256 of raw_body, written by the workers. Rows and
 --   keys stored before this migration have none (NULL): they are never
@@ -14,6 +15,11 @@
 SET LOCAL client_min_messages = warning;
 
 ALTER TABLE webhook_events ADD COLUMN body_sha256 bytea;
+-- Which of event_id, event_type, event_timestamp came from headers the
+-- signature does not cover (GitHub, Shopify, hmac with id_header), comma-
+-- separated; NULL when all are signed or nothing is.
+ALTER TABLE webhook_events ADD COLUMN unsigned_fields text;
+ALTER TABLE webhook_dead_letters ADD COLUMN unsigned_fields text;
 ALTER TABLE webhook_event_keys ADD COLUMN body_sha256 bytea;
 
 CREATE TABLE webhook_event_conflicts (

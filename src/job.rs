@@ -8,9 +8,11 @@
 //! the sender's event type and the verifying scheme; entries of version 1
 //! still in a stream when the gateway is upgraded read as an untyped,
 //! unverified envelope, which is what they were. Version 3 adds the raw
-//! body when it differs from the stored payload (a form delivery); it is
-//! written only for such jobs, so a worker of the version before still
-//! reads every other entry during a rolling upgrade.
+//! body when it differs from the stored payload (a form delivery); version
+//! 4 the names of the fields read from headers the signature does not
+//! cover. Each is written only for the jobs that need it, so a worker of
+//! the version before still reads every other entry during a rolling
+//! upgrade (and leaves the newer ones pending for a newer worker).
 
 use std::collections::HashMap;
 
@@ -18,7 +20,7 @@ use thiserror::Error;
 
 /// The newest version written in a stream entry; bump it when the field
 /// layout changes. Entries that need nothing of it are written as version 2.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 
 /// Field names of a job's stream entry. Short, because they are repeated in
 /// every entry and Redis stores them per entry (unless the stream's listpack
@@ -42,6 +44,9 @@ pub mod fields {
     pub const VERIFIED_BY: &str = "s";
     /// The body as received when the payload is not it (v3; absent otherwise).
     pub const RAW_BODY: &str = "w";
+    /// The fields read from headers the signature does not cover (v4;
+    /// absent when there are none).
+    pub const UNSIGNED_FIELDS: &str = "u";
 }
 
 /// A validated webhook, the unit that crosses every stage.
@@ -68,6 +73,12 @@ pub struct WebhookJob {
     /// when it is not `payload`: a form delivery whose `payload` field is
     /// the JSON. `None`: `payload` is the body as received.
     pub raw_body: Option<Vec<u8>>,
+    /// Which of `event_id`, `event_type`, `event_timestamp` came from
+    /// headers the signature does not cover (GitHub's delivery id, Shopify's
+    /// topic…), comma-separated; empty when every one is signed or nothing
+    /// is. Stored as `unsigned_fields`, so a reader knows what the
+    /// signature proves of the row.
+    pub unsigned_fields: String,
 }
 
 /// Microseconds since the Unix epoch, from the system clock: the clock a
@@ -106,7 +117,13 @@ impl WebhookJob {
 
     /// Appends this job's entry fields to an `XADD` command (after the id).
     pub fn write_stream_fields(&self, cmd: &mut redis::Cmd) {
-        let version = if self.raw_body.is_some() { FORMAT_VERSION } else { 2 };
+        let version = if !self.unsigned_fields.is_empty() {
+            4
+        } else if self.raw_body.is_some() {
+            3
+        } else {
+            2
+        };
         cmd.arg(fields::VERSION)
             .arg(version)
             .arg(fields::PROVIDER)
@@ -124,6 +141,9 @@ impl WebhookJob {
         }
         if let Some(raw) = &self.raw_body {
             cmd.arg(fields::RAW_BODY).arg(&raw[..]);
+        }
+        if !self.unsigned_fields.is_empty() {
+            cmd.arg(fields::UNSIGNED_FIELDS).arg(&self.unsigned_fields);
         }
         cmd.arg(fields::PAYLOAD).arg(&self.payload[..]);
     }
@@ -160,6 +180,10 @@ impl WebhookJob {
                 verified_by,
                 payload: Vec::new(),
                 raw_body: None,
+                unsigned_fields: match map.contains_key(fields::UNSIGNED_FIELDS) {
+                    true => text(&map, fields::UNSIGNED_FIELDS)?,
+                    false => String::new(),
+                },
             })
         })();
         // Only version 3 carries it; read it whatever the version, as the
@@ -258,17 +282,22 @@ mod tests {
             verified_by: Some("stripe".into()),
             payload: b"{\"x\":\"\xff\"}".to_vec(),
             raw_body: None,
+            unsigned_fields: String::new(),
         };
         assert_eq!(WebhookJob::from_stream_fields(entry_of(&job)).unwrap(), job);
         let unverified = WebhookJob { verified_by: None, event_type: String::new(), ..job.clone() };
         assert_eq!(WebhookJob::from_stream_fields(entry_of(&unverified)).unwrap(), unverified);
         assert_eq!(entry_of(&job)["v"], redis::Value::BulkString(b"2".to_vec()), "no raw body: v2");
-        let form = WebhookJob { raw_body: Some(b"payload=%7B%7D".to_vec()), ..job };
+        let form = WebhookJob { raw_body: Some(b"payload=%7B%7D".to_vec()), ..job.clone() };
         let entry = entry_of(&form);
         assert_eq!(entry["v"], redis::Value::BulkString(b"3".to_vec()));
         let back = WebhookJob::from_stream_fields(entry).unwrap();
         assert_eq!(back.body_as_received(), b"payload=%7B%7D");
         assert_eq!(back, form);
+        let github = WebhookJob { unsigned_fields: "event_id,event_type".into(), ..job };
+        let entry = entry_of(&github);
+        assert_eq!(entry["v"], redis::Value::BulkString(b"4".to_vec()), "unsigned fields named: v4");
+        assert_eq!(WebhookJob::from_stream_fields(entry).unwrap(), github);
     }
 
     #[test]
@@ -282,12 +311,13 @@ mod tests {
             verified_by: None,
             payload: vec![],
             raw_body: None,
+            unsigned_fields: String::new(),
         };
         let mut map = entry_of(&job);
-        map.insert("v".into(), redis::Value::BulkString(b"4".to_vec()));
+        map.insert("v".into(), redis::Value::BulkString(b"5".to_vec()));
         map.insert("w".into(), redis::Value::BulkString(b"raw".to_vec()));
         let refused = WebhookJob::from_stream_fields(map).unwrap_err();
-        assert_eq!(refused.error, JobDecodeError::UnknownVersion("4".into()));
+        assert_eq!(refused.error, JobDecodeError::UnknownVersion("5".into()));
         assert!(refused.fields.contains_key("w"), "the raw body comes back too");
         let mut map = refused.fields;
         assert!(map.contains_key("b"), "the fields come back whole");

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::budget::{BufferBudget, Grant, SMALL_BODY};
 use super::chunked::{ChunkError, ChunkedDecoder};
-use super::handler::{bad_request, Handler};
+use super::handler::{bad_request, too_large, Handler};
 use super::request::{parse_head, BodyFraming, HeadError, Limits, Method, RequestHead};
 use super::response::{Extra, Message, ReplyTo, Response, Status, CONTINUE};
 use crate::telemetry::metrics::{CoreMetrics, RouteLabel};
@@ -459,9 +459,4 @@ fn head_error_response(e: &HeadError) -> Response {
         HeadError::HeadTooLarge => Response::error(Status::HeaderFieldsTooLarge, Message::One(e.to_string())),
         HeadError::BodyTooLarge { limit } => too_large(*limit),
     }
-}
-
-pub(crate) fn too_large(limit: usize) -> Response {
-    Response::error(Status::PayloadTooLarge, Message::One(format!("request body larger than {limit} bytes")))
-        .closing()
 }

@@ -121,7 +121,7 @@ impl Handler {
                     // The head parser let it through under the largest
                     // route's limit; this route's own is smaller.
                     None if matches!(head.body, BodyFraming::Length(n) if n > body_limit) => {
-                        Some(super::conn::too_large(body_limit))
+                        Some(too_large(body_limit))
                     }
                     None if head.content_type != ContentType::Json && !form => Some(Response::error(
                         Status::UnsupportedMediaType,
@@ -221,6 +221,7 @@ impl Handler {
             verified_by: source.kind.scheme().map(str::to_string),
             payload,
             raw_body,
+            unsigned_fields: source.kind.unsigned_fields().to_string(),
         };
         match self.enqueuer.enqueue(job).await {
             Ok(id) => {
@@ -260,4 +261,10 @@ fn unavailable_message(e: &EnqueueError) -> &'static str {
         EnqueueError::MemoryFull => "queue is full (redis memory), retry later",
         EnqueueError::Closed => "server is shutting down, retry later",
     }
+}
+
+/// 413 for a body over `limit`, closing: the rest of it is never read.
+pub(crate) fn too_large(limit: usize) -> Response {
+    Response::error(Status::PayloadTooLarge, Message::One(format!("request body larger than {limit} bytes")))
+        .closing()
 }

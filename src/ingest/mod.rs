@@ -115,6 +115,7 @@ impl Ingestor {
             verified_by: None,
             payload: body.to_vec(),
             raw_body: None,
+            unsigned_fields: String::new(),
         })
     }
 

@@ -43,12 +43,14 @@ pub struct DeadLetter {
     pub stream_id: String,
     /// When it was dead-lettered, µs since the epoch.
     pub dead_at_us: i64,
+    /// The fields read from headers the signature does not cover.
+    pub unsigned_fields: Option<String>,
 }
 
 const COLUMNS: &str = "provider, event_id, event_type, verified_by,
     (extract(epoch FROM event_timestamp) * 1000000)::bigint, (extract(epoch FROM received_at) * 1000000)::bigint,
     raw_body, payload, fields, error, sqlstate, attempts, stream, stream_id,
-    (extract(epoch FROM dead_at) * 1000000)::bigint, id";
+    (extract(epoch FROM dead_at) * 1000000)::bigint, id, unsigned_fields";
 
 fn from_row(r: &postgres::Row) -> DeadLetter {
     DeadLetter {
@@ -68,6 +70,7 @@ fn from_row(r: &postgres::Row) -> DeadLetter {
         stream_id: r.get(13),
         dead_at_us: r.get(14),
         id: r.get(15),
+        unsigned_fields: r.get(16),
     }
 }
 
@@ -80,8 +83,9 @@ pub fn insert(client: &mut postgres::Client, letters: &[DeadLetter]) -> Result<u
     let mut tx = client.transaction()?;
     let statement = tx.prepare(
         "INSERT INTO webhook_dead_letters (provider, event_id, event_type, verified_by, event_timestamp,
-             received_at, raw_body, payload, fields, error, sqlstate, attempts, stream, stream_id, dead_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+             received_at, raw_body, payload, fields, error, sqlstate, attempts, stream, stream_id, dead_at,
+             unsigned_fields)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
          ON CONFLICT (stream, stream_id) DO NOTHING",
     )?;
     let mut new = 0;
@@ -105,6 +109,7 @@ pub fn insert(client: &mut postgres::Client, letters: &[DeadLetter]) -> Result<u
                 &d.stream,
                 &d.stream_id,
                 &Timestamptz(d.dead_at_us),
+                &d.unsigned_fields,
             ],
         )?;
     }

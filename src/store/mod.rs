@@ -60,7 +60,8 @@ pub use partitions::Retention;
 /// order ([`copy_rows`] encodes them so): one spelling for all of them.
 macro_rules! columns {
     () => {
-        "provider, event_id, event_type, verified_by, event_timestamp, received_at, payload, raw_body, body_sha256"
+        "provider, event_id, event_type, verified_by, event_timestamp, received_at, payload, raw_body, body_sha256, \
+         unsigned_fields"
     };
 }
 
@@ -381,7 +382,7 @@ pub fn count_conflicts(client: &mut postgres::Client) -> Result<i64, StoreError>
 }
 
 /// Columns of the staging table, in COPY order.
-pub const STAGING_TYPES: [Type; 9] = [
+pub const STAGING_TYPES: [Type; 10] = [
     Type::TEXT,
     Type::TEXT,
     Type::TEXT,
@@ -391,6 +392,7 @@ pub const STAGING_TYPES: [Type; 9] = [
     Type::JSONB,
     Type::BYTEA,
     Type::BYTEA,
+    Type::TEXT,
 ];
 
 /// Writes `jobs` in one transaction (see the module docs). With
@@ -430,6 +432,7 @@ pub fn canary(client: &mut postgres::Client, retention: &Retention) -> Result<()
         verified_by: None,
         payload: br#"{"canary":true}"#.to_vec(),
         raw_body: None,
+        unsigned_fields: String::new(),
     };
     write_covered(client, &[&job], false, retention, Finish::Rollback).map(drop)
 }
@@ -514,10 +517,10 @@ fn write_once(
     // Named for its columns: a session never meets an older layout.
     tx.batch_execute(
         "SET LOCAL client_min_messages = warning;
-         CREATE TEMP TABLE IF NOT EXISTS webhook_staging_v4 (
+         CREATE TEMP TABLE IF NOT EXISTS webhook_staging_v5 (
              provider text, event_id text, event_type text, verified_by text,
              event_timestamp timestamptz, received_at timestamptz, payload jsonb, raw_body bytea,
-             body_sha256 bytea
+             body_sha256 bytea, unsigned_fields text
          ) ON COMMIT DELETE ROWS",
     )?;
     copy_rows(&mut tx, STAGING_COPY, jobs)?;
@@ -594,7 +597,7 @@ pub const INSERT_KEYS: &str = "INSERT INTO webhook_event_keys (gen, provider, ev
 const GATED_INSERT: &str = concat!(
     "WITH fresh AS (
         INSERT INTO webhook_event_keys (gen, provider, event_id, body_sha256)
-        SELECT $1, s.provider, s.event_id, s.body_sha256 FROM webhook_staging_v4 s
+        SELECT $1, s.provider, s.event_id, s.body_sha256 FROM webhook_staging_v5 s
          WHERE (SELECT true FROM webhook_event_keys k
                  WHERE k.gen = ANY($2::int4[]) AND k.provider = s.provider AND k.event_id = s.event_id
                  LIMIT 1) IS NULL
@@ -604,8 +607,8 @@ const GATED_INSERT: &str = concat!(
     columns!(),
     ") SELECT DISTINCT ON (s.provider, s.event_id) ",
     "s.provider, s.event_id, s.event_type, s.verified_by, s.event_timestamp, s.received_at, s.payload, s.raw_body, \
-     s.body_sha256",
-    " FROM webhook_staging_v4 s JOIN fresh f ON f.provider = s.provider AND f.event_id = s.event_id"
+     s.body_sha256, s.unsigned_fields",
+    " FROM webhook_staging_v5 s JOIN fresh f ON f.provider = s.provider AND f.event_id = s.event_id"
 );
 
 /// The staged rows whose key a generation inside the window ($1) holds with
@@ -615,14 +618,14 @@ const CONFLICTS: &str = "INSERT INTO webhook_event_conflicts (provider, event_id
          event_timestamp, received_at, payload, raw_body, body_sha256, stored_sha256)
      SELECT s.provider, s.event_id, s.event_type, s.verified_by, s.event_timestamp, s.received_at,
             s.payload, s.raw_body, s.body_sha256, k.body_sha256
-       FROM webhook_staging_v4 s
+       FROM webhook_staging_v5 s
        JOIN LATERAL (SELECT k.body_sha256 FROM webhook_event_keys k
                       WHERE k.gen = ANY($1::int4[]) AND k.provider = s.provider AND k.event_id = s.event_id
                       LIMIT 1) k ON k.body_sha256 <> s.body_sha256
      ON CONFLICT (provider, event_id, body_sha256) DO NOTHING";
 
 const DIRECT_COPY: &str = concat!("COPY webhook_events (", columns!(), ") FROM STDIN (FORMAT binary)");
-const STAGING_COPY: &str = concat!("COPY webhook_staging_v4 (", columns!(), ") FROM STDIN (FORMAT binary)");
+const STAGING_COPY: &str = concat!("COPY webhook_staging_v5 (", columns!(), ") FROM STDIN (FORMAT binary)");
 
 /// A binary `COPY` of `jobs` by `statement`; the rows copied.
 fn copy_rows(
@@ -648,6 +651,7 @@ pub struct CopyRow<'a> {
     payload: RawJsonb<'a>,
     raw_body: &'a [u8],
     body_sha256: Vec<u8>,
+    unsigned_fields: Option<&'a str>,
 }
 
 impl<'a> CopyRow<'a> {
@@ -663,11 +667,12 @@ impl<'a> CopyRow<'a> {
             payload: RawJsonb(&job.payload),
             raw_body: job.body_as_received(),
             body_sha256: job.body_sha256().to_vec(),
+            unsigned_fields: Some(job.unsigned_fields.as_str()).filter(|u| !u.is_empty()),
         }
     }
 
     /// The values, for `BinaryCopyInWriter::write`.
-    pub fn params(&self) -> [&(dyn ToSql + Sync); 9] {
+    pub fn params(&self) -> [&(dyn ToSql + Sync); 10] {
         [
             &self.provider,
             &self.event_id,
@@ -678,6 +683,7 @@ impl<'a> CopyRow<'a> {
             &self.payload,
             &self.raw_body,
             &self.body_sha256,
+            &self.unsigned_fields,
         ]
     }
 }

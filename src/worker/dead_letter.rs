@@ -85,6 +85,7 @@ fn letter_of(
         stream: stream.to_string(),
         stream_id: stream_id.to_string(),
         dead_at_us,
+        unsigned_fields: None,
     };
     match job {
         Ok(job) => {
@@ -96,6 +97,7 @@ fn letter_of(
             letter.received_at_us = Some(job.received_at_us);
             letter.raw_body = Some(job.body_as_received().to_vec());
             letter.payload = job.raw_body.as_ref().map(|_| job.payload.clone());
+            letter.unsigned_fields = Some(job.unsigned_fields.clone()).filter(|u| !u.is_empty());
         }
         Err(map) => {
             let mut names: Vec<&String> = map.keys().collect();
@@ -198,6 +200,7 @@ fn replay_command(letter: &DeadLetter) -> Result<redis::Cmd, ReplayError> {
         verified_by: letter.verified_by.clone(),
         payload: letter.payload.clone().unwrap_or_else(|| raw.clone()),
         raw_body: letter.payload.as_ref().map(|_| raw.clone()),
+        unsigned_fields: letter.unsigned_fields.clone().unwrap_or_default(),
     };
     job.write_stream_fields(&mut cmd);
     Ok(cmd)

@@ -146,6 +146,7 @@ fn job(id: &str, received_at_us: i64) -> WebhookJob {
         verified_by: None,
         payload: format!(r#"{{"id":"{id}"}}"#).into_bytes(),
         raw_body: None,
+        unsigned_fields: String::new(),
     }
 }
 

@@ -947,6 +947,12 @@ fn a_stripe_signature_with_a_stray_item_is_accepted_as_stripe_python_accepts_it(
         assert_eq!(resp.status, 202, "{header}: {}", String::from_utf8_lossy(&resp.body));
     }
     wait_rows(&app, "stripe", 1);
+    let unsigned: Option<String> = app
+        .pg()
+        .query_one("SELECT unsigned_fields FROM webhook_events WHERE event_id = 'evt_stray'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(unsigned, None, "Stripe's id, type and time are all under its signature");
 }
 
 #[test]
@@ -1013,4 +1019,12 @@ fn a_github_route_takes_bodies_up_to_githubs_cap_while_other_routes_keep_max_bod
     assert_eq!(post(&app, "stripe", &[], &body).status, 413, "other routes keep MAX_BODY_BYTES");
     let rows = wait_rows(&app, "github", 1);
     assert!(rows.contains_key("big-1"));
+    // GitHub signs the body only: the row says which of its fields are the
+    // headers' word alone.
+    let unsigned: Option<String> = app
+        .pg()
+        .query_one("SELECT unsigned_fields FROM webhook_events WHERE event_id = 'big-1'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(unsigned.as_deref(), Some("event_id,event_type"));
 }

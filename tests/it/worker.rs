@@ -301,9 +301,10 @@ fn first_deliveries_are_copied_straight_into_the_table_and_a_conflict_falls_back
         verified_by: None,
         payload: format!(r#"{{"id":"{id}"}}"#).into_bytes(),
         raw_body: None,
+        unsigned_fields: String::new(),
     };
     let staged = |pg: &mut postgres::Client| -> bool {
-        pg.query_one("SELECT to_regclass('pg_temp.webhook_staging_v4') IS NOT NULL", &[]).unwrap().get(0)
+        pg.query_one("SELECT to_regclass('pg_temp.webhook_staging_v5') IS NOT NULL", &[]).unwrap().get(0)
     };
     let (a, b, c) = (job("evt_a"), job("evt_b"), job("evt_c"));
     let retention = store::Retention::default();

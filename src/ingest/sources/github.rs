@@ -56,6 +56,11 @@ impl Kind for GitHub {
         Some("github")
     }
 
+    // X-GitHub-Delivery and X-GitHub-Event are not under the MAC: only the body is.
+    fn unsigned_fields(&self) -> &'static str {
+        "event_id,event_type"
+    }
+
     fn verify(&self, req: &Request<'_>) -> Result<(), Unauthorized> {
         self.signature.verify(req)
     }

@@ -172,6 +172,16 @@ impl Kind for GenericHmac {
         Some("hmac")
     }
 
+    // Only the body is under the MAC: an id or type read from a header is not.
+    fn unsigned_fields(&self) -> &'static str {
+        match (&self.id, &self.kind) {
+            (Locator::Header(_), Some(Locator::Header(_))) => "event_id,event_type",
+            (Locator::Header(_), _) => "event_id",
+            (_, Some(Locator::Header(_))) => "event_type",
+            _ => "",
+        }
+    }
+
     fn verify(&self, req: &Request<'_>) -> Result<(), Unauthorized> {
         self.signature.verify(req)
     }

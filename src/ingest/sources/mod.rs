@@ -141,6 +141,13 @@ pub trait Kind: Send + Sync + fmt::Debug {
     /// [`IngestError`], a 400 with its messages.
     fn admit(&self, ingestor: &mut Ingestor, req: &Request<'_>) -> Result<Admitted, IngestError>;
 
+    /// Which of `event_id`, `event_type`, `event_timestamp` this kind reads
+    /// from headers its signature does not cover (comma-separated; empty:
+    /// none). Stored with every row as `unsigned_fields`.
+    fn unsigned_fields(&self) -> &'static str {
+        ""
+    }
+
     /// Whether the sender may post `application/x-www-form-urlencoded`
     /// (the kind then finds the JSON in it); others get 415 for it.
     fn takes_form(&self) -> bool {

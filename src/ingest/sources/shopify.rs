@@ -57,6 +57,11 @@ impl Kind for Shopify {
         Some("shopify")
     }
 
+    // The id, topic and trigger time are headers; only the body is under the MAC.
+    fn unsigned_fields(&self) -> &'static str {
+        "event_id,event_type,event_timestamp"
+    }
+
     fn verify(&self, req: &Request<'_>) -> Result<(), Unauthorized> {
         self.signature.verify(req)
     }
