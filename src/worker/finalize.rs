@@ -8,8 +8,8 @@
 //!    out of memory refuses `XADD`), they stay pending and are tried again
 //!    after a reclaim;
 //! 2. `XACK` + `XDEL` of everything committed, skipped or dead-lettered in
-//!    PostgreSQL, and `HDEL` of their attempt counts (only for entries read
-//!    again: a first delivery has none). Redis accepts these even at
+//!    PostgreSQL, and `HDEL` of their attempt counts (only for entries that
+//!    may have one: read again, or counted in this step). Redis accepts these even at
 //!    `maxmemory` under `noeviction`, and they free memory.
 //!
 //! A connection failure retries the whole round trip once Redis is back
@@ -38,8 +38,8 @@ struct LaneOutcome<'a> {
     acks: Vec<&'a str>,
     /// To the Redis dead-letter stream.
     dead: Vec<&'a Dead>,
-    /// Acknowledged entries that may have an attempt count to delete (read
-    /// again, not on their first delivery).
+    /// Acknowledged entries that may have an attempt count to delete
+    /// ([`Stored::counted`]).
     forget: Vec<&'a str>,
 }
 
@@ -58,10 +58,10 @@ impl Worker {
         for dead in &stored.dead {
             lanes.entry(dead.entry.lane).or_default().dead.push(dead);
         }
-        if !stored.redelivered.is_empty() {
+        if !stored.counted.is_empty() {
             let acked: HashSet<&At> =
                 stored.committed.iter().chain(&stored.skipped).chain(&stored.dead_in_table).collect();
-            for at in stored.redelivered.iter().filter(|at| acked.contains(at)) {
+            for at in stored.counted.iter().filter(|at| acked.contains(at)) {
                 lanes.entry(at.lane).or_default().forget.push(&at.id);
             }
         }

@@ -113,10 +113,15 @@ impl Worker {
     /// nobody is judged: they all wait.
     fn count_attempts(&mut self, blamed: Vec<(Entry, StoreError)>, out: &mut Stored) {
         let mut pipe = redis::pipe();
+        let mut lanes: Vec<usize> = Vec::new();
         for (entry, _) in &blamed {
-            let key = keys::attempts(&self.lanes[entry.lane].stream);
-            pipe.cmd("HINCRBY").arg(&key).arg(&entry.id).arg(1);
-            pipe.cmd("EXPIRE").arg(&key).arg(ATTEMPTS_TTL_SECS).ignore();
+            pipe.cmd("HINCRBY").arg(keys::attempts(&self.lanes[entry.lane].stream)).arg(&entry.id).arg(1);
+            if !lanes.contains(&entry.lane) {
+                lanes.push(entry.lane);
+            }
+        }
+        for lane in lanes {
+            pipe.cmd("EXPIRE").arg(keys::attempts(&self.lanes[lane].stream)).arg(ATTEMPTS_TTL_SECS).ignore();
         }
         let counts: Result<Vec<u64>, _> = self.con().and_then(|con| pipe.query(con));
         let counts = match counts {
@@ -135,6 +140,8 @@ impl Worker {
                 error!(consumer = %self.name, id = %entry.id, attempts, error = %reason,
                        "entry refused by postgres on its last attempt while other rows were stored; dead-lettered");
                 let sqlstate = e.sqlstate().map(str::to_string);
+                // Counted now, perhaps on its first delivery: its count goes with it.
+                out.counted.push(entry.at());
                 out.dead.push(Dead { entry, error: reason, sqlstate, attempts });
             } else {
                 warn!(consumer = %self.name, id = %entry.id, attempts, error = %reason,

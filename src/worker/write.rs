@@ -57,9 +57,10 @@ pub struct Stored {
     /// Left pending for a later attempt (a bad entry with attempts left, or
     /// a copy of one).
     pub retry_later: Vec<At>,
-    /// Entries read again (not on their first delivery): an attempt count
-    /// may be kept for them, deleted when they are acknowledged.
-    pub(super) redelivered: Vec<At>,
+    /// Entries that may have an attempt count, deleted when they are
+    /// acknowledged: those read again (not on their first delivery), and
+    /// those [`super::judge`] counted and dead-lettered in this step.
+    pub(super) counted: Vec<At>,
     /// Entries refused alone, for [`super::judge`] (empty after it).
     pub(super) refused: Vec<(Entry, StoreError)>,
     /// New rows inserted.
@@ -96,7 +97,7 @@ impl Worker {
         // they meet them as conflicts (kept apart), never as duplicates.
         let mut other_bodies: Vec<Entry> = Vec::new();
         let mut unknown = 0u64;
-        out.redelivered = entries.iter().filter(|e| !e.fresh).map(Entry::at).collect();
+        out.counted = entries.iter().filter(|e| !e.fresh).map(Entry::at).collect();
         for entry in entries {
             match (&entry.job, &entry.key) {
                 // Written by a newer gateway (a rolling upgrade): not this

@@ -374,6 +374,10 @@ fn stats_and_replay_read_the_dead_letter_table() {
     assert_eq!(app.post("stripe", &event("stripe", "evt_poison")).status, 202);
     wait_until(Duration::from_secs(30), "the dead letter", || app.dead_letter_rows().len() == 1);
     drained(&app);
+    // Dead-lettered on its first delivery: its attempt count leaves with it.
+    let counts: HashMap<String, u64> =
+        redis::cmd("HGETALL").arg("webhooks:attempts").query(&mut app.redis.con()).unwrap();
+    assert!(counts.is_empty(), "nothing kept per dead entry: {counts:?}");
 
     let stats = cli(&app, &["stats"]);
     for line in [
