@@ -206,7 +206,8 @@ fn request_and_job_encoding(c: &mut Criterion) {
         let mut buf = postgres::types::private::BytesMut::with_capacity(1024);
         b.iter(|| {
             buf.clear();
-            let row = CopyRow::new(black_box(&j));
+            let digest = black_box(&j).body_sha256();
+            let row = CopyRow::new(black_box(&j), &digest);
             for (value, ty) in row.params().iter().zip(STAGING_TYPES.iter()) {
                 let _ = value.to_sql_checked(ty, &mut buf).unwrap();
             }

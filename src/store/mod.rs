@@ -474,6 +474,8 @@ fn write_once(
     expect_new: bool,
     finish: Finish,
 ) -> Result<Written, StoreError> {
+    // Each body hashed once, for its key and its row, whichever way they go.
+    let digests: Vec<[u8; 32]> = jobs.iter().map(|j| j.body_sha256()).collect();
     if expect_new && !jobs.is_empty() {
         let mut tx = client.transaction()?;
         let generations = lock_generations(&mut tx)?;
@@ -492,12 +494,11 @@ fn write_once(
         ))?;
         let (providers, ids): (Vec<&str>, Vec<&str>) =
             jobs.iter().map(|j| (j.provider.as_str(), j.event_id.as_str())).unzip();
-        let digests: Vec<[u8; 32]> = jobs.iter().map(|j| j.body_sha256()).collect();
-        let digests: Vec<&[u8]> = digests.iter().map(|d| &d[..]).collect();
+        let digest_refs: Vec<&[u8]> = digests.iter().map(|d| &d[..]).collect();
         let older = generations.older();
-        match tx.execute(INSERT_KEYS, &[&generations.current, &providers, &ids, &older, &digests]) {
+        match tx.execute(INSERT_KEYS, &[&generations.current, &providers, &ids, &older, &digest_refs]) {
             Ok(n) if n == jobs.len() as u64 => {
-                let inserted = copy_rows(&mut tx, DIRECT_COPY, jobs)?;
+                let inserted = copy_rows(&mut tx, DIRECT_COPY, jobs, &digests)?;
                 if finish == Finish::Commit {
                     tx.commit()?;
                 }
@@ -523,7 +524,7 @@ fn write_once(
              body_sha256 bytea, unsigned_fields text
          ) ON COMMIT DELETE ROWS",
     )?;
-    copy_rows(&mut tx, STAGING_COPY, jobs)?;
+    copy_rows(&mut tx, STAGING_COPY, jobs, &digests)?;
     let generations = lock_generations(&mut tx)?;
     let inserted = tx.execute(GATED_INSERT, &[&generations.current, &generations.older()])?;
     // A statement of its own, so it sees the keys of writers this one's
@@ -627,15 +628,17 @@ const CONFLICTS: &str = "INSERT INTO webhook_event_conflicts (provider, event_id
 const DIRECT_COPY: &str = concat!("COPY webhook_events (", columns!(), ") FROM STDIN (FORMAT binary)");
 const STAGING_COPY: &str = concat!("COPY webhook_staging_v5 (", columns!(), ") FROM STDIN (FORMAT binary)");
 
-/// A binary `COPY` of `jobs` by `statement`; the rows copied.
+/// A binary `COPY` of `jobs` (with their bodies' `digests`) by
+/// `statement`; the rows copied.
 fn copy_rows(
     tx: &mut postgres::Transaction<'_>,
     statement: &str,
     jobs: &[&WebhookJob],
+    digests: &[[u8; 32]],
 ) -> Result<u64, StoreError> {
     let mut writer = BinaryCopyInWriter::new(tx.copy_in(statement)?, &STAGING_TYPES);
-    for job in jobs {
-        writer.write(&CopyRow::new(job).params())?;
+    for (job, digest) in jobs.iter().zip(digests) {
+        writer.write(&CopyRow::new(job, digest).params())?;
     }
     Ok(writer.finish()?)
 }
@@ -650,13 +653,14 @@ pub struct CopyRow<'a> {
     received_at: Timestamptz,
     payload: RawJsonb<'a>,
     raw_body: &'a [u8],
-    body_sha256: Vec<u8>,
+    body_sha256: &'a [u8],
     unsigned_fields: Option<&'a str>,
 }
 
 impl<'a> CopyRow<'a> {
-    /// The row for `job`.
-    pub fn new(job: &'a WebhookJob) -> Self {
+    /// The row for `job`, whose body's SHA-256 is `digest`
+    /// ([`WebhookJob::body_sha256`], computed once per batch by the caller).
+    pub fn new(job: &'a WebhookJob, digest: &'a [u8; 32]) -> Self {
         Self {
             provider: &job.provider,
             event_id: &job.event_id,
@@ -666,7 +670,7 @@ impl<'a> CopyRow<'a> {
             received_at: Timestamptz(job.received_at_us),
             payload: RawJsonb(&job.payload),
             raw_body: job.body_as_received(),
-            body_sha256: job.body_sha256().to_vec(),
+            body_sha256: digest,
             unsigned_fields: Some(job.unsigned_fields.as_str()).filter(|u| !u.is_empty()),
         }
     }
