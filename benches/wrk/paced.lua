@@ -18,15 +18,16 @@ local function now_ms()
   return tonumber(ts.tv_sec) * 1000 + tonumber(ts.tv_nsec) / 1e6
 end
 
-local counter, run, per_ms, start, scheduled = 0, "r", 1, nil, 0
+-- post.lua's bodies and per-status counts; its init() reads the run id.
+dofile("benches/wrk/post.lua")
+
+local per_ms, start, scheduled = 1, nil, 0
 late = 0
+local post_init = init
 function init(args)
-  run = args[1] or "r"
+  post_init(args)
   per_ms = (tonumber(args[2]) or 10000) / (tonumber(args[3]) or 1) / 1000
 end
-
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
 
 function delay()
   local t = now_ms()
@@ -38,18 +39,6 @@ function delay()
   end
   return slot > t and math.floor(slot - t) or 0
 end
-
-function request()
-  counter = counter + 1
-  local body = string.format(
-    '{"provider":"stripe","eventId":"evt_%s_%d_%d","timestamp":"2026-11-22T21:35:25.123Z",' ..
-    '"data":{"amount":4200,"currency":"brl","customer_id":"cus_x1Y2z3W4","status":"succeeded",' ..
-    '"description":"Order 100234, three items, shipped by Correios to Sao Paulo"}}',
-    run, tid, counter)
-  return wrk.format(nil, nil, nil, body)
-end
-
-dofile("benches/wrk/count.lua")
 
 local count_done = done
 function done(summary, latency, requests)

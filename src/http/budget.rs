@@ -72,14 +72,11 @@ impl Grant<'_> {
         }
         let used = self.budget.used.get();
         let mut by_client = self.budget.by_client.borrow_mut();
-        let client = by_client.entry(self.client).or_insert(0);
-        if used + extra > self.budget.max || *client + extra > self.budget.client_max {
-            if *client == 0 {
-                by_client.remove(&self.client);
-            }
+        let held = by_client.get(&self.client).copied().unwrap_or(0);
+        if used + extra > self.budget.max || held + extra > self.budget.client_max {
             return false;
         }
-        *client += extra;
+        by_client.insert(self.client, held + extra);
         self.budget.used.set(used + extra);
         self.bytes += extra;
         true

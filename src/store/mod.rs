@@ -175,10 +175,7 @@ pub fn durability_warning(fsync: &str, synchronous_commit: &str) -> Option<Strin
 pub fn durability(client: &mut postgres::Client) -> Result<(String, String), StoreError> {
     let messages =
         client.simple_query("SELECT current_setting('fsync'), current_setting('synchronous_commit')")?;
-    let row = messages.iter().find_map(|m| match m {
-        postgres::SimpleQueryMessage::Row(row) => Some(row),
-        _ => None,
-    });
+    let row = last_row(&messages);
     let value = |i| row.and_then(|r| r.get(i)).unwrap_or_default().to_string();
     Ok((value(0), value(1)))
 }
@@ -561,6 +558,15 @@ impl Generations {
     }
 }
 
+/// The last row a `simple_query` returned (of its last statement that
+/// returned one).
+fn last_row(messages: &[postgres::SimpleQueryMessage]) -> Option<&postgres::SimpleQueryRow> {
+    messages.iter().rev().find_map(|m| match m {
+        postgres::SimpleQueryMessage::Row(row) => Some(row),
+        _ => None,
+    })
+}
+
 /// Takes [`partitions::GENERATION_LOCK`] shared (held to the commit), then
 /// reads the generations, in one round trip: a switch of generation either
 /// waited for this transaction or committed before it read.
@@ -570,10 +576,7 @@ fn lock_generations(tx: &mut postgres::Transaction<'_>) -> Result<Generations, S
          SELECT max(gen), min(gen) FROM webhook_dedupe_generations",
         partitions::GENERATION_LOCK
     ))?;
-    let row = messages.iter().rev().find_map(|m| match m {
-        postgres::SimpleQueryMessage::Row(row) => Some(row),
-        _ => None,
-    });
+    let row = last_row(&messages);
     let number = |i| row.and_then(|r| r.get(i)).and_then(|v: &str| v.parse::<i32>().ok());
     match (number(0), number(1)) {
         (Some(current), Some(oldest)) => Ok(Generations { current, oldest }),

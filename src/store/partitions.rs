@@ -119,6 +119,8 @@ pub struct Maintained {
     pub generations_dropped: Vec<i32>,
     /// Dead letters deleted for being older than `EVENT_RETENTION`.
     pub dead_letters_deleted: u64,
+    /// Conflicting deliveries deleted for being older than `EVENT_RETENTION`.
+    pub conflicts_deleted: u64,
 }
 
 /// What PostgreSQL keeps now, for `stats` and the soak benchmark.
@@ -349,7 +351,8 @@ fn maintain_locked(
                     done.dropped.push(p.name);
                 }
             }
-            done.dead_letters_deleted = delete_old_dead_letters(client, horizon)?;
+            done.dead_letters_deleted = delete_older(client, "webhook_dead_letters", "dead_at", horizon)?;
+            done.conflicts_deleted = delete_older(client, "webhook_event_conflicts", "detected_at", horizon)?;
         }
         Ok(done)
     })();
@@ -439,21 +442,16 @@ fn detach_and_drop(client: &mut Client, parent: &str, name: &str, pending: bool)
     Ok(())
 }
 
-/// Dead letters and conflicts older than the retention, in slices so no
-/// transaction is long.
-fn delete_old_dead_letters(client: &mut Client, horizon_us: i64) -> Result<u64, StoreError> {
+/// Rows of `table` whose `at` column lies before `horizon_us`, in slices
+/// so no transaction is long. `table` and `at` are this module's constants.
+fn delete_older(client: &mut Client, table: &str, at: &str, horizon_us: i64) -> Result<u64, StoreError> {
     let horizon = literal(horizon_us);
+    let statement = format!(
+        "DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE {at} < $1::text::timestamptz LIMIT 10000)"
+    );
     let mut deleted = 0;
     loop {
-        let n = client.execute(
-            "DELETE FROM webhook_dead_letters WHERE id IN (
-                SELECT id FROM webhook_dead_letters WHERE dead_at < $1::text::timestamptz LIMIT 10000)",
-            &[&horizon],
-        )? + client.execute(
-            "DELETE FROM webhook_event_conflicts WHERE id IN (
-                SELECT id FROM webhook_event_conflicts WHERE detected_at < $1::text::timestamptz LIMIT 10000)",
-            &[&horizon],
-        )?;
+        let n = client.execute(&statement, &[&horizon])?;
         deleted += n;
         if n < 10_000 {
             return Ok(deleted);

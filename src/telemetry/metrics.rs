@@ -512,68 +512,55 @@ impl Metrics {
             &BATCH_BUCKETS,
             &[&w.batch_size],
         );
-        render_counter(
-            &mut out,
-            "webhook_rows_inserted_total",
-            "New rows written to PostgreSQL.",
-            w.inserted.load(Relaxed),
-        );
-        render_counter(
-            &mut out,
-            "webhook_duplicates_dropped_total",
-            "Entries whose event was already stored.",
-            w.duplicates.load(Relaxed),
-        );
-        render_counter(
-            &mut out,
-            "webhook_dead_lettered_total",
-            "Entries dead-lettered (webhook_dead_letters, or the Redis fallback stream).",
-            w.dead_lettered.load(Relaxed),
-        );
-        render_counter(
-            &mut out,
-            "webhook_postgres_errors_total",
-            "PostgreSQL failures seen by workers.",
-            w.postgres_errors.load(Relaxed),
-        );
         let redis_errors = p.redis_errors.load(Relaxed) + w.redis_errors.load(Relaxed);
-        render_counter(
-            &mut out,
-            "webhook_redis_errors_total",
-            "Redis failures (pipeline thread and workers).",
-            redis_errors,
-        );
-        render_counter(
-            &mut out,
-            "webhook_dead_letter_fallbacks_total",
-            "Dead letters kept in the Redis fallback stream because PostgreSQL was unreachable.",
-            w.dead_letter_fallbacks.load(Relaxed),
-        );
-        render_counter(
-            &mut out,
-            "webhook_entries_unknown_format_total",
-            "Entries of a job format newer than this build, left pending for a newer worker (each reading counts).",
-            w.unknown_format.load(Relaxed),
-        );
-        render_counter(
-            &mut out,
-            "webhook_entries_held_total",
-            "Entries left pending unjudged because PostgreSQL refused every row alike (each time counts).",
-            w.held.load(Relaxed),
-        );
-        render_counter(
-            &mut out,
-            "webhook_event_conflicts_total",
-            "Deliveries of an already stored (provider, event id) with a different body, kept apart in \
-             webhook_event_conflicts and never merged.",
-            w.conflicts.load(Relaxed),
-        );
-        render_counter(
-            &mut out,
-            "webhook_dead_letters_moved_total",
-            "Dead letters moved from the Redis fallback stream into webhook_dead_letters.",
-            w.dead_letters_moved.load(Relaxed),
-        );
+        let counters: [(&str, &str, u64); 10] = [
+            ("webhook_rows_inserted_total", "New rows written to PostgreSQL.", w.inserted.load(Relaxed)),
+            (
+                "webhook_duplicates_dropped_total",
+                "Entries whose event was already stored.",
+                w.duplicates.load(Relaxed),
+            ),
+            (
+                "webhook_dead_lettered_total",
+                "Entries dead-lettered (webhook_dead_letters, or the Redis fallback stream).",
+                w.dead_lettered.load(Relaxed),
+            ),
+            (
+                "webhook_postgres_errors_total",
+                "PostgreSQL failures seen by workers.",
+                w.postgres_errors.load(Relaxed),
+            ),
+            ("webhook_redis_errors_total", "Redis failures (pipeline thread and workers).", redis_errors),
+            (
+                "webhook_dead_letter_fallbacks_total",
+                "Dead letters kept in the Redis fallback stream because PostgreSQL was unreachable.",
+                w.dead_letter_fallbacks.load(Relaxed),
+            ),
+            (
+                "webhook_entries_unknown_format_total",
+                "Entries of a job format newer than this build, left pending for a newer worker (each reading counts).",
+                w.unknown_format.load(Relaxed),
+            ),
+            (
+                "webhook_entries_held_total",
+                "Entries left pending unjudged because PostgreSQL refused every row alike (each time counts).",
+                w.held.load(Relaxed),
+            ),
+            (
+                "webhook_event_conflicts_total",
+                "Deliveries of an already stored (provider, event id) with a different body, kept apart in \
+                 webhook_event_conflicts and never merged.",
+                w.conflicts.load(Relaxed),
+            ),
+            (
+                "webhook_dead_letters_moved_total",
+                "Dead letters moved from the Redis fallback stream into webhook_dead_letters.",
+                w.dead_letters_moved.load(Relaxed),
+            ),
+        ];
+        for (name, help, value) in counters {
+            render_counter(&mut out, name, help, value);
+        }
         render_gauge(
             &mut out,
             "webhook_redis_used_memory_bytes",

@@ -287,8 +287,8 @@ impl Worker {
             // on one key another session holds (an abandoned transaction,
             // a hand-run one): that key's entry is split out and waits,
             // unjudged, while the others are stored.
-            let key_locked = e.is_lock_wait() && store::probe(&mut client).is_ok();
-            if e.is_lock_wait() && !key_locked {
+            let key_locked = e.is_lock_wait();
+            if key_locked && store::probe(&mut client).is_err() {
                 return halt(e, batch, stack, true);
             }
             let rows_may_cause = key_locked || !e.is_systemic() || (suspect && e.may_be_caused_by_rows());

@@ -363,19 +363,7 @@ fn cluster_with_one_partition_tags_its_keys_so_a_dead_letter_reaches_the_fallbac
 
     // PostgreSQL down: a dead letter can only go to the Redis fallback.
     pg.stop();
-    redis::cmd("XADD")
-        .arg(&stream)
-        .arg("*")
-        .arg("v")
-        .arg("2")
-        .arg("y")
-        .arg("")
-        .arg("e")
-        .arg("no_provider")
-        .arg("b")
-        .arg("{}")
-        .exec(&mut con)
-        .unwrap();
+    crate::harness::add_unstorable_entry(&mut con, &stream, "no_provider");
     wait_until(Duration::from_secs(30), "the dead letter in the fallback stream", || one.dead_letters() == 1);
     wait_until(Duration::from_secs(10), "its entry acknowledged", || {
         one.queue_length() == 0 && one.pending().0 == 0

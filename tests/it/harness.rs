@@ -570,6 +570,35 @@ pub fn post_request(provider: &str, body: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// Adds to `stream` an entry no worker can ever store: a job without its
+/// provider (and a body that is not UTF-8), dead-lettered at once.
+pub fn add_unstorable_entry(con: &mut impl redis::ConnectionLike, stream: &str, event_id: &str) {
+    redis::cmd("XADD")
+        .arg(stream)
+        .arg("*")
+        .arg("v")
+        .arg("2")
+        .arg("y")
+        .arg("")
+        .arg("e")
+        .arg(event_id)
+        .arg("b")
+        .arg(b"{\"\xff\":1}".as_slice())
+        .exec(con)
+        .unwrap();
+}
+
+/// Posts `bodies` to the stripe route pipelined in one write on one
+/// connection, so the workers see them in one batch, and checks each gets 202.
+pub fn post_together(app: &TestApp, bodies: &[String]) {
+    let batch: Vec<u8> = bodies.iter().flat_map(|b| post_request("stripe", b)).collect();
+    let mut client = app.client();
+    client.send(&batch);
+    for body in bodies {
+        assert_eq!(client.read_response().unwrap().status, 202, "{body}");
+    }
+}
+
 fn parse_response(buf: &[u8]) -> Option<(Response, usize)> {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut resp = httparse::Response::new(&mut headers);

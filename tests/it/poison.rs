@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::harness::{event, post_request, wait_until, TestApp};
+use crate::harness::{event, post_together, wait_until, TestApp};
 
 /// A seed-shaped body with `data` as given.
 fn with_data(id: &str, data: &str) -> String {
@@ -72,20 +72,16 @@ fn a_nesting_poison_that_passed_the_door_is_isolated_dead_lettered_and_holds_bac
     // The door check off: only the worker stands between the poison and a stall.
     let app = quick_retries(|c| c.ingest.max_json_depth = 0);
 
-    let mut batch = Vec::new();
-    for i in 0..20 {
-        let body = if i == 10 {
-            with_data("evt_poison", &nested(100_000))
-        } else {
-            event("stripe", &format!("evt_{i}"))
-        };
-        batch.extend(post_request("stripe", &body));
-    }
-    let mut client = app.client();
-    client.send(&batch);
-    for _ in 0..20 {
-        assert_eq!(client.read_response().unwrap().status, 202);
-    }
+    let bodies: Vec<String> = (0..20)
+        .map(|i| {
+            if i == 10 {
+                with_data("evt_poison", &nested(100_000))
+            } else {
+                event("stripe", &format!("evt_{i}"))
+            }
+        })
+        .collect();
+    post_together(&app, &bodies);
     // Before the fix PostgreSQL's 54001 counted as an outage: the batch was
     // retried forever and none of the 19 arrived.
     wait_until(Duration::from_secs(20), "the 19 good events stored", || app.rows() == 20);
@@ -164,14 +160,14 @@ fn a_retry_in_the_same_batch_waits_for_its_first_copy_and_is_stored_when_that_on
             "ALTER TABLE webhook_events ADD CONSTRAINT no_bad CHECK (payload->'data'->>'bad' IS NULL)",
         )
         .unwrap();
-    let mut batch = post_request("stripe", &with_data("evt_retried", r#"{"bad":1}"#));
-    batch.extend(post_request("stripe", &with_data("evt_retried", r#"{"fixed":true}"#)));
-    batch.extend(post_request("stripe", &event("stripe", "evt_other")));
-    let mut client = app.client();
-    client.send(&batch);
-    for _ in 0..3 {
-        assert_eq!(client.read_response().unwrap().status, 202);
-    }
+    post_together(
+        &app,
+        &[
+            with_data("evt_retried", r#"{"bad":1}"#),
+            with_data("evt_retried", r#"{"fixed":true}"#),
+            event("stripe", "evt_other"),
+        ],
+    );
     // Before the fix the retry was acknowledged and deleted at once as a
     // duplicate, then the first copy was dead-lettered: the event was gone.
     wait_until(Duration::from_secs(30), "the first copy dead-lettered", || app.dead_letters() == 1);
@@ -229,15 +225,9 @@ fn a_key_locked_by_another_session_waits_unjudged_and_is_stored_once_released() 
     let mut holder = app.pg();
     let mut tx = holder.transaction().unwrap();
     lock_key(&mut tx, "evt_locked");
-    let mut batch = post_request("stripe", &event("stripe", "evt_locked"));
-    for i in 0..4 {
-        batch.extend(post_request("stripe", &event("stripe", &format!("evt_free_{i}"))));
-    }
-    let mut client = app.client();
-    client.send(&batch);
-    for _ in 0..5 {
-        assert_eq!(client.read_response().unwrap().status, 202);
-    }
+    let mut bodies = vec![event("stripe", "evt_locked")];
+    bodies.extend((0..4).map(|i| event("stripe", &format!("evt_free_{i}"))));
+    post_together(&app, &bodies);
     // The others are not held back by the locked key.
     wait_until(Duration::from_secs(20), "the four free events stored", || app.rows() == 5);
     // Several lock waits later (each 0.5 s; two attempts allowed, reclaims
@@ -289,15 +279,8 @@ fn a_schema_change_that_refuses_every_row_holds_the_entries_unjudged_until_it_is
              CREATE TRIGGER closed BEFORE INSERT ON webhook_events FOR EACH ROW EXECUTE FUNCTION closed();",
         )
         .unwrap();
-    let mut batch = Vec::new();
-    for i in 0..10 {
-        batch.extend(post_request("stripe", &event("stripe", &format!("evt_held_{i}"))));
-    }
-    let mut client = app.client();
-    client.send(&batch);
-    for _ in 0..10 {
-        assert_eq!(client.read_response().unwrap().status, 202);
-    }
+    let bodies: Vec<String> = (0..10).map(|i| event("stripe", &format!("evt_held_{i}"))).collect();
+    post_together(&app, &bodies);
     // Many reclaims (0.3 s) past MAX_ATTEMPTS = 2: before the fix every
     // one was dead-lettered here.
     wait_until(Duration::from_secs(20), "the entries held and counted", || {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use webhook_ingestor::job::WebhookJob;
 use webhook_ingestor::store::{self, partitions, Retention};
 
-use crate::harness::{event, wait_until, PostgresServer, TestApp, DB};
+use crate::harness::{add_unstorable_entry, event, wait_until, PostgresServer, TestApp, DB};
 
 fn now_us() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as i64
@@ -240,22 +240,8 @@ fn the_body_is_stored_byte_for_byte_beside_the_queryable_payload() {
 #[test]
 fn dead_letters_go_to_postgresql_and_wait_in_redis_only_while_it_is_down() {
     let mut app = spawn(Retention::default());
-    let malformed = |app: &TestApp, id: &str| {
-        // A job without its provider: it cannot be stored, now or later.
-        redis::cmd("XADD")
-            .arg("webhooks")
-            .arg("*")
-            .arg("v")
-            .arg("2")
-            .arg("y")
-            .arg("")
-            .arg("e")
-            .arg(id)
-            .arg("b")
-            .arg(b"{\"\xff\":1}".as_slice())
-            .exec(&mut app.redis.con())
-            .unwrap();
-    };
+    // A job without its provider: it cannot be stored, now or later.
+    let malformed = |app: &TestApp, id: &str| add_unstorable_entry(&mut app.redis.con(), "webhooks", id);
     malformed(&app, "dl_1");
     wait_until(Duration::from_secs(10), "the first dead letter in the table", || {
         app.dead_letter_rows().len() == 1

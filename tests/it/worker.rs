@@ -369,16 +369,10 @@ fn a_poison_entry_is_dead_lettered_alone_and_replay_stores_it_once_fixed() {
         .batch_execute("ALTER TABLE webhook_events ADD CONSTRAINT no_poison CHECK (event_id <> 'evt_poison')")
         .unwrap();
 
-    let mut client = app.client();
-    let mut pipelined = Vec::new();
-    for i in 0..20 {
-        let id = if i == 7 { "evt_poison".to_string() } else { format!("evt_{i}") };
-        pipelined.extend(crate::harness::post_request("stripe", &event("stripe", &id)));
-    }
-    client.send(&pipelined);
-    for _ in 0..20 {
-        assert_eq!(client.read_response().unwrap().status, 202);
-    }
+    let bodies: Vec<String> = (0..20)
+        .map(|i| event("stripe", &if i == 7 { "evt_poison".to_string() } else { format!("evt_{i}") }))
+        .collect();
+    crate::harness::post_together(&app, &bodies);
 
     wait_until(DRAIN, "the poison entry in webhook_dead_letters", || app.dead_letters() == 1);
     assert_drained(&app);
@@ -454,13 +448,7 @@ fn an_id_delivered_again_with_another_body_is_kept_apart_as_a_conflict_never_mer
     // The same body again: an ordinary duplicate.
     assert_eq!(app.post("stripe", &body("evt_1", 100)).status, 202);
     // Two bodies for one new id in one batch.
-    let mut client = app.client();
-    let mut pipelined = crate::harness::post_request("stripe", &body("evt_2", 1));
-    pipelined.extend(crate::harness::post_request("stripe", &body("evt_2", 2)));
-    client.send(&pipelined);
-    for _ in 0..2 {
-        assert_eq!(client.read_response().unwrap().status, 202);
-    }
+    crate::harness::post_together(&app, &[body("evt_2", 1), body("evt_2", 2)]);
     assert_drained(&app);
 
     let mut pg = app.pg();

@@ -423,7 +423,12 @@ pub(crate) mod util {
     /// The one `payload` field of a form body, decoded: the JSON that GitHub
     /// and Slack's interactivity put there.
     pub(crate) fn form_payload(body: &[u8]) -> Result<Vec<u8>, IngestError> {
-        let mut found = form_fields(body).into_iter().filter(|(name, _)| name == b"payload");
+        payload_field(form_fields(body))
+    }
+
+    /// The one `payload` field among a form's `fields`.
+    pub(crate) fn payload_field(fields: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Vec<u8>, IngestError> {
+        let mut found = fields.into_iter().filter(|(name, _)| name == b"payload");
         match (found.next(), found.next()) {
             (Some((_, value)), None) => Ok(value),
             _ => {
@@ -432,11 +437,11 @@ pub(crate) mod util {
         }
     }
 
-    /// A form body's fields as one JSON object of strings (what `jsonb`
-    /// stores of a form that carries no JSON, a Slack slash command).
-    pub(crate) fn form_as_json(body: &[u8]) -> Result<Vec<u8>, IngestError> {
+    /// A form's `fields` as one JSON object of strings (what `jsonb` stores
+    /// of a form that carries no JSON, a Slack slash command).
+    pub(crate) fn fields_as_json(fields: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Vec<u8>, IngestError> {
         let mut object = serde_json::Map::new();
-        for (name, value) in form_fields(body) {
+        for (name, value) in fields {
             let (Ok(name), Ok(value)) = (String::from_utf8(name), String::from_utf8(value)) else {
                 return Err(IngestError::Invalid(vec!["a form field is not UTF-8".into()]));
             };

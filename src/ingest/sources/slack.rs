@@ -36,7 +36,8 @@ use serde::Deserialize;
 use super::mac::{Algorithm, Encoding, Keys};
 use super::spec::Reading;
 use super::util::{
-    event_id, event_type, form_as_json, form_fields, form_payload, fresh, is_form, required, secs, secs_to_us,
+    event_id, event_type, fields_as_json, form_fields, fresh, is_form, payload_field, required, secs,
+    secs_to_us,
 };
 use super::{Admitted, Identity, Kind, Request, SourceError, Unauthorized};
 use crate::ingest::{IngestError, Ingestor};
@@ -112,7 +113,7 @@ impl Kind for Slack {
 
     fn admit(&self, ingestor: &mut Ingestor, req: &Request<'_>) -> Result<Admitted, IngestError> {
         if is_form(req) {
-            return self.admit_form(ingestor, req);
+            return Self::admit_form(ingestor, req);
         }
         let body: Body<'_> = ingestor.parse_storable(req.body)?;
         if body.kind.as_deref() == Some("url_verification") {
@@ -147,12 +148,12 @@ impl Kind for Slack {
 
 impl Slack {
     /// Interactivity (`payload=<json>`) and slash commands (plain fields).
-    fn admit_form(&self, ingestor: &mut Ingestor, req: &Request<'_>) -> Result<Admitted, IngestError> {
-        let has_payload = form_fields(req.body).iter().any(|(name, _)| name == b"payload");
-        let (json, default_type) = if has_payload {
-            (form_payload(req.body)?, "")
+    fn admit_form(ingestor: &mut Ingestor, req: &Request<'_>) -> Result<Admitted, IngestError> {
+        let fields = form_fields(req.body);
+        let (json, default_type) = if fields.iter().any(|(name, _)| name == b"payload") {
+            (payload_field(fields)?, "")
         } else {
-            (form_as_json(req.body)?, "slash_command")
+            (fields_as_json(fields)?, "slash_command")
         };
         let body: Body<'_> = ingestor.parse_storable(&json)?;
         let digest;
