@@ -315,7 +315,8 @@ start_bench_postgres() {
   mkdir -p "$2/pg"; [ "$(id -u)" = 0 ] && chown postgres "$2" "$2/pg"
   as_pg "$bin/initdb" -D "$2/pg" -U webhook --auth=trust -E UTF8 >/dev/null
   # PG_EXTRA_OPTS: extra server settings for an experiment, e.g. "-c synchronous_commit=off".
-  as_pg "$bin/pg_ctl" -D "$2/pg" -l "$2/pg.log" -w -o "-p $1 -c listen_addresses=127.0.0.1 -k $2/pg ${PG_EXTRA_OPTS:-}" start >/dev/null
+  as_pg "$bin/pg_ctl" -D "$2/pg" -l "$2/pg.log" -w -o "-p $1 -c listen_addresses=127.0.0.1 -k $2/pg ${PG_EXTRA_OPTS:-}" start >/dev/null \
+    || { tail -n 20 "$2/pg.log" >&2; die "bench postgres on $1 did not start (its log above)"; }
   "$bin/createdb" -h 127.0.0.1 -p "$1" -U webhook webhooks
 }
 

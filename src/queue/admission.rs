@@ -6,6 +6,8 @@
 //! gateway sends Redis nothing; the readings' state changes are logged once.
 
 use std::fmt::Display;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
@@ -22,14 +24,23 @@ pub(super) const MEMORY_REFRESH: Duration = Duration::from_millis(100);
 pub(super) const DEPTH_REFRESH: Duration = Duration::from_millis(20);
 
 /// The queue's length per partition, as last read and counted since.
+///
+/// The lengths and the verdict are shared by every view made with
+/// [`Depth::view`] (on a cluster, one per master's thread: each reads and
+/// counts its own partitions, all hold the same total against the limit);
+/// when each partition was last read is the view's own.
 pub(super) struct Depth {
-    /// Per partition: the last `XLEN` plus the jobs acknowledged since.
-    len: Vec<u64>,
-    /// When each partition's `XLEN` was last read.
+    shared: Arc<Lengths>,
+    /// When each partition's `XLEN` was last read by this view.
     read_at: Vec<Option<Instant>>,
     /// Near the limit: every batch reads its partitions' lengths.
     exact: bool,
-    full: bool,
+}
+
+struct Lengths {
+    /// Per partition: the last `XLEN` plus the jobs acknowledged since.
+    len: Vec<AtomicU64>,
+    full: AtomicBool,
     max: u64,
 }
 
@@ -37,12 +48,22 @@ impl Depth {
     /// `partitions` streams held against `max` entries in all.
     pub(super) fn new(partitions: u16, max: u64) -> Self {
         let n = partitions as usize;
-        Self { len: vec![0; n], read_at: vec![None; n], exact: true, full: false, max }
+        let shared = Arc::new(Lengths {
+            len: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            full: AtomicBool::new(false),
+            max,
+        });
+        Self { shared, read_at: vec![None; n], exact: true }
+    }
+
+    /// Another view of the same lengths, with readings of its own.
+    pub(super) fn view(&self) -> Self {
+        Self { shared: self.shared.clone(), read_at: vec![None; self.read_at.len()], exact: true }
     }
 
     /// Whether new jobs are refused (`QueueFull`).
     pub(super) fn full(&self) -> bool {
-        self.full
+        self.shared.full.load(Ordering::Relaxed)
     }
 
     /// Whether partition `p`'s `XLEN` goes with this batch; if so it counts
@@ -59,34 +80,35 @@ impl Depth {
 
     /// Redis acknowledged one job into partition `p`.
     pub(super) fn acked(&mut self, p: u16) {
-        self.len[p as usize] += 1;
+        self.shared.len[p as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Partition `p`'s `XLEN` answered `reply` (anything but a count is ignored).
     pub(super) fn read(&mut self, p: u16, reply: redis::Value) {
         if let Ok(n) = redis::from_redis_value::<u64>(reply) {
-            self.len[p as usize] = n;
+            self.shared.len[p as usize].store(n, Ordering::Relaxed);
         }
     }
 
     /// After a batch: publishes the total, decides `full` and `exact` for the
-    /// next one, and logs a crossing of the limit.
+    /// next one, and logs a crossing of the limit (once, by the view that
+    /// saw it).
     pub(super) fn settle(&mut self, metrics: &PipelineMetrics) {
-        let depth: u64 = self.len.iter().sum();
+        let depth: u64 = self.shared.len.iter().map(|l| l.load(Ordering::Relaxed)).sum();
         metrics.set_stream_length(depth);
-        let max = self.max;
+        let max = self.shared.max;
         self.exact = depth >= max - max / 10;
         let full = depth >= max;
-        if full && !self.full {
+        let was = self.shared.full.swap(full, Ordering::Relaxed);
+        if full && !was {
             warn!(
                 depth,
                 max_queue_depth = max,
                 "queue is full: new requests get 503 until the workers catch up"
             );
-        } else if !full && self.full {
+        } else if !full && was {
             info!(depth, "queue below MAX_QUEUE_DEPTH again: accepting");
         }
-        self.full = full;
     }
 }
 
@@ -146,6 +168,25 @@ impl Memory {
             );
         }
         self.full = full;
+    }
+}
+
+/// Every master's last memory reading, so that the gauge shows the
+/// fullest master (the one that refuses first) whichever thread read it.
+#[derive(Default)]
+pub(super) struct MemoryBoard(Mutex<Vec<(String, (u64, u64))>>);
+
+impl MemoryBoard {
+    /// `master` read `reading`; publishes the fullest master's.
+    pub(super) fn post(&self, master: &str, reading: (u64, u64), metrics: &PipelineMetrics) {
+        let mut board = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match board.iter_mut().find(|(m, _)| m == master) {
+            Some((_, r)) => *r = reading,
+            None => board.push((master.to_string(), reading)),
+        }
+        if let Some((_, (used, max))) = board.iter().max_by(|a, b| share(a.1).total_cmp(&share(b.1))) {
+            metrics.set_redis_memory(*used, *max);
+        }
     }
 }
 

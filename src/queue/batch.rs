@@ -8,10 +8,10 @@
 
 use std::time::Instant;
 
-use redis::Value;
+use redis::{ConnectionAddr, Value};
 
 use super::admission::Depth;
-use super::{EnqueueError, Pending, Queue, StreamId};
+use super::{EnqueueError, Hop, Pending, Queue, StreamId};
 use crate::telemetry::metrics::PipelineMetrics;
 
 /// A job's answer while its batch is in flight (`None`: not decided yet).
@@ -23,6 +23,11 @@ pub(super) struct Batch {
     pub(super) jobs: Vec<Pending>,
     pub(super) partition: Vec<u16>,
     pub(super) answer: Vec<Answer>,
+    /// Per job: redirected to this master, by `MOVED` or `ASK` (a cluster).
+    redirect: Vec<Option<(ConnectionAddr, Hop)>>,
+    /// Redirected jobs, taken out at [`Batch::close`] unanswered: the
+    /// caller hands them on to their master.
+    pub(super) redirected: Vec<(Pending, ConnectionAddr)>,
     /// When it was opened: the start of its round trip.
     opened: Instant,
 }
@@ -33,6 +38,8 @@ impl Batch {
             jobs: Vec::with_capacity(n),
             partition: Vec::new(),
             answer: Vec::new(),
+            redirect: Vec::new(),
+            redirected: Vec::new(),
             opened: Instant::now(),
         }
     }
@@ -47,6 +54,8 @@ impl Batch {
         self.partition.extend(self.jobs.iter().map(|p| queue.partition_of(&p.job.provider, &p.job.event_id)));
         self.answer.clear();
         self.answer.resize(self.jobs.len(), None);
+        self.redirect.clear();
+        self.redirect.resize(self.jobs.len(), None);
         self.opened = Instant::now();
         !self.jobs.is_empty()
     }
@@ -54,6 +63,16 @@ impl Batch {
     /// Job `job` gets 503 (or whatever `e` says) for this.
     pub(super) fn refuse(&mut self, job: usize, e: EnqueueError) {
         self.answer[job] = Some(Err(e));
+    }
+
+    /// Job `job` is to be sent again, to `addr` (`hop`: how), unless a
+    /// redirect brought it here already: a slot moves only once per job.
+    pub(super) fn redirect(&mut self, job: usize, addr: ConnectionAddr, hop: Hop) {
+        if self.jobs[job].hop == Hop::Routed {
+            self.redirect[job] = Some((addr, hop));
+        } else {
+            self.refuse(job, EnqueueError::Unavailable("the partition's slot is moving; retry".into()));
+        }
     }
 
     /// Every job not answered yet gets `e`.
@@ -64,13 +83,21 @@ impl Batch {
     }
 
     /// Sends every job its answer (none would be a bug: its caller still
-    /// gets 503), publishes the queue's depth and the batch's figures, and
-    /// empties the batch for the next one.
+    /// gets 503) or moves it to [`Batch::redirected`], publishes the
+    /// queue's depth and the batch's figures, and empties the batch for the
+    /// next one.
     pub(super) fn close(&mut self, depth: &mut Depth, metrics: &PipelineMetrics) {
         depth.settle(metrics);
         let size = self.jobs.len();
         let mut enqueued = 0;
-        for (p, answer) in self.jobs.drain(..).zip(self.answer.drain(..)) {
+        for ((mut p, answer), redirect) in
+            self.jobs.drain(..).zip(self.answer.drain(..)).zip(self.redirect.drain(..))
+        {
+            if let (None, Some((addr, hop))) = (&answer, redirect) {
+                p.hop = hop;
+                self.redirected.push((p, addr));
+                continue;
+            }
             let answer =
                 answer.unwrap_or_else(|| Err(EnqueueError::Unavailable("no reply from redis".into())));
             enqueued += usize::from(answer.is_ok());
@@ -163,6 +190,7 @@ mod tests {
         let mut b = Batch::with_capacity(n);
         b.partition = vec![0; n];
         b.answer = vec![None; n];
+        b.redirect = vec![None; n];
         b
     }
 

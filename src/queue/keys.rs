@@ -51,11 +51,14 @@ pub fn held(name: &str) -> String {
     format!("{name}:held")
 }
 
-/// The liveness mark of worker process `pid` on `host` for queue `name`:
-/// a key its claim keeper keeps setting with a short expiry. A consumer
-/// whose process has no mark is gone, and others take over its entries.
-pub fn alive(name: &str, host: &str, pid: u32) -> String {
-    format!("{name}:alive:{host}-{pid}")
+/// The liveness mark of worker process `pid` on `host` in `stream`: a key
+/// its claim keeper keeps setting with a short expiry. A consumer whose
+/// process has no mark is gone, and others take over its entries. One per
+/// partition, in the partition's slot: whether a consumer of a partition
+/// is alive is read from the partition's own master, so a master that
+/// stops answering hides no mark of the others.
+pub fn alive(stream: &str, host: &str, pid: u32) -> String {
+    format!("{stream}:alive:{host}-{pid}")
 }
 
 /// The consumer name of worker thread `n` of process `pid` on `host`.
@@ -93,6 +96,7 @@ mod tests {
         assert_eq!(stream("webhooks", 0, 1, false), "webhooks", "one node, one partition: the stream of old");
         assert_eq!(slot_tag(&dead_letters(&stream("webhooks", 0, 1, true))), "0", "a cluster tags even one");
         assert_eq!(slot_tag(&attempts(&stream("webhooks", 5, 16, true))), "5");
+        assert_eq!(slot_tag(&alive(&stream("webhooks", 6, 16, true), "h", 1)), "6");
     }
 
     fn slot_tag(key: &str) -> &str {

@@ -6,9 +6,14 @@
 //!   reply, a `futures` oneshot whose waker crosses threads (monoio's `sync`
 //!   feature makes that wake safe).
 //! * The pipeline thread ([`pipeline`]): a plain thread with one blocking
-//!   Redis connection. It takes the first waiting job, then whatever else is
-//!   queued (up to `BATCH_MAX`, waiting at most `BATCH_LINGER_US` for more),
-//!   sends **one** pipeline of `XADD`s and answers every job with its stream id.
+//!   Redis connection ([`link`]). It takes the first waiting job, then
+//!   whatever else is queued (up to `BATCH_MAX`, waiting at most
+//!   `BATCH_LINGER_US` for more), sends **one** pipeline of `XADD`s and
+//!   answers every job with its stream id.
+//! * On a Redis Cluster each master has a link thread of its own doing the
+//!   above for its partitions, and a core hands each job straight to its
+//!   master's link; the pipeline thread keeps those routes ([`router`]). A
+//!   master that stops answering holds up only its own jobs.
 //!
 //! * Or, with `ENQUEUE_MODE=core` on one node, each core's own flusher
 //!   ([`per_core`]): the same contract without leaving the core's thread.
@@ -30,17 +35,24 @@
 //! flight), the sender's retry is deduplicated downstream by `(provider, eventId)`.
 //!
 //! # Failure
-//! On a connection error the thread fails the batch in hand, drops the
+//! On a connection error the link fails the batch in hand, drops the
 //! connection and reconnects with capped exponential backoff; while Redis is
 //! down jobs fail at once (fast 503s) instead of piling up. Each state change
-//! is logged once, never per request.
+//! is logged once, never per request. Every other stage reaches a cluster
+//! through [`routed`], where a master that stops answering is skipped by
+//! every connection of the process until a probe finds it back.
 
 mod admission;
 mod batch;
 pub mod keys;
+mod link;
 mod per_core;
 mod pipeline;
 mod resp;
+mod routed;
+mod router;
+mod settings;
+mod slots;
 mod target;
 pub mod topology;
 
@@ -51,7 +63,9 @@ use thiserror::Error;
 
 use crate::job::WebhookJob;
 
-pub use pipeline::{prepare_stream, spawn_pipeline, warn_about_durability, PipelineHandle, PipelineSettings};
+pub use link::prepare_stream;
+pub use pipeline::{spawn_pipeline, warn_about_durability, PipelineHandle};
+pub use settings::PipelineSettings;
 pub use target::{parse_cluster_nodes, Conn, Queue, Target, MAX_PARTITIONS};
 
 /// Default stream name (`QUEUE_NAME`).
@@ -91,6 +105,26 @@ pub struct Pending {
     pub job: WebhookJob,
     /// Where the pipeline thread sends the outcome.
     pub reply: oneshot::Sender<Result<StreamId, EnqueueError>>,
+    /// How it reached the master it is sent to (a cluster's redirects).
+    hop: Hop,
+}
+
+impl Pending {
+    /// `job`, answered through `reply`.
+    pub fn new(job: WebhookJob, reply: oneshot::Sender<Result<StreamId, EnqueueError>>) -> Self {
+        Self { job, reply, hop: Hop::Routed }
+    }
+}
+
+/// How a job reached the master it goes to: a redirect is followed once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hop {
+    /// By the slot map.
+    Routed,
+    /// After a `MOVED`.
+    Moved,
+    /// After an `ASK`: its `XADD` is preceded by `ASKING`.
+    Asked,
 }
 
 /// Which way jobs go to Redis (`ENQUEUE_MODE`).
@@ -113,6 +147,12 @@ pub struct Enqueuer {
 #[derive(Clone)]
 enum Via {
     Thread(crossbeam_channel::Sender<Pending>),
+    /// A cluster: straight to the link of the job's master. The sender is
+    /// never used: the router stops once every clone of it is dropped.
+    Routed {
+        routes: std::sync::Arc<router::Routes>,
+        _life: crossbeam_channel::Sender<()>,
+    },
     Core(std::sync::Arc<per_core::Shared>),
 }
 
@@ -123,6 +163,15 @@ impl Enqueuer {
     pub fn bounded(capacity: usize, timeout: Duration) -> (Self, crossbeam_channel::Receiver<Pending>) {
         let (tx, rx) = crossbeam_channel::bounded(capacity);
         (Self { via: Via::Thread(tx), timeout }, rx)
+    }
+
+    /// A handle that routes each job to its master's link (a cluster).
+    fn routed(
+        routes: std::sync::Arc<router::Routes>,
+        life: crossbeam_channel::Sender<()>,
+        timeout: Duration,
+    ) -> Self {
+        Self { via: Via::Routed { routes, _life: life }, timeout }
     }
 
     /// A handle whose jobs each core sends itself (`ENQUEUE_MODE=core`).
@@ -142,11 +191,12 @@ impl Enqueuer {
     pub async fn enqueue(&self, job: WebhookJob) -> Result<StreamId, EnqueueError> {
         let (reply, rx) = oneshot::channel();
         match &self.via {
-            Via::Thread(tx) => tx.try_send(Pending { job, reply }).map_err(|e| match e {
+            Via::Thread(tx) => tx.try_send(Pending::new(job, reply)).map_err(|e| match e {
                 crossbeam_channel::TrySendError::Full(_) => EnqueueError::Saturated,
                 crossbeam_channel::TrySendError::Disconnected(_) => EnqueueError::Closed,
             })?,
-            Via::Core(shared) => per_core::submit(shared, Pending { job, reply })?,
+            Via::Routed { routes, .. } => routes.submit(Pending::new(job, reply))?,
+            Via::Core(shared) => per_core::submit(shared, Pending::new(job, reply))?,
         }
         match monoio::time::timeout(self.timeout, rx).await {
             Ok(Ok(outcome)) => outcome,
@@ -160,6 +210,7 @@ impl Enqueuer {
     pub fn backlog(&self) -> usize {
         match &self.via {
             Via::Thread(tx) => tx.len(),
+            Via::Routed { routes, .. } => routes.backlog(),
             Via::Core(shared) => per_core::backlog(shared),
         }
     }

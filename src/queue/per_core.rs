@@ -46,8 +46,8 @@ use tracing::{error, info, warn};
 
 use super::admission::{Depth, Memory};
 use super::batch::{xadd, Acks, Batch};
-use super::pipeline::PipelineSettings;
 use super::resp::frame_len;
+use super::settings::PipelineSettings;
 use super::{EnqueueError, Pending, Target, GROUP};
 
 /// First reconnect delay; doubles up to [`MAX_BACKOFF`] (as the thread's).

@@ -6,17 +6,19 @@
 //! commands. [`Queue::connect`] gives a [`Conn`] that works the same on both
 //! targets as long as each command or plain pipeline stays within one
 //! partition (all of a partition's keys share a hash tag, see
-//! [`super::keys`]): on a cluster, redis-rs routes it by its first key and
-//! follows `MOVED`/`ASK` and failovers. The one caller that spans partitions
-//! in one round trip, the enqueue pipeline, routes per master itself
-//! ([`super::topology`]).
+//! [`super::keys`]): on a cluster, [`super::routed`] sends it to the master
+//! of its first key's slot, with a time limit on every step, so a master
+//! that stops answering costs only its own partitions. The one caller that
+//! spans partitions in one round trip, the enqueue pipeline, routes per
+//! master itself ([`super::topology`]).
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use redis::cluster::{ClusterClient, ClusterConnection};
 use redis::{ConnectionInfo, ConnectionLike, IntoConnectionInfo, RedisResult, Value};
 
 use super::keys;
+use super::routed::{ClusterState, Routed};
 
 /// Most partitions `PARTITIONS` may name.
 pub const MAX_PARTITIONS: u16 = 1024;
@@ -37,6 +39,9 @@ pub struct Queue {
     target: Target,
     name: String,
     partitions: u16,
+    /// What this process's cluster connections know (slot map, masters not
+    /// answering), shared by every clone.
+    cluster: Arc<ClusterState>,
 }
 
 impl std::fmt::Debug for Queue {
@@ -65,7 +70,7 @@ impl Queue {
     /// `partitions` is 0 or above [`MAX_PARTITIONS`] (configuration checks this first).
     pub fn new(target: Target, name: impl Into<String>, partitions: u16) -> Self {
         assert!((1..=MAX_PARTITIONS).contains(&partitions), "partitions out of range");
-        Self { target, name: name.into(), partitions }
+        Self { target, name: name.into(), partitions, cluster: Arc::default() }
     }
 
     /// One node at `url`, one stream named `name`: the embedded default.
@@ -126,25 +131,8 @@ impl Queue {
                 Ok(Conn::Node(con))
             }
             Target::Cluster(seeds) => {
-                let mut builder = ClusterClient::builder(seeds.clone())
-                    .connection_timeout(connect_timeout)
-                    .response_timeout(read_timeout)
-                    // A failover takes the cluster node timeout or so; past a few
-                    // retries the caller's own backoff is the better wait.
-                    .retries(4)
-                    .min_retry_wait(50)
-                    .max_retry_wait(1000);
-                let auth = seeds[0].redis_settings();
-                if let Some(p) = auth.password() {
-                    builder = builder.password(p);
-                }
-                if let Some(u) = auth.username() {
-                    builder = builder.username(u);
-                }
-                let con = builder.build()?.get_connection()?;
-                con.set_read_timeout(Some(read_timeout))?;
-                con.set_write_timeout(Some(connect_timeout.max(Duration::from_secs(1))))?;
-                Ok(Conn::Cluster(Box::new(con)))
+                let routed = Routed::new(seeds.clone(), self.cluster.clone(), connect_timeout, read_timeout)?;
+                Ok(Conn::Cluster(Box::new(routed)))
             }
         }
     }
@@ -154,11 +142,18 @@ impl Queue {
 pub enum Conn {
     /// To the one node.
     Node(redis::Connection),
-    /// To the cluster (one socket per node, opened as needed).
-    Cluster(Box<ClusterConnection>),
+    /// To the cluster (one socket per master, opened as needed).
+    Cluster(Box<Routed>),
 }
 
 impl Conn {
+    /// Whether this is a cluster connection, which drops the link of a
+    /// master that failed by itself and keeps the others: after an error
+    /// it is kept, not reopened.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Self::Cluster(_))
+    }
+
     /// Whether commands to different partitions may share one plain pipeline
     /// (one node: yes; a cluster: no, each goes by its own slot).
     pub fn pipelines_span_partitions(&self) -> bool {
@@ -198,8 +193,7 @@ impl ConnectionLike for Conn {
     fn supports_pipelining(&self) -> bool {
         match self {
             Self::Node(c) => c.supports_pipelining(),
-            // Plain pipelines within one slot do work: redis-rs sends them
-            // whole to the slot's node.
+            // Plain pipelines within one slot: sent whole to its master.
             Self::Cluster(_) => true,
         }
     }

@@ -11,8 +11,8 @@
 //! so a hung worker's entries do move on.
 //!
 //! The keeper also marks the process alive: every [`MARK_EVERY`] it sets
-//! [`crate::queue::keys::alive`] to expire after [`MARK_TTL`], and deletes
-//! it when the process stops. A consumer whose process has no mark (killed,
+//! [`crate::queue::keys::alive`] of every partition to expire after
+//! [`MARK_TTL`], and deletes them when the process stops. A consumer whose process has no mark (killed,
 //! or its host gone) has its entries taken over within seconds by the others
 //! ([`super::read`]), without waiting `RECLAIM_IDLE_MS`; a live process
 //! blocked in a long write keeps its mark, since this thread is not blocked.
@@ -62,10 +62,15 @@ impl Claims {
         let (alive, stop) = crossbeam_channel::bounded(0);
         let period = (settings.reclaim_idle / 3).max(Duration::from_millis(10));
         let shared = held.clone();
-        let mark = crate::queue::keys::alive(queue.name(), &settings.host, std::process::id());
+        // Every partition: the process's threads read them all between them.
+        let marks: Vec<String> = queue
+            .streams()
+            .iter()
+            .map(|s| crate::queue::keys::alive(s, &settings.host, std::process::id()))
+            .collect();
         thread::Builder::new()
             .name("claim-keeper".into())
-            .spawn(move || keep(&queue, &mark, period, shared, stop))
+            .spawn(move || keep(&queue, &marks, period, shared, stop))
             .map_err(|e| WorkerError::Redis(redis::RedisError::from(e)))?;
         Ok(Self { held, _alive: alive })
     }
@@ -96,7 +101,7 @@ impl Claims {
 
 fn keep(
     queue: &crate::queue::Queue,
-    mark: &str,
+    marks: &[String],
     period: Duration,
     held: Arc<Mutex<HashMap<(String, String), Held>>>,
     stop: Receiver<()>,
@@ -107,9 +112,11 @@ fn keep(
     while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(tick) {
         let now = Instant::now();
         let mut cmds = Vec::new();
-        let mut set = redis::cmd("SET");
-        set.arg(mark).arg(1).arg("PX").arg(MARK_TTL.as_millis() as u64);
-        cmds.push(set);
+        for mark in marks {
+            let mut set = redis::cmd("SET");
+            set.arg(mark).arg(1).arg("PX").arg(MARK_TTL.as_millis() as u64);
+            cmds.push(set);
+        }
         if now >= next_claims {
             next_claims = now + period;
             // One command per batch: batches of different partitions may
@@ -129,19 +136,22 @@ fn keep(
         let mut failed = false;
         for cmd in cmds {
             // A master that is away cannot have its entries reclaimed
-            // meanwhile either; the others' claims still go out.
+            // meanwhile either; the others' claims and marks still go out.
             if let Err(e) = cmd.exec(c) {
                 debug!(error = %e, "claim keeper could not refresh a claim or the liveness mark");
                 failed = true;
             }
         }
-        if failed {
+        // A cluster connection already dropped the failed master's link.
+        if failed && !c.is_cluster() {
             con = None;
         }
     }
     // Stopping: the process is going, so others need not wait for the mark
     // to expire to take over what it leaves pending.
     if let Some(c) = con.as_mut() {
-        let _ = redis::cmd("DEL").arg(mark).exec(c);
+        for mark in marks {
+            let _ = redis::cmd("DEL").arg(mark).exec(c);
+        }
     }
 }

@@ -541,11 +541,14 @@ impl Worker {
                           "dead letters moved from the redis fallback stream into webhook_dead_letters");
                     self.next_fallback_move = Instant::now();
                 }
+                // A partition whose master is away waits; the others still move.
+                Err(ReplayError::Redis(e)) => {
+                    warn!(consumer = %self.name, stream = %stream, error = %e,
+                          "cannot move the fallback dead letters yet");
+                    self.disconnect();
+                }
                 Err(e) => {
                     warn!(consumer = %self.name, error = %e, "cannot move the fallback dead letters yet");
-                    if matches!(e, ReplayError::Redis(_)) {
-                        self.disconnect();
-                    }
                     return;
                 }
             }
@@ -589,11 +592,13 @@ impl Worker {
 
     fn con(&mut self) -> redis::RedisResult<&mut crate::queue::Conn> {
         if self.con.is_none() {
-            // Reads block up to WORKER_BLOCK_MS by design; allow that plus slack.
-            let con = self
-                .settings
-                .queue
-                .connect(Duration::from_secs(2), self.settings.block + Duration::from_secs(5))?;
+            // Reads block up to WORKER_BLOCK_MS by design; allow that plus
+            // slack. On a cluster the slack is short: a master that stops
+            // answering is found by this timeout, and until then the
+            // thread's other partitions wait.
+            let queue = &self.settings.queue;
+            let slack = Duration::from_secs(if queue.is_cluster() { 1 } else { 5 });
+            let con = queue.connect(Duration::from_secs(2), self.settings.block + slack)?;
             self.con = Some(con);
             // Whatever this consumer held when the link broke (a read whose
             // reply was lost, entries left for another attempt) is taken
@@ -605,8 +610,17 @@ impl Worker {
         Ok(self.con.as_mut().expect("just set"))
     }
 
+    /// After a Redis error: the connection is reopened (a cluster's is
+    /// kept: it dropped the failed master's link itself, and the others'
+    /// are fine), and what this consumer holds is scanned again first.
     fn disconnect(&mut self) {
-        self.con = None;
+        if self.con.as_ref().is_some_and(crate::queue::Conn::is_cluster) {
+            for lane in &mut self.lanes {
+                lane.own_cursor = Some("-".into());
+            }
+        } else {
+            self.con = None;
+        }
     }
 
     /// Sleeps, waking early on shutdown.

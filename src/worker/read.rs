@@ -195,7 +195,6 @@ impl Worker {
         let stream = self.stream();
         let me = self.name.clone();
         let host = self.settings.host.clone();
-        let queue = self.settings.queue.name().to_string();
         let silent_ms = silent_for(self.settings.block).as_millis() as usize;
         let count = self.read_count(0, 0);
         let con = self.con()?;
@@ -213,7 +212,8 @@ impl Worker {
                     let alive = match marked.get(&(h.to_string(), pid)) {
                         Some(&a) => a,
                         None => {
-                            let a: bool = redis::cmd("EXISTS").arg(keys::alive(&queue, h, pid)).query(con)?;
+                            let a: bool =
+                                redis::cmd("EXISTS").arg(keys::alive(&stream, h, pid)).query(con)?;
                             marked.insert((h.to_string(), pid), a);
                             a
                         }

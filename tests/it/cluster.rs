@@ -7,11 +7,11 @@
 
 use std::collections::HashSet;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use webhook_ingestor::queue::keys;
 
-use crate::fault::{measure, settle, Gateway, Ledger, Load, QueueRedis};
+use crate::fault::{measure, settle, Gateway, Ledger, Load, QueueRedis, Timed};
 use crate::harness::{free_port, wait_until, PostgresServer, DB};
 use crate::redis_cluster::{RedisCluster, Shape, PARTITIONS};
 
@@ -313,6 +313,101 @@ fn cluster_master_without_replica_down_only_its_partitions_refuse() {
 
     let report = settle("cluster_master_down_no_replica", &ledger, &cluster, &system.pg);
     eprintln!("a master without replica down: {report:?}");
+}
+
+/// The requests of a ledger in some partitions and a time window.
+#[derive(Debug)]
+struct Window {
+    sent: usize,
+    accepted: usize,
+    /// 503s, other answers and no answer.
+    refused: usize,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+fn window(ledger: &Ledger, partitions: &[u16], from: Instant, to: Instant) -> Window {
+    let mine: Vec<&Timed> = ledger
+        .timed
+        .iter()
+        .filter(|t| t.at >= from && t.at < to && partitions.contains(&partition_of(&t.id)))
+        .collect();
+    let mut ms: Vec<f64> = mine.iter().map(|t| t.latency.as_secs_f64() * 1e3).collect();
+    ms.sort_by(f64::total_cmp);
+    let at =
+        |q: f64| ms.get(((ms.len() as f64 * q).ceil() as usize).saturating_sub(1)).copied().unwrap_or(0.0);
+    Window {
+        sent: mine.len(),
+        accepted: mine.iter().filter(|t| t.status == 202).count(),
+        refused: mine.iter().filter(|t| t.status != 202).count(),
+        p50_ms: at(0.50),
+        p99_ms: at(0.99),
+    }
+}
+
+/// Rows in PostgreSQL now.
+fn rows(pg: &PostgresServer) -> i64 {
+    pg.client(DB).query_one("SELECT count(*) FROM webhook_events", &[]).map_or(-1, |r| r.get(0))
+}
+
+#[test]
+fn cluster_master_frozen_for_10_s_costs_only_its_own_partitions() {
+    // No replica: nothing fails over, the frozen master's partitions simply
+    // wait for it; without full coverage the others keep their slots.
+    let cluster = RedisCluster::start(Shape {
+        masters: 3,
+        replicas_per_master: 0,
+        full_coverage: false,
+        appendfsync: "everysec",
+    });
+    let mut system = System::start(&cluster, "clfrozen", &[]);
+    system.wait_for_more(300, Duration::from_secs(60));
+    let victim = cluster.master_of(0);
+    let frozen = cluster.partitions_of(victim);
+    let others: Vec<u16> = (0..PARTITIONS).filter(|p| !frozen.contains(p)).collect();
+
+    let calm = Instant::now();
+    std::thread::sleep(Duration::from_secs(5));
+    // After `kill -STOP` has returned: a request sent while it was being
+    // spawned may still have been answered.
+    cluster.nodes[victim].pause();
+    let t0 = Instant::now();
+    // The rows the workers store from the other masters meanwhile (a second
+    // in, once the reads in flight on the frozen one have had their chance).
+    std::thread::sleep(Duration::from_secs(1));
+    let rows_early = rows(&system.pg);
+    std::thread::sleep(Duration::from_secs(9));
+    let rows_late = rows(&system.pg);
+    // Before `kill -CONT` is spawned, for the same reason.
+    let t1 = Instant::now();
+    cluster.nodes[victim].resume();
+    std::thread::sleep(Duration::from_secs(5));
+    let ledger = system.stop_load();
+
+    let before = window(&ledger, &others, calm, t0);
+    let during = window(&ledger, &others, t0, t1);
+    let its_own = window(&ledger, &frozen, t0, t1);
+    let after = window(&ledger, &frozen, t1 + Duration::from_secs(2), Instant::now());
+    eprintln!(
+        "one master frozen 10 s: other partitions before {before:?}, during {during:?}; \
+         its own during {its_own:?}, after {after:?}; rows stored during the freeze {}",
+        rows_late - rows_early
+    );
+    assert_eq!(during.refused, 0, "no refusal on the healthy partitions: {during:?}");
+    assert!(during.accepted > 0, "the healthy partitions kept taking 202s: {during:?}");
+    assert_eq!(its_own.accepted, 0, "the frozen master acknowledged nothing: {its_own:?}");
+    assert!(rows_late > rows_early, "the workers kept storing the other partitions' events");
+    assert!(after.accepted > 0, "its partitions take 202s again once it is thawed: {after:?}");
+    let report = settle("cluster_master_frozen", &ledger, &cluster, &system.pg);
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("reliability");
+    let figures = serde_json::json!({
+        "others_before": {"sent": before.sent, "p50_ms": before.p50_ms, "p99_ms": before.p99_ms},
+        "others_during": {"sent": during.sent, "refused": during.refused, "p50_ms": during.p50_ms, "p99_ms": during.p99_ms},
+        "frozen_during": {"sent": its_own.sent, "refused": its_own.refused},
+        "rows_stored_during": rows_late - rows_early,
+        "report": report,
+    });
+    std::fs::write(dir.join("cluster_master_frozen_windows.json"), figures.to_string()).unwrap();
 }
 
 /// The cluster seen with `PARTITIONS=1`.

@@ -216,6 +216,18 @@ pub struct Ledger {
     pub other: usize,
     /// The slowest request, send to answer (or to the error).
     pub max_latency: Duration,
+    /// Every request: its id, status (0: no answer), when it was sent and
+    /// how long its answer took, for figures per partition and per window.
+    pub timed: Vec<Timed>,
+}
+
+/// One request of a [`Ledger`].
+#[derive(Debug, Clone)]
+pub struct Timed {
+    pub id: String,
+    pub status: u16,
+    pub at: Instant,
+    pub latency: Duration,
 }
 
 impl Ledger {
@@ -227,6 +239,7 @@ impl Ledger {
         self.unavailable_without_retry_after += other.unavailable_without_retry_after;
         self.other += other.other;
         self.max_latency = self.max_latency.max(other.max_latency);
+        self.timed.extend(other.timed);
     }
 }
 
@@ -303,7 +316,10 @@ fn client_loop(
             Ok(()) => client.try_read_response().ok().flatten(),
             Err(_) => None,
         };
-        ledger.max_latency = ledger.max_latency.max(started.elapsed());
+        let latency = started.elapsed();
+        ledger.max_latency = ledger.max_latency.max(latency);
+        let status = answer.as_ref().map_or(0, |r| r.status);
+        ledger.timed.push(Timed { id: id.clone(), status, at: started, latency });
         match answer {
             Some(resp) => {
                 match resp.status {

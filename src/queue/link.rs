@@ -1,0 +1,473 @@
+//! One Redis master and the thread that talks to it: batches the jobs of
+//! its partitions into one plain pipeline of `XADD`s, answers each job, and
+//! reconnects on its own.
+//!
+//! On one node this is the pipeline thread itself, fed by the cores'
+//! channel. On a cluster each master has its own link thread, fed by the
+//! router ([`super::router`]): a master that stops answering (crashed,
+//! partitioned, frozen by `SIGSTOP`, whose kernel still accepts
+//! connections) blocks only its own thread, so it costs only its own
+//! partitions; the router refuses them at once (503) while its link is down.
+//!
+//! # Contract
+//! A job's answer is its stream id only once this master acknowledged its
+//! `XADD` (and the `WAIT` after it, with `REDIS_WAIT_REPLICAS`); a job
+//! redirected by `MOVED` or `ASK` goes back to the router unanswered, once.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use redis::{ConnectionAddr, ConnectionInfo, Value};
+use tracing::{error, info, warn};
+
+use super::admission::{Depth, Memory, MemoryBoard};
+use super::batch::{xadd, Acks, Batch};
+use super::settings::PipelineSettings;
+use super::{EnqueueError, Hop, Pending, GROUP};
+
+/// First reconnect delay; doubles up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+/// Longest wait between reconnect attempts, so recovery after Redis returns
+/// takes at most this long.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// What every link of one pipeline shares.
+pub(super) struct Shared {
+    pub(super) settings: PipelineSettings,
+    /// `streams[p]`: partition `p`'s stream key, spelled once rather than
+    /// per `XADD`.
+    pub(super) streams: Vec<String>,
+    pub(super) memory: MemoryBoard,
+    /// Where redirected jobs and signs of a changed slot map go: the
+    /// cluster's router. `None` on one node.
+    pub(super) feedback: Option<Sender<Feedback>>,
+}
+
+/// What a link tells the cluster's router.
+pub(super) enum Feedback {
+    /// A job to send to the master at this address (`MOVED` or `ASK`; the
+    /// job's [`Hop`] says which).
+    Redirect(Box<(Pending, ConnectionAddr)>),
+    /// The slot map may have changed: the link failed, or Redis answered
+    /// `CLUSTERDOWN`, `TRYAGAIN` or a redirect while streams were prepared.
+    Stale,
+}
+
+/// What a link and the router know of each other: whether the master
+/// answers, and which partitions it holds.
+pub(super) struct MasterState {
+    up: AtomicBool,
+    reason: Mutex<String>,
+    partitions: Mutex<Vec<u16>>,
+}
+
+impl MasterState {
+    /// A master not tried yet: taken to be up, so that the first jobs go to
+    /// its link, which connects.
+    pub(super) fn new(partitions: Vec<u16>) -> Self {
+        Self {
+            up: AtomicBool::new(true),
+            reason: Mutex::new(String::new()),
+            partitions: Mutex::new(partitions),
+        }
+    }
+
+    /// Whether its link is up (or not tried yet).
+    pub(super) fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// Why its link is down.
+    pub(super) fn reason(&self) -> String {
+        self.reason.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// The partitions the slot map gives it.
+    pub(super) fn set_partitions(&self, partitions: Vec<u16>) {
+        *self.partitions.lock().unwrap_or_else(PoisonError::into_inner) = partitions;
+    }
+
+    fn partitions(&self) -> Vec<u16> {
+        self.partitions.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    fn set(&self, up: bool, reason: &str) {
+        if !up {
+            *self.reason.lock().unwrap_or_else(PoisonError::into_inner) = reason.to_string();
+        }
+        self.up.store(up, Ordering::Relaxed);
+    }
+}
+
+/// Connection state, kept so each change is logged once.
+enum Conn {
+    Up(redis::Connection),
+    /// Down since the last failure; no attempt before `retry_at`.
+    Down {
+        retry_at: Instant,
+        backoff: Duration,
+        reason: String,
+    },
+}
+
+/// What one reply in the pipeline answers.
+#[derive(Clone, Copy)]
+enum Slot {
+    /// The `OK` of an `ASKING`.
+    Asking,
+    /// The `XADD` of the batch's job `i`.
+    Job(usize),
+    /// The `WAIT` after the `XADD`s.
+    Wait,
+    /// The `XLEN` of partition `p`.
+    Depth(u16),
+    /// `INFO memory`.
+    Memory,
+}
+
+/// One master's link.
+pub(super) struct Link {
+    shared: Arc<Shared>,
+    state: Arc<MasterState>,
+    info: ConnectionInfo,
+    name: String,
+    conn: Conn,
+    memory: Memory,
+    depth: Depth,
+    batch: Batch,
+    /// The reply each command of the batch in flight answers, in order.
+    slots: Vec<Slot>,
+}
+
+impl Link {
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        state: Arc<MasterState>,
+        info: ConnectionInfo,
+        depth: Depth,
+    ) -> Self {
+        let conn =
+            Conn::Down { retry_at: Instant::now(), backoff: MIN_BACKOFF, reason: "not yet connected".into() };
+        let batch = Batch::with_capacity(shared.settings.batch_max);
+        let name = info.addr().to_string();
+        Self { shared, state, info, name, conn, memory: Memory::default(), depth, batch, slots: Vec::new() }
+    }
+
+    /// Serves `rx` until it is closed and empty. While the master is down
+    /// it also wakes up to reconnect, so that jobs are sent its way again
+    /// as soon as it is back, not only once one arrives to find out.
+    pub(super) fn run(mut self, rx: Receiver<Pending>) {
+        // Connect eagerly so start-up logs say whether Redis is there.
+        self.ensure_conn();
+        loop {
+            let first = match &self.conn {
+                Conn::Down { retry_at, .. } => match rx.recv_deadline(*retry_at) {
+                    Ok(p) => p,
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.ensure_conn();
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
+                },
+                Conn::Up(_) => match rx.recv() {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            self.batch.jobs.push(first);
+            self.fill_batch(&rx);
+            self.flush();
+        }
+    }
+
+    /// Takes what else is queued after the first job: up to `BATCH_MAX`,
+    /// waiting at most `BATCH_LINGER_US` for more.
+    fn fill_batch(&mut self, rx: &Receiver<Pending>) {
+        let settings = &self.shared.settings;
+        let deadline = Instant::now() + settings.batch_linger;
+        while self.batch.jobs.len() < settings.batch_max {
+            let next = if settings.batch_linger.is_zero() {
+                rx.try_recv().map_err(|_| RecvTimeoutError::Timeout)
+            } else {
+                rx.recv_deadline(deadline)
+            };
+            match next {
+                Ok(p) => self.batch.jobs.push(p),
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Sends the batch as one pipeline and answers every job in it.
+    fn flush(&mut self) {
+        if !self.batch.open(&self.shared.settings.queue) {
+            return;
+        }
+        self.ensure_conn();
+        match &self.conn {
+            Conn::Down { reason, .. } => {
+                let e = EnqueueError::Unavailable(format!("{}: {reason}", self.name));
+                self.batch.refuse_the_rest(&e);
+                self.tell(Feedback::Stale);
+            }
+            Conn::Up(_) => self.round(),
+        }
+        let s = &self.shared.settings;
+        self.batch.close(&mut self.depth, &s.metrics.pipeline);
+        for (p, addr) in self.batch.redirected.drain(..) {
+            match &self.shared.feedback {
+                Some(router) => {
+                    if let Err(e) = router.send(Feedback::Redirect(Box::new((p, addr)))) {
+                        if let Feedback::Redirect(lost) = e.into_inner() {
+                            let _ = lost.0.reply.send(Err(EnqueueError::Closed));
+                        }
+                    }
+                }
+                // One node never redirects; if it did, nobody could follow.
+                None => {
+                    let _ = p.reply.send(Err(EnqueueError::Unavailable(format!("redirected to {addr}"))));
+                }
+            }
+        }
+    }
+
+    /// Writes the pipeline and reads its replies.
+    fn round(&mut self) {
+        let pipe = self.plan();
+        let Conn::Up(con) = &mut self.conn else { unreachable!("checked by flush") };
+        if let Err(e) = con.send_packed_command(&pipe.get_packed_pipeline()) {
+            self.fail(0, &e.to_string());
+            return;
+        }
+        self.read_replies();
+    }
+
+    /// The pipeline for the open batch: the `XADD`s (each refused job
+    /// left out), the `WAIT`, the `XLEN`s of the partitions touched (of all
+    /// of this master's while the queue is full, so the refusal ends as
+    /// soon as the workers have caught up) and, when due, `INFO memory`.
+    fn plan(&mut self) -> redis::Pipeline {
+        let mut pipe = redis::pipe();
+        self.slots.clear();
+        let full = self.depth.full();
+        let refused = self.memory.full();
+        let mut touched: Vec<u16> = Vec::new();
+        for job in 0..self.batch.jobs.len() {
+            if full {
+                self.batch.refuse(job, EnqueueError::QueueFull);
+                continue;
+            }
+            if refused {
+                self.batch.refuse(job, EnqueueError::MemoryFull);
+                continue;
+            }
+            let p = self.batch.partition[job];
+            let asking = self.batch.jobs[job].hop == Hop::Asked;
+            if asking {
+                pipe.cmd("ASKING");
+                self.slots.push(Slot::Asking);
+            }
+            pipe.add_command(xadd(&self.shared.streams[p as usize], &self.batch.jobs[job].job));
+            self.slots.push(Slot::Job(job));
+            if !asking && !touched.contains(&p) {
+                touched.push(p);
+            }
+        }
+        let s = &self.shared.settings;
+        if s.wait_replicas > 0 && self.slots.iter().any(|s| matches!(s, Slot::Job(_))) {
+            pipe.cmd("WAIT").arg(s.wait_replicas).arg(s.wait_timeout.as_millis() as u64);
+            self.slots.push(Slot::Wait);
+        }
+        if full {
+            touched = self.state.partitions();
+        }
+        // One clock read for the batch, not one per partition.
+        let now = Instant::now();
+        for p in touched {
+            if self.depth.due(p, now, full) {
+                pipe.cmd("XLEN").arg(&self.shared.streams[p as usize]);
+                self.slots.push(Slot::Depth(p));
+            }
+        }
+        if self.memory.due(now) {
+            pipe.cmd("INFO").arg("memory");
+            self.slots.push(Slot::Memory);
+        }
+        pipe
+    }
+
+    /// Reads the replies in the order of the slots.
+    fn read_replies(&mut self) {
+        let mut acks = Acks::default();
+        for k in 0..self.slots.len() {
+            let Conn::Up(con) = &mut self.conn else { unreachable!("up while reading") };
+            let reply = match con.recv_response() {
+                Ok(v) => v,
+                Err(e) => {
+                    let why = if e.is_timeout() {
+                        let t = self.shared.settings.enqueue_timeout;
+                        format!("no reply within ENQUEUE_TIMEOUT_MS ({} ms)", t.as_millis())
+                    } else {
+                        e.to_string()
+                    };
+                    let wait_unread = self.slots[k..].iter().any(|s| matches!(s, Slot::Wait));
+                    acks.finish(&mut self.batch, Some(&why), wait_unread);
+                    self.fail(k, &why);
+                    return;
+                }
+            };
+            match (self.slots[k], reply) {
+                (Slot::Asking, _) => {}
+                (Slot::Job(job), Value::ServerError(e)) => {
+                    let hop = match e.code() {
+                        "MOVED" => Some(Hop::Moved),
+                        "ASK" => Some(Hop::Asked),
+                        _ => None,
+                    };
+                    let target = e.details().and_then(|d| d.split_whitespace().nth(1)).and_then(parse_addr);
+                    match (hop, target) {
+                        (Some(hop), Some(addr)) => self.batch.redirect(job, addr, hop),
+                        _ => {
+                            if e.code() == "CLUSTERDOWN" || e.code() == "TRYAGAIN" {
+                                self.tell(Feedback::Stale);
+                            }
+                            acks.xadd(job, Value::ServerError(e), &mut self.depth, &mut self.batch);
+                        }
+                    }
+                }
+                (Slot::Job(job), v) => acks.xadd(job, v, &mut self.depth, &mut self.batch),
+                (Slot::Wait, v) => {
+                    let s = &self.shared.settings;
+                    acks.wait(v, s.wait_replicas, &s.metrics.pipeline, &mut self.batch);
+                }
+                (Slot::Depth(p), v) => self.depth.read(p, v),
+                (Slot::Memory, v) => {
+                    let s = &self.shared.settings;
+                    self.memory.note_reply(v, s.max_memory_percent, self.info.addr());
+                    self.shared.memory.post(&self.name, self.memory.reading(), &s.metrics.pipeline);
+                }
+            }
+        }
+        acks.finish(&mut self.batch, None, false);
+    }
+
+    /// The master failed at reply `from`: every job still unanswered gets
+    /// 503, the connection is dropped and the slot map re-read.
+    fn fail(&mut self, from: usize, error: &str) {
+        self.shared.settings.metrics.pipeline.record_redis_error();
+        error!(error = %error, master = %self.name, "redis connection lost; reconnecting with backoff");
+        self.conn = Conn::Down {
+            retry_at: Instant::now() + MIN_BACKOFF,
+            backoff: MIN_BACKOFF * 2,
+            reason: error.into(),
+        };
+        self.state.set(false, error);
+        self.tell(Feedback::Stale);
+        let e = EnqueueError::Unavailable(format!("{}: {error}", self.name));
+        for slot in &self.slots[from..] {
+            if let Slot::Job(job) = slot {
+                self.batch.answer[*job].get_or_insert_with(|| Err(e.clone()));
+            }
+        }
+    }
+
+    fn tell(&self, what: Feedback) {
+        if let Some(router) = &self.shared.feedback {
+            let _ = router.send(what);
+        }
+    }
+
+    /// Reconnects if the link is down and the backoff allows.
+    fn ensure_conn(&mut self) {
+        let Conn::Down { retry_at, backoff, reason } = &self.conn else { return };
+        if Instant::now() < *retry_at {
+            return;
+        }
+        let (backoff, old) = (*backoff, reason.clone());
+        match self.connect() {
+            Ok(con) => {
+                info!(redis = %self.name, "redis connected");
+                self.conn = Conn::Up(con);
+                self.state.set(true, "");
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                if old != reason {
+                    warn!(error = %reason, redis = %self.name,
+                          "redis unreachable; its requests get 503 until it is back");
+                }
+                self.state.set(false, &reason);
+                let next = (backoff * 2).min(MAX_BACKOFF);
+                self.conn = Conn::Down { retry_at: Instant::now() + backoff, backoff: next, reason };
+            }
+        }
+    }
+
+    fn connect(&mut self) -> redis::RedisResult<redis::Connection> {
+        let timeout = self.shared.settings.enqueue_timeout;
+        let client = redis::Client::open(self.info.clone())?;
+        let mut con = client.get_connection_with_timeout(timeout.min(Duration::from_secs(1)))?;
+        con.set_read_timeout(Some(timeout))?;
+        con.set_write_timeout(Some(timeout))?;
+        for p in self.state.partitions() {
+            match prepare_stream(&mut con, &self.shared.streams[p as usize]) {
+                // The slot map was already stale: it is read again, and the
+                // stream is prepared by whoever holds it now.
+                Err(e) if e.code() == Some("MOVED") || e.code() == Some("ASK") => self.tell(Feedback::Stale),
+                other => other?,
+            }
+        }
+        check_durability(&mut con);
+        Ok(con)
+    }
+}
+
+/// `host:port` of a redirect.
+fn parse_addr(s: &str) -> Option<ConnectionAddr> {
+    let (host, port) = s.rsplit_once(':')?;
+    Some(ConnectionAddr::Tcp(host.to_string(), port.parse().ok()?))
+}
+
+/// Creates the stream and the consumer group if either is missing.
+///
+/// # Errors
+/// Redis failed.
+pub fn prepare_stream(con: &mut impl redis::ConnectionLike, stream: &str) -> redis::RedisResult<()> {
+    let created: redis::RedisResult<()> =
+        redis::cmd("XGROUP").arg("CREATE").arg(stream).arg(GROUP).arg("0").arg("MKSTREAM").query(con);
+    match created {
+        Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+        other => other,
+    }
+}
+
+/// Warns when Redis is set up so that an acknowledged job could be lost
+/// (every link on every connect; the per-core enqueue once at start).
+pub(super) fn check_durability(con: &mut redis::Connection) {
+    let get = |con: &mut redis::Connection, key: &str| -> Option<String> {
+        let pair: Vec<String> = redis::cmd("CONFIG").arg("GET").arg(key).query(con).ok()?;
+        pair.get(1).cloned()
+    };
+    match (get(con, "appendonly"), get(con, "maxmemory-policy")) {
+        (Some(aof), Some(policy)) => {
+            if get(con, "maxmemory").as_deref() == Some("0") {
+                warn!(
+                    "redis has no maxmemory: the gateway cannot refuse new jobs (503) before the host runs \
+                       out of memory; set maxmemory and keep MAX_REDIS_MEMORY_PERCENT below 100"
+                );
+            }
+            if aof != "yes" {
+                warn!(appendonly = %aof, "redis has no AOF: accepted jobs are lost if Redis restarts");
+            }
+            if policy != "noeviction" {
+                warn!(maxmemory_policy = %policy,
+                      "redis may evict keys under memory pressure: set maxmemory-policy noeviction");
+            }
+        }
+        _ => warn!(
+            "could not read redis CONFIG (disabled?): check appendonly=yes and maxmemory-policy=noeviction"
+        ),
+    }
+}
