@@ -100,6 +100,16 @@ private_secret() {
   cat "$f"
 }
 
+# The API's tokens for scripts/start: a read and an admin token, generated
+# once, in $DATA_DIR/secrets/api-tokens (mode 0600), whose path it prints.
+private_api_tokens() {
+  local f="$DATA_DIR/secrets/api-tokens" read admin
+  read=$(private_secret api-read); admin=$(private_secret api-admin)
+  (umask 077; printf '# scripts/start: the API tokens (API_TOKENS_FILE)\nread:%s\nadmin:%s\n' "$read" "$admin" >"$f")
+  chmod 600 "$f"
+  echo "$f"
+}
+
 # A private Redis under $DATA_DIR/redis: AOF on, fsync every second, never
 # evicts, a generated password. The settings go in a 0600 config file so the
 # password is not on a command line other users can read.
@@ -288,9 +298,10 @@ load_dotenv_urls() {
   while IFS= read -r line; do
     key="${line%%=*}"
     case "$key" in
-      REDIS_URL|REDIS_CLUSTER_NODES|DATABASE_URL) [ -z "${!key:-}" ] && export "$key=${line#*=}" ;;
+      REDIS_URL|REDIS_CLUSTER_NODES|DATABASE_URL|API_TOKENS|API_TOKENS_FILE)
+        [ -z "${!key:-}" ] && export "$key=${line#*=}" ;;
     esac
-  done < <(grep -E '^(REDIS_URL|REDIS_CLUSTER_NODES|DATABASE_URL)=' "$REPO/.env")
+  done < <(grep -E '^(REDIS_URL|REDIS_CLUSTER_NODES|DATABASE_URL|API_TOKENS|API_TOKENS_FILE)=' "$REPO/.env")
 }
 
 # Waits up to 10 s for something to listen on 127.0.0.1:$1.

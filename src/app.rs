@@ -93,6 +93,8 @@ pub struct RunningApp {
     pipeline: Option<PipelineHandle>,
     health: Vec<thread::JoinHandle<()>>,
     workers: Option<WorkerPool>,
+    /// The API listener (`API_ADDR`), when `API_TOKENS` names a token.
+    api: Option<crate::api::ApiHandle>,
     /// Each core's I/O driver, in core order.
     drivers: Vec<Driver>,
     /// `SHUTDOWN_TIMEOUT_MS`: how long the workers may take once shutdown is asked.
@@ -104,6 +106,12 @@ impl RunningApp {
     /// `None` for `--role worker`.
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.local_addr
+    }
+
+    /// Where the API listens (`API_ADDR`, the real port when 0 was asked);
+    /// `None` when it is off.
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.api.as_ref().map(crate::api::ApiHandle::local_addr)
     }
 
     /// The I/O driver each core's runtime got (the `URING_TASKRUN` mode
@@ -141,6 +149,9 @@ impl RunningApp {
         }
         if let Some(pipeline) = self.pipeline {
             pipeline.join();
+        }
+        if let Some(api) = self.api {
+            api.join();
         }
         for thread in self.health {
             let _ = thread.join();
@@ -195,16 +206,45 @@ pub fn start(config: &Config, role: Role) -> Result<RunningApp, StartError> {
         pipeline: None,
         health: Vec::new(),
         workers,
+        api: None,
         drivers: Vec::new(),
         shutdown_timeout: config.ops.shutdown_timeout,
     };
     if role.gateway() {
-        if let Err(e) = start_gateway(config, &mut app, cpus, metrics, sources) {
+        let started = start_gateway(config, &mut app, cpus, metrics, sources)
+            .and_then(|()| start_api(config, &app.shutdown).map(|api| app.api = api));
+        if let Err(e) = started {
             app.stop();
             return Err(e);
         }
     }
     Ok(app)
+}
+
+/// The API for applications and operators, when `API_TOKENS` names a
+/// token; it needs PostgreSQL.
+fn start_api(
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> Result<Option<crate::api::ApiHandle>, StartError> {
+    if config.api.tokens.is_empty() {
+        return Ok(None);
+    }
+    let url = config.store.database_url.clone().ok_or_else(|| {
+        StartError::Database(
+            "not set; API_TOKENS turns the API on, and it reads the events from PostgreSQL".into(),
+        )
+    })?;
+    let settings = crate::api::ApiSettings {
+        addr: config.api.addr,
+        tokens: config.api.tokens.clone(),
+        database_url: url,
+        session: config.store.session(),
+        migrate: config.store.migrate_on_start,
+    };
+    crate::api::spawn(settings, shutdown.clone())
+        .map(Some)
+        .map_err(|e| StartError::Spawn { what: "api", source: std::io::Error::other(e) })
 }
 
 fn start_workers(

@@ -20,6 +20,7 @@
 #![warn(missing_docs, unreachable_pub)]
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod app;
 pub mod config;
 pub mod health;

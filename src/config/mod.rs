@@ -11,6 +11,7 @@
 //! README's configuration table lists the same variables with the same
 //! defaults.
 
+mod api;
 mod redact;
 mod vars;
 
@@ -21,6 +22,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+pub use api::ApiConfig;
 pub use redact::redact;
 
 use crate::http::cors::Cors;
@@ -62,6 +64,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// Logs, health, shutdown.
     pub ops: OpsConfig,
+    /// The API for applications and operators: `api/`.
+    pub api: ApiConfig,
 }
 
 /// `http/`: listeners, runtimes, request limits, security.
@@ -754,6 +758,7 @@ impl Config {
             queue: QueueConfig::read(&vars)?,
             store: StoreConfig::read(&vars, worker.threads)?,
             ops: OpsConfig::read(&vars)?,
+            api: ApiConfig::read(&vars)?,
             worker,
             http,
         };

@@ -9,6 +9,8 @@ use super::{redact, ConfigError, CoreSelection};
 
 /// Variables whose values may hold a password.
 const SECRET_VARS: &[&str] = &["REDIS_URL", "REDIS_CLUSTER_NODES", "DATABASE_URL"];
+/// Variables that are secrets through and through: never shown at all.
+const HIDDEN_VARS: &[&str] = &["API_TOKENS"];
 
 /// Where variables come from (the environment, or a map in tests).
 pub(super) struct Vars<'a> {
@@ -40,7 +42,9 @@ pub(super) struct Var {
 impl Var {
     /// The value as it may be shown: redacted for secret variables.
     fn shown(&self, v: &str) -> String {
-        if SECRET_VARS.contains(&self.name) {
+        if HIDDEN_VARS.contains(&self.name) {
+            "***".into()
+        } else if SECRET_VARS.contains(&self.name) {
             redact(v)
         } else {
             v.to_string()

@@ -24,6 +24,8 @@ pub enum Method {
     Head,
     /// `OPTIONS`
     Options,
+    /// `DELETE` (the API's; the webhook routes answer it 405)
+    Delete,
     /// Anything else (`PUT`, `DELETE`, extension methods).
     Other,
 }
@@ -230,6 +232,7 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<RequestHead>, He
         "GET" => Method::Get,
         "HEAD" => Method::Head,
         "OPTIONS" => Method::Options,
+        "DELETE" => Method::Delete,
         _ => Method::Other,
     };
     let path = req.path.unwrap_or_default();

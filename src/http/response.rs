@@ -23,12 +23,16 @@ pub enum Status {
     BadRequest,
     /// 401: a source's signature is missing, wrong, or its timestamp stale.
     Unauthorized,
+    /// 403: a token without the scope a route needs.
+    Forbidden,
     /// 404: unknown path.
     NotFound,
     /// 405: known path, other method.
     MethodNotAllowed,
     /// 408: the request did not arrive within `REQUEST_TIMEOUT_MS`.
     RequestTimeout,
+    /// 410: a cursor past the retention window.
+    Gone,
     /// 413: body over `MAX_BODY_BYTES`.
     PayloadTooLarge,
     /// 415: body not JSON.
@@ -49,15 +53,17 @@ pub enum Status {
 
 impl Status {
     /// Every status, in the order of [`Status::index`].
-    pub const ALL: [Status; 16] = [
+    pub const ALL: [Status; 18] = [
         Status::Ok,
         Status::Accepted,
         Status::NoContent,
         Status::BadRequest,
         Status::Unauthorized,
+        Status::Forbidden,
         Status::NotFound,
         Status::MethodNotAllowed,
         Status::RequestTimeout,
+        Status::Gone,
         Status::PayloadTooLarge,
         Status::UnsupportedMediaType,
         Status::ExpectationFailed,
@@ -82,9 +88,11 @@ impl Status {
             Self::NoContent => 204,
             Self::BadRequest => 400,
             Self::Unauthorized => 401,
+            Self::Forbidden => 403,
             Self::NotFound => 404,
             Self::MethodNotAllowed => 405,
             Self::RequestTimeout => 408,
+            Self::Gone => 410,
             Self::PayloadTooLarge => 413,
             Self::UnsupportedMediaType => 415,
             Self::ExpectationFailed => 417,
@@ -104,9 +112,11 @@ impl Status {
             Self::NoContent => "No Content",
             Self::BadRequest => "Bad Request",
             Self::Unauthorized => "Unauthorized",
+            Self::Forbidden => "Forbidden",
             Self::NotFound => "Not Found",
             Self::MethodNotAllowed => "Method Not Allowed",
             Self::RequestTimeout => "Request Timeout",
+            Self::Gone => "Gone",
             Self::PayloadTooLarge => "Payload Too Large",
             Self::UnsupportedMediaType => "Unsupported Media Type",
             Self::ExpectationFailed => "Expectation Failed",

@@ -40,6 +40,7 @@
 //! so the server drops a session whose client is gone.
 
 pub mod dead_letters;
+pub mod events;
 mod migrate;
 pub mod partitions;
 
@@ -65,8 +66,23 @@ macro_rules! columns {
     };
 }
 
+/// The wake-up of the consumer API's long polls ([`crate::api::notify`]):
+/// one `NOTIFY` per storing transaction, sent with a statement the
+/// transaction runs anyway (no round trip of its own) and delivered at its
+/// commit. Never one per row: every notifying commit takes a global lock.
+macro_rules! notify {
+    () => {
+        "NOTIFY webhook_events"
+    };
+}
+
+/// The channel [`notify!`] notifies, for listeners.
+pub const EVENTS_CHANNEL: &str = "webhook_events";
+
+/// The pool's connection manager.
+pub type Manager = PostgresConnectionManager<NoTls>;
 /// The pool type.
-pub type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
+pub type Pool = r2d2::Pool<Manager>;
 
 /// How long PostgreSQL work may take before it is given up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -487,7 +503,8 @@ fn write_once(
             columns!(),
             ") SELECT ",
             columns!(),
-            " FROM webhook_events WHERE false"
+            " FROM webhook_events WHERE false; ",
+            notify!()
         ))?;
         let (providers, ids): (Vec<&str>, Vec<&str>) =
             jobs.iter().map(|j| (j.provider.as_str(), j.event_id.as_str())).unzip();
@@ -513,14 +530,15 @@ fn write_once(
     // Per session; ON COMMIT DELETE ROWS empties it at every commit. The
     // "already exists" NOTICE would be a log line per batch: silence it.
     // Named for its columns: a session never meets an older layout.
-    tx.batch_execute(
+    tx.batch_execute(concat!(
         "SET LOCAL client_min_messages = warning;
          CREATE TEMP TABLE IF NOT EXISTS webhook_staging_v5 (
              provider text, event_id text, event_type text, verified_by text,
              event_timestamp timestamptz, received_at timestamptz, payload jsonb, raw_body bytea,
              body_sha256 bytea, unsigned_fields text
-         ) ON COMMIT DELETE ROWS",
-    )?;
+         ) ON COMMIT DELETE ROWS; ",
+        notify!()
+    ))?;
     copy_rows(&mut tx, STAGING_COPY, jobs, &digests)?;
     let generations = lock_generations(&mut tx)?;
     let inserted = tx.execute(GATED_INSERT, &[&generations.current, &generations.older()])?;
@@ -748,4 +766,12 @@ impl ToSql for RawJsonb<'_> {
     }
 
     to_sql_checked!();
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_commit_notifies_the_channel_the_api_listens_on() {
+        assert_eq!(notify!(), format!("NOTIFY {}", super::EVENTS_CHANNEL));
+    }
 }

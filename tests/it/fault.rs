@@ -132,6 +132,11 @@ impl Gateway {
         }
     }
 
+    /// Its log file (stdout and stderr).
+    pub fn log_path(&self) -> &std::path::Path {
+        &self.log
+    }
+
     pub fn addr(&self) -> SocketAddr {
         ([127, 0, 0, 1], self.port).into()
     }

@@ -332,6 +332,16 @@ impl TestApp {
         (redis, self.postgres.take())
     }
 
+    /// Where the API listens; panics when it is off.
+    pub fn api_addr(&self) -> SocketAddr {
+        self.app_api_addr().expect("the API is on (API_TOKENS)")
+    }
+
+    /// Where the API listens, if it is on.
+    pub fn app_api_addr(&self) -> Option<SocketAddr> {
+        self.app.as_ref().and_then(RunningApp::api_addr)
+    }
+
     pub fn pg(&self) -> postgres::Client {
         self.postgres.as_ref().expect("this app has postgres").client(DB)
     }

@@ -8,6 +8,7 @@ mod bounds;
 mod chaos;
 mod cluster;
 mod concurrency;
+mod consume;
 mod cores;
 mod errors;
 mod fault;

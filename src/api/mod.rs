@@ -1,0 +1,117 @@
+//! The second listener: the API applications and operators read the events
+//! through (`API_ADDR`, started only when `API_TOKENS` or `API_TOKENS_FILE`
+//! names a token).
+//!
+//! It runs beside the ingest cores, never on them: one acceptor thread and
+//! a thread per connection (at most [`MAX_CONNECTIONS`]; more get 503),
+//! blocking I/O, its own small PostgreSQL pool, and one connection that
+//! listens for the workers' commits ([`notify`]). Nothing it does takes a
+//! lock or a cycle of the cores' hot path.
+//!
+//! Every request carries `Authorization: Bearer <token>` ([`auth`]): none or
+//! an unknown one is 401 with `WWW-Authenticate: Bearer`; a `read` token on
+//! an admin route is 403. Errors use the gateway's JSON shape. The routes
+//! and what they promise are in [`routes`].
+
+pub mod auth;
+pub mod notify;
+mod routes;
+mod server;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use thiserror::Error;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::Session;
+pub use auth::{Scope, Tokens};
+
+/// Most connections served at once; more get 503 and are closed.
+pub const MAX_CONNECTIONS: usize = 128;
+/// PostgreSQL connections of the API (long polls hold none while waiting).
+const POOL_SIZE: u32 = 4;
+
+/// What the API needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    /// `API_ADDR`.
+    pub addr: SocketAddr,
+    /// `API_TOKENS` and `API_TOKENS_FILE`.
+    pub tokens: Tokens,
+    /// `DATABASE_URL`.
+    pub database_url: String,
+    /// The PostgreSQL session settings (timeouts).
+    pub session: Session,
+    /// `MIGRATE_ON_START`: the API applies the migrations itself if no
+    /// worker has yet.
+    pub migrate: bool,
+}
+
+/// Why the API did not start.
+#[derive(Debug, Error)]
+pub enum ApiError {
+    /// `API_ADDR` cannot be bound.
+    #[error("API_ADDR {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A thread could not start.
+    #[error("api thread: {0}")]
+    Spawn(std::io::Error),
+    /// `DATABASE_URL` is unusable.
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// The running API.
+pub struct ApiHandle {
+    addr: SocketAddr,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl ApiHandle {
+    /// The address it listens on (the real port when 0 was asked).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Waits for the acceptor and the listener; connections still open
+    /// end with their current request.
+    pub fn join(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Starts the API; it stops with `shutdown`.
+///
+/// # Errors
+/// [`ApiError`].
+pub fn spawn(settings: ApiSettings, shutdown: CancellationToken) -> Result<ApiHandle, ApiError> {
+    let listener = std::net::TcpListener::bind(settings.addr)
+        .map_err(|source| ApiError::Bind { addr: settings.addr, source })?;
+    let addr = listener.local_addr().map_err(ApiError::Spawn)?;
+    let pool = crate::store::pool(&settings.database_url, POOL_SIZE, settings.session)?;
+    let notifier = Arc::new(notify::Notifier::default());
+    let listen =
+        notify::spawn(settings.database_url.clone(), settings.session, notifier.clone(), shutdown.clone())
+            .map_err(ApiError::Spawn)?;
+    let tokens = settings.tokens.len();
+    let ctx = Arc::new(routes::Context {
+        tokens: settings.tokens,
+        pool,
+        migrate: settings.migrate,
+        migrated: Default::default(),
+        notifier,
+        shutdown: shutdown.clone(),
+    });
+    let accept = server::spawn(listener, ctx, shutdown).map_err(ApiError::Spawn)?;
+    tracing::info!(addr = %addr, tokens, "api listening");
+    Ok(ApiHandle { addr, threads: vec![accept, listen] })
+}
