@@ -35,15 +35,18 @@ def connect(addr):
     return http.client.HTTPConnection(host, int(port), timeout=60)
 
 
-def end(api, token):
-    conn = connect(api)
+def skip_to_end(conn, token):
+    """The cursor after every event visible now."""
     after = "start"
     while True:
         p = get_page(conn, token, after, 1000, 0)
         after = p["next"]
         if p["done"]:
-            print(after)
-            return
+            return after
+
+
+def end(api, token):
+    print(skip_to_end(connect(api), token))
 
 
 def read(api, token, after, stop_file):
@@ -71,13 +74,7 @@ def percentile(xs, q):
 
 def delay(gateway, api, token, count, rate, out):
     conn = connect(api)
-    # Start from the latest: read until done first.
-    after = "start"
-    while True:
-        p = get_page(conn, token, after, 1000, 0)
-        after = p["next"]
-        if p["done"]:
-            break
+    after = skip_to_end(conn, token)
     posted, seen, stored = {}, {}, {}
     run = f"d{int(time.time())}"
 

@@ -54,3 +54,34 @@ fn read_token_file(path: &str) -> Result<Tokens, String> {
     Tokens::parse(text.lines().filter(|l| !l.trim_start().starts_with('#')))
         .map_err(|e| format!("{e} (by line, comments and blank lines not counted)"))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use crate::config::Config;
+
+    fn load(vars: &[(&str, String)]) -> Result<Config, crate::config::ConfigError> {
+        Config::from_lookup(|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()))
+    }
+
+    #[test]
+    fn a_token_file_is_read_only_when_only_its_owner_may_read_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens");
+        std::fs::write(&path, "# ops\nread:from-the-file\n\nadmin:second-one\n").unwrap();
+        let file = path.to_str().unwrap().to_string();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = load(&[("API_TOKENS_FILE", file.clone())]).unwrap_err();
+        assert_eq!(e.var, "API_TOKENS_FILE");
+        assert!(e.expected.contains("chmod 600"), "{e}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let c = load(&[("API_TOKENS", "read:from-the-env".into()), ("API_TOKENS_FILE", file)]).unwrap();
+        let t = &c.api.tokens;
+        assert_eq!(t.len(), 3);
+        assert_eq!(t.check("from-the-env").map(|c| c.token), Some(1));
+        assert_eq!(t.check("second-one").map(|c| (c.token, c.scope)), Some((3, crate::api::Scope::Admin)));
+        assert!(load(&[("API_ADDR", "nowhere".into())]).is_err());
+        assert!(Config::default().api.tokens.is_empty(), "off by default");
+    }
+}
