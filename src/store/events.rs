@@ -237,15 +237,18 @@ pub struct Consumer {
 /// # Errors
 /// PostgreSQL failed.
 pub fn consumer(client: &mut Client, name: &str) -> Result<Consumer, StoreError> {
+    const READ: &str =
+        "SELECT name, xid::text, id, received_at, acked_at FROM webhook_consumers WHERE name = $1";
+    // A read for every page; the insert (a write, and a transaction id that
+    // would hold every reader's horizon while it runs) only for a new name.
+    if let Some(row) = client.query_opt(READ, &[&name])? {
+        return consumer_of(&row);
+    }
     client.execute(
         "INSERT INTO webhook_consumers (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
         &[&name],
     )?;
-    let row = client.query_one(
-        "SELECT name, xid::text, id, received_at, acked_at FROM webhook_consumers WHERE name = $1",
-        &[&name],
-    )?;
-    consumer_of(&row)
+    consumer_of(&client.query_one(READ, &[&name])?)
 }
 
 fn consumer_of(row: &postgres::Row) -> Result<Consumer, StoreError> {
