@@ -80,9 +80,20 @@ impl ApiHandle {
         self.addr
     }
 
-    /// Waits for the acceptor and the listener; connections still open
-    /// end with their current request.
+    /// Waits for the acceptor and the listener (call it once shutdown is
+    /// cancelled); connections still open end with their current request.
     pub fn join(self) {
+        // The acceptor blocks in accept: a connection wakes it to see the
+        // shutdown.
+        let mut wake = self.addr;
+        if wake.ip().is_unspecified() {
+            wake.set_ip(if wake.is_ipv4() {
+                [127, 0, 0, 1].into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            });
+        }
+        let _ = std::net::TcpStream::connect_timeout(&wake, std::time::Duration::from_secs(1));
         for t in self.threads {
             let _ = t.join();
         }

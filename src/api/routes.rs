@@ -13,9 +13,11 @@
 //! * `GET /v1/consumers` (read): every named consumer, its cursor and its
 //!   lag (events, up to [`LAG_CAP`], and seconds behind).
 //! * `GET /v1/consumers/<name>/events?limit=&wait=` (read): the page after
-//!   the consumer's committed cursor, without moving it (a new name starts
-//!   at the oldest kept event).
-//! * `POST /v1/consumers/<name>/ack {"cursor":"<next>"}` (read): commits it.
+//!   the consumer's committed cursor, without moving it (a name never acked
+//!   reads from the oldest kept event; reading makes no consumer).
+//! * `POST /v1/consumers/<name>/ack {"cursor":"<next>"}` (read): commits it;
+//!   the first ack or seek of a name makes the consumer, within
+//!   [`MAX_CONSUMERS`].
 //! * `POST /v1/consumers/<name>/seek {"to":"oldest"|"latest"|"<cursor>"|"<RFC 3339 time>"}`
 //!   (read): moves it.
 //! * `DELETE /v1/consumers/<name>` (admin): forgets it.
@@ -47,6 +49,9 @@ const DEFAULT_LIMIT: i64 = 100;
 const MAX_WAIT: Duration = Duration::from_secs(30);
 /// Events counted behind a consumer, at most (counting costs a scan).
 pub(super) const LAG_CAP: i64 = 100_000;
+/// Named consumers kept at most: each is a row that only an admin's
+/// `DELETE` removes, so their number has a bound.
+const MAX_CONSUMERS: i64 = 1000;
 
 /// What every request can reach.
 pub(super) struct Context {
@@ -341,10 +346,7 @@ fn consumer_page(ctx: &Context, name: &str, q: &Query) -> Reply {
             "a named consumer reads from its own cursor, every event: only limit and wait apply",
         ));
     }
-    let at = {
-        let mut client = connection(ctx)?;
-        events::consumer(&mut client, name).map_err(|e| unavailable(&e))?.position
-    };
+    let at = events::consumer_position(&mut *connection(ctx)?, name).map_err(|e| unavailable(&e))?;
     page_after(ctx, at, q.limit()?, q.wait()?, Filter::default())
 }
 
@@ -373,9 +375,7 @@ fn ack(ctx: &Context, name: &str, r: &Request<'_>) -> Reply {
     let body: AckBody = json_body(r)?;
     let to = Position::decode(&body.cursor)
         .ok_or_else(|| bad("cursor is not a cursor this gateway handed out"))?;
-    let mut client = connection(ctx)?;
-    events::set_consumer(&mut client, name, to).map_err(|e| unavailable(&e))?;
-    consumer_json(name, to)
+    move_consumer(&mut *connection(ctx)?, name, to)
 }
 
 fn seek(ctx: &Context, name: &str, r: &Request<'_>) -> Reply {
@@ -393,12 +393,18 @@ fn seek(ctx: &Context, name: &str, r: &Request<'_>) -> Reply {
             }
         },
     };
-    events::set_consumer(&mut client, name, to).map_err(|e| unavailable(&e))?;
-    consumer_json(name, to)
+    move_consumer(&mut client, name, to)
 }
 
-fn consumer_json(name: &str, at: Position) -> Reply {
-    let body = serde_json::json!({ "name": name, "cursor": at.encode() });
+/// Commits `to` as the consumer's cursor (the consumer made if new, within
+/// [`MAX_CONSUMERS`]) and answers it.
+fn move_consumer(client: &mut postgres::Client, name: &str, to: Position) -> Reply {
+    if !events::set_consumer(client, name, to, MAX_CONSUMERS).map_err(|e| unavailable(&e))? {
+        return Err(bad(format!(
+            "at most {MAX_CONSUMERS} named consumers are kept; an admin token's DELETE /v1/consumers/<name> frees one"
+        )));
+    }
+    let body = serde_json::json!({ "name": name, "cursor": to.encode() });
     Ok(Response::json(Status::Ok, serde_json::to_vec(&body).expect("a JSON value serialises")))
 }
 

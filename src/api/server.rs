@@ -22,32 +22,33 @@ const LIMITS: Limits = Limits { max_head: 16 * 1024, max_body: 64 * 1024 };
 /// An idle keep-alive connection is closed after this; also the time a
 /// client may take to send one request.
 const IDLE: Duration = Duration::from_secs(30);
-/// How often the acceptor looks at the shutdown flag.
-const TICK: Duration = Duration::from_millis(50);
+/// The pause after a failed accept (out of file descriptors), so the
+/// acceptor does not spin.
+const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 
-/// Starts the acceptor.
+/// Starts the acceptor. It blocks in `accept`, so a connection is taken at
+/// once; once `shutdown` is cancelled, the next connection (the one
+/// [`super::ApiHandle::join`] makes to wake it) ends it.
 pub(super) fn spawn(
     listener: TcpListener,
     ctx: Arc<Context>,
     shutdown: CancellationToken,
 ) -> std::io::Result<JoinHandle<()>> {
-    listener.set_nonblocking(true)?;
     thread::Builder::new().name("api-accept".into()).spawn(move || {
         let open = Arc::new(AtomicUsize::new(0));
-        while !shutdown.is_cancelled() {
-            let stream = match listener.accept() {
+        loop {
+            let accepted = listener.accept();
+            if shutdown.is_cancelled() {
+                return;
+            }
+            let stream = match accepted {
                 Ok((s, _)) => s,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    thread::sleep(TICK);
-                    continue;
-                }
                 Err(e) => {
                     warn!(error = %e, "api accept failed");
-                    thread::sleep(TICK);
+                    thread::sleep(ACCEPT_RETRY);
                     continue;
                 }
             };
-            let _ = stream.set_nonblocking(false);
             if open.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
                 let r = Response::unavailable("too many api connections", 1).closing();
                 let _ = reply(&stream, &r, ReplyTo::default(), &[]);

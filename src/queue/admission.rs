@@ -179,7 +179,7 @@ pub(super) struct MemoryBoard(Mutex<Vec<(String, (u64, u64))>>);
 impl MemoryBoard {
     /// `master` read `reading`; publishes the fullest master's.
     pub(super) fn post(&self, master: &str, reading: (u64, u64), metrics: &PipelineMetrics) {
-        let mut board = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut board = self.lock();
         match board.iter_mut().find(|(m, _)| m == master) {
             Some((_, r)) => *r = reading,
             None => board.push((master.to_string(), reading)),
@@ -187,6 +187,16 @@ impl MemoryBoard {
         if let Some((_, (used, max))) = board.iter().max_by(|a, b| share(a.1).total_cmp(&share(b.1))) {
             metrics.set_redis_memory(*used, *max);
         }
+    }
+
+    /// `master`'s link has stopped: its reading leaves the board (the gauge
+    /// follows at the next reading of another master).
+    pub(super) fn forget(&self, master: &str) {
+        self.lock().retain(|(m, _)| m != master);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(String, (u64, u64))>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

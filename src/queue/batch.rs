@@ -23,8 +23,9 @@ pub(super) struct Batch {
     pub(super) jobs: Vec<Pending>,
     pub(super) partition: Vec<u16>,
     pub(super) answer: Vec<Answer>,
-    /// Per job: redirected to this master, by `MOVED` or `ASK` (a cluster).
-    redirect: Vec<Option<(ConnectionAddr, Hop)>>,
+    /// Jobs redirected by `MOVED` or `ASK` (a cluster): `(job, master,
+    /// how)`. Almost always empty, so a batch pays nothing for it.
+    redirects: Vec<(usize, ConnectionAddr, Hop)>,
     /// Redirected jobs, taken out at [`Batch::close`] unanswered: the
     /// caller hands them on to their master.
     pub(super) redirected: Vec<(Pending, ConnectionAddr)>,
@@ -38,7 +39,7 @@ impl Batch {
             jobs: Vec::with_capacity(n),
             partition: Vec::new(),
             answer: Vec::new(),
-            redirect: Vec::new(),
+            redirects: Vec::new(),
             redirected: Vec::new(),
             opened: Instant::now(),
         }
@@ -54,8 +55,7 @@ impl Batch {
         self.partition.extend(self.jobs.iter().map(|p| queue.partition_of(&p.job.provider, &p.job.event_id)));
         self.answer.clear();
         self.answer.resize(self.jobs.len(), None);
-        self.redirect.clear();
-        self.redirect.resize(self.jobs.len(), None);
+        self.redirects.clear();
         self.opened = Instant::now();
         !self.jobs.is_empty()
     }
@@ -69,7 +69,7 @@ impl Batch {
     /// redirect brought it here already: a slot moves only once per job.
     pub(super) fn redirect(&mut self, job: usize, addr: ConnectionAddr, hop: Hop) {
         if self.jobs[job].hop == Hop::Routed {
-            self.redirect[job] = Some((addr, hop));
+            self.redirects.push((job, addr, hop));
         } else {
             self.refuse(job, EnqueueError::Unavailable("the partition's slot is moving; retry".into()));
         }
@@ -90,13 +90,14 @@ impl Batch {
         depth.settle(metrics);
         let size = self.jobs.len();
         let mut enqueued = 0;
-        for ((mut p, answer), redirect) in
-            self.jobs.drain(..).zip(self.answer.drain(..)).zip(self.redirect.drain(..))
-        {
-            if let (None, Some((addr, hop))) = (&answer, redirect) {
-                p.hop = hop;
-                self.redirected.push((p, addr));
-                continue;
+        for (job, (mut p, answer)) in self.jobs.drain(..).zip(self.answer.drain(..)).enumerate() {
+            if answer.is_none() {
+                if let Some(k) = self.redirects.iter().position(|r| r.0 == job) {
+                    let (_, addr, hop) = self.redirects.swap_remove(k);
+                    p.hop = hop;
+                    self.redirected.push((p, addr));
+                    continue;
+                }
             }
             let answer =
                 answer.unwrap_or_else(|| Err(EnqueueError::Unavailable("no reply from redis".into())));
@@ -190,7 +191,6 @@ mod tests {
         let mut b = Batch::with_capacity(n);
         b.partition = vec![0; n];
         b.answer = vec![None; n];
-        b.redirect = vec![None; n];
         b
     }
 

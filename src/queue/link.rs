@@ -3,16 +3,18 @@
 //! reconnects on its own.
 //!
 //! On one node this is the pipeline thread itself, fed by the cores'
-//! channel. On a cluster each master has its own link thread, fed by the
-//! router ([`super::router`]): a master that stops answering (crashed,
-//! partitioned, frozen by `SIGSTOP`, whose kernel still accepts
-//! connections) blocks only its own thread, so it costs only its own
-//! partitions; the router refuses them at once (503) while its link is down.
+//! channel. On a cluster each master has its own link thread, which the
+//! cores feed by partition through the routes ([`super::router`]): a master
+//! that stops answering (crashed, partitioned, frozen by `SIGSTOP`, whose
+//! kernel still accepts connections) blocks only its own thread, so it
+//! costs only its own partitions, which get 503 at once while its link is
+//! down.
 //!
 //! # Contract
 //! A job's answer is its stream id only once this master acknowledged its
 //! `XADD` (and the `WAIT` after it, with `REDIS_WAIT_REPLICAS`); a job
-//! redirected by `MOVED` or `ASK` goes back to the router unanswered, once.
+//! redirected by `MOVED` or `ASK` goes back to the router thread
+//! unanswered, which sends it on, once.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -43,6 +45,14 @@ pub(super) struct Shared {
     /// Where redirected jobs and signs of a changed slot map go: the
     /// cluster's router. `None` on one node.
     pub(super) feedback: Option<Sender<Feedback>>,
+}
+
+impl Shared {
+    /// For the links of `settings`' queue; `feedback`: the router's, on a cluster.
+    pub(super) fn new(settings: PipelineSettings, feedback: Option<Sender<Feedback>>) -> Arc<Self> {
+        let streams = settings.queue.streams();
+        Arc::new(Self { streams, settings, memory: MemoryBoard::default(), feedback })
+    }
 }
 
 /// What a link tells the cluster's router.
@@ -180,6 +190,9 @@ impl Link {
             self.fill_batch(&rx);
             self.flush();
         }
+        // Retired (its master left the slot map) or stopping: its last
+        // memory reading must not stay the gauge's.
+        self.shared.memory.forget(&self.name);
     }
 
     /// Takes what else is queued after the first job: up to `BATCH_MAX`,

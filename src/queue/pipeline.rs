@@ -14,7 +14,7 @@ use std::time::Duration;
 use crossbeam_channel::Receiver;
 use tracing::{error, info};
 
-use super::admission::{Depth, MemoryBoard};
+use super::admission::Depth;
 use super::link::{check_durability, Link, MasterState, Shared};
 use super::router::{self, Routes};
 use super::settings::PipelineSettings;
@@ -70,10 +70,16 @@ pub fn spawn_pipeline(settings: PipelineSettings) -> std::io::Result<(Enqueuer, 
             let (life, alive) = crossbeam_channel::bounded(0);
             let enqueuer = Enqueuer::routed(routes.clone(), life, settings.enqueue_timeout);
             let backlog = Backlog::Links(routes.clone());
+            let first_map = settings.enqueue_timeout * 2 + Duration::from_secs(1);
+            let (ready, routed) = crossbeam_channel::bounded(1);
             let thread = name.spawn(move || {
-                router::run(settings, routes, alive);
+                router::run(settings, routes, alive, ready);
                 info!("redis pipeline thread stopped: every core has let go of the queue");
             })?;
+            // Until the first slot map is in (or could not be had), the
+            // cores would find no route and answer 503: the gateway starts
+            // serving after it, as it did when one thread read it inline.
+            let _ = routed.recv_timeout(first_map);
             Ok((enqueuer, PipelineHandle { thread, backlog }))
         }
         Target::Node(info) => {
@@ -83,10 +89,8 @@ pub fn spawn_pipeline(settings: PipelineSettings) -> std::io::Result<(Enqueuer, 
                 let queue = &settings.queue;
                 let every: Vec<u16> = (0..queue.partitions()).collect();
                 let depth = Depth::new(queue.partitions(), settings.max_queue_depth);
-                let streams = queue.streams();
-                let shared =
-                    Arc::new(Shared { streams, settings, memory: MemoryBoard::default(), feedback: None });
-                Link::new(shared, Arc::new(MasterState::new(every)), info, depth).run(rx);
+                Link::new(Shared::new(settings, None), Arc::new(MasterState::new(every)), info, depth)
+                    .run(rx);
                 info!("redis pipeline thread stopped: every core has let go of the queue");
             })?;
             Ok((enqueuer, PipelineHandle { thread, backlog }))

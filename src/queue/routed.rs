@@ -236,48 +236,40 @@ impl Routed {
         let probe = self.state.admit(addr)?;
         if probe {
             self.links.retain(|(a, _)| a != addr);
-            let answered = self.open(addr, PROBE_TIMEOUT).and_then(|mut con| {
-                redis::cmd("PING").query::<String>(&mut con)?;
-                con.set_read_timeout(Some(self.read_timeout))?;
-                con.set_write_timeout(Some(self.connect_timeout.max(Duration::from_secs(1))))?;
-                Ok(con)
-            });
-            match answered {
-                Ok(con) => {
-                    self.state.probed(addr, Ok(()));
-                    self.links.push((addr.clone(), con));
-                }
-                Err(e) => {
-                    self.state.probed(addr, Err(e.to_string()));
-                    return Err(e);
-                }
-            }
-        }
-        if let Some(i) = self.links.iter().position(|(a, _)| a == addr) {
+        } else if let Some(i) = self.links.iter().position(|(a, _)| a == addr) {
             return Ok(&mut self.links[i].1);
         }
-        let opened = self.open(addr, self.connect_timeout).and_then(|con| {
-            con.set_read_timeout(Some(self.read_timeout))?;
-            con.set_write_timeout(Some(self.connect_timeout.max(Duration::from_secs(1))))?;
-            Ok(con)
-        });
+        let opened = self.open(addr, probe);
+        if probe {
+            self.state.probed(addr, opened.as_ref().map(drop).map_err(ToString::to_string));
+        }
         match opened {
             Ok(con) => {
                 self.links.push((addr.clone(), con));
                 Ok(&mut self.links.last_mut().expect("just pushed").1)
             }
             Err(e) => {
-                self.failed(addr, &e);
+                if !probe {
+                    self.failed(addr, &e);
+                }
                 Err(e)
             }
         }
     }
 
-    fn open(&self, addr: &ConnectionAddr, timeout: Duration) -> RedisResult<redis::Connection> {
-        let con = redis::Client::open(self.info(addr))?.get_connection_with_timeout(timeout)?;
-        // Until the caller sets its own: no step of a setup without a limit.
-        con.set_read_timeout(Some(timeout))?;
-        con.set_write_timeout(Some(timeout))?;
+    /// A connection to `addr` with this connection's timeouts; a `probe`
+    /// must first answer `PING` within [`PROBE_TIMEOUT`]. No step of the
+    /// setup goes without a limit.
+    fn open(&self, addr: &ConnectionAddr, probe: bool) -> RedisResult<redis::Connection> {
+        let setup = if probe { PROBE_TIMEOUT } else { self.connect_timeout };
+        let mut con = redis::Client::open(self.info(addr))?.get_connection_with_timeout(setup)?;
+        con.set_read_timeout(Some(setup))?;
+        con.set_write_timeout(Some(setup))?;
+        if probe {
+            redis::cmd("PING").query::<String>(&mut con)?;
+        }
+        con.set_read_timeout(Some(self.read_timeout))?;
+        con.set_write_timeout(Some(self.connect_timeout.max(Duration::from_secs(1))))?;
         Ok(con)
     }
 

@@ -24,7 +24,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use redis::{ConnectionAddr, ConnectionInfo, RedisResult};
 use tracing::{error, info, warn};
 
-use super::admission::{Depth, MemoryBoard};
+use super::admission::Depth;
 use super::link::{Feedback, Link, MasterState, Shared};
 use super::settings::PipelineSettings;
 use super::topology::Topology;
@@ -134,7 +134,8 @@ pub(super) fn routes(queue: &Queue) -> Arc<Routes> {
 
 /// Keeps `routes` until `life` is closed (every core's handle dropped),
 /// then lets every link answer what it holds.
-pub(super) fn run(settings: PipelineSettings, routes: Arc<Routes>, life: Receiver<()>) {
+/// `ready` is told once the first slot map was read (or could not be).
+pub(super) fn run(settings: PipelineSettings, routes: Arc<Routes>, life: Receiver<()>, ready: Sender<()>) {
     let queue = settings.queue.clone();
     let (feedback_tx, feedback) = crossbeam_channel::unbounded();
     let (ask, questions) = crossbeam_channel::unbounded::<Vec<ConnectionInfo>>();
@@ -145,12 +146,7 @@ pub(super) fn run(settings: PipelineSettings, routes: Arc<Routes>, life: Receive
         super::Target::Cluster(seeds) => seeds[0].clone(),
     };
     let depth = Depth::new(queue.partitions(), settings.max_queue_depth);
-    let shared = Arc::new(Shared {
-        streams: queue.streams(),
-        settings,
-        memory: MemoryBoard::default(),
-        feedback: Some(feedback_tx),
-    });
+    let shared = Shared::new(settings, Some(feedback_tx));
     let mut router = Router {
         shared,
         routes,
@@ -170,6 +166,7 @@ pub(super) fn run(settings: PipelineSettings, routes: Arc<Routes>, life: Receive
     if let Ok(t) = answers.recv_timeout(router.shared.settings.enqueue_timeout * 2) {
         router.apply(t);
     }
+    let _ = ready.send(());
     loop {
         router.ask_for_slot_map();
         let wait = router.next_slot_map().saturating_duration_since(Instant::now()).max(TOPOLOGY_RETRY);
@@ -309,6 +306,9 @@ impl Router {
             };
             self.masters.push(master);
         }
+        // Those that have finished need no join: one failover after
+        // another must not pile up handles.
+        self.retired.retain(|t| !t.is_finished());
         self.retired.extend(old.into_iter().filter_map(|m| m.thread));
         if t.route != self.route {
             info!(

@@ -153,12 +153,6 @@ impl Conn {
     pub fn is_cluster(&self) -> bool {
         matches!(self, Self::Cluster(_))
     }
-
-    /// Whether commands to different partitions may share one plain pipeline
-    /// (one node: yes; a cluster: no, each goes by its own slot).
-    pub fn pipelines_span_partitions(&self) -> bool {
-        matches!(self, Self::Node(_))
-    }
 }
 
 impl ConnectionLike for Conn {

@@ -109,8 +109,7 @@ const COLUMNS: &str = "id, provider, event_id, event_type, event_timestamp, rece
 
 fn event(row: &postgres::Row) -> Result<Event, StoreError> {
     let received_at: OffsetDateTime = row.get(5);
-    let xid: String = row.get(9);
-    let xid = xid.parse().map_err(|_| StoreError::Schema("webhook_events.xid is not a number"))?;
+    let xid = xid_at(row, 9)?;
     let id: i64 = row.get(0);
     Ok(Event {
         id,
@@ -124,6 +123,12 @@ fn event(row: &postgres::Row) -> Result<Event, StoreError> {
         payload: row.get(8),
         position: Position { xid, id, received_us: micros(received_at) },
     })
+}
+
+/// Column `i` of `row`: an `xid8` selected as text (the driver has no type
+/// for it), as a number.
+fn xid_at(row: &postgres::Row, i: usize) -> Result<u64, StoreError> {
+    row.get::<_, String>(i).parse().map_err(|_| StoreError::Schema("an xid8 column is not a number"))
 }
 
 fn micros(t: OffsetDateTime) -> i64 {
@@ -204,8 +209,7 @@ pub fn before_time(client: &mut Client, at: OffsetDateTime) -> Result<Position, 
 
 fn position_of(row: Option<&postgres::Row>) -> Result<Position, StoreError> {
     let Some(r) = row else { return Ok(Position::START) };
-    let xid: String = r.get(0);
-    let xid = xid.parse().map_err(|_| StoreError::Schema("webhook_events.xid is not a number"))?;
+    let xid = xid_at(r, 0)?;
     Ok(Position { xid, id: r.get(1), received_us: micros(r.get(2)) })
 }
 
@@ -232,28 +236,22 @@ pub struct Consumer {
     pub acked_at: Option<OffsetDateTime>,
 }
 
-/// The consumer `name`, made at [`Position::START`] if it is new.
+/// Where the consumer `name` stands: [`Position::START`] for a name never
+/// acked nor sought. Reading writes nothing, so reads alone never grow the
+/// table (nor take a transaction id, which would hold every reader back).
 ///
 /// # Errors
 /// PostgreSQL failed.
-pub fn consumer(client: &mut Client, name: &str) -> Result<Consumer, StoreError> {
-    const READ: &str =
-        "SELECT name, xid::text, id, received_at, acked_at FROM webhook_consumers WHERE name = $1";
-    // A read for every page; the insert (a write, and a transaction id that
-    // would hold every reader's horizon while it runs) only for a new name.
-    if let Some(row) = client.query_opt(READ, &[&name])? {
-        return consumer_of(&row);
-    }
-    client.execute(
-        "INSERT INTO webhook_consumers (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
+pub fn consumer_position(client: &mut Client, name: &str) -> Result<Position, StoreError> {
+    let row = client.query_opt(
+        "SELECT name, xid::text, id, received_at, acked_at FROM webhook_consumers WHERE name = $1",
         &[&name],
     )?;
-    consumer_of(&client.query_one(READ, &[&name])?)
+    Ok(row.as_ref().map(consumer_of).transpose()?.map_or(Position::START, |c| c.position))
 }
 
 fn consumer_of(row: &postgres::Row) -> Result<Consumer, StoreError> {
-    let xid: String = row.get(1);
-    let xid = xid.parse().map_err(|_| StoreError::Schema("webhook_events.xid is not a number"))?;
+    let xid = xid_at(row, 1)?;
     let received: Option<OffsetDateTime> = row.get(3);
     let id: i64 = row.get(2);
     let position = match received {
@@ -263,22 +261,25 @@ fn consumer_of(row: &postgres::Row) -> Result<Consumer, StoreError> {
     Ok(Consumer { name: row.get(0), position, acked_at: row.get(4) })
 }
 
-/// Moves the consumer `name` to `to` (made if new).
+/// Moves the consumer `name` to `to`, making it if it is new and fewer
+/// than `cap` consumers exist: whether it was moved (false: the cap).
 ///
 /// # Errors
 /// PostgreSQL failed.
-pub fn set_consumer(client: &mut Client, name: &str, to: Position) -> Result<(), StoreError> {
+pub fn set_consumer(client: &mut Client, name: &str, to: Position, cap: i64) -> Result<bool, StoreError> {
     let received = (!to.is_start())
         .then(|| OffsetDateTime::from_unix_timestamp_nanos(i128::from(to.received_us) * 1000).ok())
         .flatten();
-    client.execute(
+    let moved = client.execute(
         "INSERT INTO webhook_consumers (name, xid, id, received_at, acked_at)
-         VALUES ($1, $2::text::xid8, $3, $4, now())
+         SELECT $1, $2::text::xid8, $3, $4, now()
+          WHERE EXISTS (SELECT 1 FROM webhook_consumers WHERE name = $1)
+             OR (SELECT count(*) FROM webhook_consumers) < $5
          ON CONFLICT (name) DO UPDATE
             SET xid = EXCLUDED.xid, id = EXCLUDED.id, received_at = EXCLUDED.received_at, acked_at = now()",
-        &[&name, &to.xid.to_string(), &to.id, &received],
+        &[&name, &to.xid.to_string(), &to.id, &received, &cap],
     )?;
-    Ok(())
+    Ok(moved > 0)
 }
 
 /// Removes the consumer `name`: whether it existed.

@@ -1,5 +1,5 @@
 //! Step 3: tell Redis what became of the batch, in one pipelined round trip
-//! (two on a cluster) that never lets the fallback part block the essential one:
+//! that never lets the fallback part block the essential one:
 //!
 //! 1. dead letters PostgreSQL could not take (it went down, or the entry
 //!    was dead-lettered without it): `MULTI`, their `XADD`s to
@@ -117,57 +117,40 @@ impl Worker {
         }
     }
 
-    /// The round trip itself. On one node it is one pipeline whose parts
-    /// fail alone (`ignore_errors`); on a cluster redis-rs fails a whole
-    /// pipeline on any error reply, so the two parts go as two, and the
-    /// fallback one still cannot hold back the other.
+    /// The round trip itself: one pipeline whose two parts fail alone
+    /// (`ignore_errors`), so the fallback part cannot hold back the other.
+    /// Every key shares the partition's slot, so on a cluster too it goes
+    /// whole to one master ([`crate::queue`]'s cluster connection sends a
+    /// plain pipeline as it is).
     fn acknowledge(&mut self, acks: &[&str], dead: &[&Dead], forget: &[&str]) -> redis::RedisResult<()> {
         let stream = self.stream();
-        let (mut dead_part, mut ack_part) = (redis::pipe(), redis::pipe());
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
         if !dead.is_empty() {
             let dead_stream = dead_letter_stream(&stream);
             let ids: Vec<&str> = dead.iter().map(|d| d.entry.id.as_str()).collect();
-            dead_part.cmd("MULTI");
+            pipe.cmd("MULTI");
             for d in dead {
-                dead_part.add_command(xadd(&dead_stream, d));
+                pipe.add_command(xadd(&dead_stream, d));
             }
-            dead_part.cmd("XACK").arg(&stream).arg(GROUP).arg(&ids);
-            dead_part.cmd("XDEL").arg(&stream).arg(&ids);
-            dead_part.cmd("HDEL").arg(keys::attempts(&stream)).arg(&ids);
-            dead_part.cmd("EXEC");
+            pipe.cmd("XACK").arg(&stream).arg(GROUP).arg(&ids);
+            pipe.cmd("XDEL").arg(&stream).arg(&ids);
+            pipe.cmd("HDEL").arg(keys::attempts(&stream)).arg(&ids);
+            pipe.cmd("EXEC");
         }
+        let dead_len = pipe.len();
         if !acks.is_empty() {
-            ack_part.cmd("XACK").arg(&stream).arg(GROUP).arg(acks);
-            ack_part.cmd("XDEL").arg(&stream).arg(acks);
+            pipe.cmd("XACK").arg(&stream).arg(GROUP).arg(acks);
+            pipe.cmd("XDEL").arg(&stream).arg(acks);
         }
         if !forget.is_empty() {
-            ack_part.cmd("HDEL").arg(keys::attempts(&stream)).arg(forget);
+            pipe.cmd("HDEL").arg(keys::attempts(&stream)).arg(forget);
         }
-        let con = self.con()?;
-        let (dead_reply, ack_reply) = if con.pipelines_span_partitions() {
-            let mut pipe = redis::pipe();
-            pipe.ignore_errors();
-            for part in [&dead_part, &ack_part] {
-                for cmd in part.cmd_iter() {
-                    pipe.add_command(cmd.clone());
-                }
-            }
-            let replies: Vec<redis::RedisResult<redis::Value>> = pipe.query(con)?;
-            let mut replies = replies.into_iter();
-            // MULTI, each command's QUEUED, then EXEC's verdict.
-            let dead_reply = replies.by_ref().take(dead_part.len()).last().unwrap_or(Ok(redis::Value::Nil));
-            let ack_reply = replies.find(Result::is_err).unwrap_or(Ok(redis::Value::Nil));
-            (dead_reply.map(drop), ack_reply.map(drop))
-        } else {
-            let mut send = |part: &redis::Pipeline| -> redis::RedisResult<()> {
-                if part.is_empty() {
-                    Ok(())
-                } else {
-                    part.query::<redis::Value>(con).map(drop)
-                }
-            };
-            (send(&dead_part), send(&ack_part))
-        };
+        let replies: Vec<redis::RedisResult<redis::Value>> = pipe.query(self.con()?)?;
+        let mut replies = replies.into_iter();
+        // MULTI, each command's QUEUED, then EXEC's verdict.
+        let dead_reply = replies.by_ref().take(dead_len).last().unwrap_or(Ok(redis::Value::Nil)).map(drop);
+        let ack_reply = replies.find(Result::is_err).unwrap_or(Ok(redis::Value::Nil)).map(drop);
         if let Err(e) = dead_reply {
             if e.is_io_error() {
                 return Err(e);

@@ -600,14 +600,18 @@ impl Worker {
             let slack = Duration::from_secs(if queue.is_cluster() { 1 } else { 5 });
             let con = queue.connect(Duration::from_secs(2), self.settings.block + slack)?;
             self.con = Some(con);
-            // Whatever this consumer held when the link broke (a read whose
-            // reply was lost, entries left for another attempt) is taken
-            // back first, by id: no new delivery, no waiting for a reclaim.
-            for lane in &mut self.lanes {
-                lane.own_cursor = Some("-".into());
-            }
+            self.rescan_own();
         }
         Ok(self.con.as_mut().expect("just set"))
+    }
+
+    /// Whatever this consumer held when a link broke (a read whose reply was
+    /// lost, entries left for another attempt) is taken back first, by id:
+    /// no new delivery, no waiting for a reclaim.
+    fn rescan_own(&mut self) {
+        for lane in &mut self.lanes {
+            lane.own_cursor = Some("-".into());
+        }
     }
 
     /// After a Redis error: the connection is reopened (a cluster's is
@@ -615,9 +619,7 @@ impl Worker {
     /// are fine), and what this consumer holds is scanned again first.
     fn disconnect(&mut self) {
         if self.con.as_ref().is_some_and(crate::queue::Conn::is_cluster) {
-            for lane in &mut self.lanes {
-                lane.own_cursor = Some("-".into());
-            }
+            self.rescan_own();
         } else {
             self.con = None;
         }

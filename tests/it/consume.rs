@@ -320,6 +320,23 @@ fn the_api_needs_a_token_and_an_admin_route_an_admin_token() {
         c.read_response().unwrap()
     };
     assert_eq!(untyped.status, 415);
+
+    // Reading makes no consumer; acks make them, up to a bound.
+    assert_eq!(read.get("/v1/consumers/just-reading/events").status, 200);
+    let listed = read.ok("/v1/consumers");
+    assert!(listed["data"].as_array().unwrap().iter().all(|c| c["name"] != "just-reading"), "{listed}");
+    app.pg()
+        .batch_execute(
+            "INSERT INTO webhook_consumers (name) SELECT 'filler-' || n FROM generate_series(1, 1000) n",
+        )
+        .unwrap();
+    let over = read.post("/v1/consumers/one-too-many/ack", r#"{"cursor":"start"}"#);
+    assert_eq!(over.status, 400, "{}", String::from_utf8_lossy(&over.body));
+    assert_eq!(
+        read.post("/v1/consumers/filler-7/ack", r#"{"cursor":"start"}"#).status,
+        200,
+        "existing ones move"
+    );
 }
 
 #[test]
