@@ -60,6 +60,7 @@ fn job() -> WebhookJob {
         payload: SEED.as_bytes().to_vec(),
         raw_body: None,
         unsigned_fields: String::new(),
+        replay_of: None,
     }
 }
 

@@ -38,6 +38,7 @@ fn job(i: usize) -> WebhookJob {
         payload: payload.into_bytes(),
         raw_body: None,
         unsigned_fields: String::new(),
+        replay_of: None,
     }
 }
 

@@ -26,6 +26,7 @@ use crate::queue::{
 };
 use crate::store;
 use crate::telemetry::metrics::Metrics;
+use crate::telemetry::sources::SourceLabel;
 use crate::worker::{spawn_workers, WorkerPool, WorkerSettings};
 
 /// Listen backlog per core.
@@ -194,9 +195,14 @@ pub fn start(config: &Config, role: Role) -> Result<RunningApp, StartError> {
     if role.gateway() {
         log_routes(&sources);
     }
-    let source_names =
-        if sources.from_file() { sources.iter().map(|s| s.route.clone()).collect() } else { Vec::new() };
-    let metrics = Metrics::with_sources(cpus.len(), source_names);
+    let labels = sources
+        .iter()
+        .map(|s| SourceLabel {
+            name: s.route.clone(),
+            silent_after_secs: s.silent_after.map(|d| d.as_secs()),
+        })
+        .collect();
+    let metrics = Metrics::with_bounds(cpus.len(), labels, config.ops.rejections);
     let workers =
         if role.workers() { Some(start_workers(config, &shutdown, metrics.clone())?) } else { None };
     let mut app = RunningApp {
@@ -211,8 +217,21 @@ pub fn start(config: &Config, role: Role) -> Result<RunningApp, StartError> {
         shutdown_timeout: config.ops.shutdown_timeout,
     };
     if role.gateway() {
+        let gateway = crate::api::Gateway {
+            queue: config.queue.queue(),
+            metrics: metrics.clone(),
+            sources: sources
+                .iter()
+                .map(|s| crate::api::SourceInfo {
+                    route: s.route.clone(),
+                    kind: s.kind_name,
+                    scheme: s.kind.scheme(),
+                    silent_after_secs: s.silent_after.map(|d| d.as_secs()),
+                })
+                .collect(),
+        };
         let started = start_gateway(config, &mut app, cpus, metrics, sources)
-            .and_then(|()| start_api(config, &app.shutdown).map(|api| app.api = api));
+            .and_then(|()| start_api(config, &app.shutdown, gateway).map(|api| app.api = api));
         if let Err(e) = started {
             app.stop();
             return Err(e);
@@ -226,6 +245,7 @@ pub fn start(config: &Config, role: Role) -> Result<RunningApp, StartError> {
 fn start_api(
     config: &Config,
     shutdown: &CancellationToken,
+    gateway: crate::api::Gateway,
 ) -> Result<Option<crate::api::ApiHandle>, StartError> {
     if config.api.tokens.is_empty() {
         return Ok(None);
@@ -241,6 +261,7 @@ fn start_api(
         database_url: url,
         session: config.store.session(),
         migrate: config.store.migrate_on_start,
+        gateway,
     };
     crate::api::spawn(settings, shutdown.clone())
         .map(Some)

@@ -346,12 +346,15 @@ fn partition_gauges(con: &mut crate::queue::Conn, stream: &str) -> Option<Partit
     pipe.cmd("XLEN").arg(crate::worker::dead_letter_stream(stream));
     pipe.cmd("XPENDING").arg(stream).arg(crate::queue::GROUP);
     pipe.cmd("XINFO").arg("GROUPS").arg(stream);
+    // Acknowledged entries are deleted, so the first is the oldest waiting.
+    pipe.cmd("XRANGE").arg(stream).arg("-").arg("+").arg("COUNT").arg(1);
     // XPENDING's summary: the count, then the lowest and highest ids and
     // the per-consumer counts, which are not needed here.
     type Summary = (u64, redis::Value, redis::Value, redis::Value);
-    let (length, dead_letters, (pending, ..), groups): (u64, u64, Summary, redis::Value) =
-        pipe.query(con).ok()?;
-    Some(PartitionGauges { length, pending, dead_letters, lag: group_lag(groups).unwrap_or(0) })
+    type Gauges = (u64, u64, Summary, redis::Value, Vec<(String, redis::Value)>);
+    let (length, dead_letters, (pending, ..), groups, first): Gauges = pipe.query(con).ok()?;
+    let oldest_ms = first.first().and_then(|(id, _)| id.split_once('-')).and_then(|(ms, _)| ms.parse().ok());
+    Some(PartitionGauges { length, pending, dead_letters, lag: group_lag(groups).unwrap_or(0), oldest_ms })
 }
 
 /// The `lag` of the workers' group in an `XINFO GROUPS` reply (Redis 7+;

@@ -10,7 +10,8 @@
 //! unverified envelope, which is what they were. Version 3 adds the raw
 //! body when it differs from the stored payload (a form delivery); version
 //! 4 the names of the fields read from headers the signature does not
-//! cover. Each is written only for the jobs that need it, so a worker of
+//! cover; version 5 the dead letter a replayed job came from. Each is
+//! written only for the jobs that need it, so a worker of
 //! the version before still reads every other entry during a rolling
 //! upgrade (and leaves the newer ones pending for a newer worker).
 
@@ -20,7 +21,7 @@ use thiserror::Error;
 
 /// The newest version written in a stream entry; bump it when the field
 /// layout changes. Entries that need nothing of it are written as version 2.
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 
 /// Field names of a job's stream entry. Short, because they are repeated in
 /// every entry and Redis stores them per entry (unless the stream's listpack
@@ -47,6 +48,9 @@ pub mod fields {
     /// The fields read from headers the signature does not cover (v4;
     /// absent when there are none).
     pub const UNSIGNED_FIELDS: &str = "u";
+    /// The `webhook_dead_letters` row a replayed job came from (v5; absent
+    /// otherwise): the write that stores the job deletes that row.
+    pub const REPLAY_OF: &str = "d";
 }
 
 /// A validated webhook, the unit that crosses every stage.
@@ -79,6 +83,10 @@ pub struct WebhookJob {
     /// is. Stored as `unsigned_fields`, so a reader knows what the
     /// signature proves of the row.
     pub unsigned_fields: String,
+    /// The `webhook_dead_letters` row this job is a replay of: the
+    /// transaction that stores it (or finds it stored) deletes that row, so
+    /// a dead letter leaves the table only once its event is in it.
+    pub replay_of: Option<i64>,
 }
 
 /// Microseconds since the Unix epoch, from the system clock: the clock a
@@ -117,7 +125,9 @@ impl WebhookJob {
 
     /// Appends this job's entry fields to an `XADD` command (after the id).
     pub fn write_stream_fields(&self, cmd: &mut redis::Cmd) {
-        let version = if !self.unsigned_fields.is_empty() {
+        let version = if self.replay_of.is_some() {
+            5
+        } else if !self.unsigned_fields.is_empty() {
             4
         } else if self.raw_body.is_some() {
             3
@@ -144,6 +154,9 @@ impl WebhookJob {
         }
         if !self.unsigned_fields.is_empty() {
             cmd.arg(fields::UNSIGNED_FIELDS).arg(&self.unsigned_fields);
+        }
+        if let Some(id) = self.replay_of {
+            cmd.arg(fields::REPLAY_OF).arg(id);
         }
         cmd.arg(fields::PAYLOAD).arg(&self.payload[..]);
     }
@@ -183,6 +196,10 @@ impl WebhookJob {
                 unsigned_fields: match map.contains_key(fields::UNSIGNED_FIELDS) {
                     true => text(&map, fields::UNSIGNED_FIELDS)?,
                     false => String::new(),
+                },
+                replay_of: match map.contains_key(fields::REPLAY_OF) {
+                    true => Some(int(&map, fields::REPLAY_OF)?),
+                    false => None,
                 },
             })
         })();
@@ -283,6 +300,7 @@ mod tests {
             payload: b"{\"x\":\"\xff\"}".to_vec(),
             raw_body: None,
             unsigned_fields: String::new(),
+            replay_of: None,
         };
         assert_eq!(WebhookJob::from_stream_fields(entry_of(&job)).unwrap(), job);
         let unverified = WebhookJob { verified_by: None, event_type: String::new(), ..job.clone() };
@@ -298,6 +316,10 @@ mod tests {
         let entry = entry_of(&github);
         assert_eq!(entry["v"], redis::Value::BulkString(b"4".to_vec()), "unsigned fields named: v4");
         assert_eq!(WebhookJob::from_stream_fields(entry).unwrap(), github);
+        let replayed = WebhookJob { replay_of: Some(42), ..github };
+        let entry = entry_of(&replayed);
+        assert_eq!(entry["v"], redis::Value::BulkString(b"5".to_vec()), "a replay: v5");
+        assert_eq!(WebhookJob::from_stream_fields(entry).unwrap(), replayed);
     }
 
     #[test]
@@ -312,12 +334,13 @@ mod tests {
             payload: vec![],
             raw_body: None,
             unsigned_fields: String::new(),
+            replay_of: None,
         };
         let mut map = entry_of(&job);
-        map.insert("v".into(), redis::Value::BulkString(b"5".to_vec()));
+        map.insert("v".into(), redis::Value::BulkString(b"6".to_vec()));
         map.insert("w".into(), redis::Value::BulkString(b"raw".to_vec()));
         let refused = WebhookJob::from_stream_fields(map).unwrap_err();
-        assert_eq!(refused.error, JobDecodeError::UnknownVersion("5".into()));
+        assert_eq!(refused.error, JobDecodeError::UnknownVersion("6".into()));
         assert!(refused.fields.contains_key("w"), "the raw body comes back too");
         let mut map = refused.fields;
         assert!(map.contains_key("b"), "the fields come back whole");

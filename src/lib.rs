@@ -28,6 +28,7 @@ pub mod http;
 pub mod ingest;
 pub mod job;
 pub mod queue;
+pub mod report;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;

@@ -35,11 +35,28 @@ enum Command {
     /// Apply the `sql/` migrations not yet applied, then exit.
     Migrate,
     /// Move dead letters (webhook_dead_letters, and any still in the Redis
-    /// fallback stream) back into their streams.
+    /// fallback stream) back into their streams; each leaves the table once
+    /// its event is stored. The same code as `POST /v1/dead-letters/replay`.
     Replay {
-        /// Dead-letter ids (`webhook_dead_letters.id`) to replay (default: all).
+        /// Dead-letter ids (`webhook_dead_letters.id`) to replay (default:
+        /// every one the filter matches that is not being replayed).
         #[arg(long = "id")]
         ids: Vec<i64>,
+        /// Only this provider's.
+        #[arg(long)]
+        provider: Option<String>,
+        /// Only those PostgreSQL refused with this SQLSTATE.
+        #[arg(long)]
+        sqlstate: Option<String>,
+        /// Only those whose error contains this text (any case).
+        #[arg(long)]
+        error_contains: Option<String>,
+        /// At most this many.
+        #[arg(long)]
+        max: Option<u64>,
+        /// Only count what would be replayed.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Print queue length, pending entries, dead letters, rows stored and
     /// what PostgreSQL keeps (partitions, dedupe generations, sizes).
@@ -94,7 +111,20 @@ fn main() -> ExitCode {
         }
         Command::Serve { role } => return serve(&config, role),
         Command::Migrate => migrate(&config),
-        Command::Replay { ids } => replay(&config, ids),
+        Command::Replay { ids, provider, sqlstate, error_contains, max, dry_run } => {
+            let scope = if ids.is_empty() {
+                let filter = store::dead_letters::Filter {
+                    provider,
+                    sqlstate,
+                    text: error_contains,
+                    ..Default::default()
+                };
+                ReplayScope::Filter { filter, max }
+            } else {
+                ReplayScope::Ids(ids)
+            };
+            replay(&config, &scope, dry_run)
+        }
         Command::Stats => stats(&config),
         Command::Healthcheck => healthcheck(&config),
     };
@@ -167,54 +197,64 @@ fn pg_client(config: &Config) -> Result<postgres::Client, Box<dyn std::error::Er
     Ok(postgres::Client::connect(url, postgres::NoTls)?)
 }
 
-fn replay(config: &Config, ids: Vec<i64>) -> CliResult {
-    let scope = if ids.is_empty() { ReplayScope::All } else { ReplayScope::Ids(ids) };
+fn replay(config: &Config, scope: &ReplayScope, dry_run: bool) -> CliResult {
     let queue = config.queue.queue();
     let mut con = redis_con(config)?;
     let mut client = pg_client(config)?;
-    let replayed = worker::replay(&mut con, &mut client, &queue.streams(), &scope)?;
-    println!("replayed {replayed} dead letters into {}", config.queue.queue_name);
+    let done = worker::replay(&mut con, &mut client, &queue.streams(), scope, dry_run)?;
+    if dry_run {
+        println!("would replay {} dead letters into {} (dry run)", done.matched, config.queue.queue_name);
+    } else {
+        println!(
+            "replayed {} dead letters into {} (matched {})",
+            done.replayed, config.queue.queue_name, done.matched
+        );
+    }
     Ok(())
 }
 
 fn stats(config: &Config) -> CliResult {
     let queue = config.queue.queue();
     let mut con = redis_con(config)?;
-    let g = webhook_ingestor::health::read_queue_gauges(&queue, &mut con).ok_or("redis did not answer")?;
-    println!("stream:       {}", queue.name());
-    println!("partitions:   {}", queue.partitions());
-    println!("queue_length: {}", g.length);
-    println!("pending:      {}", g.pending);
-    println!("lag:          {}", g.lag);
-    println!("dead_letters_in_redis: {}", g.dead_letters);
-    for (condition, description) in webhook_ingestor::health::read_held(&queue, &mut con) {
+    let mut client = match config.store.database_url {
+        Some(_) => Some(pg_client(config)?),
+        None => None,
+    };
+    let r = webhook_ingestor::report::read(&queue, Some(&mut con), client.as_mut())?;
+    let q = r.queue.ok_or("redis did not answer")?;
+    println!("stream:       {}", r.stream);
+    println!("partitions:   {}", r.partitions);
+    println!("queue_length: {}", q.length);
+    println!("pending:      {}", q.pending);
+    println!("lag:          {}", q.lag);
+    println!("oldest_unacked_seconds: {:.3}", q.oldest_unacked_seconds);
+    println!("dead_letters_in_redis: {}", q.dead_letters_in_redis);
+    for (condition, description) in &r.held {
         println!("held {condition}: {description}");
     }
-    if g.partitions.len() > 1 {
+    if q.partitions.len() > 1 {
         println!("partition  length  pending  lag  dead_letters_in_redis");
-        for (p, pg) in g.partitions.iter().enumerate() {
+        for (p, pg) in q.partitions.iter().enumerate() {
             match pg {
                 Some(pg) => println!(
                     "{p:>9}  {:>6}  {:>7}  {:>3}  {:>21}",
-                    pg.length, pg.pending, pg.lag, pg.dead_letters
+                    pg.length, pg.pending, pg.lag, pg.dead_letters_in_redis
                 ),
                 None => println!("{p:>9}  (its master did not answer)"),
             }
         }
     }
-    if config.store.database_url.is_some() {
-        let mut client = pg_client(config)?;
-        let kept = store::partitions::kept(&mut client)?;
-        println!("rows_stored:  {}", kept.rows);
-        println!("dead_letters: {}", store::dead_letters::count(&mut client)?);
-        println!("conflicts:    {}", store::count_conflicts(&mut client)?);
-        println!("table_bytes:  {}", kept.table_bytes);
-        println!("index_bytes:  {}", kept.index_bytes);
-        println!("key_bytes:    {}", kept.key_bytes);
-        println!("dedupe_generations: {}", kept.generations);
-        println!("event_partitions:   {}", kept.partitions.len());
-        for p in &kept.partitions {
-            println!("  {}", p.name);
+    if let Some(s) = r.store {
+        println!("rows_stored:  {}", s.rows_stored);
+        println!("dead_letters: {}", s.dead_letters);
+        println!("conflicts:    {}", s.conflicts);
+        println!("table_bytes:  {}", s.table_bytes);
+        println!("index_bytes:  {}", s.index_bytes);
+        println!("key_bytes:    {}", s.key_bytes);
+        println!("dedupe_generations: {}", s.dedupe_generations);
+        println!("event_partitions:   {}", s.event_partitions.len());
+        for name in &s.event_partitions {
+            println!("  {name}");
         }
     }
     Ok(())

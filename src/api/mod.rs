@@ -14,7 +14,10 @@
 //! and what they promise are in [`routes`].
 
 pub mod auth;
+mod dead_letters;
+mod events;
 pub mod notify;
+mod operate;
 mod routes;
 mod server;
 
@@ -47,6 +50,39 @@ pub struct ApiSettings {
     /// `MIGRATE_ON_START`: the API applies the migrations itself if no
     /// worker has yet.
     pub migrate: bool,
+    /// What the gateway beside it knows.
+    pub gateway: Gateway,
+}
+
+/// What the API reads of the gateway it runs beside: the queue (replays,
+/// stats), the sources, and the counters and rejections the cores keep.
+#[derive(Clone)]
+pub struct Gateway {
+    /// The queue, to replay dead letters into and to read its gauges.
+    pub queue: crate::queue::Queue,
+    /// The process's metrics: per-source counters and kept rejections.
+    pub metrics: Arc<crate::telemetry::metrics::Metrics>,
+    /// Each source by index: its route, kind and scheme.
+    pub sources: Vec<SourceInfo>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway").field("queue", &self.queue).field("sources", &self.sources).finish()
+    }
+}
+
+/// A source as the API describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceInfo {
+    /// The route (`*`: every route, the default envelope).
+    pub route: String,
+    /// The kind (`stripe`, `envelope`…).
+    pub kind: &'static str,
+    /// The scheme that verifies it (`None`: unsigned).
+    pub scheme: Option<&'static str>,
+    /// `silent_after_secs`.
+    pub silent_after_secs: Option<u64>,
 }
 
 /// Why the API did not start.
@@ -114,6 +150,8 @@ pub fn spawn(settings: ApiSettings, shutdown: CancellationToken) -> Result<ApiHa
         notify::spawn(settings.database_url.clone(), settings.session, notifier.clone(), shutdown.clone())
             .map_err(ApiError::Spawn)?;
     let tokens = settings.tokens.len();
+    let windows = operate::Windows::spawn(settings.gateway.metrics.clone(), shutdown.clone())
+        .map_err(ApiError::Spawn)?;
     let ctx = Arc::new(routes::Context {
         tokens: settings.tokens,
         pool,
@@ -121,8 +159,10 @@ pub fn spawn(settings: ApiSettings, shutdown: CancellationToken) -> Result<ApiHa
         migrated: Default::default(),
         notifier,
         shutdown: shutdown.clone(),
+        gateway: settings.gateway,
+        windows: windows.0,
     });
     let accept = server::spawn(listener, ctx, shutdown).map_err(ApiError::Spawn)?;
     tracing::info!(addr = %addr, tokens, "api listening");
-    Ok(ApiHandle { addr, threads: vec![accept, listen] })
+    Ok(ApiHandle { addr, threads: vec![accept, listen, windows.1] })
 }

@@ -676,6 +676,9 @@ pub struct OpsConfig {
     pub health_show_errors: bool,
     /// `LOG_LEVEL` (default `info`): a `tracing` filter (`info`, `debug,redis=warn`, …).
     pub log_level: String,
+    /// `REJECTIONS_PER_SOURCE` (default 1000) and `REJECTIONS_MAX_BYTES`
+    /// (default 16 MiB): the refused requests kept for `GET /v1/rejections`.
+    pub rejections: crate::telemetry::rejections::Bounds,
 }
 
 impl Default for OpsConfig {
@@ -685,6 +688,7 @@ impl Default for OpsConfig {
             memory_limit_bytes: 1 << 30,
             health_show_errors: false,
             log_level: "info".into(),
+            rejections: crate::telemetry::rejections::Bounds::default(),
         }
     }
 }
@@ -705,6 +709,10 @@ impl OpsConfig {
                     .map(|_| l.to_string())
                     .map_err(|e| format!("a tracing filter such as `info` or `debug,redis=warn` ({e})"))
             })?,
+            rejections: crate::telemetry::rejections::Bounds {
+                per_source: v.var("REJECTIONS_PER_SOURCE").in_range(d.rejections.per_source, 0, 1_000_000)?,
+                bytes: v.var("REJECTIONS_MAX_BYTES").in_range(d.rejections.bytes, 0, 1 << 34)?,
+            },
         })
     }
 }

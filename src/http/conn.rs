@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::budget::{BufferBudget, Grant, SMALL_BODY};
 use super::chunked::{ChunkError, ChunkedDecoder};
-use super::handler::{bad_request, too_large, Handler};
+use super::handler::{bad_request, too_large, Handler, Refused};
 use super::request::{parse_head, BodyFraming, HeadError, Limits, Method, RequestHead};
 use super::response::{Extra, Message, ReplyTo, Response, Status, CONTINUE};
 use crate::telemetry::metrics::{CoreMetrics, RouteLabel};
@@ -81,9 +81,16 @@ pub(crate) async fn serve(stream: TcpStream, peer: std::net::IpAddr, ctx: Rc<Cor
 /// Answers a connection the core will not serve (a cap is reached) with
 /// 503 and `Retry-After`, without reading a request, and closes it. The
 /// linger is short: a refused client must not hold a socket for long.
-pub(crate) async fn refuse(stream: TcpStream, ctx: Rc<CoreContext>, why: &'static str) {
-    let mut conn = Conn::new(stream, std::net::Ipv4Addr::UNSPECIFIED.into());
-    let resp = Response::unavailable(why, ctx.handler.retry_after_secs).closing();
+pub(crate) async fn refuse(
+    stream: TcpStream,
+    peer: std::net::IpAddr,
+    ctx: Rc<CoreContext>,
+    why: &'static str,
+) {
+    let mut conn = Conn::new(stream, peer);
+    let resp =
+        Response::unavailable(why, ctx.handler.retry_after_secs).with_reason("over_capacity").closing();
+    ctx.handler.refused(&resp, None, Refused { head: None, body: &[], peer });
     resp.encode(ReplyTo::default(), &ctx.handler.bare_extra(), &mut conn.wbuf);
     ctx.metrics.record(RouteLabel::Unknown, Status::ServiceUnavailable, Duration::ZERO);
     if conn.flush(&ctx).await.is_ok() {
@@ -142,6 +149,7 @@ impl Conn {
                     }
                     Err(e) => {
                         let resp = head_error_response(&e);
+                        ctx.handler.refused(&resp, None, Refused { head: None, body: &[], peer: self.peer });
                         let to = ReplyTo::default();
                         return self
                             .close_with(ctx, resp, to, ctx.handler.bare_extra(), RouteLabel::Unknown)
@@ -158,10 +166,17 @@ impl Conn {
             };
             let route = ctx.handler.route(head.target_in(&self.rbuf[self.start..]));
             let label = Handler::label(&route);
+            // Whose refusal an answer of this route would be (none for the
+            // operations routes); only a refusal is ever kept.
+            let whose = Handler::refusal_source(&route);
             let check = ctx.handler.precheck(&head, &route, self.peer, now);
             let extra = check.extra;
             if let Some(resp) = &check.refusal {
                 if !self.body_in_hand(&head) {
+                    if let Some(source) = whose {
+                        let head = Some((&head, &self.rbuf[self.start..]));
+                        ctx.handler.refused(resp, source, Refused { head, body: &[], peer: self.peer });
+                    }
                     // Refused from its head (404, 405, 415, 429…): a large
                     // body still to come is never read, only the connection
                     // closed. A client waiting on `Expect: 100-continue`
@@ -173,7 +188,13 @@ impl Conn {
             let (body, head_at, _grant) = match self.read_body(ctx, &head, deadline, check.body_limit).await?
             {
                 Ok(read) => read,
-                Err(resp) => return self.close_with(ctx, resp, to, extra, label).await,
+                Err(resp) => {
+                    if let Some(source) = whose {
+                        let head = Some((&head, &self.rbuf[self.start..]));
+                        ctx.handler.refused(&resp, source, Refused { head, body: &[], peer: self.peer });
+                    }
+                    return self.close_with(ctx, resp, to, extra, label).await;
+                }
             };
             let mut resp = match check.refusal {
                 Some(resp) => resp,
@@ -186,6 +207,14 @@ impl Conn {
                     ctx.handler.respond(route, headers, bytes).await
                 }
             };
+            if let (Some(source), Some(_)) = (whose, resp.reason()) {
+                let body = match &body {
+                    Body::Buffered(range) => &self.rbuf[range.clone()],
+                    Body::Owned(v) => &v[..],
+                };
+                let head = Some((&head, &self.rbuf[head_at..]));
+                ctx.handler.refused(&resp, source, Refused { head, body, peer: self.peer });
+            }
             if ctx.shutdown.is_cancelled() {
                 resp = resp.closing();
             }
@@ -317,6 +346,7 @@ impl Conn {
     /// this one unread, as busy (the sender retries), and close.
     fn over_budget(&self, ctx: &CoreContext) -> Response {
         Response::unavailable("server is busy with large requests, retry later", ctx.handler.retry_after_secs)
+            .with_reason("over_capacity")
             .closing()
     }
 
@@ -356,6 +386,7 @@ impl Conn {
                             Status::RequestTimeout,
                             Message::One("request not received in time".into()),
                         );
+                        ctx.handler.refused(&resp, None, Refused { head: None, body: &[], peer: self.peer });
                         let to = ReplyTo::default();
                         let _ = self
                             .close_with(ctx, resp, to, ctx.handler.bare_extra(), RouteLabel::Unknown)

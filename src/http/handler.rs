@@ -25,7 +25,9 @@ use crate::ingest::sources::{Admitted, Request, Sources};
 use crate::ingest::{IngestError, Ingestor};
 use crate::job::{now_us, WebhookJob};
 use crate::queue::{EnqueueError, Enqueuer};
-use crate::telemetry::metrics::{CoreMetrics, Metrics, RouteLabel, SourceOutcome};
+use crate::telemetry::metrics::{CoreMetrics, Metrics, RouteLabel};
+use crate::telemetry::rejections::{self, Rejection};
+use crate::telemetry::sources::{refusal_index, SourceOutcome};
 
 /// One core's request policy; shared by its connections through the core's context.
 pub(crate) struct Handler {
@@ -44,8 +46,21 @@ pub(crate) struct Handler {
     pub(crate) health: crate::health::Health,
     /// This core's counters (only this core writes them).
     pub(crate) metrics: Arc<CoreMetrics>,
-    /// Everyone's, for rendering `/metrics`.
+    /// Everyone's, for rendering `/metrics` and keeping rejections.
     pub(crate) all_metrics: Arc<Metrics>,
+    /// This core's index (its shard of the kept rejections).
+    pub(crate) core: usize,
+}
+
+/// A refused request as the connection has it, for [`Handler::refused`].
+pub(crate) struct Refused<'a> {
+    /// The head, and the bytes it was parsed from (`None`: the head itself
+    /// was refused).
+    pub(crate) head: Option<(&'a RequestHead, &'a [u8])>,
+    /// The body as read (empty when it never was).
+    pub(crate) body: &'a [u8],
+    /// The peer's address.
+    pub(crate) peer: IpAddr,
 }
 
 /// What the head alone decided.
@@ -187,8 +202,8 @@ impl Handler {
             received_at_us,
         };
         if let Err(why) = source.kind.verify(&req) {
-            self.metrics.record_source(index, SourceOutcome::Rejected(why.reason()));
-            return Response::error(Status::Unauthorized, Message::One(why.message()));
+            return Response::error(Status::Unauthorized, Message::One(why.message()))
+                .with_reason(why.reason());
         }
         // A bug in parsing must cost one request a 500, not the core its
         // runtime (and every connection on it): the body is attacker-chosen.
@@ -199,13 +214,10 @@ impl Handler {
             Ok(Ok(Admitted::Event(identity))) => (identity, body.to_vec(), None),
             Ok(Ok(Admitted::Decoded(identity, json))) => (identity, json, Some(body.to_vec())),
             Ok(Ok(Admitted::Reply(json))) => {
-                self.metrics.record_source(index, SourceOutcome::Answered);
+                self.metrics.record_source(Some(index), SourceOutcome::Answered);
                 return Response::json(Status::Ok, json);
             }
-            Ok(Err(e)) => {
-                self.metrics.record_source(index, SourceOutcome::Rejected("invalid_body"));
-                return invalid(&e);
-            }
+            Ok(Err(e)) => return invalid(&e).with_reason("invalid_body"),
             Err(_) => {
                 tracing::error!(body_len = body.len(), source = %source.route, "ingest panicked; answered 500");
                 self.ingestor.borrow_mut().reset();
@@ -222,14 +234,80 @@ impl Handler {
             payload,
             raw_body,
             unsigned_fields: source.kind.unsigned_fields().to_string(),
+            replay_of: None,
         };
         match self.enqueuer.enqueue(job).await {
             Ok(id) => {
-                self.metrics.record_source(index, SourceOutcome::Accepted);
+                self.metrics.record_source(Some(index), SourceOutcome::Accepted(received_at_us));
                 Response::accepted(id)
             }
-            Err(e) => Response::unavailable(unavailable_message(&e), self.retry_after_secs),
+            Err(e) => {
+                let (message, reason) = unavailable_message(&e);
+                Response::unavailable(message, self.retry_after_secs).with_reason(reason)
+            }
         }
+    }
+
+    /// Whose refusal a response on `route` would be: a source's
+    /// (`Some(Some(i))`), one before any source was known (`Some(None)`), or
+    /// nobody's (the operations routes: their 503 is a report, not a
+    /// refusal of a sender).
+    pub(crate) fn refusal_source(route: &Route) -> Option<Option<usize>> {
+        match route {
+            Route::Webhook { source, .. } => Some(Some(*source)),
+            Route::BadProvider | Route::NotFound => Some(None),
+            Route::Health | Route::Metrics | Route::Live => None,
+        }
+    }
+
+    /// Counts `resp` against `source` and keeps the request among the
+    /// recent rejections, when `resp` refuses it (anything but a 2xx).
+    /// Never called for a 202: the accept path pays nothing for it.
+    pub(crate) fn refused(&self, resp: &Response, source: Option<usize>, r: Refused<'_>) {
+        let Some(reason) = resp.reason() else { return };
+        let status = resp.status().code();
+        if let Some(i) = refusal_index(status, reason) {
+            self.metrics.record_source(source, SourceOutcome::Refused(i));
+        }
+        let (mut request_line, mut headers, mut headers_cut) = (String::new(), Vec::new(), false);
+        let mut body_bytes = r.body.len();
+        let mut client = r.peer;
+        if let Some((head, bytes)) = r.head {
+            request_line = format!("{} {}", head.method.as_str(), head.target_in(bytes));
+            client = self.proxies.client(r.peer, head.forwarded_for.as_deref());
+            if let BodyFraming::Length(n) = head.body {
+                body_bytes = body_bytes.max(n);
+            }
+            let mut kept = 0;
+            for (name, value) in head.headers.of(&bytes[..head.head_len.min(bytes.len())]).iter() {
+                let name = String::from_utf8_lossy(name).into_owned();
+                let value = if rejections::is_secret_header(&name) {
+                    rejections::REDACTED.to_string()
+                } else {
+                    String::from_utf8_lossy(value).into_owned()
+                };
+                kept += name.len() + value.len();
+                if kept > rejections::HEADERS_KEPT {
+                    headers_cut = true;
+                    break;
+                }
+                headers.push((name, value));
+            }
+        }
+        let rejection = Rejection {
+            at_us: now_us(),
+            seq: 0,
+            source,
+            status,
+            reason,
+            client,
+            request_line,
+            headers,
+            headers_cut,
+            body: r.body[..r.body.len().min(rejections::BODY_KEPT)].to_vec(),
+            body_bytes,
+        };
+        self.all_metrics.rejections.keep(self.core, rejection);
     }
 
     /// The metrics label of `route`.
@@ -252,14 +330,15 @@ pub(crate) fn bad_request(message: &str) -> Response {
     Response::error(Status::BadRequest, Message::Many(vec![message.to_owned()]))
 }
 
-fn unavailable_message(e: &EnqueueError) -> &'static str {
+/// The message and the counted reason of a 503.
+fn unavailable_message(e: &EnqueueError) -> (&'static str, &'static str) {
     match e {
-        EnqueueError::Saturated => "queue is saturated, retry later",
-        EnqueueError::Unavailable(_) => "queue is unavailable, retry later",
-        EnqueueError::TimedOut => "queue did not answer in time, retry later",
-        EnqueueError::QueueFull => "queue is full, retry later",
-        EnqueueError::MemoryFull => "queue is full (redis memory), retry later",
-        EnqueueError::Closed => "server is shutting down, retry later",
+        EnqueueError::Saturated => ("queue is saturated, retry later", "saturated"),
+        EnqueueError::Unavailable(_) => ("queue is unavailable, retry later", "queue_unavailable"),
+        EnqueueError::TimedOut => ("queue did not answer in time, retry later", "queue_timed_out"),
+        EnqueueError::QueueFull => ("queue is full, retry later", "queue_full"),
+        EnqueueError::MemoryFull => ("queue is full (redis memory), retry later", "memory_full"),
+        EnqueueError::Closed => ("server is shutting down, retry later", "shutting_down"),
     }
 }
 

@@ -26,8 +26,22 @@ pub enum Method {
     Options,
     /// `DELETE` (the API's; the webhook routes answer it 405)
     Delete,
-    /// Anything else (`PUT`, `DELETE`, extension methods).
+    /// Anything else (`PUT`, `PATCH`, extension methods).
     Other,
+}
+
+impl Method {
+    /// Its name (`OTHER` for the rest).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Post => "POST",
+            Self::Get => "GET",
+            Self::Head => "HEAD",
+            Self::Options => "OPTIONS",
+            Self::Delete => "DELETE",
+            Self::Other => "OTHER",
+        }
+    }
 }
 
 /// How the body is delimited.

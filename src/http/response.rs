@@ -206,18 +206,69 @@ pub struct Response {
     allow: Option<&'static str>,
     close: bool,
     preflight: bool,
-    /// The body is Prometheus text, not JSON.
-    text: bool,
+    /// The body's type when it is not JSON (Prometheus text, a page).
+    content_type: Option<&'static str>,
+    /// Why a refusal was refused, as counted per source and kept with the
+    /// rejection (`None`: the status says it, [`Response::reason`]).
+    reason: Option<&'static str>,
 }
 
 impl Response {
     fn new(status: Status, body: Body) -> Self {
-        Self { status, body, retry_after: None, allow: None, close: false, preflight: false, text: false }
+        Self {
+            status,
+            body,
+            retry_after: None,
+            allow: None,
+            close: false,
+            preflight: false,
+            content_type: None,
+            reason: None,
+        }
     }
 
     /// 200 with a Prometheus text exposition.
     pub fn prometheus(text: String) -> Self {
-        Self { text: true, ..Self::new(Status::Ok, Body::Raw(text.into_bytes().into())) }
+        Self::typed("text/plain; version=0.0.4; charset=utf-8", text.into_bytes())
+    }
+
+    /// 200 with `body` of `content_type` (a page, its script).
+    pub fn typed(content_type: &'static str, body: impl Into<Cow<'static, [u8]>>) -> Self {
+        Self { content_type: Some(content_type), ..Self::new(Status::Ok, Body::Raw(body.into())) }
+    }
+
+    /// Names why the request was refused (one of the reasons counted per
+    /// source: `bad_signature`, `queue_full`…).
+    pub fn with_reason(mut self, reason: &'static str) -> Self {
+        self.reason = Some(reason);
+        self
+    }
+
+    /// Why the request was refused: the reason given, or the status's own
+    /// (`rate_limited`, `too_large`…); `None` for an answer that is not a
+    /// refusal (2xx).
+    pub fn reason(&self) -> Option<&'static str> {
+        if self.reason.is_some() {
+            return self.reason;
+        }
+        Some(match self.status {
+            Status::Ok | Status::Accepted | Status::NoContent => return None,
+            Status::BadRequest => "bad_request",
+            Status::Unauthorized => "unauthorized",
+            Status::Forbidden => "forbidden",
+            Status::NotFound => "not_found",
+            Status::MethodNotAllowed => "method_not_allowed",
+            Status::RequestTimeout => "request_timeout",
+            Status::Gone => "gone",
+            Status::PayloadTooLarge => "too_large",
+            Status::UnsupportedMediaType => "unsupported_media_type",
+            Status::ExpectationFailed => "expectation_failed",
+            Status::TooManyRequests => "rate_limited",
+            Status::HeaderFieldsTooLarge => "header_too_large",
+            Status::NotImplemented => "not_implemented",
+            Status::InternalServerError => "internal_error",
+            Status::ServiceUnavailable => "unavailable",
+        })
     }
 
     /// 202 `{"accepted":true,"jobId":…}`.
@@ -309,11 +360,7 @@ impl Response {
         let _ = write!(out, "{version} {} {}\r\n", self.status.code(), self.status.reason());
         // 204 carries neither a body nor its headers (RFC 9110 §8.6).
         if self.status != Status::NoContent {
-            let content_type = if self.text {
-                "text/plain; version=0.0.4; charset=utf-8"
-            } else {
-                "application/json; charset=utf-8"
-            };
+            let content_type = self.content_type.unwrap_or("application/json; charset=utf-8");
             let _ = write!(out, "content-type: {content_type}\r\ncontent-length: {body_len}\r\n");
         }
         out.extend_from_slice(extra.fixed);

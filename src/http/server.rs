@@ -226,6 +226,7 @@ async fn accept_loop(spec: CoreSpec) -> std::io::Result<()> {
         health: spec.health,
         metrics: metrics.clone(),
         all_metrics: spec.metrics.clone(),
+        core: spec.index,
     };
     let ctx = Rc::new(CoreContext {
         limits: settings.limits,
@@ -262,7 +263,7 @@ async fn accept_loop(spec: CoreSpec) -> std::io::Result<()> {
                     None
                 };
                 if let Some(why) = refusal {
-                    monoio::spawn(refuse(stream, ctx.clone(), why));
+                    monoio::spawn(refuse(stream, peer, ctx.clone(), why));
                     continue;
                 }
                 let _ = stream.set_nodelay(true);

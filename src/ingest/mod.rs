@@ -116,6 +116,7 @@ impl Ingestor {
             payload: body.to_vec(),
             raw_body: None,
             unsigned_fields: String::new(),
+            replay_of: None,
         })
     }
 

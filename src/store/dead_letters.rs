@@ -3,6 +3,12 @@
 //! letter is inserted once per stream entry (`UNIQUE (stream, stream_id)`),
 //! so a move repeated after a lost reply keeps one row. The retention of
 //! [`super::partitions`] deletes rows older than `EVENT_RETENTION`.
+//!
+//! A replayed dead letter stays here, marked ([`mark_replayed`]), until the
+//! worker transaction that stores its event deletes it ([`super::write_batch`]
+//! with the job's `replay_of`); dead again, it takes its new error in the
+//! same row ([`insert`]). [`search`] is what the API's and the CLI's views
+//! read.
 
 use postgres::GenericClient;
 
@@ -45,12 +51,21 @@ pub struct DeadLetter {
     pub dead_at_us: i64,
     /// The fields read from headers the signature does not cover.
     pub unsigned_fields: Option<String>,
+    /// The row this letter is a replay of, dead again (it replaces that
+    /// row's error rather than adding a row); `None` for a first death.
+    pub replay_of: Option<i64>,
+    /// When it was last replayed, µs since the epoch, while its event is on
+    /// its way (`None`: not being replayed).
+    pub replayed_at_us: Option<i64>,
+    /// How often it was replayed.
+    pub replays: i32,
 }
 
 const COLUMNS: &str = "provider, event_id, event_type, verified_by,
     (extract(epoch FROM event_timestamp) * 1000000)::bigint, (extract(epoch FROM received_at) * 1000000)::bigint,
     raw_body, payload, fields, error, sqlstate, attempts, stream, stream_id,
-    (extract(epoch FROM dead_at) * 1000000)::bigint, id, unsigned_fields";
+    (extract(epoch FROM dead_at) * 1000000)::bigint, id, unsigned_fields,
+    (extract(epoch FROM replayed_at) * 1000000)::bigint, replays";
 
 fn from_row(r: &postgres::Row) -> DeadLetter {
     DeadLetter {
@@ -71,11 +86,17 @@ fn from_row(r: &postgres::Row) -> DeadLetter {
         dead_at_us: r.get(14),
         id: r.get(15),
         unsigned_fields: r.get(16),
+        replay_of: None,
+        replayed_at_us: r.get(17),
+        replays: r.get(18),
     }
 }
 
 /// Stores `letters` in one transaction; returns how many were new (a
-/// letter already stored for its stream entry is kept as it was).
+/// letter already stored for its stream entry is kept as it was). A letter
+/// that is a replay dead again updates its row (the new error, attempts and
+/// stream entry; no longer being replayed), or is inserted if that row is
+/// gone (deleted by an operator meanwhile).
 ///
 /// # Errors
 /// [`StoreError`]; nothing is stored then.
@@ -88,8 +109,27 @@ pub fn insert(client: &mut postgres::Client, letters: &[DeadLetter]) -> Result<u
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
          ON CONFLICT (stream, stream_id) DO NOTHING",
     )?;
+    let again = tx.prepare(
+        "UPDATE webhook_dead_letters SET error = $2, sqlstate = $3, attempts = $4, stream = $5,
+             stream_id = $6, dead_at = $7, replayed_at = NULL
+         WHERE id = $1",
+    )?;
     let mut new = 0;
     for d in letters {
+        if let Some(row) = d.replay_of {
+            let params: [&(dyn postgres::types::ToSql + Sync); 7] = [
+                &row,
+                &d.error,
+                &d.sqlstate,
+                &d.attempts,
+                &d.stream,
+                &d.stream_id,
+                &Timestamptz(d.dead_at_us),
+            ];
+            if tx.execute(&again, &params)? == 1 {
+                continue;
+            }
+        }
         let us = |v: Option<i64>| v.map(Timestamptz);
         new += tx.execute(
             &statement,
@@ -115,6 +155,186 @@ pub fn insert(client: &mut postgres::Client, letters: &[DeadLetter]) -> Result<u
     }
     tx.commit()?;
     Ok(new)
+}
+
+/// Which dead letters a search or a replay by filter takes. Every field
+/// left `None` matches all.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// Dead at or after, µs since the epoch.
+    pub since_us: Option<i64>,
+    /// Dead before, µs since the epoch.
+    pub until_us: Option<i64>,
+    /// The provider (route) it came in on.
+    pub provider: Option<String>,
+    /// PostgreSQL's SQLSTATE for it.
+    pub sqlstate: Option<String>,
+    /// Text its error contains, in any case.
+    pub text: Option<String>,
+}
+
+/// The condition of [`Filter`], on parameters `$1`–`$5`. Each query is
+/// planned with its values (unnamed statements), so an absent condition
+/// folds away and the indexes serve what is left.
+const MATCHES: &str = "($1::timestamptz IS NULL OR dead_at >= $1)
+    AND ($2::timestamptz IS NULL OR dead_at < $2)
+    AND ($3::text IS NULL OR provider = $3)
+    AND ($4::text IS NULL OR sqlstate = $4)
+    AND ($5::text IS NULL OR strpos(lower(error), lower($5)) > 0)";
+
+impl Filter {
+    fn params(&self) -> [Box<dyn postgres::types::ToSql + Sync + '_>; 5] {
+        [
+            Box::new(self.since_us.map(Timestamptz)),
+            Box::new(self.until_us.map(Timestamptz)),
+            Box::new(self.provider.as_deref()),
+            Box::new(self.sqlstate.as_deref()),
+            Box::new(self.text.as_deref()),
+        ]
+    }
+}
+
+/// One dead letter as a search lists it: everything but the body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// Its row id.
+    pub id: i64,
+    /// The job's provider; `None` when the entry did not decode.
+    pub provider: Option<String>,
+    /// The sender's id.
+    pub event_id: Option<String>,
+    /// The sender's type.
+    pub event_type: Option<String>,
+    /// The last error.
+    pub error: String,
+    /// Its SQLSTATE.
+    pub sqlstate: Option<String>,
+    /// Deliveries when it was given up.
+    pub attempts: i64,
+    /// When the gateway received it, µs since the epoch.
+    pub received_at_us: Option<i64>,
+    /// When it was dead-lettered, µs since the epoch.
+    pub dead_at_us: i64,
+    /// Bytes of the body as received (0 for an undecodable entry).
+    pub body_bytes: i64,
+    /// When it was replayed, while its event is on its way.
+    pub replayed_at_us: Option<i64>,
+    /// How often it was replayed.
+    pub replays: i32,
+}
+
+/// Up to `limit` dead letters matching `filter`, newest first, below the
+/// id `before` (the cursor of the page before; `None`: from the newest).
+///
+/// # Errors
+/// [`StoreError`].
+pub fn search(
+    client: &mut impl GenericClient,
+    filter: &Filter,
+    before: Option<i64>,
+    limit: i64,
+) -> Result<Vec<Summary>, StoreError> {
+    let sql = format!(
+        "SELECT id, provider, event_id, event_type, error, sqlstate, attempts,
+                (extract(epoch FROM received_at) * 1000000)::bigint,
+                (extract(epoch FROM dead_at) * 1000000)::bigint,
+                coalesce(octet_length(raw_body), 0)::bigint,
+                (extract(epoch FROM replayed_at) * 1000000)::bigint, replays
+           FROM webhook_dead_letters
+          WHERE {MATCHES} AND ($6::bigint IS NULL OR id < $6)
+          ORDER BY id DESC LIMIT $7"
+    );
+    let owned = filter.params();
+    let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> = owned.iter().map(|b| &**b as _).collect();
+    params.push(&before);
+    params.push(&limit);
+    let rows = client.query(&sql, &params)?;
+    Ok(rows
+        .iter()
+        .map(|r| Summary {
+            id: r.get(0),
+            provider: r.get(1),
+            event_id: r.get(2),
+            event_type: r.get(3),
+            error: r.get(4),
+            sqlstate: r.get(5),
+            attempts: r.get(6),
+            received_at_us: r.get(7),
+            dead_at_us: r.get(8),
+            body_bytes: r.get(9),
+            replayed_at_us: r.get(10),
+            replays: r.get(11),
+        })
+        .collect())
+}
+
+/// The ids of up to `max` dead letters matching `filter` that are not
+/// being replayed, oldest first, above the id `after`.
+///
+/// # Errors
+/// [`StoreError`].
+pub fn matching(
+    client: &mut impl GenericClient,
+    filter: &Filter,
+    after: i64,
+    max: i64,
+) -> Result<Vec<i64>, StoreError> {
+    let sql = format!(
+        "SELECT id FROM webhook_dead_letters
+          WHERE {MATCHES} AND replayed_at IS NULL AND id > $6
+          ORDER BY id LIMIT $7"
+    );
+    let owned = filter.params();
+    let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> = owned.iter().map(|b| &**b as _).collect();
+    params.push(&after);
+    params.push(&max);
+    Ok(client.query(&sql, &params)?.iter().map(|r| r.get(0)).collect())
+}
+
+/// How many dead letters match `filter` and are not being replayed.
+///
+/// # Errors
+/// [`StoreError`].
+pub fn count_matching(client: &mut impl GenericClient, filter: &Filter) -> Result<i64, StoreError> {
+    let sql = format!("SELECT count(*) FROM webhook_dead_letters WHERE {MATCHES} AND replayed_at IS NULL");
+    let owned = filter.params();
+    let params: Vec<&(dyn postgres::types::ToSql + Sync)> = owned.iter().map(|b| &**b as _).collect();
+    Ok(client.query_one(&sql, &params)?.get(0))
+}
+
+/// One dead letter, whole, or `None`.
+///
+/// # Errors
+/// [`StoreError`].
+pub fn get(client: &mut impl GenericClient, id: i64) -> Result<Option<DeadLetter>, StoreError> {
+    let row =
+        client.query_opt(&format!("SELECT {COLUMNS} FROM webhook_dead_letters WHERE id = $1"), &[&id])?;
+    Ok(row.as_ref().map(from_row))
+}
+
+/// Marks a dead letter as replayed (its event is on its way); whether it
+/// was there.
+///
+/// # Errors
+/// [`StoreError`].
+pub fn mark_replayed(client: &mut impl GenericClient, id: i64) -> Result<bool, StoreError> {
+    let n = client.execute(
+        "UPDATE webhook_dead_letters SET replayed_at = now(), replays = replays + 1 WHERE id = $1",
+        &[&id],
+    )?;
+    Ok(n == 1)
+}
+
+/// Deletes the dead letters `ids` whose replays a write stores (called by the write
+/// that stores them, in its transaction).
+///
+/// # Errors
+/// [`StoreError`].
+pub fn forget_stored(client: &mut impl GenericClient, ids: &[i64]) -> Result<(), StoreError> {
+    if !ids.is_empty() {
+        client.execute("DELETE FROM webhook_dead_letters WHERE id = ANY($1)", &[&ids])?;
+    }
+    Ok(())
 }
 
 /// Dead letters by id (every one when `ids` is `None`), oldest first, at most `limit`.

@@ -16,6 +16,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     (3, "0003_retention.sql", include_str!("../../sql/0003_retention.sql")),
     (4, "0004_digests.sql", include_str!("../../sql/0004_digests.sql")),
     (5, "0005_consumers.sql", include_str!("../../sql/0005_consumers.sql")),
+    (6, "0006_dead_letter_replays.sql", include_str!("../../sql/0006_dead_letter_replays.sql")),
 ];
 
 /// Arbitrary constant for `pg_advisory_xact_lock`, shared by every instance.

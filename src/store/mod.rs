@@ -446,6 +446,7 @@ pub fn canary(client: &mut postgres::Client, retention: &Retention) -> Result<()
         payload: br#"{"canary":true}"#.to_vec(),
         raw_body: None,
         unsigned_fields: String::new(),
+        replay_of: None,
     };
     write_covered(client, &[&job], false, retention, Finish::Rollback).map(drop)
 }
@@ -489,6 +490,7 @@ fn write_once(
 ) -> Result<Written, StoreError> {
     // Each body hashed once, for its key and its row, whichever way they go.
     let digests: Vec<[u8; 32]> = jobs.iter().map(|j| j.body_sha256()).collect();
+    let replayed: Vec<i64> = jobs.iter().filter_map(|j| j.replay_of).collect();
     if expect_new && !jobs.is_empty() {
         let mut tx = client.transaction()?;
         let generations = lock_generations(&mut tx)?;
@@ -513,6 +515,7 @@ fn write_once(
         match tx.execute(INSERT_KEYS, &[&generations.current, &providers, &ids, &older, &digest_refs]) {
             Ok(n) if n == jobs.len() as u64 => {
                 let inserted = copy_rows(&mut tx, DIRECT_COPY, jobs, &digests)?;
+                dead_letters::forget_stored(&mut tx, &replayed)?;
                 if finish == Finish::Commit {
                     tx.commit()?;
                 }
@@ -546,6 +549,9 @@ fn write_once(
     // insert waited for (a new snapshot): two deliveries of one id with
     // different bodies at once still meet here.
     let conflicts = tx.execute(CONFLICTS, &[&generations.all()])?;
+    // Stored, a duplicate or kept apart as a conflict: in each case the
+    // event is in, and its dead letter goes with the same commit.
+    dead_letters::forget_stored(&mut tx, &replayed)?;
     if finish == Finish::Commit {
         tx.commit()?;
     }

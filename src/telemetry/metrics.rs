@@ -16,8 +16,9 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::rejections::{Bounds, Rejections};
+use super::sources::{SourceCounters, SourceLabel, SourceOutcome, SourceTotals};
 use crate::http::response::Status;
-use crate::ingest::sources::REJECTION_REASONS;
 
 /// Route labels of `webhook_http_requests_total`.
 pub const ROUTES: [&str; 4] = ["webhook", "health", "health_live", "unknown"];
@@ -114,6 +115,12 @@ fn render_gauge(out: &mut String, name: &str, help: &str, value: u64) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
 }
 
+/// Seconds since `ms` (ms since the epoch); 0 for `None`.
+pub fn age_seconds(ms: Option<u64>) -> f64 {
+    let now = crate::job::now_us() / 1000;
+    ms.map_or(0.0, |ms| (now - ms as i64).max(0) as f64 / 1e3)
+}
+
 /// A per-partition series: name, help, and how to read it.
 type Series = (&'static str, &'static str, fn(&PartitionGauges) -> u64);
 
@@ -143,34 +150,6 @@ fn render_partitions(out: &mut String, partitions: &[Option<PartitionGauges>]) {
     }
 }
 
-/// What became of one request to a source.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SourceOutcome {
-    /// A 202: the job is in Redis.
-    Accepted,
-    /// A challenge answered and not stored (Slack's `url_verification`, GitHub's `ping`).
-    Answered,
-    /// Refused, for this reason (one of [`REJECTION_REASONS`]).
-    Rejected(&'static str),
-}
-
-/// One source's counters on one core.
-struct SourceCounters {
-    accepted: AtomicU64,
-    answered: AtomicU64,
-    rejected: [AtomicU64; REJECTION_REASONS.len()],
-}
-
-impl SourceCounters {
-    fn new() -> Self {
-        Self {
-            accepted: AtomicU64::new(0),
-            answered: AtomicU64::new(0),
-            rejected: std::array::from_fn(|_| AtomicU64::new(0)),
-        }
-    }
-}
-
 /// One core's HTTP counters. Only that core writes them.
 #[repr(align(128))]
 pub struct CoreMetrics {
@@ -186,22 +165,17 @@ impl CoreMetrics {
             requests: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
             latency: Histogram::new(),
             rate_limited: AtomicU64::new(0),
-            sources: (0..sources).map(|_| SourceCounters::new()).collect(),
+            // One more: the unrouted.
+            sources: (0..=sources).map(|_| SourceCounters::new()).collect(),
         }
     }
 
-    /// Counts one request to source `index` (call only from the owning core).
-    pub fn record_source(&self, index: usize, outcome: SourceOutcome) {
-        let Some(c) = self.sources.get(index) else { return };
-        match outcome {
-            SourceOutcome::Accepted => bump(&c.accepted, 1),
-            SourceOutcome::Answered => bump(&c.answered, 1),
-            SourceOutcome::Rejected(reason) => {
-                if let Some(i) = REJECTION_REASONS.iter().position(|r| *r == reason) {
-                    bump(&c.rejected[i], 1);
-                }
-            }
-        }
+    /// Counts one request to source `index` (`None`: refused before a
+    /// route was known). Call only from the owning core.
+    pub fn record_source(&self, index: Option<usize>, outcome: SourceOutcome) {
+        let unrouted = self.sources.len() - 1;
+        let i = index.filter(|&i| i < unrouted).unwrap_or(unrouted);
+        self.sources[i].record(outcome);
     }
 
     /// Counts one answered request (call only from the owning core).
@@ -322,6 +296,10 @@ pub struct QueueGauges {
     pub dead_letters: u64,
     /// Entries not yet delivered to any worker (`XINFO GROUPS` lag).
     pub lag: u64,
+    /// When the oldest entry not yet acknowledged was added (ms since the
+    /// epoch, from its id), over every partition that answered; `None`
+    /// when none waits.
+    pub oldest_ms: Option<u64>,
     /// Per partition, in partition order (`None`: its master did not answer).
     pub partitions: Vec<Option<PartitionGauges>>,
 }
@@ -337,6 +315,10 @@ pub struct PartitionGauges {
     pub dead_letters: u64,
     /// Entries not yet delivered (0 when Redis cannot say).
     pub lag: u64,
+    /// When its oldest entry not yet acknowledged was added (ms since the
+    /// epoch): the stream's first entry, since acknowledged entries are
+    /// deleted. `None` when the stream is empty.
+    pub oldest_ms: Option<u64>,
 }
 
 impl QueueGauges {
@@ -348,6 +330,7 @@ impl QueueGauges {
             pending: sum(|p| p.pending),
             dead_letters: sum(|p| p.dead_letters),
             lag: sum(|p| p.lag),
+            oldest_ms: partitions.iter().flatten().filter_map(|p| p.oldest_ms).min(),
             partitions,
         }
     }
@@ -356,8 +339,10 @@ impl QueueGauges {
 /// Every metric of the process.
 pub struct Metrics {
     cores: Vec<Arc<CoreMetrics>>,
-    /// The `source` label of each source, by index.
-    source_names: Vec<String>,
+    /// Each source's labels, by index.
+    sources: Vec<SourceLabel>,
+    /// The requests refused lately (`GET /v1/rejections`).
+    pub rejections: Rejections,
     /// The pipeline thread's.
     pub pipeline: PipelineMetrics,
     /// The workers'.
@@ -376,12 +361,19 @@ impl Metrics {
         Self::with_sources(cores, Vec::new())
     }
 
-    /// Metrics for `cores` runtimes and the sources named `source_names`.
-    pub fn with_sources(cores: usize, source_names: Vec<String>) -> Arc<Self> {
-        let n = source_names.len();
+    /// Metrics for `cores` runtimes and `sources`, rejections kept within
+    /// the default bounds.
+    pub fn with_sources(cores: usize, sources: Vec<SourceLabel>) -> Arc<Self> {
+        Self::with_bounds(cores, sources, Bounds::default())
+    }
+
+    /// Metrics for `cores` runtimes and `sources`, rejections kept within `bounds`.
+    pub fn with_bounds(cores: usize, sources: Vec<SourceLabel>, bounds: Bounds) -> Arc<Self> {
+        let n = sources.len();
         Arc::new(Self {
             cores: (0..cores).map(|_| Arc::new(CoreMetrics::new(n))).collect(),
-            source_names,
+            rejections: Rejections::new(cores, n, bounds),
+            sources,
             pipeline: PipelineMetrics {
                 batch_size: Histogram::new(),
                 batch_seconds: Histogram::new(),
@@ -407,40 +399,17 @@ impl Metrics {
         })
     }
 
-    fn render_sources(&self, out: &mut String) {
-        if self.source_names.is_empty() {
-            return;
-        }
-        let sum = |f: &dyn Fn(&SourceCounters) -> u64, i: usize| -> u64 {
-            self.cores.iter().map(|c| c.sources.get(i).map_or(0, f)).sum()
-        };
-        type Read = fn(&SourceCounters) -> u64;
-        let families: [(&str, &str, Read); 2] = [
-            (
-                "webhook_source_accepted_total",
-                "Events a source's sender delivered that Redis acknowledged (202).",
-                |c| c.accepted.load(Relaxed),
-            ),
-            (
-                "webhook_source_challenges_total",
-                "Challenges answered and not stored (Slack url_verification, GitHub ping).",
-                |c| c.answered.load(Relaxed),
-            ),
-        ];
-        for (name, help, get) in families {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            for (i, source) in self.source_names.iter().enumerate() {
-                let _ = writeln!(out, "{name}{{source=\"{source}\"}} {}", sum(&get, i));
-            }
-        }
-        let name = "webhook_source_rejected_total";
-        let _ = writeln!(out, "# HELP {name} Requests a source refused, by reason (401 for signatures, 400 for bodies).\n# TYPE {name} counter");
-        for (i, source) in self.source_names.iter().enumerate() {
-            for (r, reason) in REJECTION_REASONS.iter().enumerate() {
-                let n = sum(&|c| c.rejected[r].load(Relaxed), i);
-                let _ = writeln!(out, "{name}{{source=\"{source}\",reason=\"{reason}\"}} {n}");
-            }
-        }
+    /// Each source's labels, by index.
+    pub fn sources(&self) -> &[SourceLabel] {
+        &self.sources
+    }
+
+    /// Each source's counts summed over the cores, by index, and last the
+    /// unrouted refusals.
+    pub fn source_totals(&self) -> Vec<SourceTotals> {
+        (0..=self.sources.len())
+            .map(|i| SourceTotals::sum(self.cores.iter().map(|c| &c.sources[i])))
+            .collect()
     }
 
     /// Core `index`'s counters (each core must use only its own).
@@ -476,7 +445,7 @@ impl Metrics {
         );
         let limited = self.cores.iter().map(|c| c.rate_limited.load(Relaxed)).sum();
         render_counter(&mut out, "webhook_rate_limited_total", "Requests refused with 429.", limited);
-        self.render_sources(&mut out);
+        super::sources::render(&mut out, &self.sources, &self.source_totals());
         let p = &self.pipeline;
         render_histogram(
             &mut out,
@@ -577,6 +546,12 @@ impl Metrics {
         render_gauge(&mut out, "webhook_queue_length", "Entries in the Redis streams.", length);
         if let Some(q) = queue {
             render_gauge(&mut out, "webhook_queue_lag", "Entries not yet delivered to a worker.", q.lag);
+            let name = "webhook_queue_oldest_unacked_age_seconds";
+            let _ = writeln!(
+                out,
+                "# HELP {name} Age of the oldest entry no worker has acknowledged yet (0 when none waits).\n# TYPE {name} gauge\n{name} {:.3}",
+                age_seconds(q.oldest_ms)
+            );
             render_partitions(&mut out, &q.partitions);
             render_gauge(
                 &mut out,

@@ -4,6 +4,8 @@
 //! the default level.
 
 pub mod metrics;
+pub mod rejections;
+pub mod sources;
 
 use tracing_subscriber::EnvFilter;
 

@@ -6,7 +6,9 @@
 //! `<stream>:dead` (capped by `DEAD_LETTER_REDIS_MAX_BYTES`; past it the
 //! entry stays pending in its own stream), and [`move_fallback`] moves
 //! them into the table once PostgreSQL is back. [`replay`] puts dead
-//! letters back into their stream and deletes them from the table.
+//! letters back into their stream as replays of their row: the row leaves
+//! the table in the transaction that stores the event (dedupe included),
+//! and takes the new error if the replay dies again.
 
 use std::collections::HashMap;
 
@@ -15,8 +17,8 @@ use redis::streams::{StreamId, StreamRangeReply};
 use thiserror::Error;
 
 use super::Entry;
-use crate::job::{now_us, WebhookJob};
-use crate::store::dead_letters::{self, DeadLetter};
+use crate::job::{fields::REPLAY_OF, now_us, WebhookJob};
+use crate::store::dead_letters::{self, DeadLetter, Filter};
 use crate::store::StoreError;
 
 /// Extra fields a fallback dead letter carries besides the original entry's.
@@ -86,6 +88,9 @@ fn letter_of(
         stream_id: stream_id.to_string(),
         dead_at_us,
         unsigned_fields: None,
+        replay_of: None,
+        replayed_at_us: None,
+        replays: 0,
     };
     match job {
         Ok(job) => {
@@ -98,9 +103,18 @@ fn letter_of(
             letter.raw_body = Some(job.body_as_received().to_vec());
             letter.payload = job.raw_body.as_ref().map(|_| job.payload.clone());
             letter.unsigned_fields = Some(job.unsigned_fields.clone()).filter(|u| !u.is_empty());
+            letter.replay_of = job.replay_of;
         }
         Err(map) => {
-            let mut names: Vec<&String> = map.keys().collect();
+            // A replay of an undecodable entry carries its row's id beside
+            // the entry's own fields: it names the row, it is not kept.
+            letter.replay_of = match map.get(REPLAY_OF) {
+                Some(redis::Value::BulkString(id)) => {
+                    std::str::from_utf8(id).ok().and_then(|i| i.parse().ok())
+                }
+                _ => None,
+            };
+            let mut names: Vec<&String> = map.keys().filter(|n| n.as_str() != REPLAY_OF).collect();
             names.sort();
             let mut fields = serde_json::Map::new();
             for name in names {
@@ -180,6 +194,7 @@ fn replay_command(letter: &DeadLetter) -> Result<redis::Cmd, ReplayError> {
                 .ok_or(ReplayError::Malformed(letter.id))?;
             cmd.arg(name).arg(bytes);
         }
+        cmd.arg(REPLAY_OF).arg(letter.id);
         return Ok(cmd);
     }
     let (Some(provider), Some(event_id), Some(ts), Some(received), Some(raw)) = (
@@ -201,6 +216,7 @@ fn replay_command(letter: &DeadLetter) -> Result<redis::Cmd, ReplayError> {
         payload: letter.payload.clone().unwrap_or_else(|| raw.clone()),
         raw_body: letter.payload.as_ref().map(|_| raw.clone()),
         unsigned_fields: letter.unsigned_fields.clone().unwrap_or_default(),
+        replay_of: Some(letter.id),
     };
     job.write_stream_fields(&mut cmd);
     Ok(cmd)
@@ -250,17 +266,38 @@ pub fn move_fallback(
 /// Which dead letters to replay.
 #[derive(Debug, Clone)]
 pub enum ReplayScope {
-    /// Every one.
+    /// Every one not being replayed.
     All,
-    /// These rows of `webhook_dead_letters`.
+    /// These rows of `webhook_dead_letters`, being replayed or not.
     Ids(Vec<i64>),
+    /// Those `filter` matches that are not being replayed, at most `max`.
+    Filter {
+        /// Which.
+        filter: Filter,
+        /// At most this many (`None`: all).
+        max: Option<u64>,
+    },
 }
 
+/// What a replay found and did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Replayed {
+    /// Dead letters the scope matched (all of them, also past `max`).
+    pub matched: u64,
+    /// Those put back into their stream.
+    pub replayed: u64,
+}
+
+/// Dead letters read per round of a replay.
+const REPLAY_CHUNK: i64 = 1000;
+
 /// Puts dead letters back into their streams (as new entries, with their
-/// original fields) and deletes them from the table, one at a time: added
-/// first, deleted once Redis has it, so a crash in between replays it
-/// twice, which the dedupe makes one row. Fallback dead letters still in
-/// Redis (`streams`) are moved into the table first. Returns how many were replayed.
+/// original fields and the row they came from) and marks them replayed,
+/// one at a time: added first, marked once Redis has it. The row leaves
+/// the table with the commit that stores its event; a crash between the
+/// add and the mark leaves it unmarked, and replaying it again makes a
+/// copy the dedupe stores once. Fallback dead letters still in Redis
+/// (`streams`) are moved into the table first. With `dry_run`, only counts.
 ///
 /// # Errors
 /// [`ReplayError`]; entries replayed before the failure stay replayed.
@@ -269,26 +306,52 @@ pub fn replay(
     client: &mut postgres::Client,
     streams: &[String],
     scope: &ReplayScope,
-) -> Result<usize, ReplayError> {
+    dry_run: bool,
+) -> Result<Replayed, ReplayError> {
     for stream in streams {
         while move_fallback(con, client, stream, 1000)?.0 > 0 {}
     }
-    let mut replayed = 0;
-    loop {
-        let batch = match scope {
-            ReplayScope::All => dead_letters::list(client, None, 1000)?,
-            ReplayScope::Ids(ids) if replayed == 0 => {
-                dead_letters::list(client, Some(ids), ids.len() as i64)?
+    let (filter, max) = match scope {
+        ReplayScope::All => (Filter::default(), None),
+        ReplayScope::Filter { filter, max } => (filter.clone(), *max),
+        ReplayScope::Ids(ids) => {
+            let letters = dead_letters::list(client, Some(ids), ids.len() as i64)?;
+            let mut done = Replayed { matched: letters.len() as u64, replayed: 0 };
+            if !dry_run {
+                for letter in &letters {
+                    put_back(con, client, letter)?;
+                    done.replayed += 1;
+                }
             }
-            ReplayScope::Ids(_) => Vec::new(),
-        };
-        if batch.is_empty() {
-            return Ok(replayed);
+            return Ok(done);
         }
-        for letter in batch {
-            replay_command(&letter)?.exec(con)?;
-            dead_letters::delete(client, letter.id)?;
-            replayed += 1;
+    };
+    let mut done = Replayed { matched: dead_letters::count_matching(client, &filter)? as u64, replayed: 0 };
+    if dry_run {
+        return Ok(done);
+    }
+    let max = max.unwrap_or(u64::MAX);
+    let mut after = 0;
+    while done.replayed < max {
+        let want = REPLAY_CHUNK.min(i64::try_from(max - done.replayed).unwrap_or(i64::MAX));
+        let ids = dead_letters::matching(client, &filter, after, want)?;
+        let Some(&last) = ids.last() else { break };
+        after = last;
+        for letter in dead_letters::list(client, Some(&ids), want)? {
+            put_back(con, client, &letter)?;
+            done.replayed += 1;
         }
     }
+    Ok(done)
+}
+
+/// One dead letter back into its stream, then marked replayed.
+fn put_back(
+    con: &mut impl redis::ConnectionLike,
+    client: &mut postgres::Client,
+    letter: &DeadLetter,
+) -> Result<(), ReplayError> {
+    replay_command(letter)?.exec(con)?;
+    dead_letters::mark_replayed(client, letter.id)?;
+    Ok(())
 }

@@ -77,6 +77,7 @@ use crate::store::{self, Pool, StoreError, Timeouts};
 pub use claims::Claims;
 pub use dead_letter::{
     dead_letter_stream, fields as dead_letter_fields, move_fallback, replay, Dead, ReplayError, ReplayScope,
+    Replayed,
 };
 use entry::by_lane;
 pub use entry::{At, Entry};

@@ -14,21 +14,21 @@ use serde_json::Value;
 use crate::fault::{servers, Gateway, Load};
 use crate::harness::{event, free_port, wait_until, Client, Response, TestApp, DB};
 
-const READ: &str = "reader-token-5f1e";
-const ADMIN: &str = "admin-token-9c2b";
+pub const READ: &str = "reader-token-5f1e";
+pub const ADMIN: &str = "admin-token-9c2b";
 
 /// A client of the API with one token (or none).
-struct Api {
+pub struct Api {
     addr: SocketAddr,
     token: Option<String>,
 }
 
 impl Api {
-    fn new(addr: SocketAddr, token: Option<&str>) -> Self {
+    pub fn new(addr: SocketAddr, token: Option<&str>) -> Self {
         Self { addr, token: token.map(str::to_string) }
     }
 
-    fn request(&self, method: &str, path: &str, body: Option<&str>) -> Response {
+    pub fn request(&self, method: &str, path: &str, body: Option<&str>) -> Response {
         let mut client = Client::connect(self.addr);
         client.set_read_timeout(Duration::from_secs(40));
         let auth = self.token.as_ref().map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
@@ -44,16 +44,16 @@ impl Api {
         client.read_response().expect("an answer")
     }
 
-    fn get(&self, path: &str) -> Response {
+    pub fn get(&self, path: &str) -> Response {
         self.request("GET", path, None)
     }
 
-    fn post(&self, path: &str, body: &str) -> Response {
+    pub fn post(&self, path: &str, body: &str) -> Response {
         self.request("POST", path, Some(body))
     }
 
     /// `GET` that must answer 200; its JSON.
-    fn ok(&self, path: &str) -> Value {
+    pub fn ok(&self, path: &str) -> Value {
         let r = self.get(path);
         assert_eq!(r.status, 200, "{path}: {}", String::from_utf8_lossy(&r.body));
         r.json()

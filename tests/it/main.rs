@@ -13,6 +13,7 @@ mod cores;
 mod errors;
 mod fault;
 mod harness;
+mod operate;
 mod ops;
 mod outage;
 mod per_core;

@@ -147,6 +147,7 @@ fn job(id: &str, received_at_us: i64) -> WebhookJob {
         payload: format!(r#"{{"id":"{id}"}}"#).into_bytes(),
         raw_body: None,
         unsigned_fields: String::new(),
+        replay_of: None,
     }
 }
 

@@ -302,6 +302,7 @@ fn first_deliveries_are_copied_straight_into_the_table_and_a_conflict_falls_back
         payload: format!(r#"{{"id":"{id}"}}"#).into_bytes(),
         raw_body: None,
         unsigned_fields: String::new(),
+        replay_of: None,
     };
     let staged = |pg: &mut postgres::Client| -> bool {
         pg.query_one("SELECT to_regclass('pg_temp.webhook_staging_v5') IS NOT NULL", &[]).unwrap().get(0)
@@ -389,12 +390,29 @@ fn a_poison_entry_is_dead_lettered_alone_and_replay_stores_it_once_fixed() {
     );
     assert_eq!(app.dead_letters_in_redis(), 0, "Redis holds only work in flight");
 
-    // The cause is fixed; replay brings it back and it is stored.
+    // Replayed before the cause is fixed, it dies again: the same row takes
+    // the new error (no second row), no longer marked as being replayed.
+    let streams = ["webhooks".to_string()];
+    let first = dead[0].id;
+    let done =
+        worker::replay(&mut app.redis.con(), &mut app.pg(), &streams, &ReplayScope::All, false).unwrap();
+    assert_eq!((done.matched, done.replayed), (1, 1));
+    wait_until(DRAIN, "the replay dead again", || {
+        let rows = app.dead_letter_rows();
+        rows.len() == 1 && rows[0].replayed_at_us.is_none() && rows[0].replays == 1
+    });
+    assert_eq!(app.dead_letter_rows()[0].id, first, "the same row");
+    assert_drained(&app);
+
+    // The cause is fixed; replay brings it back and it is stored, and the
+    // dead letter leaves the table with that commit.
     app.pg().batch_execute("ALTER TABLE webhook_events DROP CONSTRAINT no_poison").unwrap();
-    let moved =
-        worker::replay(&mut app.redis.con(), &mut app.pg(), &["webhooks".to_string()], &ReplayScope::All)
-            .unwrap();
-    assert_eq!(moved, 1);
+    let dry = worker::replay(&mut app.redis.con(), &mut app.pg(), &streams, &ReplayScope::All, true).unwrap();
+    assert_eq!((dry.matched, dry.replayed), (1, 0), "a dry run counts");
+    assert_eq!(app.dead_letters(), 1);
+    let done =
+        worker::replay(&mut app.redis.con(), &mut app.pg(), &streams, &ReplayScope::All, false).unwrap();
+    assert_eq!((done.matched, done.replayed), (1, 1));
     wait_until(DRAIN, "the replayed row", || app.rows() == 21);
     assert_drained(&app);
     assert_eq!(app.dead_letters(), 0);

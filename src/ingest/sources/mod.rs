@@ -171,6 +171,10 @@ pub struct Source {
     /// `max_body_bytes`: this route's body limit, when it has its own
     /// (GitHub: 25 MiB, what GitHub sends at most); else `MAX_BODY_BYTES`.
     pub max_body: Option<usize>,
+    /// `silent_after_secs`: the longest quiet the sender's traffic normally
+    /// has (exported as `webhook_source_silent_after_seconds` for the alert
+    /// on a silent source); `None`: not watched.
+    pub silent_after: Option<std::time::Duration>,
     /// The rules.
     pub kind: Box<dyn Kind>,
 }
@@ -198,6 +202,7 @@ impl Default for Sources {
             kind_name: "envelope",
             kind: Box::new(envelope::Envelope::unsigned()),
             max_body: None,
+            silent_after: None,
         };
         Self { list: vec![source], by_route: HashMap::new(), catch_all: true }
     }
@@ -262,9 +267,10 @@ impl Sources {
                 }
             };
             let max_body = r.max_body((kind_name == "github").then_some(GITHUB_MAX_BODY))?;
+            let silent_after = r.silent_after()?;
             r.finish(kind_name)?;
             by_route.insert(route.clone(), i);
-            list.push(Source { route, index: i, kind_name, kind, max_body });
+            list.push(Source { route, index: i, kind_name, kind, max_body, silent_after });
         }
         Ok(Self { list, by_route, catch_all: false })
     }

@@ -34,6 +34,7 @@ pub(super) struct Spec {
     pub(super) type_pointer: Option<String>,
     pub(super) dedupe_on: Option<String>,
     pub(super) max_body_bytes: Option<u64>,
+    pub(super) silent_after_secs: Option<u64>,
 }
 
 /// A [`Spec`] being turned into a source: remembers which fields were used,
@@ -104,6 +105,18 @@ impl<'a> Reading<'a> {
             }
             Some(n) => Ok(Some(n as usize)),
             None => Ok(default),
+        }
+    }
+
+    /// `silent_after_secs`: how long the sender may stay quiet before the
+    /// source counts as silent (exported for the alert rule; every kind).
+    pub(super) fn silent_after(&mut self) -> Result<Option<std::time::Duration>, SourceError> {
+        self.mark("silent_after_secs");
+        match self.spec.silent_after_secs {
+            Some(t) if !(60..=31 * 86_400).contains(&t) => {
+                Err(self.error("silent_after_secs", "between 60 and 2678400 (31 days)"))
+            }
+            other => Ok(other.map(std::time::Duration::from_secs)),
         }
     }
 
