@@ -47,6 +47,13 @@ pg_bindir() {
   echo "$dir"
 }
 
+# promtool, which tests the alert rules (Debian ships it in `prometheus`;
+# no Prometheus server is started by it in a container without systemd).
+ensure_promtool() {
+  command -v promtool >/dev/null || apt_install --no-install-recommends prometheus
+  command -v promtool >/dev/null || die "promtool is still missing after apt-get"
+}
+
 # PostgreSQL refuses to run as root; as root, its servers run as `postgres`.
 ensure_pg_user() {
   if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then

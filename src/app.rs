@@ -278,6 +278,8 @@ fn start_workers(
     })?;
     let pool = store::pool(url, config.store.pool_size, config.store.session())
         .map_err(|e| StartError::Database(e.to_string()))?;
+    let retention = config.store.retention;
+    metrics.store.set_retention(retention.events.map_or(0, |d| d.as_secs()), retention.interval.as_secs());
     let settings = WorkerSettings {
         queue: config.queue.queue(),
         batch_max: config.worker.batch_max,

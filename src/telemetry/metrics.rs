@@ -347,6 +347,8 @@ pub struct Metrics {
     pub pipeline: PipelineMetrics,
     /// The workers'.
     pub workers: WorkerMetrics,
+    /// What the workers last saw of PostgreSQL.
+    pub store: super::store::StoreGauges,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -373,6 +375,7 @@ impl Metrics {
         Arc::new(Self {
             cores: (0..cores).map(|_| Arc::new(CoreMetrics::new(n))).collect(),
             rejections: Rejections::new(cores, n, bounds),
+            store: Default::default(),
             sources,
             pipeline: PipelineMetrics {
                 batch_size: Histogram::new(),
@@ -566,6 +569,7 @@ impl Metrics {
                 q.dead_letters,
             );
         }
+        self.store.render(&mut out);
         if let Some(rss) = crate::health::resident_bytes() {
             render_gauge(&mut out, "webhook_resident_memory_bytes", "Resident memory of this process.", rss);
         }

@@ -6,6 +6,7 @@
 pub mod metrics;
 pub mod rejections;
 pub mod sources;
+pub mod store;
 
 use tracing_subscriber::EnvFilter;
 

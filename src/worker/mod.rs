@@ -587,6 +587,7 @@ impl Worker {
         if let Err(e) = store::partitions::maintain(&mut client, &self.settings.retention, now_us()) {
             warn!(consumer = %self.name, error = %e, "partition maintenance at start failed; tried again later");
         }
+        let _ = record_partitions(&self.settings.metrics, &mut client);
         self.migrated.store(true, Ordering::Release);
         Ok(())
     }
@@ -661,12 +662,13 @@ fn maintain_partitions(settings: Arc<WorkerSettings>, pool: Pool, shutdown: Canc
         if shutdown.is_cancelled() {
             return;
         }
-        let run = pool
-            .get()
-            .map_err(StoreError::from)
-            .and_then(|mut c| store::partitions::maintain(&mut c, &settings.retention, now_us()));
+        let run = pool.get().map_err(StoreError::from).and_then(|mut c| {
+            store::partitions::maintain(&mut c, &settings.retention, now_us())?;
+            record_partitions(&settings.metrics, &mut c)
+        });
+        settings.metrics.store.set_up(run.is_ok());
         match run {
-            Ok(_) => {
+            Ok(()) => {
                 if last_error.take().is_some() {
                     info!("partition maintenance recovered");
                 }
@@ -681,6 +683,20 @@ fn maintain_partitions(settings: Arc<WorkerSettings>, pool: Pool, shutdown: Canc
             }
         }
     }
+}
+
+/// Reads the event partitions into the store gauges (the oldest one's
+/// start, for the alert on a retention that stopped dropping).
+fn record_partitions(
+    metrics: &crate::telemetry::metrics::Metrics,
+    client: &mut postgres::Client,
+) -> Result<(), StoreError> {
+    let kept = store::partitions::partitions(client)?;
+    if let Some(start) = kept.iter().filter_map(|p| p.from).min() {
+        metrics.store.set_oldest_partition(start);
+    }
+    metrics.store.set_up(true);
+    Ok(())
 }
 
 /// Handles to the running worker threads.

@@ -206,6 +206,9 @@ impl Worker {
                 Err(halt) => halt,
             };
             self.settings.metrics.workers.record_postgres_error();
+            if halt.probe_failed || matches!(halt.error, StoreError::Pool(_)) {
+                self.settings.metrics.store.set_up(false);
+            }
             remaining = halt.left;
             failures += 1;
             if halt.probe_failed {
@@ -233,6 +236,7 @@ impl Worker {
             self.sleep(jitter(backoff));
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
+        self.settings.metrics.store.set_up(true);
         if warned {
             info!(consumer = %self.name, "postgres is back; batch written");
         }

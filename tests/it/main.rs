@@ -10,6 +10,7 @@ mod cluster;
 mod concurrency;
 mod consume;
 mod cores;
+mod dashboard;
 mod errors;
 mod fault;
 mod harness;
