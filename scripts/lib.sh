@@ -54,6 +54,12 @@ ensure_promtool() {
   command -v promtool >/dev/null || die "promtool is still missing after apt-get"
 }
 
+# Chromium, in which the status page's test loads the page (headless).
+ensure_chromium() {
+  command -v chromium >/dev/null || apt_install --no-install-recommends chromium
+  command -v chromium >/dev/null || die "chromium is still missing after apt-get"
+}
+
 # PostgreSQL refuses to run as root; as root, its servers run as `postgres`.
 ensure_pg_user() {
   if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then

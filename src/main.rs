@@ -232,6 +232,12 @@ fn stats(config: &Config) -> CliResult {
     for (condition, description) in &r.held {
         println!("held {condition}: {description}");
     }
+    for w in &r.workers {
+        println!(
+            "worker {} (partition {}): pending {}, idle {} ms",
+            w.name, w.partition, w.pending, w.idle_ms
+        );
+    }
     if q.partitions.len() > 1 {
         println!("partition  length  pending  lag  dead_letters_in_redis");
         for (p, pg) in q.partitions.iter().enumerate() {

@@ -19,6 +19,8 @@ pub struct Report {
     pub queue: Option<QueueReport>,
     /// Conditions the workers hold entries for (`condition`, description).
     pub held: Vec<(String, String)>,
+    /// The workers' consumers, per partition (Redis's view of the group).
+    pub workers: Vec<WorkerReport>,
     /// What PostgreSQL keeps (`None`: not configured).
     pub store: Option<StoreReport>,
 }
@@ -55,6 +57,20 @@ pub struct PartitionReport {
     pub oldest_unacked_seconds: f64,
     /// Dead letters in its Redis fallback stream.
     pub dead_letters_in_redis: u64,
+}
+
+/// One worker thread's consumer in one partition's group.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerReport {
+    /// The consumer (`<host>-<pid>-<thread>`).
+    pub name: String,
+    /// The partition.
+    pub partition: usize,
+    /// Entries delivered to it and not yet acknowledged.
+    pub pending: u64,
+    /// Since it last read or claimed, ms.
+    pub idle_ms: u64,
 }
 
 /// What PostgreSQL keeps.
@@ -112,9 +128,13 @@ pub fn read(
     con: Option<&mut Conn>,
     client: Option<&mut postgres::Client>,
 ) -> Result<Report, StoreError> {
-    let (gauges, held) = match con {
-        Some(con) => (crate::health::read_queue_gauges(queue, con), crate::health::read_held(queue, con)),
-        None => (None, Vec::new()),
+    let (gauges, held, workers) = match con {
+        Some(con) => (
+            crate::health::read_queue_gauges(queue, con),
+            crate::health::read_held(queue, con),
+            consumers(queue, con),
+        ),
+        None => (None, Vec::new(), Vec::new()),
     };
     let store = match client {
         Some(client) => {
@@ -137,6 +157,32 @@ pub fn read(
         partitions: queue.partitions(),
         queue: gauges.map(queue_report),
         held,
+        workers,
         store,
     })
+}
+
+/// Every partition's consumers (`XINFO CONSUMERS`); a partition whose
+/// master does not answer lists none.
+fn consumers(queue: &Queue, con: &mut Conn) -> Vec<WorkerReport> {
+    type Info = Vec<std::collections::HashMap<String, redis::Value>>;
+    let mut out = Vec::new();
+    for (partition, stream) in queue.streams().iter().enumerate() {
+        let Ok(infos) =
+            redis::cmd("XINFO").arg("CONSUMERS").arg(stream).arg(crate::queue::GROUP).query::<Info>(con)
+        else {
+            continue;
+        };
+        for info in infos {
+            let text = |k: &str| info.get(k).and_then(|v| redis::from_redis_value::<String>(v.clone()).ok());
+            let number = |k: &str| info.get(k).and_then(|v| redis::from_redis_value::<u64>(v.clone()).ok());
+            out.push(WorkerReport {
+                name: text("name").unwrap_or_default(),
+                partition,
+                pending: number("pending").unwrap_or(0),
+                idle_ms: number("idle").unwrap_or(0),
+            });
+        }
+    }
+    out
 }

@@ -339,3 +339,52 @@ fn rejections_stay_within_their_bounds_keep_no_secret_and_show_in_the_source_hea
     assert!(!metrics.contains(r#"webhook_source_last_accepted_timestamp_seconds{source="stripe"}"#));
     assert!(metrics.contains("webhook_queue_oldest_unacked_age_seconds"));
 }
+
+/// The Chromium of Debian's `chromium` package (scripts/test installs it).
+fn chromium(args: &[&str]) -> std::process::Output {
+    let out = std::process::Command::new("chromium")
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-extensions"])
+        .args(["--enable-logging=stderr", "--v=0", "--virtual-time-budget=15000"])
+        .args(args)
+        .output()
+        .expect("chromium runs (scripts/test installs Debian's chromium package)");
+    assert!(out.status.success(), "chromium failed: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+#[test]
+fn the_status_page_loads_in_chromium_without_console_errors_and_shows_a_sources_last_202() {
+    let app = operating_app(Some(SOURCES), |_| {});
+    assert_eq!(app.post("open", &event("open", "evt_page")).status, 202);
+    flood_bad_signatures(&app, 3);
+    wait_until(DRAIN, "the row", || app.rows() == 1);
+    let read = api(&app, Some(READ));
+    let sources = read.ok("/v1/sources");
+    let open = sources["data"].as_array().unwrap().iter().find(|s| s["source"] == "open").unwrap();
+    let last = open["lastAcceptedAt"].as_str().expect("a last 202").to_string();
+
+    let url = format!("http://{}/#token={READ}", app.app_api_addr().unwrap());
+    let shown = chromium(&["--dump-dom", &url]);
+    let dom = String::from_utf8_lossy(&shown.stdout);
+    let log = String::from_utf8_lossy(&shown.stderr);
+    let console: Vec<&str> = log.lines().filter(|l| l.contains("CONSOLE")).collect();
+    assert!(console.is_empty(), "console messages: {console:#?}");
+    assert!(!log.contains("Uncaught"), "{log}");
+    assert!(dom.contains(&last), "the page shows open's last 202 ({last}): {dom}");
+    assert!(dom.contains("bad_signature"), "the page shows the rejections: {dom}");
+    assert!(!dom.contains("id=\"status\" hidden"), "the status is shown, not the token prompt: {dom}");
+
+    // Without a token the page asks for one and shows nothing.
+    let bare = chromium(&["--dump-dom", &format!("http://{}/", app.app_api_addr().unwrap())]);
+    let dom = String::from_utf8_lossy(&bare.stdout);
+    assert!(dom.contains("id=\"status\" hidden") && !dom.contains(&last), "{dom}");
+
+    // A picture, for the README and for a person reading the test's output.
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page");
+    std::fs::create_dir_all(&dir).unwrap();
+    let png = dir.join("status-page.png");
+    chromium(&[&format!("--screenshot={}", png.display()), "--window-size=1280,1800", &url]);
+    let bytes = std::fs::read(&png).expect("a screenshot");
+    assert!(bytes.starts_with(b"\x89PNG") && bytes.len() > 10_000, "{} bytes", bytes.len());
+    println!("status page screenshot: {}", png.display());
+}

@@ -1,9 +1,16 @@
 // The status page: reads the API with the token its user entered (kept in
-// this closure only), or with none when a proxy in front adds one. Every
-// value is written with textContent: rejections hold what strangers sent.
+// this closure only), or given in the address's fragment (`/#token=…`, which
+// no browser sends to a server; the page drops it from the address at
+// once), or with none when a proxy in front adds one. Every value is
+// written with textContent: rejections hold what strangers sent.
 "use strict";
 (function () {
   let token = null;
+  const fragment = new URLSearchParams(window.location.hash.slice(1));
+  if (fragment.get("token")) {
+    token = fragment.get("token");
+    history.replaceState(null, "", window.location.pathname);
+  }
   const REFRESH_MS = 5000;
   const $ = (id) => document.getElementById(id);
 
@@ -56,6 +63,7 @@
     } else {
       pairs("queue", { redis: "did not answer" });
     }
+    fill("workers", stats.workers, ["name", "partition", "pending", "idleMs"]);
     const held = $("held");
     held.replaceChildren();
     for (const [condition, description] of stats.held) {
@@ -100,12 +108,12 @@
     }
   }
 
-  $("use-token").addEventListener("click", () => {
+  $("login-form").addEventListener("submit", (e) => {
+    e.preventDefault();
     token = $("token").value.trim() || null;
     $("token").value = "";
     refresh();
   });
-  $("token").addEventListener("keydown", (e) => { if (e.key === "Enter") $("use-token").click(); });
   refresh();
   setInterval(() => { if (!$("status").hidden) refresh(); }, REFRESH_MS);
 })();
