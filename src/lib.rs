@@ -6,12 +6,14 @@
 //! http/    per-core monoio runtimes: listeners, HTTP/1.1 framing, routing, replies
 //! ingest/  body parse (JSON) + validation → WebhookJob, or the 400 messages
 //! queue/   bounded channel → one Redis pipeline thread → XADD batches → reply per job
-//! worker/  XREADGROUP → dedupe → store/ → XACK, XDEL, then SET keys; reclaim, dead letters
+//! worker/  XREADGROUP → dedupe → store/ → XACK, XDEL; reclaim, dead letters, replays
 //! store/   PostgreSQL: one transaction per batch (binary COPY → INSERT … ON CONFLICT)
+//! api/     the second listener: events, consumers, dead letters, rejections, sources
 //! ```
 //!
 //! Beside them: [`config`] (one typed `Config`, read once), [`job`] (the one data
-//! contract that crosses every stage), [`telemetry`] (JSON logs), [`shutdown`]
+//! contract that crosses every stage), [`telemetry`] (JSON logs, metrics, the
+//! refused requests kept), [`report`] (what `stats` reads), [`shutdown`]
 //! (one signal fanned out to every core), and [`app`], which wires them together
 //! and is what both the binary and the tests run.
 //!

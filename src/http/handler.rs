@@ -269,6 +269,9 @@ impl Handler {
         if let Some(i) = refusal_index(status, reason) {
             self.metrics.record_source(source, SourceOutcome::Refused(i));
         }
+        if !self.all_metrics.rejections.enabled() {
+            return;
+        }
         let (mut request_line, mut headers, mut headers_cut) = (String::new(), Vec::new(), false);
         let mut body_bytes = r.body.len();
         let mut client = r.peer;

@@ -120,6 +120,12 @@ impl Rejections {
         }
     }
 
+    /// Whether any is kept (bounds of 0 turn the keeping off: a refusal
+    /// then costs its counter only).
+    pub fn enabled(&self) -> bool {
+        self.per_source > 0 && self.bytes > 0
+    }
+
     /// Keeps `r` in core `core`'s shard, dropping the oldest past the bounds.
     pub fn keep(&self, core: usize, mut r: Rejection) {
         let Some(shard) = self.shards.get(core) else { return };
