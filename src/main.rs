@@ -222,13 +222,14 @@ fn stats(config: &Config) -> CliResult {
     };
     let r = webhook_ingestor::report::read(&queue, Some(&mut con), client.as_mut())?;
     let q = r.queue.ok_or("redis did not answer")?;
-    println!("stream:       {}", r.stream);
-    println!("partitions:   {}", r.partitions);
-    println!("queue_length: {}", q.length);
-    println!("pending:      {}", q.pending);
-    println!("lag:          {}", q.lag);
-    println!("oldest_unacked_seconds: {:.3}", q.oldest_unacked_seconds);
-    println!("dead_letters_in_redis: {}", q.dead_letters_in_redis);
+    let line = |label: &str, value: &dyn std::fmt::Display| println!("{:<13} {value}", format!("{label}:"));
+    line("stream", &r.stream);
+    line("partitions", &r.partitions);
+    line("queue_length", &q.length);
+    line("pending", &q.pending);
+    line("lag", &q.lag);
+    line("oldest_unacked_seconds", &format!("{:.3}", q.oldest_unacked_seconds));
+    line("dead_letters_in_redis", &q.dead_letters_in_redis);
     for (condition, description) in &r.held {
         println!("held {condition}: {description}");
     }
@@ -251,14 +252,19 @@ fn stats(config: &Config) -> CliResult {
         }
     }
     if let Some(s) = r.store {
-        println!("rows_stored:  {}", s.rows_stored);
-        println!("dead_letters: {}", s.dead_letters);
-        println!("conflicts:    {}", s.conflicts);
-        println!("table_bytes:  {}", s.table_bytes);
-        println!("index_bytes:  {}", s.index_bytes);
-        println!("key_bytes:    {}", s.key_bytes);
-        println!("dedupe_generations: {}", s.dedupe_generations);
-        println!("event_partitions:   {}", s.event_partitions.len());
+        let numbers = [
+            ("rows_stored", s.rows_stored),
+            ("dead_letters", s.dead_letters),
+            ("conflicts", s.conflicts),
+            ("table_bytes", s.table_bytes),
+            ("index_bytes", s.index_bytes),
+            ("key_bytes", s.key_bytes),
+            ("dedupe_generations", s.dedupe_generations),
+        ];
+        for (label, value) in numbers {
+            line(label, &value);
+        }
+        line("event_partitions", &s.event_partitions.len());
         for name in &s.event_partitions {
             println!("  {name}");
         }

@@ -99,10 +99,11 @@ pub(super) fn search(ctx: &Context, q: &Params) -> Reply {
     let filter = FilterFields::from_query(q).filter()?;
     let mut client = connection(ctx)?;
     let page = store::search(&mut *client, &filter, before, limit).map_err(|e| unavailable(&e))?;
-    let next = (page.len() as i64 == limit).then(|| page.last().map(|l| l.id.to_string())).flatten();
+    let next = (page.len() as i64 == limit).then(|| page.last().map(|l| l.letter.id.to_string())).flatten();
     let data: Vec<serde_json::Value> = page
         .iter()
-        .map(|l| {
+        .map(|s| {
+            let l = &s.letter;
             serde_json::json!({
                 "id": l.id,
                 "provider": l.provider,
@@ -113,7 +114,7 @@ pub(super) fn search(ctx: &Context, q: &Params) -> Reply {
                 "attempts": l.attempts,
                 "receivedAt": l.received_at_us.map(rfc3339_us),
                 "deadAt": rfc3339_us(l.dead_at_us),
-                "bodyBytes": l.body_bytes,
+                "bodyBytes": s.body_bytes,
                 "replayedAt": l.replayed_at_us.map(rfc3339_us),
                 "replays": l.replays,
             })

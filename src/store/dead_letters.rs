@@ -102,34 +102,26 @@ fn from_row(r: &postgres::Row) -> DeadLetter {
 /// [`StoreError`]; nothing is stored then.
 pub fn insert(client: &mut postgres::Client, letters: &[DeadLetter]) -> Result<u64, StoreError> {
     let mut tx = client.transaction()?;
+    // A replay dead again ($17 names its row) updates that row; otherwise,
+    // or when that row is gone, the letter is inserted.
     let statement = tx.prepare(
-        "INSERT INTO webhook_dead_letters (provider, event_id, event_type, verified_by, event_timestamp,
+        "WITH again AS (
+             UPDATE webhook_dead_letters
+                SET error = $10, sqlstate = $11, attempts = $12, stream = $13, stream_id = $14,
+                    dead_at = $15, replayed_at = NULL
+              WHERE id = $17::bigint
+          RETURNING id)
+         INSERT INTO webhook_dead_letters (provider, event_id, event_type, verified_by, event_timestamp,
              received_at, raw_body, payload, fields, error, sqlstate, attempts, stream, stream_id, dead_at,
              unsigned_fields)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+         SELECT $1::text, $2::text, $3::text, $4::text, $5::timestamptz, $6::timestamptz, $7::bytea,
+                $8::bytea, $9::jsonb, $10::text, $11::text, $12::bigint, $13::text, $14::text,
+                $15::timestamptz, $16::text
+          WHERE NOT EXISTS (SELECT 1 FROM again)
          ON CONFLICT (stream, stream_id) DO NOTHING",
-    )?;
-    let again = tx.prepare(
-        "UPDATE webhook_dead_letters SET error = $2, sqlstate = $3, attempts = $4, stream = $5,
-             stream_id = $6, dead_at = $7, replayed_at = NULL
-         WHERE id = $1",
     )?;
     let mut new = 0;
     for d in letters {
-        if let Some(row) = d.replay_of {
-            let params: [&(dyn postgres::types::ToSql + Sync); 7] = [
-                &row,
-                &d.error,
-                &d.sqlstate,
-                &d.attempts,
-                &d.stream,
-                &d.stream_id,
-                &Timestamptz(d.dead_at_us),
-            ];
-            if tx.execute(&again, &params)? == 1 {
-                continue;
-            }
-        }
         let us = |v: Option<i64>| v.map(Timestamptz);
         new += tx.execute(
             &statement,
@@ -150,6 +142,7 @@ pub fn insert(client: &mut postgres::Client, letters: &[DeadLetter]) -> Result<u
                 &d.stream_id,
                 &Timestamptz(d.dead_at_us),
                 &d.unsigned_fields,
+                &d.replay_of,
             ],
         )?;
     }
@@ -194,33 +187,14 @@ impl Filter {
     }
 }
 
-/// One dead letter as a search lists it: everything but the body.
+/// One dead letter as a search lists it: everything but the body
+/// (`raw_body`, `payload` and `fields` are `None`), and the body's size.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Summary {
-    /// Its row id.
-    pub id: i64,
-    /// The job's provider; `None` when the entry did not decode.
-    pub provider: Option<String>,
-    /// The sender's id.
-    pub event_id: Option<String>,
-    /// The sender's type.
-    pub event_type: Option<String>,
-    /// The last error.
-    pub error: String,
-    /// Its SQLSTATE.
-    pub sqlstate: Option<String>,
-    /// Deliveries when it was given up.
-    pub attempts: i64,
-    /// When the gateway received it, µs since the epoch.
-    pub received_at_us: Option<i64>,
-    /// When it was dead-lettered, µs since the epoch.
-    pub dead_at_us: i64,
+    /// The letter, without its body.
+    pub letter: DeadLetter,
     /// Bytes of the body as received (0 for an undecodable entry).
     pub body_bytes: i64,
-    /// When it was replayed, while its event is on its way.
-    pub replayed_at_us: Option<i64>,
-    /// How often it was replayed.
-    pub replays: i32,
 }
 
 /// Up to `limit` dead letters matching `filter`, newest first, below the
@@ -234,12 +208,10 @@ pub fn search(
     before: Option<i64>,
     limit: i64,
 ) -> Result<Vec<Summary>, StoreError> {
+    // COLUMNS with the body's three columns left out (NULL) and its size after.
+    let columns = COLUMNS.replace("raw_body, payload, fields", "NULL::bytea, NULL::bytea, NULL::jsonb");
     let sql = format!(
-        "SELECT id, provider, event_id, event_type, error, sqlstate, attempts,
-                (extract(epoch FROM received_at) * 1000000)::bigint,
-                (extract(epoch FROM dead_at) * 1000000)::bigint,
-                coalesce(octet_length(raw_body), 0)::bigint,
-                (extract(epoch FROM replayed_at) * 1000000)::bigint, replays
+        "SELECT {columns}, coalesce(octet_length(raw_body), 0)::bigint
            FROM webhook_dead_letters
           WHERE {MATCHES} AND ($6::bigint IS NULL OR id < $6)
           ORDER BY id DESC LIMIT $7"
@@ -249,23 +221,7 @@ pub fn search(
     params.push(&before);
     params.push(&limit);
     let rows = client.query(&sql, &params)?;
-    Ok(rows
-        .iter()
-        .map(|r| Summary {
-            id: r.get(0),
-            provider: r.get(1),
-            event_id: r.get(2),
-            event_type: r.get(3),
-            error: r.get(4),
-            sqlstate: r.get(5),
-            attempts: r.get(6),
-            received_at_us: r.get(7),
-            dead_at_us: r.get(8),
-            body_bytes: r.get(9),
-            replayed_at_us: r.get(10),
-            replays: r.get(11),
-        })
-        .collect())
+    Ok(rows.iter().map(|r| Summary { letter: from_row(r), body_bytes: r.get(19) }).collect())
 }
 
 /// The ids of up to `max` dead letters matching `filter` that are not

@@ -13,18 +13,7 @@ use promql_parser::parser::{self, Expr};
 use webhook_ingestor::ingest::sources::Sources;
 
 use crate::harness::{event, wait_until, Client, TestApp};
-
-const SOURCES: &str = r#"
-[[source]]
-route = "stripe"
-kind = "stripe"
-secrets = ["whsec_dashboard"]
-
-[[source]]
-route = "open"
-kind = "envelope"
-silent_after_secs = 600
-"#;
+use crate::operate::SOURCES;
 
 const DASHBOARD: &str = include_str!("../../deploy/grafana/webhook-ingestor.json");
 const RULES: &str = include_str!("../../deploy/prometheus/webhook-ingestor.rules.yml");

@@ -15,7 +15,7 @@ use crate::harness::{event, wait_until, Client, TestApp};
 const DRAIN: Duration = Duration::from_secs(60);
 const SECRET: &str = "whsec_operate_secret_4d1f";
 
-const SOURCES: &str = r#"
+pub const SOURCES: &str = r#"
 [[source]]
 route = "stripe"
 kind = "stripe"
