@@ -23,7 +23,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use serde::Deserialize;
 
-use super::routes::{
+use super::common::{
     bad, connection, json, json_body, not_found, rfc3339_us, unavailable, Context, Params, Reply, Request,
 };
 use crate::http::response::Response;

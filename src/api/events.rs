@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use super::routes::{
+use super::common::{
     bad, connection, json, json_body, not_found, rfc3339, segment, unavailable, Context, Params, Reply,
     Request,
 };

@@ -14,12 +14,14 @@
 //! and what they promise are in [`routes`].
 
 pub mod auth;
+mod common;
 mod dead_letters;
 mod events;
 pub mod notify;
 mod operate;
 mod routes;
 mod server;
+mod windows;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -150,9 +152,9 @@ pub fn spawn(settings: ApiSettings, shutdown: CancellationToken) -> Result<ApiHa
         notify::spawn(settings.database_url.clone(), settings.session, notifier.clone(), shutdown.clone())
             .map_err(ApiError::Spawn)?;
     let tokens = settings.tokens.len();
-    let windows = operate::Windows::spawn(settings.gateway.metrics.clone(), shutdown.clone())
+    let windows = windows::Windows::spawn(settings.gateway.metrics.clone(), shutdown.clone())
         .map_err(ApiError::Spawn)?;
-    let ctx = Arc::new(routes::Context {
+    let ctx = Arc::new(common::Context {
         tokens: settings.tokens,
         pool,
         migrate: settings.migrate,

@@ -9,84 +9,23 @@
 //!   a route was known.
 //! * `GET /v1/sources` (read): per source its kind and scheme, its last
 //!   202, and what its requests became since the start, over the last 5
-//!   minutes and the last hour (sampled every [`SAMPLE_EVERY`] by
-//!   [`Windows`]), and its last rejection.
+//!   minutes and the last hour (sampled by [`super::windows::Windows`]),
+//!   and its last rejection.
 //! * `GET /v1/stats` (read): [`crate::report`], as the CLI's `stats`.
 //! * `GET /` (no token): the status page, a shell with no data that reads
 //!   the routes above with the token its user enters (kept in the page's
 //!   memory only) or that a proxy in front adds to each request.
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
-use tokio_util::sync::CancellationToken;
 
-use super::routes::{bad, connection, json, rfc3339_us, Context, Params, Reply};
+use super::common::{bad, connection, json, rfc3339_us, Context, Params, Reply};
+use super::windows::WINDOWS;
 use crate::http::response::Response;
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::rejections::Rejection;
 use crate::telemetry::sources::{SourceTotals, REFUSALS, UNROUTED};
-
-/// How often the per-source counts are sampled for the windows.
-pub(super) const SAMPLE_EVERY: Duration = Duration::from_secs(10);
-/// The windows `GET /v1/sources` reports, `(name, length)`.
-const WINDOWS: [(&str, Duration); 2] =
-    [("last5m", Duration::from_secs(300)), ("last1h", Duration::from_secs(3600))];
-
-/// The per-source counts sampled over the last hour, so a window's counts
-/// are the totals now less the totals at its start.
-pub(super) struct Windows {
-    metrics: Arc<Metrics>,
-    samples: Mutex<VecDeque<(Instant, Vec<SourceTotals>)>>,
-}
-
-impl Windows {
-    /// Starts sampling (one sample now); the thread ends with `shutdown`.
-    pub(super) fn spawn(
-        metrics: Arc<Metrics>,
-        shutdown: CancellationToken,
-    ) -> std::io::Result<(Arc<Self>, JoinHandle<()>)> {
-        let windows = Arc::new(Self { metrics, samples: Mutex::new(VecDeque::new()) });
-        windows.sample();
-        let w = windows.clone();
-        let thread = std::thread::Builder::new().name("api-windows".into()).spawn(move || {
-            let mut next = Instant::now() + SAMPLE_EVERY;
-            while !shutdown.is_cancelled() {
-                std::thread::sleep(Duration::from_millis(100));
-                if Instant::now() >= next {
-                    w.sample();
-                    next += SAMPLE_EVERY;
-                }
-            }
-        })?;
-        Ok((windows, thread))
-    }
-
-    fn sample(&self) {
-        let totals = self.metrics.source_totals();
-        let mut s = self.samples.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let now = Instant::now();
-        s.push_back((now, totals));
-        let longest = WINDOWS[WINDOWS.len() - 1].1 + SAMPLE_EVERY;
-        while s.front().is_some_and(|(t, _)| now.duration_since(*t) > longest) {
-            s.pop_front();
-        }
-    }
-
-    /// The totals at the start of a window of `length` (the oldest sample
-    /// inside it), and how long it really covers (less while the process
-    /// is younger than the window).
-    fn start_of(&self, length: Duration) -> Option<(Vec<SourceTotals>, Duration)> {
-        let s = self.samples.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let now = Instant::now();
-        s.iter()
-            .find(|(t, _)| now.duration_since(*t) <= length)
-            .map(|(t, totals)| (totals.clone(), now.duration_since(*t)))
-    }
-}
 
 /// The refusals of `t` that are not zero, as `[{status, reason, count}]`.
 fn refusals(t: &[u64]) -> Vec<serde_json::Value> {
@@ -247,7 +186,7 @@ pub(super) fn stats(ctx: &Context, q: &Params) -> Reply {
     let mut con = queue.connect(Duration::from_secs(1), Duration::from_secs(2)).ok();
     let mut client = connection(ctx)?;
     let report = crate::report::read(queue, con.as_mut(), Some(&mut *client))
-        .map_err(|e| super::routes::unavailable(&e))?;
+        .map_err(|e| super::common::unavailable(&e))?;
     json(&report)
 }
 

@@ -12,7 +12,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use super::routes::{self, Context, Request};
+use super::common::{Context, Request};
+use super::routes;
 use super::MAX_CONNECTIONS;
 use crate::http::request::{parse_head, BodyFraming, HeadError, Limits};
 use crate::http::response::{Extra, Message, ReplyTo, Response, Status, CONTINUE};
