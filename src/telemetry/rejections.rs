@@ -169,14 +169,16 @@ impl Rejections {
         let mut out: Vec<Rejection> = Vec::new();
         for shard in &self.shards {
             let s = shard.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            for q in &s.by_source {
-                out.extend(
-                    q.iter()
-                        .map(|(_, r)| r)
-                        .filter(|r| before.is_none_or(|b| (r.at_us, r.seq) < b) && keep(r))
-                        .cloned(),
-                );
-            }
+            // This shard's newest `limit` suffice for the newest `limit` of
+            // all: only those are copied, under the lock for as long.
+            let mut mine: Vec<&Rejection> = s
+                .by_source
+                .iter()
+                .flat_map(|q| q.iter().map(|(_, r)| r))
+                .filter(|r| before.is_none_or(|b| (r.at_us, r.seq) < b) && keep(r))
+                .collect();
+            mine.sort_unstable_by_key(|r| std::cmp::Reverse((r.at_us, r.seq)));
+            out.extend(mine.into_iter().take(limit).cloned());
         }
         out.sort_unstable_by_key(|r| std::cmp::Reverse((r.at_us, r.seq)));
         out.truncate(limit);

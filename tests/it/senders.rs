@@ -317,9 +317,18 @@ fn stripe_signed_by_the_stripe_library() {
     );
     // Rejections are counted per source and reason.
     let metrics = crate::ops::scrape(&app);
-    assert!(metrics[r#"webhook_source_rejected_total{source="stripe",reason="bad_signature"}"#] >= 5.0);
-    assert_eq!(metrics[r#"webhook_source_rejected_total{source="stripe",reason="stale_timestamp"}"#], 1.0);
-    assert_eq!(metrics[r#"webhook_source_rejected_total{source="stripe",reason="missing_signature"}"#], 1.0);
+    assert!(
+        metrics[r#"webhook_source_rejected_total{source="stripe",status="401",reason="bad_signature"}"#]
+            >= 5.0
+    );
+    assert_eq!(
+        metrics[r#"webhook_source_rejected_total{source="stripe",status="401",reason="stale_timestamp"}"#],
+        1.0
+    );
+    assert_eq!(
+        metrics[r#"webhook_source_rejected_total{source="stripe",status="401",reason="missing_signature"}"#],
+        1.0
+    );
     assert_eq!(metrics[r#"webhook_source_accepted_total{source="stripe"}"#], 5.0);
 }
 
