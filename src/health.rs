@@ -306,7 +306,7 @@ impl Checker {
     }
 
     fn memory(&self) -> Check {
-        let rss = resident_bytes().ok_or("cannot read /proc/self/status")?;
+        let rss = crate::telemetry::process::resident_bytes().ok_or("cannot read /proc/self/status")?;
         let limit = self.settings.memory_limit_bytes;
         if rss > limit {
             return Err(format!("resident memory {rss} bytes is over the limit of {limit}"));
@@ -343,7 +343,7 @@ pub fn read_queue_gauges(queue: &crate::queue::Queue, con: &mut crate::queue::Co
 fn partition_gauges(con: &mut crate::queue::Conn, stream: &str) -> Option<PartitionGauges> {
     let mut pipe = redis::pipe();
     pipe.cmd("XLEN").arg(stream);
-    pipe.cmd("XLEN").arg(crate::worker::dead_letter_stream(stream));
+    pipe.cmd("XLEN").arg(crate::queue::keys::dead_letters(stream));
     pipe.cmd("XPENDING").arg(stream).arg(crate::queue::GROUP);
     pipe.cmd("XINFO").arg("GROUPS").arg(stream);
     // Acknowledged entries are deleted, so the first is the oldest waiting.
@@ -371,20 +371,6 @@ fn group_lag(groups: redis::Value) -> Option<u64> {
     })
 }
 
-/// This process's resident memory (`VmRSS`), in bytes.
-pub fn resident_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kb * 1024)
-}
-
 impl Drop for Checker {
     fn drop(&mut self) {
         if let Some(pg) = self.pg.take() {
@@ -399,7 +385,7 @@ impl Drop for Checker {
 mod tests {
     #[test]
     fn resident_memory_is_readable_and_plausible() {
-        let rss = super::resident_bytes().unwrap();
+        let rss = crate::telemetry::process::resident_bytes().unwrap();
         assert!(rss > 1024 * 1024 && rss < 64 * 1024 * 1024 * 1024, "{rss}");
     }
 }

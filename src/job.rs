@@ -89,6 +89,18 @@ pub struct WebhookJob {
     pub replay_of: Option<i64>,
 }
 
+/// Longest provider name.
+pub const MAX_PROVIDER_LEN: usize = 64;
+
+/// Whether `name` is a valid provider (the `:provider` path segment, a
+/// source's route): `[a-z0-9_-]{1,64}`. The job's key starts with it, so
+/// the rule is the job's.
+pub fn is_provider(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_PROVIDER_LEN
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
 /// Microseconds since the Unix epoch, from the system clock: the clock a
 /// job's `received_at_us` and every other stored instant are read from.
 pub fn now_us() -> i64 {

@@ -12,7 +12,6 @@
 //! defaults.
 
 mod api;
-mod redact;
 mod vars;
 
 use std::fmt;
@@ -22,8 +21,8 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+pub use crate::telemetry::redact::redact;
 pub use api::ApiConfig;
-pub use redact::redact;
 
 use crate::http::cors::Cors;
 use crate::http::proxy::TrustedProxies;
@@ -33,21 +32,7 @@ use crate::ingest::JsonParser;
 use crate::store::{Retention, Session, SynchronousCommit, Timeouts};
 use vars::{parse_cores, Vars};
 
-/// Which cores the per-core HTTP runtimes run on.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum CoreSelection {
-    /// The default: every core of the CPU set, but no more than the whole
-    /// cores of the cgroup CPU quota (see [`crate::http::cores`]).
-    #[default]
-    Auto,
-    /// Every core this process may run on (its `sched_getaffinity` set, which
-    /// honours a container's cpuset), whatever its CPU quota.
-    All,
-    /// The first N cores of that set.
-    Count(usize),
-    /// These core ids exactly; each must be in that set.
-    List(Vec<usize>),
-}
+pub use crate::http::cores::CoreSelection;
 
 /// The whole configuration, one section per stage.
 #[derive(Debug, Clone, Default)]

@@ -92,7 +92,7 @@ pub(crate) async fn refuse(
         Response::unavailable(why, ctx.handler.retry_after_secs).with_reason("over_capacity").closing();
     ctx.handler.refused(&resp, None, Refused { head: None, body: &[], peer });
     resp.encode(ReplyTo::default(), &ctx.handler.bare_extra(), &mut conn.wbuf);
-    ctx.metrics.record(RouteLabel::Unknown, Status::ServiceUnavailable, Duration::ZERO);
+    ctx.metrics.record(RouteLabel::Unknown, Status::ServiceUnavailable.code(), Duration::ZERO);
     if conn.flush(&ctx).await.is_ok() {
         let _ = conn.linger_close(REFUSE_LINGER_TIME).await;
     }
@@ -219,7 +219,7 @@ impl Conn {
                 resp = resp.closing();
             }
             resp.encode(to, &extra, &mut self.wbuf);
-            ctx.metrics.record(label, resp.status(), now.elapsed());
+            ctx.metrics.record(label, resp.status().code(), now.elapsed());
             if !head.keep_alive || resp.closes() {
                 self.flush(ctx).await?;
                 self.linger_close(LINGER_TIME).await?;
@@ -443,7 +443,7 @@ impl Conn {
     ) -> Result<(), End> {
         let status = resp.status();
         resp.closing().encode(to, &extra, &mut self.wbuf);
-        ctx.metrics.record(route, status, Duration::ZERO);
+        ctx.metrics.record(route, status.code(), Duration::ZERO);
         self.flush(ctx).await?;
         self.linger_close(LINGER_TIME).await
     }

@@ -22,7 +22,21 @@
 use core_affinity::CoreId;
 use thiserror::Error;
 
-use crate::config::CoreSelection;
+/// Which cores the per-core HTTP runtimes run on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum CoreSelection {
+    /// The default: every core of the CPU set, but no more than the whole
+    /// cores of the cgroup CPU quota (see this module).
+    #[default]
+    Auto,
+    /// Every core this process may run on (its `sched_getaffinity` set, which
+    /// honours a container's cpuset), whatever its CPU quota.
+    All,
+    /// The first N cores of that set.
+    Count(usize),
+    /// These core ids exactly; each must be in that set.
+    List(Vec<usize>),
+}
 
 /// `CORES` asks for cores this process cannot have.
 #[derive(Debug, Error, PartialEq, Eq)]

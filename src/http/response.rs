@@ -421,6 +421,12 @@ pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_metrics_count_every_status_this_layer_answers() {
+        let codes: Vec<u16> = Status::ALL.iter().map(|s| s.code()).collect();
+        assert_eq!(codes, crate::telemetry::metrics::STATUS_CODES, "one order, one list");
+    }
+
     fn text(r: &Response, http10: bool, keep_alive: bool) -> String {
         let mut out = Vec::new();
         r.encode(ReplyTo { http10, keep_alive, head: false }, &Extra::default(), &mut out);

@@ -5,6 +5,7 @@
 //! method).
 
 use crate::ingest::sources::Sources;
+use crate::job::is_provider;
 
 /// Where a request path leads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,16 +30,8 @@ pub enum Route {
     NotFound,
 }
 
-/// Longest provider name.
-pub const MAX_PROVIDER_LEN: usize = 64;
-
 /// Methods the webhook route answers, for the `Allow` header of a 405.
 pub const WEBHOOK_ALLOW: &str = "POST";
-
-/// Whether `name` is a valid provider segment: `[a-z0-9_-]{1,64}`.
-pub fn is_provider(name: &str) -> bool {
-    !name.is_empty() && name.len() <= MAX_PROVIDER_LEN && name.bytes().all(is_provider_byte)
-}
 
 /// Matches a request target (query string and fragment ignored).
 pub fn route(target: &str, sources: &Sources) -> Route {
@@ -61,10 +54,6 @@ pub fn route(target: &str, sources: &Sources) -> Route {
         Some(source) => Route::Webhook { provider: provider.to_owned(), source: source.index },
         None => Route::NotFound,
     }
-}
-
-fn is_provider_byte(b: u8) -> bool {
-    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-'
 }
 
 #[cfg(test)]

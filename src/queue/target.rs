@@ -218,7 +218,7 @@ pub fn parse_cluster_nodes(list: &str, fallback: Option<&str>) -> Result<Vec<Con
     for raw in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let url = if raw.contains("://") { raw.to_string() } else { format!("redis://{raw}/") };
         let info = url.as_str().into_connection_info().map_err(|e| {
-            format!("{} is not host:port or a redis:// URL ({e})", crate::config::redact(raw))
+            format!("{} is not host:port or a redis:// URL ({e})", crate::telemetry::redact::redact(raw))
         })?;
         infos.push(info);
     }

@@ -18,7 +18,17 @@ use std::time::Duration;
 
 use super::rejections::{Bounds, Rejections};
 use super::sources::{SourceCounters, SourceLabel, SourceOutcome, SourceTotals};
-use crate::http::response::Status;
+
+/// The status codes `webhook_http_requests_total` counts (every code the
+/// gateway answers; `http::response::Status::ALL` lists the same, a test
+/// there keeps the two equal). An unknown code counts as the last.
+pub const STATUS_CODES: [u16; 18] =
+    [200, 202, 204, 400, 401, 403, 404, 405, 408, 410, 413, 415, 417, 429, 431, 501, 500, 503];
+
+/// The position of `code` in [`STATUS_CODES`] (202 is found second).
+fn code_index(code: u16) -> usize {
+    STATUS_CODES.iter().position(|&c| c == code).unwrap_or(STATUS_CODES.len() - 1)
+}
 
 /// Route labels of `webhook_http_requests_total`.
 pub const ROUTES: [&str; 4] = ["webhook", "health", "health_live", "unknown"];
@@ -153,7 +163,7 @@ fn render_partitions(out: &mut String, partitions: &[Option<PartitionGauges>]) {
 /// One core's HTTP counters. Only that core writes them.
 #[repr(align(128))]
 pub struct CoreMetrics {
-    requests: [[AtomicU64; Status::ALL.len()]; ROUTES.len()],
+    requests: [[AtomicU64; STATUS_CODES.len()]; ROUTES.len()],
     latency: Histogram<{ LATENCY_BUCKETS.len() }>,
     rate_limited: AtomicU64,
     sources: Vec<SourceCounters>,
@@ -178,11 +188,12 @@ impl CoreMetrics {
         self.sources[i].record(outcome);
     }
 
-    /// Counts one answered request (call only from the owning core).
-    pub fn record(&self, route: RouteLabel, status: Status, elapsed: Duration) {
-        bump(&self.requests[route as usize][status.index()], 1);
+    /// Counts one answered request with status `code` (call only from the
+    /// owning core).
+    pub fn record(&self, route: RouteLabel, code: u16, elapsed: Duration) {
+        bump(&self.requests[route as usize][code_index(code)], 1);
         self.latency.observe_local(&LATENCY_BUCKETS, elapsed.as_secs_f64());
-        if status == Status::TooManyRequests {
+        if code == 429 {
             bump(&self.rate_limited, 1);
         }
     }
@@ -430,10 +441,10 @@ impl Metrics {
             "# HELP {name} HTTP requests answered, by route and status.\n# TYPE {name} counter"
         );
         for (r, route) in ROUTES.iter().enumerate() {
-            for (s, status) in Status::ALL.iter().enumerate() {
+            for (s, code) in STATUS_CODES.iter().enumerate() {
                 let n: u64 = self.cores.iter().map(|c| c.requests[r][s].load(Relaxed)).sum();
                 if n > 0 {
-                    let _ = writeln!(out, "{name}{{route=\"{route}\",status=\"{}\"}} {n}", status.code());
+                    let _ = writeln!(out, "{name}{{route=\"{route}\",status=\"{code}\"}} {n}");
                 }
             }
         }
@@ -570,7 +581,7 @@ impl Metrics {
             );
         }
         self.store.render(&mut out);
-        if let Some(rss) = crate::health::resident_bytes() {
+        if let Some(rss) = super::process::resident_bytes() {
             render_gauge(&mut out, "webhook_resident_memory_bytes", "Resident memory of this process.", rss);
         }
         out
@@ -584,9 +595,9 @@ mod tests {
     #[test]
     fn per_core_counts_are_summed_and_histograms_are_cumulative() {
         let m = Metrics::new(2);
-        m.core(0).record(RouteLabel::Webhook, Status::Accepted, Duration::from_micros(300));
-        m.core(1).record(RouteLabel::Webhook, Status::Accepted, Duration::from_millis(3));
-        m.core(1).record(RouteLabel::Webhook, Status::TooManyRequests, Duration::from_micros(10));
+        m.core(0).record(RouteLabel::Webhook, 202, Duration::from_micros(300));
+        m.core(1).record(RouteLabel::Webhook, 202, Duration::from_millis(3));
+        m.core(1).record(RouteLabel::Webhook, 429, Duration::from_micros(10));
         let text = m.render(7, None);
         assert!(text.contains("webhook_http_requests_total{route=\"webhook\",status=\"202\"} 2\n"), "{text}");
         assert!(text.contains("webhook_http_requests_total{route=\"webhook\",status=\"429\"} 1\n"));

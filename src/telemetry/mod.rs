@@ -4,6 +4,8 @@
 //! the default level.
 
 pub mod metrics;
+pub mod process;
+pub mod redact;
 pub mod rejections;
 pub mod sources;
 pub mod store;

@@ -27,6 +27,7 @@
 pub mod envelope;
 mod file_error;
 pub mod github;
+pub mod headers;
 pub mod hmac;
 pub mod mac;
 pub mod paddle;
@@ -42,7 +43,7 @@ use std::fmt;
 use thiserror::Error;
 
 use super::{IngestError, Ingestor};
-use crate::http::request::Headers;
+pub use headers::Headers;
 use spec::{File, Reading};
 
 /// A request as a sender's kind sees it.
@@ -241,7 +242,7 @@ impl Sources {
         for (i, spec) in file.source.into_iter().enumerate() {
             let mut r = Reading::new(spec, i + 1, env);
             let route = r.spec.route.clone().ok_or_else(|| r.error("route", "required: the path segment"))?;
-            if !crate::http::router::is_provider(&route) {
+            if !crate::job::is_provider(&route) {
                 return Err(r.error("route", "must match ^[a-z0-9_-]{1,64}$"));
             }
             if by_route.contains_key(&route) {
@@ -319,22 +320,16 @@ impl Sources {
 
 /// Helpers the kinds share.
 pub(crate) mod util {
-    use super::{IngestError, Unauthorized};
+    use super::{Headers, IngestError, Unauthorized};
     use crate::ingest::validate::{MAX_EVENT_ID_BYTES, MIN_TIMESTAMP_US};
 
     /// A header's value, or [`Unauthorized::Missing`] naming it.
-    pub(crate) fn required<'a>(
-        headers: &crate::http::request::Headers<'a>,
-        name: &str,
-    ) -> Result<&'a [u8], Unauthorized> {
+    pub(crate) fn required<'a>(headers: &Headers<'a>, name: &str) -> Result<&'a [u8], Unauthorized> {
         headers.get(name).filter(|v| !v.is_empty()).ok_or_else(|| Unauthorized::Missing(name.to_string()))
     }
 
     /// The first of `names` that is present (a header spelt two ways).
-    pub(crate) fn either<'a>(
-        headers: &crate::http::request::Headers<'a>,
-        names: &[&str],
-    ) -> Result<&'a [u8], Unauthorized> {
+    pub(crate) fn either<'a>(headers: &Headers<'a>, names: &[&str]) -> Result<&'a [u8], Unauthorized> {
         names
             .iter()
             .find_map(|n| headers.get(n).filter(|v| !v.is_empty()))
@@ -342,10 +337,7 @@ pub(crate) mod util {
     }
 
     /// A header as text, for ids and types (`None` when absent or not UTF-8).
-    pub(crate) fn header_text<'a>(
-        headers: &crate::http::request::Headers<'a>,
-        names: &[&str],
-    ) -> Option<&'a str> {
+    pub(crate) fn header_text<'a>(headers: &Headers<'a>, names: &[&str]) -> Option<&'a str> {
         names.iter().find_map(|n| headers.text(n).filter(|v| !v.is_empty()))
     }
 
@@ -473,8 +465,8 @@ pub(crate) mod util {
 /// request to it from header lines and a body.
 #[cfg(test)]
 pub(crate) mod testing {
+    use super::headers::HeaderSpans;
     use super::*;
-    use crate::http::request::HeaderSpans;
 
     /// The first source of `file` (which must parse); `route` documents it.
     pub(crate) fn source(file: &str, route: &str) -> Sources {
