@@ -18,6 +18,7 @@ use postgres::fallible_iterator::FallibleIterator;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::backoff::Backoff;
 use crate::store::Session;
 
 const POLL_WITHOUT_LISTEN: Duration = Duration::from_millis(100);
@@ -75,7 +76,7 @@ pub fn spawn(
     shutdown: CancellationToken,
 ) -> std::io::Result<JoinHandle<()>> {
     thread::Builder::new().name("api-listen".into()).spawn(move || {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut failing = false;
         while !shutdown.is_cancelled() {
             let listened = crate::store::connect_config(&database_url, session)
@@ -91,8 +92,7 @@ pub fn spawn(
                         warn!(error = %e, "cannot listen for stored events; long polls poll meanwhile");
                         failing = true;
                     }
-                    sleep_unless(&shutdown, backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    sleep_unless(&shutdown, backoff.step());
                     continue;
                 }
             };
@@ -100,7 +100,7 @@ pub fn spawn(
                 info!("listening for stored events again");
                 failing = false;
             }
-            backoff = Duration::from_millis(100);
+            backoff.reset();
             notifier.listening(true);
             // A notification missed while not listening is made up for: the
             // waiters read again.

@@ -24,6 +24,7 @@ use super::proxy::TrustedProxies;
 use super::ratelimit::RateLimiter;
 use super::request::Limits;
 use super::security::HELMET_HEADERS;
+use crate::backoff::Backoff;
 use crate::ingest::{Ingestor, JsonParser};
 use crate::queue::Enqueuer;
 
@@ -242,7 +243,7 @@ async fn accept_loop(spec: CoreSpec) -> std::io::Result<()> {
     // Each connection task holds a sender; when the last is dropped the
     // receiver ends, which is how draining knows all connections are done.
     let (done_tx, mut done_rx) = futures_channel::mpsc::channel::<()>(0);
-    let mut accept_backoff = Duration::from_millis(5);
+    let mut accept_backoff = Backoff::new(Duration::from_millis(5), Duration::from_secs(1));
     loop {
         let accepted = monoio::select! {
             r = listener.accept() => r,
@@ -250,7 +251,7 @@ async fn accept_loop(spec: CoreSpec) -> std::io::Result<()> {
         };
         match accepted {
             Ok((stream, peer)) => {
-                accept_backoff = Duration::from_millis(5);
+                accept_backoff.reset();
                 let peer = peer.ip();
                 // A trusted proxy carries many clients: it is not one of them.
                 let counted = !ctx.handler.proxies.contains(peer);
@@ -282,8 +283,7 @@ async fn accept_loop(spec: CoreSpec) -> std::io::Result<()> {
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning on accept.
                 warn!(runtime = spec.index, error = %e, "accept failed; backing off");
-                monoio::time::sleep(accept_backoff).await;
-                accept_backoff = (accept_backoff * 2).min(Duration::from_secs(1));
+                monoio::time::sleep(accept_backoff.step()).await;
             }
         }
     }

@@ -27,13 +27,8 @@ use tracing::{error, info, warn};
 use super::admission::{Depth, Memory, MemoryBoard};
 use super::batch::{xadd, Acks, Batch};
 use super::settings::PipelineSettings;
-use super::{EnqueueError, Hop, Pending, GROUP};
-
-/// First reconnect delay; doubles up to [`MAX_BACKOFF`].
-const MIN_BACKOFF: Duration = Duration::from_millis(50);
-/// Longest wait between reconnect attempts, so recovery after Redis returns
-/// takes at most this long.
-const MAX_BACKOFF: Duration = Duration::from_secs(1);
+use super::{EnqueueError, Hop, Pending, GROUP, RECONNECT};
+use crate::backoff::Backoff;
 
 /// What every link of one pipeline shares.
 pub(super) struct Shared {
@@ -117,7 +112,7 @@ enum Conn {
     /// Down since the last failure; no attempt before `retry_at`.
     Down {
         retry_at: Instant,
-        backoff: Duration,
+        backoff: Backoff,
         reason: String,
     },
 }
@@ -159,7 +154,7 @@ impl Link {
         depth: Depth,
     ) -> Self {
         let conn =
-            Conn::Down { retry_at: Instant::now(), backoff: MIN_BACKOFF, reason: "not yet connected".into() };
+            Conn::Down { retry_at: Instant::now(), backoff: RECONNECT, reason: "not yet connected".into() };
         let batch = Batch::with_capacity(shared.settings.batch_max);
         let name = info.addr().to_string();
         Self { shared, state, info, name, conn, memory: Memory::default(), depth, batch, slots: Vec::new() }
@@ -371,11 +366,8 @@ impl Link {
     fn fail(&mut self, from: usize, error: &str) {
         self.shared.settings.metrics.pipeline.record_redis_error();
         error!(error = %error, master = %self.name, "redis connection lost; reconnecting with backoff");
-        self.conn = Conn::Down {
-            retry_at: Instant::now() + MIN_BACKOFF,
-            backoff: MIN_BACKOFF * 2,
-            reason: error.into(),
-        };
+        let mut backoff = RECONNECT;
+        self.conn = Conn::Down { retry_at: Instant::now() + backoff.step(), backoff, reason: error.into() };
         self.state.set(false, error);
         self.tell(Feedback::Stale);
         let e = EnqueueError::Unavailable(format!("{}: {error}", self.name));
@@ -398,7 +390,7 @@ impl Link {
         if Instant::now() < *retry_at {
             return;
         }
-        let (backoff, old) = (*backoff, reason.clone());
+        let (mut backoff, old) = (*backoff, reason.clone());
         match self.connect() {
             Ok(con) => {
                 info!(redis = %self.name, "redis connected");
@@ -412,8 +404,7 @@ impl Link {
                           "redis unreachable; its requests get 503 until it is back");
                 }
                 self.state.set(false, &reason);
-                let next = (backoff * 2).min(MAX_BACKOFF);
-                self.conn = Conn::Down { retry_at: Instant::now() + backoff, backoff: next, reason };
+                self.conn = Conn::Down { retry_at: Instant::now() + backoff.step(), backoff, reason };
             }
         }
     }

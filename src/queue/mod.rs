@@ -61,7 +61,13 @@ use std::time::Duration;
 use futures_channel::oneshot;
 use thiserror::Error;
 
+use crate::backoff::Backoff;
 use crate::job::WebhookJob;
+
+/// Reconnecting to a Redis master (the pipeline's links, the per-core
+/// enqueue): 50 ms, doubling to 1 s, so recovery after Redis returns takes
+/// at most a second.
+const RECONNECT: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
 
 pub use link::prepare_stream;
 pub use pipeline::{spawn_pipeline, warn_about_durability, PipelineHandle};

@@ -48,11 +48,9 @@ use super::admission::{Depth, Memory};
 use super::batch::{xadd, Acks, Batch};
 use super::resp::frame_len;
 use super::settings::PipelineSettings;
-use super::{EnqueueError, Pending, Target, GROUP};
+use super::{EnqueueError, Pending, Target, GROUP, RECONNECT};
+use crate::backoff::Backoff;
 
-/// First reconnect delay; doubles up to [`MAX_BACKOFF`] (as the thread's).
-const MIN_BACKOFF: Duration = Duration::from_millis(50);
-const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// Bytes asked of each read of replies.
 const READ_CHUNK: usize = 16 * 1024;
 
@@ -177,7 +175,7 @@ enum Stream {
 
 enum Link {
     Up(Stream),
-    Down { retry_at: Instant, backoff: Duration, reason: String },
+    Down { retry_at: Instant, backoff: Backoff, reason: String },
 }
 
 /// What one reply of a batch's pipeline answers.
@@ -211,7 +209,7 @@ impl Flusher {
         let depth = Depth::new(s.queue.partitions(), s.max_queue_depth);
         let batch = Batch::with_capacity(s.batch_max);
         let link =
-            Link::Down { retry_at: Instant::now(), backoff: MIN_BACKOFF, reason: "not yet connected".into() };
+            Link::Down { retry_at: Instant::now(), backoff: RECONNECT, reason: "not yet connected".into() };
         Self { local, link, depth, memory: Memory::default(), batch, rbuf: Vec::with_capacity(READ_CHUNK) }
     }
 
@@ -360,7 +358,8 @@ impl Flusher {
     fn mark_down(&mut self, reason: String) {
         error!(error = %reason, redis = %self.local.shared.name, "redis connection lost; reconnecting with backoff");
         self.rbuf.clear();
-        self.link = Link::Down { retry_at: Instant::now() + MIN_BACKOFF, backoff: MIN_BACKOFF * 2, reason };
+        let mut backoff = RECONNECT;
+        self.link = Link::Down { retry_at: Instant::now() + backoff.step(), backoff, reason };
     }
 
     /// Reconnects if the link is down and the backoff allows.
@@ -369,7 +368,7 @@ impl Flusher {
         if Instant::now() < *retry_at {
             return;
         }
-        let (backoff, old) = (*backoff, reason.clone());
+        let (mut backoff, old) = (*backoff, reason.clone());
         self.rbuf.clear();
         match connect(&self.local.shared, &mut self.rbuf).await {
             Ok(stream) => {
@@ -381,11 +380,7 @@ impl Flusher {
                     warn!(error = %reason, redis = %self.local.shared.name,
                           "redis unreachable; this core's requests get 503 until it is back");
                 }
-                self.link = Link::Down {
-                    retry_at: Instant::now() + backoff,
-                    backoff: (backoff * 2).min(MAX_BACKOFF),
-                    reason,
-                };
+                self.link = Link::Down { retry_at: Instant::now() + backoff.step(), backoff, reason };
             }
         }
     }

@@ -27,6 +27,7 @@ use redis::{ConnectionAddr, ConnectionInfo, ErrorKind, RedisError, RedisResult, 
 use tracing::{info, warn};
 
 use super::slots::{slot_of, slot_ranges};
+use crate::backoff::Backoff;
 
 /// How long a master just found not answering is left alone; doubles per
 /// failed probe up to [`MAX_DOWN`].
@@ -60,7 +61,7 @@ struct SlotMap {
 struct Down {
     /// No command nor probe before this.
     until: Instant,
-    backoff: Duration,
+    backoff: Backoff,
     reason: String,
 }
 
@@ -83,7 +84,8 @@ impl ClusterState {
         if !down.iter().any(|(a, _)| a == addr) {
             warn!(master = %addr, error = %reason,
                   "redis master not answering; its partitions wait, the others go on");
-            let d = Down { until: Instant::now() + MIN_DOWN, backoff: MIN_DOWN, reason: reason.to_string() };
+            let mut backoff = Backoff::new(MIN_DOWN, MAX_DOWN);
+            let d = Down { until: Instant::now() + backoff.step(), backoff, reason: reason.to_string() };
             down.push((addr.clone(), d));
         }
         drop(down);
@@ -102,7 +104,7 @@ impl ClusterState {
             let msg = format!("redis master {addr} not answering ({}); retried shortly", d.reason);
             return Err(RedisError::from(std::io::Error::new(std::io::ErrorKind::NotConnected, msg)));
         }
-        d.until = now + d.backoff;
+        d.until = now + d.backoff.current();
         Ok(true)
     }
 
@@ -118,8 +120,7 @@ impl ClusterState {
             }
             Err(reason) => {
                 if let Some((_, d)) = down.iter_mut().find(|(a, _)| a == addr) {
-                    d.backoff = (d.backoff * 2).min(MAX_DOWN);
-                    d.until = Instant::now() + d.backoff;
+                    d.until = Instant::now() + d.backoff.step();
                     d.reason = reason;
                 }
             }

@@ -24,7 +24,8 @@ use tracing::warn;
 use super::dead_letter::{dead_letter_stream, xadd, Dead};
 use super::entry::At;
 use super::write::Stored;
-use super::{jitter, Worker, WorkerError, MAX_ACK_BACKOFF, MIN_BACKOFF};
+use super::{Worker, WorkerError, MAX_ACK_BACKOFF, MIN_BACKOFF};
+use crate::backoff::Backoff;
 use crate::queue::{keys, GROUP};
 
 /// Tries of an acknowledgement before a worker with several partitions
@@ -85,7 +86,7 @@ impl Worker {
         if acks.is_empty() && dead.is_empty() {
             return Ok(());
         }
-        let mut backoff = MIN_BACKOFF;
+        let mut backoff = Backoff::new(MIN_BACKOFF, MAX_ACK_BACKOFF);
         let mut shutdown_seen: Option<Instant> = None;
         let mut first = true;
         let mut tries = 0;
@@ -110,8 +111,7 @@ impl Worker {
                     }
                     warn!(consumer = %self.name, error = %e, "cannot acknowledge a committed batch yet; retrying");
                     self.touch();
-                    self.sleep(jitter(backoff));
-                    backoff = (backoff * 2).min(MAX_ACK_BACKOFF);
+                    self.sleep(backoff.step_jittered());
                 }
             }
         }

@@ -66,7 +66,6 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use rand::Rng;
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -74,6 +73,7 @@ use tracing::{error, info, warn};
 use crate::job::now_us;
 use crate::store::{self, Pool, StoreError, Timeouts};
 
+use crate::backoff::Backoff;
 pub use claims::Claims;
 pub use dead_letter::{
     dead_letter_stream, fields as dead_letter_fields, move_fallback, replay, Dead, ReplayError, ReplayScope,
@@ -186,7 +186,7 @@ struct Lane {
     next_reclaim: Instant,
     /// After its master failed: no read before `retry_at`.
     retry_at: Instant,
-    backoff: Duration,
+    backoff: Backoff,
     /// The failure last logged, so each is logged once.
     failed: Option<String>,
 }
@@ -201,7 +201,7 @@ impl Lane {
             next_adopt: now,
             next_reclaim: now,
             retry_at: now,
-            backoff: MIN_BACKOFF,
+            backoff: Backoff::new(MIN_BACKOFF, MAX_ACK_BACKOFF * 2),
             failed: None,
         }
     }
@@ -319,7 +319,7 @@ impl Worker {
     fn lane_ok(&mut self) {
         let name = self.name.clone();
         let lane = self.current();
-        lane.backoff = MIN_BACKOFF;
+        lane.backoff.reset();
         if lane.failed.take().is_some() {
             info!(consumer = %name, stream = %lane.stream, "partition reachable again");
         }
@@ -336,8 +336,7 @@ impl Worker {
                   "partition unreachable; reading the others meanwhile");
             lane.failed = Some(msg);
         }
-        lane.retry_at = Instant::now() + jitter(lane.backoff);
-        lane.backoff = (lane.backoff * 2).min(MAX_ACK_BACKOFF * 2);
+        lane.retry_at = Instant::now() + lane.backoff.step_jittered();
     }
 
     /// How long a read of new entries may block: the whole `WORKER_BLOCK_MS`
@@ -358,7 +357,7 @@ impl Worker {
             info!(consumer = %self.name, "worker stopped");
             return;
         }
-        let mut backoff = MIN_BACKOFF;
+        let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
         let mut last_error: Option<String> = None;
         while !self.shutdown.is_cancelled() {
             match self.run_once() {
@@ -375,7 +374,7 @@ impl Worker {
                     if last_error.take().is_some() {
                         info!(consumer = %self.name, "worker recovered");
                     }
-                    backoff = MIN_BACKOFF;
+                    backoff.reset();
                     self.move_fallback_dead_letters();
                 }
                 Err(WorkerError::ShuttingDown) => break,
@@ -391,8 +390,7 @@ impl Worker {
                         last_error = Some(msg);
                     }
                     self.disconnect();
-                    self.sleep(jitter(backoff));
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    self.sleep(backoff.step_jittered());
                 }
             }
         }
@@ -403,7 +401,7 @@ impl Worker {
     /// worker started during an outage would otherwise read batches it cannot
     /// write. False if shutdown came first.
     fn wait_for_database(&mut self) -> bool {
-        let mut backoff = MIN_BACKOFF;
+        let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
         let mut warned = false;
         loop {
             match self.ensure_migrated() {
@@ -424,8 +422,7 @@ impl Worker {
             if self.shutdown.is_cancelled() {
                 return false;
             }
-            self.sleep(jitter(backoff));
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+            self.sleep(backoff.step_jittered());
         }
     }
 
@@ -641,11 +638,6 @@ impl Worker {
         self.shutdown.is_cancelled()
             && since.get_or_insert_with(Instant::now).elapsed() >= self.settings.shutdown_timeout
     }
-}
-
-/// ±25 % jitter, so workers retrying after one outage do not move in lockstep.
-fn jitter(d: Duration) -> Duration {
-    d.mul_f64(rand::rng().random_range(0.75..1.25))
 }
 
 /// The partition maintenance of [`store::partitions`], every

@@ -35,7 +35,8 @@ use tracing::{info, warn};
 
 use super::dead_letter::Dead;
 use super::entry::{At, Entry};
-use super::{jitter, Worker, WorkerError, MAX_BACKOFF, MIN_BACKOFF};
+use super::{Worker, WorkerError, MAX_BACKOFF, MIN_BACKOFF};
+use crate::backoff::Backoff;
 use crate::job::{JobDecodeError, WebhookJob};
 use crate::store::{self, dead_letters, StoreError};
 
@@ -194,7 +195,7 @@ impl Worker {
         out: &mut Stored,
         committed_keys: &mut HashSet<String>,
     ) -> Result<(), WorkerError> {
-        let mut backoff = MIN_BACKOFF;
+        let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
         let mut shutdown_seen: Option<Instant> = None;
         let mut remaining = entries;
         let mut failures = 0u32;
@@ -233,8 +234,7 @@ impl Worker {
                 return Err(WorkerError::Store(halt.error));
             }
             self.touch();
-            self.sleep(jitter(backoff));
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+            self.sleep(backoff.step_jittered());
         }
         self.settings.metrics.store.set_up(true);
         if warned {
