@@ -58,7 +58,10 @@ mod dead_letter;
 mod entry;
 mod finalize;
 mod judge;
+mod lanes;
+mod pool;
 mod read;
+mod settings;
 mod write;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -66,12 +69,11 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use thiserror::Error;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::job::now_us;
-use crate::store::{self, Pool, StoreError, Timeouts};
+use crate::store::{self, Pool, StoreError};
 
 use crate::backoff::Backoff;
 pub use claims::Claims;
@@ -81,80 +83,12 @@ pub use dead_letter::{
 };
 use entry::by_lane;
 pub use entry::{At, Entry};
+pub use lanes::assigned_partitions;
+use lanes::Lane;
+pub use pool::{hostname, spawn_workers, WorkerPool};
+pub use settings::{WorkerError, WorkerSettings};
+use settings::{FALLBACK_MOVE_EVERY, MAX_ACK_BACKOFF, MAX_BACKOFF, MIN_BACKOFF};
 pub use write::{Stored, SUSPECT_AFTER};
-
-/// Longest wait between retries of a failing batch.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// Longest wait between retries of an acknowledgement: Redis is back, and
-/// every moment the batch stays unacknowledged another worker could take it.
-const MAX_ACK_BACKOFF: Duration = Duration::from_secs(1);
-const MIN_BACKOFF: Duration = Duration::from_millis(100);
-/// How often a worker looks for dead letters in the Redis fallback streams.
-const FALLBACK_MOVE_EVERY: Duration = Duration::from_secs(5);
-
-/// What the workers need from the configuration.
-#[derive(Debug, Clone)]
-pub struct WorkerSettings {
-    /// `REDIS_URL` or `REDIS_CLUSTER_NODES`, `QUEUE_NAME`, `PARTITIONS`.
-    pub queue: crate::queue::Queue,
-    /// `WORKER_BATCH_MAX`: most entries read and written per transaction.
-    pub batch_max: usize,
-    /// `WORKER_BATCH_MAX_BYTES`: most entry bytes in hand.
-    pub batch_max_bytes: usize,
-    /// `MAX_BODY_BYTES`: the largest body an entry can carry, which sizes reads.
-    pub max_body_bytes: usize,
-    /// `WORKER_BLOCK_MS`: how long `XREADGROUP` waits for new entries.
-    pub block: Duration,
-    /// `WORKER_LINGER_MS`: after a read that returned less than a full
-    /// batch, wait this long and read again, so low traffic does not cost a
-    /// transaction per handful of events. Delays storage, never the 202.
-    pub linger: Duration,
-    /// `DEAD_LETTER_REDIS_MAX_BYTES`: the Redis dead-letter stream's cap.
-    pub dead_letter_redis_max_bytes: u64,
-    /// `PARTITION_INTERVAL`, `EVENT_RETENTION`, `DEDUPE_WINDOW`.
-    pub retention: crate::store::Retention,
-    /// `MAX_ATTEMPTS`: attempts that failed because of an entry before it is dead-lettered.
-    pub max_attempts: u64,
-    /// `RECLAIM_IDLE_MS`: pending this long without a heartbeat = abandoned.
-    pub reclaim_idle: Duration,
-    /// `CONSUMER_HOST`: the host part of this process's consumer names.
-    pub host: String,
-    /// `SHUTDOWN_TIMEOUT_MS`: how long a batch in hand may keep retrying after shutdown.
-    pub shutdown_timeout: Duration,
-    /// `MIGRATE_ON_START`: apply migrations before the first write.
-    pub migrate: bool,
-    /// `PG_*_TIMEOUT_MS`: bound how long one PostgreSQL step can block,
-    /// hence how long a silent worker's claim is kept fresh.
-    pub pg_timeouts: Timeouts,
-    /// Where the workers count batches, rows and errors.
-    pub metrics: Arc<crate::telemetry::metrics::Metrics>,
-}
-
-impl WorkerSettings {
-    /// How long a worker may block in one step before its claim is let go:
-    /// every PostgreSQL statement of a transaction at its timeout, a
-    /// connect, and a dead socket noticed, or `RECLAIM_IDLE_MS` if longer.
-    /// Past it the worker is taken for hung and others may reclaim.
-    fn hang_limit(&self) -> Duration {
-        let t = self.pg_timeouts;
-        let statement = if t.statement.is_zero() { Duration::from_secs(3600) } else { t.statement };
-        (statement * 4 + t.connect + t.socket).max(self.reclaim_idle)
-    }
-}
-
-/// Why a worker step failed. The step is retried; nothing was acknowledged.
-#[derive(Debug, Error)]
-pub enum WorkerError {
-    /// Redis failed.
-    #[error("redis: {0}")]
-    Redis(#[from] redis::RedisError),
-    /// PostgreSQL failed systemically and shutdown cut the retries short.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// Shutdown was requested.
-    #[error("shutting down")]
-    ShuttingDown,
-}
 
 /// What one step did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -171,59 +105,6 @@ pub struct Report {
     pub left_pending: usize,
     /// Deliveries of a stored id with another body, kept apart.
     pub conflicts: u64,
-}
-
-/// One partition a worker consumes, and where it stands in it.
-struct Lane {
-    stream: String,
-    /// Where the scan of this consumer's own pending entries resumes after
-    /// a (re)connect; `None` once it has passed them all.
-    own_cursor: Option<String>,
-    /// Take over what dead consumers of this host left (at start).
-    adopt_orphans: bool,
-    /// When to look next for consumers whose process is gone.
-    next_adopt: Instant,
-    next_reclaim: Instant,
-    /// After its master failed: no read before `retry_at`.
-    retry_at: Instant,
-    backoff: Backoff,
-    /// The failure last logged, so each is logged once.
-    failed: Option<String>,
-}
-
-impl Lane {
-    fn new(stream: String) -> Self {
-        let now = Instant::now();
-        Self {
-            stream,
-            own_cursor: None,
-            adopt_orphans: false,
-            next_adopt: now,
-            next_reclaim: now,
-            retry_at: now,
-            backoff: Backoff::new(MIN_BACKOFF, MAX_ACK_BACKOFF * 2),
-            failed: None,
-        }
-    }
-
-    fn resting(&self) -> bool {
-        Instant::now() < self.retry_at
-    }
-}
-
-/// The partitions worker thread `n` of `threads` consumes: `p % threads ==
-/// n`, so each partition has one thread per process; with more threads
-/// than partitions, thread `n` shares partition `n % partitions`. Other
-/// processes consume the same partitions in the same group (Redis hands
-/// each entry to one consumer), so a process joining or dying needs no
-/// hand-over: what a dead one held is reclaimed by idle time.
-pub fn assigned_partitions(n: usize, threads: usize, partitions: u16) -> Vec<u16> {
-    let partitions = usize::from(partitions);
-    if threads >= partitions {
-        vec![(n % partitions) as u16]
-    } else {
-        (0..partitions).filter(|p| p % threads == n).map(|p| p as u16).collect()
-    }
 }
 
 /// One consumer.
@@ -304,50 +185,6 @@ impl Worker {
             lane.adopt_orphans = true;
         }
         self
-    }
-
-    /// The stream of the current step's partition.
-    fn stream(&self) -> String {
-        self.lanes[self.lane].stream.clone()
-    }
-
-    fn current(&mut self) -> &mut Lane {
-        &mut self.lanes[self.lane]
-    }
-
-    /// The current partition answered.
-    fn lane_ok(&mut self) {
-        let name = self.name.clone();
-        let lane = self.current();
-        lane.backoff.reset();
-        if lane.failed.take().is_some() {
-            info!(consumer = %name, stream = %lane.stream, "partition reachable again");
-        }
-    }
-
-    /// The current partition's master failed: rest it, the others go on.
-    fn lane_failed(&mut self, e: &redis::RedisError) {
-        self.settings.metrics.workers.record_redis_error();
-        let name = self.name.clone();
-        let lane = self.current();
-        let msg = e.to_string();
-        if lane.failed.as_deref() != Some(&msg) {
-            warn!(consumer = %name, stream = %lane.stream, error = %msg,
-                  "partition unreachable; reading the others meanwhile");
-            lane.failed = Some(msg);
-        }
-        lane.retry_at = Instant::now() + lane.backoff.step_jittered();
-    }
-
-    /// How long a read of new entries may block: the whole `WORKER_BLOCK_MS`
-    /// on a single partition; with several, a short wait on each in turn
-    /// while the step holds nothing yet, so an idle partition delays a busy
-    /// one by at most this.
-    fn lane_block(&self) -> Duration {
-        match self.lanes.len() {
-            1 => self.settings.block,
-            n => (self.settings.block / n as u32).clamp(Duration::from_millis(2), Duration::from_millis(20)),
-        }
     }
 
     /// Runs steps until shutdown; failures are logged once per change and retried.
@@ -584,7 +421,7 @@ impl Worker {
         if let Err(e) = store::partitions::maintain(&mut client, &self.settings.retention, now_us()) {
             warn!(consumer = %self.name, error = %e, "partition maintenance at start failed; tried again later");
         }
-        let _ = record_partitions(&self.settings.metrics, &mut client);
+        let _ = pool::record_partitions(&self.settings.metrics, &mut client);
         self.migrated.store(true, Ordering::Release);
         Ok(())
     }
@@ -637,167 +474,5 @@ impl Worker {
     fn past_shutdown_deadline(&self, since: &mut Option<Instant>) -> bool {
         self.shutdown.is_cancelled()
             && since.get_or_insert_with(Instant::now).elapsed() >= self.settings.shutdown_timeout
-    }
-}
-
-/// The partition maintenance of [`store::partitions`], every
-/// `maintenance_every()` until shutdown. Every process runs it; one at a
-/// time does the work. Failures are logged once per change and retried.
-fn maintain_partitions(settings: Arc<WorkerSettings>, pool: Pool, shutdown: CancellationToken) {
-    let every = settings.retention.maintenance_every();
-    let mut last_error: Option<String> = None;
-    loop {
-        let until = Instant::now() + every;
-        while Instant::now() < until && !shutdown.is_cancelled() {
-            thread::sleep((until - Instant::now()).min(Duration::from_millis(50)));
-        }
-        if shutdown.is_cancelled() {
-            return;
-        }
-        let run = pool.get().map_err(StoreError::from).and_then(|mut c| {
-            store::partitions::maintain(&mut c, &settings.retention, now_us())?;
-            record_partitions(&settings.metrics, &mut c)
-        });
-        settings.metrics.store.set_up(run.is_ok());
-        match run {
-            Ok(()) => {
-                if last_error.take().is_some() {
-                    info!("partition maintenance recovered");
-                }
-            }
-            Err(e) => {
-                settings.metrics.workers.record_postgres_error();
-                let msg = e.to_string();
-                if last_error.as_deref() != Some(&msg) {
-                    warn!(error = %msg, "partition maintenance failed; tried again next run");
-                    last_error = Some(msg);
-                }
-            }
-        }
-    }
-}
-
-/// Reads the event partitions into the store gauges (the oldest one's
-/// start, for the alert on a retention that stopped dropping).
-fn record_partitions(
-    metrics: &crate::telemetry::metrics::Metrics,
-    client: &mut postgres::Client,
-) -> Result<(), StoreError> {
-    let kept = store::partitions::partitions(client)?;
-    if let Some(start) = kept.iter().filter_map(|p| p.from).min() {
-        metrics.store.set_oldest_partition(start);
-    }
-    metrics.store.set_up(true);
-    Ok(())
-}
-
-/// Handles to the running worker threads.
-pub struct WorkerPool {
-    threads: Vec<thread::JoinHandle<()>>,
-}
-
-impl WorkerPool {
-    /// Waits for every worker to finish its batch in hand and stop.
-    pub fn join(self) {
-        for t in self.threads {
-            if t.join().is_err() {
-                error!("a worker thread panicked");
-            }
-        }
-    }
-
-    /// The same, but no later than `deadline`: a worker still blocked then
-    /// (a `COPY` to a frozen server, a reply from a black-holed Redis) is
-    /// left to end with the process. Its entries stay pending, whole: a
-    /// batch is acknowledged only after its commit, so at worst it is redone.
-    pub fn join_until(self, deadline: Instant) {
-        while Instant::now() < deadline && !self.threads.iter().all(thread::JoinHandle::is_finished) {
-            thread::sleep(Duration::from_millis(20));
-        }
-        let (done, stuck): (Vec<_>, Vec<_>) =
-            self.threads.into_iter().partition(thread::JoinHandle::is_finished);
-        for t in done {
-            if t.join().is_err() {
-                error!("a worker thread panicked");
-            }
-        }
-        if !stuck.is_empty() {
-            warn!(threads = stuck.len(),
-                  "worker threads still blocked at the shutdown deadline; their entries stay pending for the next start");
-        }
-    }
-}
-
-/// Starts `count` worker threads sharing one claim keeper, each reading its
-/// [`assigned_partitions`]; the first thread of each partition also takes
-/// over what dead consumers of this host left in it.
-///
-/// # Errors
-/// A thread could not be spawned, or `REDIS_URL` is invalid.
-pub fn spawn_workers(
-    count: usize,
-    settings: WorkerSettings,
-    pool: Pool,
-    shutdown: CancellationToken,
-) -> Result<WorkerPool, WorkerError> {
-    let settings = Arc::new(settings);
-    let migrated = Arc::new(AtomicBool::new(!settings.migrate));
-    let host = settings.host.clone();
-    let pid = std::process::id();
-    let claims = Claims::start(&settings)?;
-    let mut threads = Vec::with_capacity(count);
-    for n in 0..count {
-        let name = crate::queue::keys::consumer(&host, pid, n);
-        let mut worker =
-            Worker::with_claims(name, settings.clone(), pool.clone(), shutdown.clone(), claims.clone())?;
-        worker.migrated = migrated.clone();
-        let partitions = settings.queue.partitions();
-        worker = worker.reading(&assigned_partitions(n, count, partitions));
-        if n < usize::from(partitions) {
-            worker = worker.adopting_orphans();
-        }
-        let t = thread::Builder::new()
-            .name(format!("worker-{n}"))
-            .spawn(move || worker.run())
-            .map_err(|e| WorkerError::Redis(redis::RedisError::from(e)))?;
-        threads.push(t);
-    }
-    if count > 0 {
-        let (settings, pool, shutdown) = (settings.clone(), pool.clone(), shutdown.clone());
-        let t = thread::Builder::new()
-            .name("pg-maintenance".into())
-            .spawn(move || maintain_partitions(settings, pool, shutdown))
-            .map_err(|e| WorkerError::Redis(redis::RedisError::from(e)))?;
-        threads.push(t);
-    }
-    Ok(WorkerPool { threads })
-}
-
-/// The kernel's host name: `CONSUMER_HOST`'s default, as consumer names carry it.
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "host".into())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::assigned_partitions;
-
-    #[test]
-    fn every_partition_has_a_thread_and_threads_share_evenly() {
-        assert_eq!(assigned_partitions(0, 2, 1), vec![0]);
-        assert_eq!(assigned_partitions(1, 2, 1), vec![0]);
-        assert_eq!(assigned_partitions(1, 2, 5), vec![1, 3]);
-        assert_eq!(assigned_partitions(3, 4, 2), vec![1]);
-        for (threads, partitions) in [(1, 16), (2, 16), (3, 16), (16, 16), (20, 16)] {
-            let mut seen = vec![0; 16];
-            for n in 0..threads {
-                for p in assigned_partitions(n, threads, partitions) {
-                    seen[p as usize] += 1;
-                }
-            }
-            assert!(seen.iter().all(|&k| k >= 1), "{threads} threads: {seen:?}");
-        }
     }
 }
