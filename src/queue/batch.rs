@@ -11,7 +11,7 @@ use std::time::Instant;
 use redis::{ConnectionAddr, Value};
 
 use super::admission::Depth;
-use super::{EnqueueError, Hop, Pending, Queue, StreamId};
+use super::{EnqueueError, Hop, Pending, Queue, StreamId, Unavailable};
 use crate::telemetry::metrics::PipelineMetrics;
 
 /// A job's answer while its batch is in flight (`None`: not decided yet).
@@ -71,7 +71,7 @@ impl Batch {
         if self.jobs[job].hop == Hop::Routed {
             self.redirects.push((job, addr, hop));
         } else {
-            self.refuse(job, EnqueueError::Unavailable("the partition's slot is moving; retry".into()));
+            self.refuse(job, EnqueueError::Unavailable(Unavailable::SlotMoving));
         }
     }
 
@@ -99,8 +99,7 @@ impl Batch {
                     continue;
                 }
             }
-            let answer =
-                answer.unwrap_or_else(|| Err(EnqueueError::Unavailable("no reply from redis".into())));
+            let answer = answer.unwrap_or_else(|| Err(EnqueueError::Unavailable(Unavailable::NoReply)));
             enqueued += usize::from(answer.is_ok());
             let _ = p.reply.send(answer);
         }
@@ -120,10 +119,12 @@ pub(super) fn xadd(stream: &str, job: &crate::job::WebhookJob) -> redis::Cmd {
 /// or why Redis refused it.
 fn xadd_outcome(reply: Value) -> Result<StreamId, EnqueueError> {
     match reply {
-        Value::ServerError(e) => {
-            Err(EnqueueError::Unavailable(format!("{} {}", e.code(), e.details().unwrap_or_default())))
-        }
-        v => redis::from_redis_value::<StreamId>(v).map_err(|e| EnqueueError::Unavailable(e.to_string())),
+        Value::ServerError(e) => Err(EnqueueError::Unavailable(Unavailable::Refused {
+            code: e.code().to_string(),
+            detail: e.details().unwrap_or_default().to_string(),
+        })),
+        v => redis::from_redis_value::<StreamId>(v)
+            .map_err(|e| EnqueueError::Unavailable(Unavailable::BadReply(e.to_string()))),
     }
 }
 
@@ -158,9 +159,7 @@ impl Acks {
             return;
         }
         metrics.record_redis_error();
-        let e = EnqueueError::Unavailable(format!(
-            "{have} of {want} replicas acknowledged within REDIS_WAIT_TIMEOUT_MS"
-        ));
+        let e = EnqueueError::Unavailable(Unavailable::ShortOfReplicas { have, want });
         for (job, _) in self.ids.drain(..) {
             batch.refuse(job, e.clone());
         }
@@ -173,7 +172,7 @@ impl Acks {
         for (job, id) in self.ids {
             batch.answer[job] = Some(match broken {
                 Some(why) if wait_unread => {
-                    Err(EnqueueError::Unavailable(format!("redis failed before WAIT answered: {why}")))
+                    Err(EnqueueError::Unavailable(Unavailable::WaitUnanswered(why.to_string())))
                 }
                 _ => Ok(id),
             });

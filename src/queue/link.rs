@@ -27,7 +27,7 @@ use tracing::{error, info, warn};
 use super::admission::{Depth, Memory, MemoryBoard};
 use super::batch::{xadd, Acks, Batch};
 use super::settings::PipelineSettings;
-use super::{EnqueueError, Hop, Pending, GROUP, RECONNECT};
+use super::{EnqueueError, Hop, Pending, Unavailable, GROUP, RECONNECT};
 use crate::backoff::Backoff;
 
 /// What every link of one pipeline shares.
@@ -216,7 +216,10 @@ impl Link {
         self.ensure_conn();
         match &self.conn {
             Conn::Down { reason, .. } => {
-                let e = EnqueueError::Unavailable(format!("{}: {reason}", self.name));
+                let e = EnqueueError::Unavailable(Unavailable::Down {
+                    master: self.name.clone(),
+                    reason: reason.clone(),
+                });
                 self.batch.refuse_the_rest(&e);
                 self.tell(Feedback::Stale);
             }
@@ -235,7 +238,9 @@ impl Link {
                 }
                 // One node never redirects; if it did, nobody could follow.
                 None => {
-                    let _ = p.reply.send(Err(EnqueueError::Unavailable(format!("redirected to {addr}"))));
+                    let _ = p
+                        .reply
+                        .send(Err(EnqueueError::Unavailable(Unavailable::Redirected(addr.to_string()))));
                 }
             }
         }
@@ -370,7 +375,10 @@ impl Link {
         self.conn = Conn::Down { retry_at: Instant::now() + backoff.step(), backoff, reason: error.into() };
         self.state.set(false, error);
         self.tell(Feedback::Stale);
-        let e = EnqueueError::Unavailable(format!("{}: {error}", self.name));
+        let e = EnqueueError::Unavailable(Unavailable::Down {
+            master: self.name.clone(),
+            reason: error.to_string(),
+        });
         for slot in &self.slots[from..] {
             if let Slot::Job(job) = slot {
                 self.batch.answer[*job].get_or_insert_with(|| Err(e.clone()));

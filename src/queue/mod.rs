@@ -87,7 +87,7 @@ pub enum EnqueueError {
     Saturated,
     /// Redis could not be reached or failed the command.
     #[error("redis unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(Unavailable),
     /// No reply within `ENQUEUE_TIMEOUT_MS`.
     #[error("no reply from redis in time")]
     TimedOut,
@@ -100,6 +100,56 @@ pub enum EnqueueError {
     /// The pipeline thread has stopped (shutdown).
     #[error("enqueue pipeline stopped")]
     Closed,
+}
+
+/// Why Redis could not take a job: each way the enqueue learns it.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum Unavailable {
+    /// The connection to this master is down or broke mid-batch.
+    #[error("{master}: {reason}")]
+    Down {
+        /// The master (`host:port`, or the node's name).
+        master: String,
+        /// What the connection met.
+        reason: String,
+    },
+    /// Redis answered the `XADD` with an error.
+    #[error("{code} {detail}")]
+    Refused {
+        /// Its code (`ERR`, `OOM`, `READONLY`…).
+        code: String,
+        /// The rest of its message.
+        detail: String,
+    },
+    /// The reply was not a stream id.
+    #[error("unexpected reply: {0}")]
+    BadReply(String),
+    /// The batch ended without an answer for this job.
+    #[error("no reply from redis")]
+    NoReply,
+    /// Fewer replicas than `REDIS_WAIT_REPLICAS` acknowledged in time.
+    #[error("{have} of {want} replicas acknowledged within REDIS_WAIT_TIMEOUT_MS")]
+    ShortOfReplicas {
+        /// Replicas that acknowledged.
+        have: u64,
+        /// Replicas asked for.
+        want: u16,
+    },
+    /// The connection broke before the `WAIT` answered: no replica is known to hold it.
+    #[error("redis failed before WAIT answered: {0}")]
+    WaitUnanswered(String),
+    /// The partition's slot is moving between masters.
+    #[error("the partition's slot is moving; retry")]
+    SlotMoving,
+    /// No master serves the partition now.
+    #[error("no redis master serves this partition now")]
+    NoMaster,
+    /// The partition's master changed while the job waited.
+    #[error("the partition's master changed; retry")]
+    MasterChanged,
+    /// Redirected to another master a second time (`MOVED`/`ASK`).
+    #[error("redirected to {0}")]
+    Redirected(String),
 }
 
 /// The stream id Redis gave a job (`<ms>-<seq>`).

@@ -48,7 +48,7 @@ use super::admission::{Depth, Memory};
 use super::batch::{xadd, Acks, Batch};
 use super::resp::frame_len;
 use super::settings::PipelineSettings;
-use super::{EnqueueError, Pending, Target, GROUP, RECONNECT};
+use super::{EnqueueError, Pending, Target, Unavailable, GROUP, RECONNECT};
 use crate::backoff::Backoff;
 
 /// Bytes asked of each read of replies.
@@ -250,8 +250,8 @@ impl Flusher {
         }
         self.ensure_link().await;
         if let Link::Down { reason, .. } = &self.link {
-            let reason = format!("{}: {reason}", self.local.shared.name);
-            self.batch.refuse_the_rest(&EnqueueError::Unavailable(reason));
+            let e = Unavailable::Down { master: self.local.shared.name.clone(), reason: reason.clone() };
+            self.batch.refuse_the_rest(&EnqueueError::Unavailable(e));
         } else {
             let (slots, pipe) = self.plan();
             if !slots.is_empty() {
@@ -341,7 +341,8 @@ impl Flusher {
         }
         acks.finish(&mut self.batch, broken, wait_unread);
         if let Some(why) = broken {
-            self.batch.refuse_the_rest(&EnqueueError::Unavailable(why.to_string()));
+            let e = Unavailable::Down { master: self.local.shared.name.clone(), reason: why.to_string() };
+            self.batch.refuse_the_rest(&EnqueueError::Unavailable(e));
         }
     }
 

@@ -28,7 +28,7 @@ use super::admission::Depth;
 use super::link::{Feedback, Link, MasterState, Shared};
 use super::settings::PipelineSettings;
 use super::topology::Topology;
-use super::{EnqueueError, Hop, Pending, Queue};
+use super::{EnqueueError, Hop, Pending, Queue, Unavailable};
 
 /// How often the slot map is read again when nothing went wrong (masters
 /// added by hand, a failover no link saw fail).
@@ -62,20 +62,19 @@ impl Routes {
         let table = self.table.read().unwrap_or_else(PoisonError::into_inner);
         let route = match table.get(part) {
             Some(Some(route)) => route,
-            Some(None) => {
-                return Err(EnqueueError::Unavailable("no redis master serves this partition now".into()))
-            }
+            Some(None) => return Err(EnqueueError::Unavailable(Unavailable::NoMaster)),
             // Emptied: the pipeline has stopped.
             None => return Err(EnqueueError::Closed),
         };
         if !route.state.is_up() {
-            return Err(EnqueueError::Unavailable(format!("{}: {}", route.master, route.state.reason())));
+            return Err(EnqueueError::Unavailable(Unavailable::Down {
+                master: route.master.to_string(),
+                reason: route.state.reason(),
+            }));
         }
         route.jobs.try_send(p).map_err(|e| match e {
             TrySendError::Full(_) => EnqueueError::Saturated,
-            TrySendError::Disconnected(_) => {
-                EnqueueError::Unavailable("the partition's master changed; retry".into())
-            }
+            TrySendError::Disconnected(_) => EnqueueError::Unavailable(Unavailable::MasterChanged),
         })
     }
 
