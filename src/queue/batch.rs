@@ -99,7 +99,7 @@ impl Batch {
                     continue;
                 }
             }
-            let answer = answer.unwrap_or_else(|| Err(EnqueueError::Unavailable(Unavailable::NoReply)));
+            let answer = answer.unwrap_or(Err(EnqueueError::Unavailable(Unavailable::NoReply)));
             enqueued += usize::from(answer.is_ok());
             let _ = p.reply.send(answer);
         }
