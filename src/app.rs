@@ -17,17 +17,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
-use crate::health::{spawn_health, HealthSettings};
+use crate::health::spawn_health;
 use crate::http::cores::{self, CoresError};
-use crate::http::request::Limits;
-use crate::http::server::{run_core, CoreSettings, CoreSpec, Driver};
-use crate::queue::{
-    spawn_pipeline, warn_about_durability, EnqueueMode, Enqueuer, PipelineHandle, PipelineSettings,
-};
+use crate::http::server::{run_core, CoreSpec, Driver};
+use crate::queue::{spawn_pipeline, warn_about_durability, EnqueueMode, Enqueuer, PipelineHandle};
 use crate::store;
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::sources::SourceLabel;
-use crate::worker::{spawn_workers, WorkerPool, WorkerSettings};
+use crate::worker::{spawn_workers, WorkerPool};
 
 /// Listen backlog per core.
 const BACKLOG: i32 = 4096;
@@ -280,23 +277,7 @@ fn start_workers(
         .map_err(|e| StartError::Database(e.to_string()))?;
     let retention = config.store.retention;
     metrics.store.set_retention(retention.events.map_or(0, |d| d.as_secs()), retention.interval.as_secs());
-    let settings = WorkerSettings {
-        queue: config.queue.queue(),
-        batch_max: config.worker.batch_max,
-        batch_max_bytes: config.worker.batch_max_bytes,
-        max_body_bytes: config.largest_body(),
-        pg_timeouts: config.store.timeouts,
-        block: config.worker.block,
-        linger: config.worker.linger,
-        dead_letter_redis_max_bytes: config.worker.dead_letter_redis_max_bytes,
-        retention: config.store.retention,
-        max_attempts: config.worker.max_attempts,
-        reclaim_idle: config.worker.reclaim_idle,
-        host: config.worker.host.clone(),
-        shutdown_timeout: config.ops.shutdown_timeout,
-        migrate: config.store.migrate_on_start,
-        metrics,
-    };
+    let settings = config.worker_settings(metrics);
     let workers = spawn_workers(config.worker.threads, settings, pool, shutdown.clone())
         .map_err(|e| StartError::Spawn { what: "worker threads", source: std::io::Error::other(e) })?;
     info!(
@@ -323,18 +304,7 @@ fn start_gateway(
     let local_addr =
         listeners[0].local_addr().map_err(|source| StartError::Listen { addr: requested, source })?;
 
-    let pipeline_settings = PipelineSettings {
-        queue: config.queue.queue(),
-        wait_replicas: config.queue.wait_replicas,
-        wait_timeout: config.queue.wait_timeout,
-        batch_max: config.queue.batch_max,
-        batch_linger: config.queue.batch_linger,
-        enqueue_timeout: config.queue.enqueue_timeout,
-        channel_capacity: config.queue.channel_capacity,
-        max_queue_depth: config.queue.max_queue_depth,
-        max_memory_percent: config.queue.max_redis_memory_percent,
-        metrics: metrics.clone(),
-    };
+    let pipeline_settings = config.queue.pipeline_settings(metrics.clone());
     let enqueuer = match config.queue.enqueue_mode {
         EnqueueMode::Thread => {
             let (enqueuer, pipeline) = spawn_pipeline(pipeline_settings)
@@ -351,37 +321,11 @@ fn start_gateway(
             })?
         }
     };
-    let (health, health_thread) = spawn_health(HealthSettings {
-        queue: config.queue.queue(),
-        database_url: config.store.database_url.clone(),
-        pg_session: config.store.session(),
-        memory_limit_bytes: config.ops.memory_limit_bytes,
-        show_errors: config.ops.health_show_errors,
-    })
-    .map_err(|source| StartError::Spawn { what: "health thread", source })?;
+    let (health, health_thread) = spawn_health(config.health_settings())
+        .map_err(|source| StartError::Spawn { what: "health thread", source })?;
     app.health = health_thread;
 
-    let settings = CoreSettings {
-        uring_taskrun: config.http.uring_taskrun,
-        limits: Limits { max_head: config.http.max_header_bytes, max_body: config.largest_body() },
-        max_body: config.http.max_body_bytes,
-        request_timeout: config.http.request_timeout,
-        keepalive_timeout: config.http.keepalive_timeout,
-        retry_after_secs: config.http.retry_after_secs,
-        max_connections: config.http.max_connections_per_core,
-        max_connections_per_ip: config.http.max_connections_per_ip,
-        max_buffer_bytes: config.http.max_buffer_bytes_per_core,
-        shutdown_timeout: config.ops.shutdown_timeout,
-        json_parser: config.ingest.json_parser,
-        max_json_depth: config.ingest.max_json_depth,
-        security_headers: config.http.security_headers,
-        cors: config.http.cors.clone(),
-        rate_limit_global: config.http.rate_limit_global,
-        rate_limit_per_ip: config.http.rate_limit_per_ip,
-        cores: cpus.len(),
-        trusted_proxies: config.http.trusted_proxies.clone(),
-        sources: sources.clone(),
-    };
+    let settings = config.core_settings(cpus.len(), sources.clone());
     let (started_tx, started_rx) = mpsc::channel::<(usize, Option<usize>, Driver)>();
     for (index, (cpu, listener)) in cpus.into_iter().zip(listeners).enumerate() {
         let spec = CoreSpec {
