@@ -138,7 +138,7 @@ pub fn read(
     };
     let store = match client {
         Some(client) => {
-            let kept = store::partitions::kept(client)?;
+            let kept = store::kept::kept(client)?;
             Some(StoreReport {
                 rows_stored: kept.rows,
                 dead_letters: dead_letters::count(client)?,

@@ -64,6 +64,7 @@ macro_rules! notify {
 pub mod dead_letters;
 mod error;
 pub mod events;
+pub mod kept;
 mod migrate;
 pub mod partitions;
 mod session;

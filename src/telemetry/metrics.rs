@@ -16,6 +16,9 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::exposition::{bump, render_counter, render_gauge, render_histogram, Histogram};
+use super::gauges::render_partitions;
+pub use super::gauges::{age_seconds, PartitionGauges, QueueGauges};
 use super::rejections::{Bounds, Rejections};
 use super::sources::{SourceCounters, SourceLabel, SourceOutcome, SourceTotals};
 
@@ -50,114 +53,6 @@ pub enum RouteLabel {
     Live = 2,
     /// Anything else, and requests too broken to route.
     Unknown = 3,
-}
-
-/// Adds `n` to a counter that only the calling thread writes.
-fn bump(c: &AtomicU64, n: u64) {
-    c.store(c.load(Relaxed) + n, Relaxed);
-}
-
-/// A histogram whose buckets count observations at or below their bound
-/// (non-cumulative here; made cumulative when rendered).
-struct Histogram<const N: usize> {
-    buckets: [AtomicU64; N],
-    count: AtomicU64,
-    /// Sum of observations, in millionths of the unit.
-    sum_micros: AtomicU64,
-}
-
-impl<const N: usize> Histogram<N> {
-    fn new() -> Self {
-        Self {
-            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
-            count: AtomicU64::new(0),
-            sum_micros: AtomicU64::new(0),
-        }
-    }
-
-    /// Records `value` (single writer: plain stores).
-    fn observe_local(&self, bounds: &[f64; N], value: f64) {
-        if let Some(i) = bounds.iter().position(|b| value <= *b) {
-            bump(&self.buckets[i], 1);
-        }
-        bump(&self.count, 1);
-        bump(&self.sum_micros, (value * 1e6) as u64);
-    }
-
-    /// Records `value` (several writers: atomic adds).
-    fn observe_shared(&self, bounds: &[f64; N], value: f64) {
-        if let Some(i) = bounds.iter().position(|b| value <= *b) {
-            self.buckets[i].fetch_add(1, Relaxed);
-        }
-        self.count.fetch_add(1, Relaxed);
-        self.sum_micros.fetch_add((value * 1e6) as u64, Relaxed);
-    }
-}
-
-/// Sums histograms and renders them.
-fn render_histogram<const N: usize>(
-    out: &mut String,
-    name: &str,
-    help: &str,
-    bounds: &[f64; N],
-    parts: &[&Histogram<N>],
-) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-    let mut cumulative = 0;
-    for (i, bound) in bounds.iter().enumerate() {
-        cumulative += parts.iter().map(|h| h.buckets[i].load(Relaxed)).sum::<u64>();
-        let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
-    }
-    let count: u64 = parts.iter().map(|h| h.count.load(Relaxed)).sum();
-    let sum: u64 = parts.iter().map(|h| h.sum_micros.load(Relaxed)).sum();
-    let _ = writeln!(
-        out,
-        "{name}_bucket{{le=\"+Inf\"}} {count}\n{name}_sum {}\n{name}_count {count}",
-        sum as f64 / 1e6
-    );
-}
-
-fn render_counter(out: &mut String, name: &str, help: &str, value: u64) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
-}
-
-fn render_gauge(out: &mut String, name: &str, help: &str, value: u64) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
-}
-
-/// Seconds since `ms` (ms since the epoch); 0 for `None`.
-pub fn age_seconds(ms: Option<u64>) -> f64 {
-    let now = crate::job::now_us() / 1000;
-    ms.map_or(0.0, |ms| (now - ms as i64).max(0) as f64 / 1e3)
-}
-
-/// A per-partition series: name, help, and how to read it.
-type Series = (&'static str, &'static str, fn(&PartitionGauges) -> u64);
-
-/// Per-partition gauges, only when the queue has several partitions (one
-/// partition's series would repeat the totals).
-fn render_partitions(out: &mut String, partitions: &[Option<PartitionGauges>]) {
-    if partitions.len() < 2 {
-        return;
-    }
-    let series: [Series; 4] = [
-        ("webhook_partition_length", "Entries in the partition's stream.", |g| g.length),
-        ("webhook_partition_pending", "Entries of the partition delivered and not acknowledged.", |g| {
-            g.pending
-        }),
-        ("webhook_partition_lag", "Entries of the partition not yet delivered.", |g| g.lag),
-        ("webhook_partition_dead_letters", "Entries in the partition's dead-letter stream.", |g| {
-            g.dead_letters
-        }),
-    ];
-    for (name, help, get) in series {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-        for (p, g) in partitions.iter().enumerate() {
-            if let Some(g) = g {
-                let _ = writeln!(out, "{name}{{partition=\"{p}\"}} {}", get(g));
-            }
-        }
-    }
 }
 
 /// One core's HTTP counters. Only that core writes them.
@@ -292,58 +187,6 @@ impl WorkerMetrics {
     /// Dead letters moved from the Redis fallback stream into PostgreSQL.
     pub fn record_dead_letters_moved(&self, n: u64) {
         self.dead_letters_moved.fetch_add(n, Relaxed);
-    }
-}
-
-/// Queue gauges read from Redis at scrape time (absent if Redis did not
-/// answer): the totals, and each partition's own when there are several.
-#[derive(Debug, Clone, Default)]
-pub struct QueueGauges {
-    /// `XLEN` of the streams.
-    pub length: u64,
-    /// Entries delivered and not yet acknowledged.
-    pub pending: u64,
-    /// `XLEN` of the dead-letter streams.
-    pub dead_letters: u64,
-    /// Entries not yet delivered to any worker (`XINFO GROUPS` lag).
-    pub lag: u64,
-    /// When the oldest entry not yet acknowledged was added (ms since the
-    /// epoch, from its id), over every partition that answered; `None`
-    /// when none waits.
-    pub oldest_ms: Option<u64>,
-    /// Per partition, in partition order (`None`: its master did not answer).
-    pub partitions: Vec<Option<PartitionGauges>>,
-}
-
-/// One partition's gauges.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PartitionGauges {
-    /// `XLEN` of its stream.
-    pub length: u64,
-    /// Entries delivered and not yet acknowledged.
-    pub pending: u64,
-    /// `XLEN` of its dead-letter stream.
-    pub dead_letters: u64,
-    /// Entries not yet delivered (0 when Redis cannot say).
-    pub lag: u64,
-    /// When its oldest entry not yet acknowledged was added (ms since the
-    /// epoch): the stream's first entry, since acknowledged entries are
-    /// deleted. `None` when the stream is empty.
-    pub oldest_ms: Option<u64>,
-}
-
-impl QueueGauges {
-    /// Totals over `partitions`.
-    pub fn from_partitions(partitions: Vec<Option<PartitionGauges>>) -> Self {
-        let sum = |f: fn(&PartitionGauges) -> u64| partitions.iter().flatten().map(f).sum();
-        Self {
-            length: sum(|p| p.length),
-            pending: sum(|p| p.pending),
-            dead_letters: sum(|p| p.dead_letters),
-            lag: sum(|p| p.lag),
-            oldest_ms: partitions.iter().flatten().filter_map(|p| p.oldest_ms).min(),
-            partitions,
-        }
     }
 }
 

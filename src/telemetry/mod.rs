@@ -3,6 +3,8 @@
 //! can parse them without configuration. Nothing is logged per request at
 //! the default level.
 
+mod exposition;
+mod gauges;
 pub mod metrics;
 pub mod process;
 pub mod redact;
