@@ -26,8 +26,9 @@ use tracing::{error, info, warn};
 
 use super::admission::{Depth, Memory, MemoryBoard};
 use super::batch::{xadd, Acks, Batch};
+use super::group::prepare_stream;
 use super::settings::PipelineSettings;
-use super::{EnqueueError, Hop, Pending, Unavailable, GROUP, RECONNECT};
+use super::{EnqueueError, Hop, Pending, Unavailable, RECONNECT};
 use crate::backoff::Backoff;
 
 /// What every link of one pipeline shares.
@@ -440,19 +441,6 @@ impl Link {
 fn parse_addr(s: &str) -> Option<ConnectionAddr> {
     let (host, port) = s.rsplit_once(':')?;
     Some(ConnectionAddr::Tcp(host.to_string(), port.parse().ok()?))
-}
-
-/// Creates the stream and the consumer group if either is missing.
-///
-/// # Errors
-/// Redis failed.
-pub fn prepare_stream(con: &mut impl redis::ConnectionLike, stream: &str) -> redis::RedisResult<()> {
-    let created: redis::RedisResult<()> =
-        redis::cmd("XGROUP").arg("CREATE").arg(stream).arg(GROUP).arg("0").arg("MKSTREAM").query(con);
-    match created {
-        Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
-        other => other,
-    }
 }
 
 /// Warns when Redis is set up so that an acknowledged job could be lost

@@ -44,6 +44,7 @@
 
 mod admission;
 mod batch;
+mod group;
 pub mod keys;
 mod link;
 mod per_core;
@@ -69,7 +70,7 @@ use crate::job::WebhookJob;
 /// at most a second.
 const RECONNECT: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
 
-pub use link::prepare_stream;
+pub use group::prepare_stream;
 pub use pipeline::{spawn_pipeline, warn_about_durability, PipelineHandle};
 pub use settings::PipelineSettings;
 pub use target::{parse_cluster_nodes, Conn, Queue, Target, MAX_PARTITIONS};

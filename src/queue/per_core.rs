@@ -48,7 +48,7 @@ use super::admission::{Depth, Memory};
 use super::batch::{xadd, Acks, Batch};
 use super::resp::frame_len;
 use super::settings::PipelineSettings;
-use super::{EnqueueError, Pending, Target, Unavailable, GROUP, RECONNECT};
+use super::{EnqueueError, Pending, Target, Unavailable, RECONNECT};
 use crate::backoff::Backoff;
 
 /// Bytes asked of each read of replies.
@@ -433,7 +433,7 @@ async fn prepare(
         pipe.cmd("SELECT").arg(r.db());
     }
     for key in &shared.streams {
-        pipe.cmd("XGROUP").arg("CREATE").arg(key).arg(GROUP).arg("0").arg("MKSTREAM");
+        pipe.add_command(super::group::create(key));
     }
     let count = pipe.len();
     let replies = exchange(stream, rbuf, pipe.get_packed_pipeline(), count, s.enqueue_timeout)
@@ -441,7 +441,7 @@ async fn prepare(
         .map_err(|b| b.reason)?;
     for reply in replies {
         if let Value::ServerError(e) = reply {
-            if e.code() != "BUSYGROUP" {
+            if !super::group::exists_already(e.code()) {
                 // Never the password: Redis's errors do not echo arguments.
                 return Err(format!("{} {}", e.code(), e.details().unwrap_or_default()));
             }
