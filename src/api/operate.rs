@@ -167,7 +167,7 @@ pub(super) fn rejections(ctx: &Context, q: &Params) -> Reply {
                 "reason": r.reason,
                 "client": r.client.to_string(),
                 "request": r.request_line,
-                "headers": r.headers,
+                "headers": r.headers().collect::<Vec<_>>(),
                 "headersCut": r.headers_cut,
                 "body": text,
                 "bodyBase64": b64,

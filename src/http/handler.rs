@@ -272,7 +272,7 @@ impl Handler {
         if !self.all_metrics.rejections.enabled() {
             return;
         }
-        let (mut request_line, mut headers, mut headers_cut) = (String::new(), Vec::new(), false);
+        let (mut request_line, mut header_lines, mut headers_cut) = (String::new(), String::new(), false);
         let mut body_bytes = r.body.len();
         let mut client = r.peer;
         if let Some((head, bytes)) = r.head {
@@ -281,20 +281,18 @@ impl Handler {
             if let BodyFraming::Length(n) = head.body {
                 body_bytes = body_bytes.max(n);
             }
-            let mut kept = 0;
+            header_lines.reserve(head.head_len.min(rejections::HEADERS_KEPT));
             for (name, value) in head.headers.of(&bytes[..head.head_len.min(bytes.len())]).iter() {
-                let name = String::from_utf8_lossy(name).into_owned();
-                let value = if rejections::is_secret_header(&name) {
-                    rejections::REDACTED.to_string()
-                } else {
-                    String::from_utf8_lossy(value).into_owned()
-                };
-                kept += name.len() + value.len();
-                if kept > rejections::HEADERS_KEPT {
+                let value: &[u8] =
+                    if rejections::is_secret_header(name) { rejections::REDACTED.as_bytes() } else { value };
+                if header_lines.len() + name.len() + value.len() + 3 > rejections::HEADERS_KEPT {
                     headers_cut = true;
                     break;
                 }
-                headers.push((name, value));
+                header_lines.push_str(&String::from_utf8_lossy(name));
+                header_lines.push_str(": ");
+                header_lines.push_str(&String::from_utf8_lossy(value));
+                header_lines.push('\n');
             }
         }
         let rejection = Rejection {
@@ -305,7 +303,7 @@ impl Handler {
             reason,
             client,
             request_line,
-            headers,
+            header_lines,
             headers_cut,
             body: r.body[..r.body.len().min(rejections::BODY_KEPT)].to_vec(),
             body_bytes,
