@@ -174,7 +174,7 @@ fn response_extras(c: &mut Criterion) {
         b.iter(|| {
             core.record(
                 black_box(webhook_ingestor::telemetry::metrics::RouteLabel::Webhook),
-                black_box(webhook_ingestor::http::response::Status::Accepted.code()),
+                black_box(webhook_ingestor::http::response::Status::Accepted.index()),
                 black_box(Duration::from_micros(800)),
             )
         })

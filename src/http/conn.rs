@@ -92,7 +92,7 @@ pub(crate) async fn refuse(
         Response::unavailable(why, ctx.handler.retry_after_secs).with_reason("over_capacity").closing();
     ctx.handler.refused(&resp, None, Refused { head: None, body: &[], peer });
     resp.encode(ReplyTo::default(), &ctx.handler.bare_extra(), &mut conn.wbuf);
-    ctx.metrics.record(RouteLabel::Unknown, Status::ServiceUnavailable.code(), Duration::ZERO);
+    ctx.metrics.record(RouteLabel::Unknown, Status::ServiceUnavailable.index(), Duration::ZERO);
     if conn.flush(&ctx).await.is_ok() {
         let _ = conn.linger_close(REFUSE_LINGER_TIME).await;
     }
@@ -173,10 +173,7 @@ impl Conn {
             let extra = check.extra;
             if let Some(resp) = &check.refusal {
                 if !self.body_in_hand(&head) {
-                    if let Some(source) = whose {
-                        let head = Some((&head, &self.rbuf[self.start..]));
-                        ctx.handler.refused(resp, source, Refused { head, body: &[], peer: self.peer });
-                    }
+                    self.note_refusal(ctx, whose, resp, &head, self.start, &[]);
                     // Refused from its head (404, 405, 415, 429…): a large
                     // body still to come is never read, only the connection
                     // closed. A client waiting on `Expect: 100-continue`
@@ -189,10 +186,7 @@ impl Conn {
             {
                 Ok(read) => read,
                 Err(resp) => {
-                    if let Some(source) = whose {
-                        let head = Some((&head, &self.rbuf[self.start..]));
-                        ctx.handler.refused(&resp, source, Refused { head, body: &[], peer: self.peer });
-                    }
+                    self.note_refusal(ctx, whose, &resp, &head, self.start, &[]);
                     return self.close_with(ctx, resp, to, extra, label).await;
                 }
             };
@@ -207,19 +201,18 @@ impl Conn {
                     ctx.handler.respond(route, headers, bytes).await
                 }
             };
-            if let (Some(source), Some(_)) = (whose, resp.reason()) {
+            if resp.reason().is_some() {
                 let body = match &body {
                     Body::Buffered(range) => &self.rbuf[range.clone()],
                     Body::Owned(v) => &v[..],
                 };
-                let head = Some((&head, &self.rbuf[head_at..]));
-                ctx.handler.refused(&resp, source, Refused { head, body, peer: self.peer });
+                self.note_refusal(ctx, whose, &resp, &head, head_at, body);
             }
             if ctx.shutdown.is_cancelled() {
                 resp = resp.closing();
             }
             resp.encode(to, &extra, &mut self.wbuf);
-            ctx.metrics.record(label, resp.status().code(), now.elapsed());
+            ctx.metrics.record(label, resp.status().index(), now.elapsed());
             if !head.keep_alive || resp.closes() {
                 self.flush(ctx).await?;
                 self.linger_close(LINGER_TIME).await?;
@@ -327,6 +320,23 @@ impl Conn {
                 self.start += pos;
                 Ok(Ok((Body::Owned(body), head_at, grant)))
             }
+        }
+    }
+
+    /// Counts and keeps `resp` as a refusal of `whose` (none for the
+    /// operations routes), the request's head at `head_at` in the buffer.
+    fn note_refusal(
+        &self,
+        ctx: &CoreContext,
+        whose: Option<Option<usize>>,
+        resp: &Response,
+        head: &RequestHead,
+        head_at: usize,
+        body: &[u8],
+    ) {
+        if let Some(source) = whose {
+            let head = Some((head, &self.rbuf[head_at..]));
+            ctx.handler.refused(resp, source, Refused { head, body, peer: self.peer });
         }
     }
 
@@ -443,7 +453,7 @@ impl Conn {
     ) -> Result<(), End> {
         let status = resp.status();
         resp.closing().encode(to, &extra, &mut self.wbuf);
-        ctx.metrics.record(route, status.code(), Duration::ZERO);
+        ctx.metrics.record(route, status.index(), Duration::ZERO);
         self.flush(ctx).await?;
         self.linger_close(LINGER_TIME).await
     }

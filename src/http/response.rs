@@ -425,6 +425,7 @@ mod tests {
     fn the_metrics_count_every_status_this_layer_answers() {
         let codes: Vec<u16> = Status::ALL.iter().map(|s| s.code()).collect();
         assert_eq!(codes, crate::telemetry::metrics::STATUS_CODES, "one order, one list");
+        assert!(Status::ALL.iter().enumerate().all(|(i, s)| s.index() == i), "index is the position");
     }
 
     fn text(r: &Response, http10: bool, keep_alive: bool) -> String {
