@@ -217,15 +217,7 @@ pub fn start(config: &Config, role: Role) -> Result<RunningApp, StartError> {
         let gateway = crate::api::Gateway {
             queue: config.queue.queue(),
             metrics: metrics.clone(),
-            sources: sources
-                .iter()
-                .map(|s| crate::api::SourceInfo {
-                    route: s.route.clone(),
-                    kind: s.kind_name,
-                    scheme: s.kind.scheme(),
-                    silent_after_secs: s.silent_after.map(|d| d.as_secs()),
-                })
-                .collect(),
+            sources: sources.clone(),
         };
         let started = start_gateway(config, &mut app, cpus, metrics, sources)
             .and_then(|()| start_api(config, &app.shutdown, gateway).map(|api| app.api = api));

@@ -34,6 +34,10 @@ pub(super) struct Context {
     pub(super) gateway: super::Gateway,
     /// Per-source counts sampled over the last hour.
     pub(super) windows: std::sync::Arc<Windows>,
+    /// The connection `GET /v1/stats` reads the queue through, kept between
+    /// requests (the status page asks every 5 s) and made again after a
+    /// failure.
+    pub(super) stats_redis: std::sync::Mutex<Option<crate::queue::Conn>>,
 }
 
 /// One request, as the routes need it.
@@ -164,12 +168,14 @@ impl Params {
 
     /// `name` as an RFC 3339 time, in µs since the epoch.
     pub(super) fn time_us(&self, name: &str) -> Result<Option<i64>, Response> {
-        self.get(name)
-            .map(|v| {
-                OffsetDateTime::parse(v, &Rfc3339)
-                    .map(|t| (t.unix_timestamp_nanos() / 1000) as i64)
-                    .map_err(|_| bad(format!("{name} must be an RFC 3339 time (2026-12-07T10:00:00Z)")))
-            })
-            .transpose()
+        self.get(name).map(|v| time_us(name, v)).transpose()
     }
+}
+
+/// `value`, the parameter or field `name`, as an RFC 3339 time in µs since
+/// the epoch (400 naming it otherwise).
+pub(super) fn time_us(name: &str, value: &str) -> Result<i64, Response> {
+    OffsetDateTime::parse(value, &Rfc3339)
+        .map(|t| (t.unix_timestamp_nanos() / 1000) as i64)
+        .map_err(|_| bad(format!("{name} must be an RFC 3339 time (2026-12-07T10:00:00Z)")))
 }

@@ -24,7 +24,8 @@ use base64::Engine as _;
 use serde::Deserialize;
 
 use super::common::{
-    bad, connection, json, json_body, not_found, rfc3339_us, unavailable, Context, Params, Reply, Request,
+    bad, connection, json, json_body, not_found, rfc3339_us, time_us, unavailable, Context, Params, Reply,
+    Request,
 };
 use crate::http::response::Response;
 use crate::store::dead_letters::{self as store, Filter};
@@ -59,14 +60,7 @@ impl FilterFields {
     }
 
     fn filter(self) -> Result<Filter, Response> {
-        let time = |name: &str, v: Option<String>| -> Result<Option<i64>, Response> {
-            v.map(|v| {
-                time::OffsetDateTime::parse(&v, &time::format_description::well_known::Rfc3339)
-                    .map(|t| (t.unix_timestamp_nanos() / 1000) as i64)
-                    .map_err(|_| bad(format!("{name} must be an RFC 3339 time (2026-12-07T10:00:00Z)")))
-            })
-            .transpose()
-        };
+        let time = |name: &str, v: Option<String>| v.map(|v| time_us(name, &v)).transpose();
         if let Some(code) = &self.sqlstate {
             if code.len() != 5 || !code.bytes().all(|b| b.is_ascii_alphanumeric()) {
                 return Err(bad("sqlstate is a five-character SQLSTATE such as 23514"));

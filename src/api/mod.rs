@@ -64,27 +64,14 @@ pub struct Gateway {
     pub queue: crate::queue::Queue,
     /// The process's metrics: per-source counters and kept rejections.
     pub metrics: Arc<crate::telemetry::metrics::Metrics>,
-    /// Each source by index: its route, kind and scheme.
-    pub sources: Vec<SourceInfo>,
+    /// The sources the cores serve (by index, as the metrics count them).
+    pub sources: Arc<crate::ingest::sources::Sources>,
 }
 
 impl std::fmt::Debug for Gateway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Gateway").field("queue", &self.queue).field("sources", &self.sources).finish()
     }
-}
-
-/// A source as the API describes it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SourceInfo {
-    /// The route (`*`: every route, the default envelope).
-    pub route: String,
-    /// The kind (`stripe`, `envelope`…).
-    pub kind: &'static str,
-    /// The scheme that verifies it (`None`: unsigned).
-    pub scheme: Option<&'static str>,
-    /// `silent_after_secs`.
-    pub silent_after_secs: Option<u64>,
 }
 
 /// Why the API did not start.
@@ -163,6 +150,7 @@ pub fn spawn(settings: ApiSettings, shutdown: CancellationToken) -> Result<ApiHa
         shutdown: shutdown.clone(),
         gateway: settings.gateway,
         windows: windows.0,
+        stats_redis: Default::default(),
     });
     let accept = server::spawn(listener, ctx, shutdown).map_err(ApiError::Spawn)?;
     tracing::info!(addr = %addr, tokens, "api listening");

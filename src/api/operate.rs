@@ -23,7 +23,6 @@ use base64::Engine as _;
 use super::common::{bad, connection, json, rfc3339_us, Context, Params, Reply};
 use super::windows::WINDOWS;
 use crate::http::response::Response;
-use crate::telemetry::metrics::Metrics;
 use crate::telemetry::rejections::Rejection;
 use crate::telemetry::sources::{SourceTotals, REFUSALS, UNROUTED};
 
@@ -60,13 +59,17 @@ pub(super) fn sources(ctx: &Context, q: &Params) -> Reply {
     let totals = metrics.source_totals();
     let starts: Vec<_> = WINDOWS.iter().map(|(_, len)| ctx.windows.start_of(*len)).collect();
     let now_us = crate::job::now_us();
-    let describe = |i: usize, name: &str| {
+    let describe = |i: usize, name: &str, silent_after: Option<std::time::Duration>| {
         let t = &totals[i];
-        let last = metrics.rejections.newest(|r| slot(r, metrics) == i, None, 1);
+        let quiet_us = t.last_accepted_us.map(|us| (now_us - us).max(0));
+        let last = metrics.rejections.newest(Some(i), |_| true, None, 1);
         let mut v = serde_json::json!({
             "source": name,
             "lastAcceptedAt": t.last_accepted_us.map(rfc3339_us),
-            "secondsSinceLastAccepted": t.last_accepted_us.map(|us| (now_us - us).max(0) as f64 / 1e6),
+            "secondsSinceLastAccepted": quiet_us.map(|us| us as f64 / 1e6),
+            "silentAfterSeconds": silent_after.map(|d| d.as_secs()),
+            // Never accepted counts as silent past any interval.
+            "silent": silent_after.map(|d| quiet_us.is_none_or(|us| us > d.as_micros() as i64)),
             "total": window(t, None),
             "lastRejection": last.first().map(rejection_summary),
         });
@@ -77,30 +80,19 @@ pub(super) fn sources(ctx: &Context, q: &Params) -> Reply {
         }
         v
     };
-    let data: Vec<serde_json::Value> = ctx
-        .gateway
-        .sources
+    let sources = &ctx.gateway.sources;
+    let data: Vec<serde_json::Value> = sources
         .iter()
         .enumerate()
         .map(|(i, s)| {
-            let mut v = describe(i, &s.route);
-            v["kind"] = serde_json::json!(s.kind);
-            v["scheme"] = serde_json::json!(s.scheme);
-            v["silentAfterSeconds"] = serde_json::json!(s.silent_after_secs);
-            v["silent"] = serde_json::json!(s.silent_after_secs.map(|limit| {
-                v["secondsSinceLastAccepted"].as_f64().is_none_or(|since| since > limit as f64)
-            }));
+            let mut v = describe(i, &s.route, s.silent_after);
+            v["kind"] = serde_json::json!(s.kind_name);
+            v["scheme"] = serde_json::json!(s.kind.scheme());
             v
         })
         .collect();
-    let unrouted = describe(ctx.gateway.sources.len(), UNROUTED);
+    let unrouted = describe(metrics.rejections.slot(None), UNROUTED, None);
     json(&serde_json::json!({ "data": data, "unrouted": unrouted }))
-}
-
-/// The source slot of a rejection: its index, or the unrouted slot.
-fn slot(r: &Rejection, metrics: &Metrics) -> usize {
-    let n = metrics.sources().len();
-    r.source.filter(|&i| i < n).unwrap_or(n)
 }
 
 pub(super) fn rejections(ctx: &Context, q: &Params) -> Reply {
@@ -109,7 +101,7 @@ pub(super) fn rejections(ctx: &Context, q: &Params) -> Reply {
     let metrics = &ctx.gateway.metrics;
     let wanted_slot = match q.get("source") {
         None => None,
-        Some(UNROUTED) => Some(metrics.sources().len()),
+        Some(UNROUTED) => Some(metrics.rejections.slot(None)),
         Some(name) => Some(
             ctx.gateway
                 .sources
@@ -137,11 +129,8 @@ pub(super) fn rejections(ctx: &Context, q: &Params) -> Reply {
         })
         .transpose()?;
     let page = metrics.rejections.newest(
-        |r| {
-            wanted_slot.is_none_or(|s| slot(r, metrics) == s)
-                && status.is_none_or(|s| r.status == s)
-                && since.is_none_or(|t| r.at_us >= t)
-        },
+        wanted_slot,
+        |r| status.is_none_or(|s| r.status == s) && since.is_none_or(|t| r.at_us >= t),
         before,
         limit,
     );
@@ -183,10 +172,24 @@ pub(super) fn rejections(ctx: &Context, q: &Params) -> Reply {
 pub(super) fn stats(ctx: &Context, q: &Params) -> Reply {
     q.only(&[])?;
     let queue = &ctx.gateway.queue;
-    let mut con = queue.connect(Duration::from_secs(1), Duration::from_secs(2)).ok();
     let mut client = connection(ctx)?;
-    let report = crate::report::read(queue, con.as_mut(), Some(&mut *client))
-        .map_err(|e| super::common::unavailable(&e))?;
+    let connect = || queue.connect(Duration::from_secs(1), Duration::from_secs(2)).ok();
+    let mut con = ctx.stats_redis.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let kept = con.is_some();
+    if !kept {
+        *con = connect();
+    }
+    let mut report = crate::report::read(queue, con.as_mut(), Some(&mut *client));
+    if kept && report.as_ref().is_ok_and(|r| r.queue.is_none()) {
+        // The kept connection broke (Redis restarted?): once more on a new one.
+        *con = connect();
+        report = crate::report::read(queue, con.as_mut(), Some(&mut *client));
+    }
+    let report = report.map_err(|e| super::common::unavailable(&e))?;
+    if report.queue.is_none() {
+        *con = None;
+    }
+    drop(con);
     json(&report)
 }
 

@@ -93,10 +93,18 @@ impl Default for Bounds {
 }
 
 struct Shard {
-    /// By source index; the last is the unrouted.
-    by_source: Vec<VecDeque<(usize, Rejection)>>,
+    /// By source slot ([`Rejections::slot`]), oldest first.
+    by_source: Vec<VecDeque<Rejection>>,
     bytes: usize,
     next: u64,
+}
+
+impl Shard {
+    fn pop_oldest(&mut self, slot: usize) {
+        if let Some(gone) = self.by_source[slot].pop_front() {
+            self.bytes -= gone.size();
+        }
+    }
 }
 
 /// Every core's kept rejections.
@@ -132,11 +140,21 @@ impl Rejections {
         self.per_source > 0 && self.bytes > 0
     }
 
+    /// Where the rejections of `source` are kept: its index, or the slot of
+    /// the unrouted (`None`, or an index past the sources).
+    pub fn slot(&self, source: Option<usize>) -> usize {
+        source.filter(|&i| i < self.sources).unwrap_or(self.sources)
+    }
+
+    fn lock(shard: &Mutex<Shard>) -> std::sync::MutexGuard<'_, Shard> {
+        shard.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Keeps `r` in core `core`'s shard, dropping the oldest past the bounds.
     pub fn keep(&self, core: usize, mut r: Rejection) {
         let Some(shard) = self.shards.get(core) else { return };
-        let mut s = shard.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let slot = r.source.filter(|&i| i < self.sources).unwrap_or(self.sources);
+        let mut s = Self::lock(shard);
+        let slot = self.slot(r.source);
         r.seq = ((core as u64) << 48) | s.next;
         s.next += 1;
         let size = r.size();
@@ -144,10 +162,9 @@ impl Rejections {
             return;
         }
         s.bytes += size;
-        s.by_source[slot].push_back((size, r));
+        s.by_source[slot].push_back(r);
         if s.by_source[slot].len() > self.per_source {
-            let (gone, _) = s.by_source[slot].pop_front().expect("over the bound: not empty");
-            s.bytes -= gone;
+            s.pop_oldest(slot);
         }
         while s.bytes > self.bytes {
             // The oldest of all: the earliest front (few sources: a scan).
@@ -155,36 +172,41 @@ impl Rejections {
                 .by_source
                 .iter()
                 .enumerate()
-                .filter_map(|(i, q)| q.front().map(|(_, r)| (r.seq & ((1 << 48) - 1), i)))
+                .filter_map(|(i, q)| q.front().map(|r| (r.seq, i)))
                 .min()
                 .map(|(_, i)| i);
             let Some(i) = oldest else { break };
-            let (gone, _) = s.by_source[i].pop_front().expect("a front was found");
-            s.bytes -= gone;
+            s.pop_oldest(i);
         }
     }
 
-    /// Up to `limit` kept rejections that `keep` accepts, newest first,
-    /// older than `before` (`(at_us, seq)` of the last one seen).
+    /// Up to `limit` kept rejections of `slot` (every slot: `None`) that
+    /// `keep` accepts, newest first, older than `before` (`(at_us, seq)` of
+    /// the last one seen). Each shard's lists are walked from their newest
+    /// end and only as far as `limit` matches: those suffice for the newest
+    /// `limit` of all, and only they are copied.
     pub fn newest(
         &self,
+        slot: Option<usize>,
         keep: impl Fn(&Rejection) -> bool,
         before: Option<(i64, u64)>,
         limit: usize,
     ) -> Vec<Rejection> {
         let mut out: Vec<Rejection> = Vec::new();
         for shard in &self.shards {
-            let s = shard.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            // This shard's newest `limit` suffice for the newest `limit` of
-            // all: only those are copied, under the lock for as long.
-            let mut mine: Vec<&Rejection> = s
-                .by_source
-                .iter()
-                .flat_map(|q| q.iter().map(|(_, r)| r))
-                .filter(|r| before.is_none_or(|b| (r.at_us, r.seq) < b) && keep(r))
-                .collect();
-            mine.sort_unstable_by_key(|r| std::cmp::Reverse((r.at_us, r.seq)));
-            out.extend(mine.into_iter().take(limit).cloned());
+            let s = Self::lock(shard);
+            for (i, q) in s.by_source.iter().enumerate() {
+                if slot.is_some_and(|want| want != i) {
+                    continue;
+                }
+                out.extend(
+                    q.iter()
+                        .rev()
+                        .filter(|r| before.is_none_or(|b| (r.at_us, r.seq) < b) && keep(r))
+                        .take(limit)
+                        .cloned(),
+                );
+            }
         }
         out.sort_unstable_by_key(|r| std::cmp::Reverse((r.at_us, r.seq)));
         out.truncate(limit);
@@ -194,7 +216,7 @@ impl Rejections {
     /// How many are kept and what they hold, in bytes.
     pub fn usage(&self) -> (usize, usize) {
         self.shards.iter().fold((0, 0), |(n, b), shard| {
-            let s = shard.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let s = Self::lock(shard);
             (n + s.by_source.iter().map(VecDeque::len).sum::<usize>(), b + s.bytes)
         })
     }
@@ -227,11 +249,11 @@ mod tests {
             r.keep((i % 2) as usize, rejection(Some(0), i, 10));
         }
         r.keep(0, rejection(Some(1), 1000, 10));
-        let all = r.newest(|_| true, None, 1000);
+        let all = r.newest(None, |_| true, None, 1000);
         assert_eq!(all.iter().filter(|x| x.source == Some(0)).count(), 10, "5 a core, 2 cores");
         assert_eq!(all[0].at_us, 1000, "newest first");
         assert!(all.iter().filter(|x| x.source == Some(0)).all(|x| x.at_us >= 90), "the most recent kept");
-        let page = r.newest(|x| x.source == Some(0), Some((95, 0)), 3);
+        let page = r.newest(Some(0), |_| true, Some((95, 0)), 3);
         assert_eq!(page.iter().map(|x| x.at_us).collect::<Vec<_>>(), [94, 93, 92], "a cursor pages on");
     }
 
@@ -244,12 +266,13 @@ mod tests {
         let (n, bytes) = r.usage();
         assert!(bytes <= 64 << 10, "{bytes} bytes kept");
         assert!((10..20).contains(&n), "{n} kept of 4 KiB each");
-        let kept = r.newest(|_| true, None, 1000);
+        let kept = r.newest(None, |_| true, None, 1000);
         assert!(kept.iter().all(|x| x.at_us >= 200 - n as i64), "the newest are the ones kept");
         // An unrouted one and an unknown index go to the unrouted slot.
         r.keep(0, rejection(None, 500, 1));
         r.keep(0, rejection(Some(99), 501, 1));
-        assert_eq!(r.newest(|x| x.at_us >= 500, None, 10).len(), 2);
+        assert_eq!(r.newest(None, |x| x.at_us >= 500, None, 10).len(), 2);
+        assert_eq!(r.newest(Some(r.slot(None)), |_| true, None, 10).len(), 2, "both in the unrouted slot");
     }
 
     #[test]
