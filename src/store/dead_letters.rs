@@ -10,6 +10,7 @@
 //! same row ([`insert`]). [`search`] is what the API's and the CLI's views
 //! read.
 
+use postgres::types::ToSql;
 use postgres::GenericClient;
 
 use super::{StoreError, Timestamptz};
@@ -176,14 +177,18 @@ const MATCHES: &str = "($1::timestamptz IS NULL OR dead_at >= $1)
     AND ($5::text IS NULL OR strpos(lower(error), lower($5)) > 0)";
 
 impl Filter {
-    fn params(&self) -> [Box<dyn postgres::types::ToSql + Sync + '_>; 5] {
-        [
-            Box::new(self.since_us.map(Timestamptz)),
-            Box::new(self.until_us.map(Timestamptz)),
-            Box::new(self.provider.as_deref()),
-            Box::new(self.sqlstate.as_deref()),
-            Box::new(self.text.as_deref()),
-        ]
+    /// Runs `sql`, whose `$1`–`$5` are [`MATCHES`]'s and `$6`… are `more`.
+    fn query(
+        &self,
+        client: &mut impl GenericClient,
+        sql: &str,
+        more: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<postgres::Row>, StoreError> {
+        let (since, until) = (self.since_us.map(Timestamptz), self.until_us.map(Timestamptz));
+        let mut params: Vec<&(dyn ToSql + Sync)> =
+            vec![&since, &until, &self.provider, &self.sqlstate, &self.text];
+        params.extend_from_slice(more);
+        Ok(client.query(sql, &params)?)
     }
 }
 
@@ -216,16 +221,12 @@ pub fn search(
           WHERE {MATCHES} AND ($6::bigint IS NULL OR id < $6)
           ORDER BY id DESC LIMIT $7"
     );
-    let owned = filter.params();
-    let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> = owned.iter().map(|b| &**b as _).collect();
-    params.push(&before);
-    params.push(&limit);
-    let rows = client.query(&sql, &params)?;
+    let rows = filter.query(client, &sql, &[&before, &limit])?;
     Ok(rows.iter().map(|r| Summary { letter: from_row(r), body_bytes: r.get(19) }).collect())
 }
 
-/// The ids of up to `max` dead letters matching `filter` that are not
-/// being replayed, oldest first, above the id `after`.
+/// Up to `max` dead letters matching `filter` that are not being
+/// replayed, oldest first, above the id `after`.
 ///
 /// # Errors
 /// [`StoreError`].
@@ -234,17 +235,13 @@ pub fn matching(
     filter: &Filter,
     after: i64,
     max: i64,
-) -> Result<Vec<i64>, StoreError> {
+) -> Result<Vec<DeadLetter>, StoreError> {
     let sql = format!(
-        "SELECT id FROM webhook_dead_letters
+        "SELECT {COLUMNS} FROM webhook_dead_letters
           WHERE {MATCHES} AND replayed_at IS NULL AND id > $6
           ORDER BY id LIMIT $7"
     );
-    let owned = filter.params();
-    let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> = owned.iter().map(|b| &**b as _).collect();
-    params.push(&after);
-    params.push(&max);
-    Ok(client.query(&sql, &params)?.iter().map(|r| r.get(0)).collect())
+    Ok(filter.query(client, &sql, &[&after, &max])?.iter().map(from_row).collect())
 }
 
 /// How many dead letters match `filter` and are not being replayed.
@@ -253,9 +250,7 @@ pub fn matching(
 /// [`StoreError`].
 pub fn count_matching(client: &mut impl GenericClient, filter: &Filter) -> Result<i64, StoreError> {
     let sql = format!("SELECT count(*) FROM webhook_dead_letters WHERE {MATCHES} AND replayed_at IS NULL");
-    let owned = filter.params();
-    let params: Vec<&(dyn postgres::types::ToSql + Sync)> = owned.iter().map(|b| &**b as _).collect();
-    Ok(client.query_one(&sql, &params)?.get(0))
+    Ok(filter.query(client, &sql, &[])?[0].get(0))
 }
 
 /// One dead letter, whole, or `None`.

@@ -280,7 +280,7 @@ pub enum ReplayScope {
 }
 
 /// What a replay found and did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Replayed {
     /// Dead letters the scope matched (all of them, also past `max`).
     pub matched: u64,
@@ -334,11 +334,11 @@ pub fn replay(
     let mut after = 0;
     while done.replayed < max {
         let want = REPLAY_CHUNK.min(i64::try_from(max - done.replayed).unwrap_or(i64::MAX));
-        let ids = dead_letters::matching(client, &filter, after, want)?;
-        let Some(&last) = ids.last() else { break };
-        after = last;
-        for letter in dead_letters::list(client, Some(&ids), want)? {
-            put_back(con, client, &letter)?;
+        let letters = dead_letters::matching(client, &filter, after, want)?;
+        let Some(last) = letters.last() else { break };
+        after = last.id;
+        for letter in &letters {
+            put_back(con, client, letter)?;
             done.replayed += 1;
         }
     }
