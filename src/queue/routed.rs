@@ -84,8 +84,11 @@ impl ClusterState {
         if !down.iter().any(|(a, _)| a == addr) {
             warn!(master = %addr, error = %reason,
                   "redis master not answering; its partitions wait, the others go on");
-            let mut backoff = Backoff::new(MIN_DOWN, MAX_DOWN);
-            let d = Down { until: Instant::now() + backoff.step(), backoff, reason: reason.to_string() };
+            // The wait is the backoff's current delay, and a probe in
+            // flight holds the others off for as long; a failed probe
+            // doubles it.
+            let backoff = Backoff::new(MIN_DOWN, MAX_DOWN);
+            let d = Down { until: Instant::now() + backoff.current(), backoff, reason: reason.to_string() };
             down.push((addr.clone(), d));
         }
         drop(down);
@@ -120,7 +123,8 @@ impl ClusterState {
             }
             Err(reason) => {
                 if let Some((_, d)) = down.iter_mut().find(|(a, _)| a == addr) {
-                    d.until = Instant::now() + d.backoff.step();
+                    d.backoff.step();
+                    d.until = Instant::now() + d.backoff.current();
                     d.reason = reason;
                 }
             }
