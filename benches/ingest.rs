@@ -77,7 +77,7 @@ fn handoff(c: &mut Criterion) {
                     batch.push(first);
                     batch.extend(rx.try_iter().take(255));
                     for p in batch.drain(..) {
-                        let _ = p.reply.send(Ok("1-0".to_string()));
+                        p.reply.send(Ok("1-0".to_string()));
                     }
                 }
             });

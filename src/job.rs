@@ -121,6 +121,20 @@ pub enum JobDecodeError {
     Malformed(&'static str),
 }
 
+/// Whatever takes a stream entry's fields one pair at a time: a
+/// `redis::Cmd`, or the enqueue's RESP writer (which writes them straight
+/// into the pipeline's bytes, so the body is copied once).
+pub trait FieldSink {
+    /// One field.
+    fn field(&mut self, name: &str, value: &[u8]);
+}
+
+impl FieldSink for redis::Cmd {
+    fn field(&mut self, name: &str, value: &[u8]) {
+        self.arg(name).arg(value);
+    }
+}
+
 impl WebhookJob {
     /// SHA-256 of [`Self::body_as_received`]: stored as `body_sha256` with
     /// the row and its dedupe key, so a second delivery of the id with
@@ -135,42 +149,43 @@ impl WebhookJob {
         self.raw_body.as_deref().unwrap_or(&self.payload)
     }
 
-    /// Appends this job's entry fields to an `XADD` command (after the id).
-    pub fn write_stream_fields(&self, cmd: &mut redis::Cmd) {
-        let version = if self.replay_of.is_some() {
-            5
+    /// Hands this job's entry fields, name then value, to `out`, in the
+    /// order of an `XADD` after its id.
+    pub fn stream_fields(&self, out: &mut impl FieldSink) {
+        let version: &[u8] = if self.replay_of.is_some() {
+            b"5"
         } else if !self.unsigned_fields.is_empty() {
-            4
+            b"4"
         } else if self.raw_body.is_some() {
-            3
+            b"3"
         } else {
-            2
+            b"2"
         };
-        cmd.arg(fields::VERSION)
-            .arg(version)
-            .arg(fields::PROVIDER)
-            .arg(&self.provider)
-            .arg(fields::EVENT_ID)
-            .arg(&self.event_id)
-            .arg(fields::EVENT_TIMESTAMP)
-            .arg(self.event_timestamp_us)
-            .arg(fields::RECEIVED_AT)
-            .arg(self.received_at_us)
-            .arg(fields::EVENT_TYPE)
-            .arg(&self.event_type);
+        let mut n = itoa::Buffer::new();
+        out.field(fields::VERSION, version);
+        out.field(fields::PROVIDER, self.provider.as_bytes());
+        out.field(fields::EVENT_ID, self.event_id.as_bytes());
+        out.field(fields::EVENT_TIMESTAMP, n.format(self.event_timestamp_us).as_bytes());
+        out.field(fields::RECEIVED_AT, n.format(self.received_at_us).as_bytes());
+        out.field(fields::EVENT_TYPE, self.event_type.as_bytes());
         if let Some(scheme) = &self.verified_by {
-            cmd.arg(fields::VERIFIED_BY).arg(scheme);
+            out.field(fields::VERIFIED_BY, scheme.as_bytes());
         }
         if let Some(raw) = &self.raw_body {
-            cmd.arg(fields::RAW_BODY).arg(&raw[..]);
+            out.field(fields::RAW_BODY, raw);
         }
         if !self.unsigned_fields.is_empty() {
-            cmd.arg(fields::UNSIGNED_FIELDS).arg(&self.unsigned_fields);
+            out.field(fields::UNSIGNED_FIELDS, self.unsigned_fields.as_bytes());
         }
         if let Some(id) = self.replay_of {
-            cmd.arg(fields::REPLAY_OF).arg(id);
+            out.field(fields::REPLAY_OF, n.format(id).as_bytes());
         }
-        cmd.arg(fields::PAYLOAD).arg(&self.payload[..]);
+        out.field(fields::PAYLOAD, &self.payload);
+    }
+
+    /// Appends this job's entry fields to an `XADD` command (after the id).
+    pub fn write_stream_fields(&self, cmd: &mut redis::Cmd) {
+        self.stream_fields(cmd);
     }
 
     /// Reads a job back from a stream entry's field map, taking the payload

@@ -19,8 +19,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::budget::{BufferBudget, Grant, SMALL_BODY};
 use super::chunked::{ChunkError, ChunkedDecoder};
-use super::handler::{bad_request, too_large, Handler, Refused};
-use super::request::{parse_head, BodyFraming, HeadError, Limits, Method, RequestHead};
+use super::handler::{bad_request, head_error, too_large, Handler, Refused};
+use super::request::{parse_head, BodyFraming, Limits, Method, RequestHead};
 use super::response::{Extra, Message, ReplyTo, Response, Status, CONTINUE};
 use crate::telemetry::metrics::{CoreMetrics, RouteLabel};
 
@@ -148,7 +148,7 @@ impl Conn {
                         self.fill(ctx, wait).await?;
                     }
                     Err(e) => {
-                        let resp = head_error_response(&e);
+                        let resp = head_error(&e);
                         ctx.handler.refused(&resp, None, Refused { head: None, body: &[], peer: self.peer });
                         let to = ReplyTo::default();
                         return self
@@ -486,18 +486,4 @@ impl Conn {
 enum Body {
     Buffered(std::ops::Range<usize>),
     Owned(Vec<u8>),
-}
-
-fn head_error_response(e: &HeadError) -> Response {
-    match e {
-        HeadError::Malformed(_) | HeadError::Framing(_) => bad_request(&e.to_string()),
-        HeadError::UnsupportedEncoding => {
-            Response::error(Status::NotImplemented, Message::One(e.to_string()))
-        }
-        HeadError::ExpectationFailed => {
-            Response::error(Status::ExpectationFailed, Message::One(e.to_string()))
-        }
-        HeadError::HeadTooLarge => Response::error(Status::HeaderFieldsTooLarge, Message::One(e.to_string())),
-        HeadError::BodyTooLarge { limit } => too_large(*limit),
-    }
 }

@@ -18,7 +18,7 @@ use std::time::Instant;
 use super::cors::Cors;
 use super::proxy::TrustedProxies;
 use super::ratelimit::RateLimiter;
-use super::request::{BodyFraming, ContentType, Headers, Method, RequestHead};
+use super::request::{BodyFraming, ContentType, HeadError, Headers, Method, RequestHead};
 use super::response::{Extra, Message, RateHeaders, Response, Status};
 use super::router::{route, Route, WEBHOOK_ALLOW};
 use crate::ingest::sources::{Admitted, Request, Sources};
@@ -347,4 +347,19 @@ fn unavailable_message(e: &EnqueueError) -> (&'static str, &'static str) {
 pub(crate) fn too_large(limit: usize) -> Response {
     Response::error(Status::PayloadTooLarge, Message::One(format!("request body larger than {limit} bytes")))
         .closing()
+}
+
+/// The answer to a request whose head could not be taken.
+pub(crate) fn head_error(e: &HeadError) -> Response {
+    match e {
+        HeadError::Malformed(_) | HeadError::Framing(_) => bad_request(&e.to_string()),
+        HeadError::UnsupportedEncoding => {
+            Response::error(Status::NotImplemented, Message::One(e.to_string()))
+        }
+        HeadError::ExpectationFailed => {
+            Response::error(Status::ExpectationFailed, Message::One(e.to_string()))
+        }
+        HeadError::HeadTooLarge => Response::error(Status::HeaderFieldsTooLarge, Message::One(e.to_string())),
+        HeadError::BodyTooLarge { limit } => too_large(*limit),
+    }
 }

@@ -1,18 +1,63 @@
-//! One batch of jobs as both enqueue paths (the pipeline thread,
-//! [`super::pipeline`], and the per-core flushers, [`super::per_core`])
-//! send and answer it: the `XADD` each job becomes, what each reply means
-//! for its job, and the delivery of every answer. Keeping this in one place
-//! keeps the two paths one contract: a job's answer is its stream id only
-//! once Redis acknowledged its `XADD` and, with `REDIS_WAIT_REPLICAS`, the
-//! `WAIT` after it.
+//! One batch of jobs as both enqueue paths (the pipeline thread's links,
+//! [`super::link`], and the per-core flushers, [`super::per_core`]) plan,
+//! send and answer it: the pipeline a batch becomes ([`Batch::plan`]: the
+//! `XADD`s, the `WAIT`, the `XLEN`s and `INFO memory` that admission needs),
+//! what each reply means for its job ([`Batch::answer`]), and the delivery
+//! of every answer ([`Batch::close`]). The two paths differ only in how the
+//! bytes reach Redis; keeping the rest here keeps them one contract: a
+//! job's answer is its stream id only once Redis acknowledged its `XADD`
+//! and, with `REDIS_WAIT_REPLICAS`, the `WAIT` after it.
 
 use std::time::Instant;
 
 use redis::{ConnectionAddr, Value};
 
-use super::admission::Depth;
+use super::admission::{Depth, Memory};
+use super::resp::Commands;
+use super::settings::PipelineSettings;
 use super::{EnqueueError, Hop, Pending, Queue, StreamId, Unavailable};
 use crate::telemetry::metrics::PipelineMetrics;
+
+/// What one reply in a batch's pipeline answers.
+#[derive(Clone, Copy)]
+pub(super) enum Slot {
+    /// The `OK` of an `ASKING` (a cluster's redirect).
+    Asking,
+    /// The `XADD` of the batch's job `i`.
+    Job(usize),
+    /// The `WAIT` after the `XADD`s.
+    Wait,
+    /// The `XLEN` of partition `p`.
+    Depth(u16),
+    /// `INFO memory`.
+    Memory,
+}
+
+/// A batch's pipeline: its commands and what each reply answers. Kept from
+/// batch to batch.
+#[derive(Default)]
+pub(super) struct Round {
+    pub(super) commands: Commands,
+    pub(super) slots: Vec<Slot>,
+}
+
+/// Where a batch goes: what [`Batch::plan`] and [`Batch::answer`] read.
+pub(super) struct Master<'a> {
+    pub(super) settings: &'a PipelineSettings,
+    /// `streams[p]`: partition `p`'s stream key.
+    pub(super) streams: &'a [String],
+    /// `host:port`, as errors and the memory gauge name it.
+    pub(super) name: &'a str,
+}
+
+/// What a batch's replies said beside its jobs' answers.
+#[derive(Default)]
+pub(super) struct Heard {
+    /// The slot map may have changed (`CLUSTERDOWN`, `TRYAGAIN`).
+    pub(super) stale: bool,
+    /// `INFO memory` was read: the gauge is due.
+    pub(super) memory: bool,
+}
 
 /// A job's answer while its batch is in flight (`None`: not decided yet).
 type Answer = Option<Result<StreamId, EnqueueError>>;
@@ -75,6 +120,138 @@ impl Batch {
         }
     }
 
+    /// Writes the pipeline for the open batch into `round`: the `XADD`s
+    /// (none while the queue or Redis's memory is full: every job is then
+    /// refused here), the `WAIT`, the `XLEN`s due of the partitions touched
+    /// (of all of `own()`, this master's partitions, while the queue is
+    /// full, so the refusal ends as soon as the workers have caught up) and,
+    /// when due, `INFO memory`.
+    pub(super) fn plan(
+        &mut self,
+        round: &mut Round,
+        to: &Master<'_>,
+        depth: &mut Depth,
+        memory: &Memory,
+        own: impl FnOnce() -> Vec<u16>,
+    ) {
+        let Round { commands, slots } = round;
+        commands.clear();
+        slots.clear();
+        let full = depth.full();
+        let refusal = if full {
+            Some(EnqueueError::QueueFull)
+        } else if memory.full() {
+            Some(EnqueueError::MemoryFull)
+        } else {
+            None
+        };
+        let mut touched: Vec<u16> = Vec::new();
+        match refusal {
+            Some(e) => self.refuse_the_rest(&e),
+            None => {
+                for job in 0..self.jobs.len() {
+                    let p = self.partition[job];
+                    // A job sent after an ASK belongs to another master's
+                    // partition: its length is not this master's to read.
+                    let asking = self.jobs[job].hop == Hop::Asked;
+                    if asking {
+                        commands.command(&[b"ASKING"]);
+                        slots.push(Slot::Asking);
+                    }
+                    commands.xadd(&to.streams[p as usize], &self.jobs[job].job);
+                    slots.push(Slot::Job(job));
+                    if !asking && !touched.contains(&p) {
+                        touched.push(p);
+                    }
+                }
+                let s = to.settings;
+                if s.wait_replicas > 0 {
+                    let (mut n, mut ms) = (itoa::Buffer::new(), itoa::Buffer::new());
+                    let timeout = ms.format(s.wait_timeout.as_millis() as u64);
+                    commands.command(&[b"WAIT", n.format(s.wait_replicas).as_bytes(), timeout.as_bytes()]);
+                    slots.push(Slot::Wait);
+                }
+            }
+        }
+        if full {
+            touched = own();
+        }
+        // One clock read for the batch, not one per partition.
+        let now = Instant::now();
+        for p in touched {
+            if depth.due(p, now, full) {
+                commands.command(&[b"XLEN", to.streams[p as usize].as_bytes()]);
+                slots.push(Slot::Depth(p));
+            }
+        }
+        if memory.due(now) {
+            commands.command(&[b"INFO", b"memory"]);
+            slots.push(Slot::Memory);
+        }
+    }
+
+    /// Takes the replies to the pipeline of `slots`, in order. With
+    /// `broken`, the connection failed after these replies: the jobs whose
+    /// `XADD` got no reply get 503, and so do the acknowledged ones while a
+    /// `WAIT` was still due.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn answer(
+        &mut self,
+        slots: &[Slot],
+        replies: Vec<Value>,
+        broken: Option<&str>,
+        to: &Master<'_>,
+        depth: &mut Depth,
+        memory: &mut Memory,
+    ) -> Heard {
+        let s = to.settings;
+        let wait_unread = slots[replies.len()..].iter().any(|s| matches!(s, Slot::Wait));
+        let mut acks = Acks::default();
+        let mut heard = Heard::default();
+        for (slot, reply) in slots.iter().zip(replies) {
+            match (*slot, reply) {
+                (Slot::Asking, _) => {}
+                (Slot::Job(job), Value::ServerError(e)) => {
+                    let hop = match e.code() {
+                        "MOVED" => Some(Hop::Moved),
+                        "ASK" => Some(Hop::Asked),
+                        _ => None,
+                    };
+                    let target = e.details().and_then(|d| d.split_whitespace().nth(1)).and_then(parse_addr);
+                    match (hop, target) {
+                        (Some(hop), Some(addr)) => self.redirect(job, addr, hop),
+                        _ => {
+                            heard.stale |= e.code() == "CLUSTERDOWN" || e.code() == "TRYAGAIN";
+                            acks.xadd(job, Value::ServerError(e), depth, self);
+                        }
+                    }
+                }
+                (Slot::Job(job), v) => acks.xadd(job, v, depth, self),
+                (Slot::Wait, v) => acks.wait(v, s.wait_replicas, &s.metrics.pipeline, self),
+                (Slot::Depth(p), v) => depth.read(p, v),
+                (Slot::Memory, v) => {
+                    memory.note_reply(v, s.max_memory_percent, &to.name);
+                    heard.memory = true;
+                }
+            }
+        }
+        acks.finish(self, broken, wait_unread);
+        if let Some(why) = broken {
+            let e = EnqueueError::Unavailable(Unavailable::Down {
+                master: to.name.to_string(),
+                reason: why.to_string(),
+            });
+            for slot in slots {
+                if let Slot::Job(job) = slot {
+                    if !self.redirects.iter().any(|r| r.0 == *job) {
+                        self.answer[*job].get_or_insert_with(|| Err(e.clone()));
+                    }
+                }
+            }
+        }
+        heard
+    }
+
     /// Every job not answered yet gets `e`.
     pub(super) fn refuse_the_rest(&mut self, e: &EnqueueError) {
         for a in &mut self.answer {
@@ -101,13 +278,30 @@ impl Batch {
             }
             let answer = answer.unwrap_or(Err(EnqueueError::Unavailable(Unavailable::NoReply)));
             enqueued += usize::from(answer.is_ok());
-            let _ = p.reply.send(answer);
+            p.reply.send(answer);
         }
         metrics.record_batch(size, self.opened.elapsed(), enqueued);
     }
 }
 
-/// The `XADD` of `job` to `stream`.
+impl Batch {
+    /// One node: nobody follows a redirect, so each redirected job gets 503.
+    pub(super) fn refuse_redirected(&mut self) {
+        for (p, addr) in self.redirected.drain(..) {
+            p.reply.send(Err(EnqueueError::Unavailable(Unavailable::Redirected(addr.to_string()))));
+        }
+    }
+}
+
+/// `host:port` of a redirect.
+fn parse_addr(s: &str) -> Option<ConnectionAddr> {
+    let (host, port) = s.rsplit_once(':')?;
+    Some(ConnectionAddr::Tcp(host.to_string(), port.parse().ok()?))
+}
+
+/// The `XADD` of `job` to `stream`, as redis-rs spells it (the tests
+/// compare [`Commands::xadd`] with it).
+#[cfg(test)]
 pub(super) fn xadd(stream: &str, job: &crate::job::WebhookJob) -> redis::Cmd {
     let mut cmd = redis::cmd("XADD");
     cmd.arg(stream).arg("*");

@@ -21,14 +21,14 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use redis::{ConnectionAddr, ConnectionInfo, Value};
+use redis::{ConnectionAddr, ConnectionInfo};
 use tracing::{error, info, warn};
 
 use super::admission::{Depth, Memory, MemoryBoard};
-use super::batch::{xadd, Acks, Batch};
+use super::batch::{Batch, Master, Round};
 use super::group::prepare_stream;
 use super::settings::PipelineSettings;
-use super::{EnqueueError, Hop, Pending, Unavailable, RECONNECT};
+use super::{EnqueueError, Pending, Unavailable, RECONNECT};
 use crate::backoff::Backoff;
 
 /// What every link of one pipeline shares.
@@ -118,21 +118,6 @@ enum Conn {
     },
 }
 
-/// What one reply in the pipeline answers.
-#[derive(Clone, Copy)]
-enum Slot {
-    /// The `OK` of an `ASKING`.
-    Asking,
-    /// The `XADD` of the batch's job `i`.
-    Job(usize),
-    /// The `WAIT` after the `XADD`s.
-    Wait,
-    /// The `XLEN` of partition `p`.
-    Depth(u16),
-    /// `INFO memory`.
-    Memory,
-}
-
 /// One master's link.
 pub(super) struct Link {
     shared: Arc<Shared>,
@@ -143,8 +128,8 @@ pub(super) struct Link {
     memory: Memory,
     depth: Depth,
     batch: Batch,
-    /// The reply each command of the batch in flight answers, in order.
-    slots: Vec<Slot>,
+    /// The pipeline of the batch in flight.
+    round: Round,
 }
 
 impl Link {
@@ -158,7 +143,8 @@ impl Link {
             Conn::Down { retry_at: Instant::now(), backoff: RECONNECT, reason: "not yet connected".into() };
         let batch = Batch::with_capacity(shared.settings.batch_max);
         let name = info.addr().to_string();
-        Self { shared, state, info, name, conn, memory: Memory::default(), depth, batch, slots: Vec::new() }
+        let round = Round::default();
+        Self { shared, state, info, name, conn, memory: Memory::default(), depth, batch, round }
     }
 
     /// Serves `rx` until it is closed and empty. While the master is down
@@ -228,163 +214,74 @@ impl Link {
         }
         let s = &self.shared.settings;
         self.batch.close(&mut self.depth, &s.metrics.pipeline);
-        for (p, addr) in self.batch.redirected.drain(..) {
-            match &self.shared.feedback {
-                Some(router) => {
+        match &self.shared.feedback {
+            Some(router) => {
+                for (p, addr) in self.batch.redirected.drain(..) {
                     if let Err(e) = router.send(Feedback::Redirect(Box::new((p, addr)))) {
                         if let Feedback::Redirect(lost) = e.into_inner() {
-                            let _ = lost.0.reply.send(Err(EnqueueError::Closed));
+                            lost.0.reply.send(Err(EnqueueError::Closed));
                         }
                     }
                 }
-                // One node never redirects; if it did, nobody could follow.
-                None => {
-                    let _ = p
-                        .reply
-                        .send(Err(EnqueueError::Unavailable(Unavailable::Redirected(addr.to_string()))));
-                }
             }
+            // One node never redirects; if it did, nobody could follow.
+            None => self.batch.refuse_redirected(),
         }
     }
 
-    /// Writes the pipeline and reads its replies.
+    /// Writes the batch's pipeline, reads its replies and answers its jobs.
     fn round(&mut self) {
-        let pipe = self.plan();
+        let master =
+            Master { settings: &self.shared.settings, streams: &self.shared.streams, name: &self.name };
+        let state = &self.state;
+        self.batch.plan(&mut self.round, &master, &mut self.depth, &self.memory, || state.partitions());
         let Conn::Up(con) = &mut self.conn else { unreachable!("checked by flush") };
-        if let Err(e) = con.send_packed_command(&pipe.get_packed_pipeline()) {
-            self.fail(0, &e.to_string());
-            return;
+        let count = self.round.slots.len();
+        let mut replies = Vec::with_capacity(count);
+        let mut broken = None;
+        if count > 0 {
+            if let Err(e) = con.send_packed_command(self.round.commands.bytes()) {
+                broken = Some(e.to_string());
+            }
         }
-        self.read_replies();
+        while broken.is_none() && replies.len() < count {
+            match con.recv_response() {
+                Ok(v) => replies.push(v),
+                Err(e) if e.is_timeout() => {
+                    let t = self.shared.settings.enqueue_timeout;
+                    broken = Some(format!("no reply within ENQUEUE_TIMEOUT_MS ({} ms)", t.as_millis()));
+                }
+                Err(e) => broken = Some(e.to_string()),
+            }
+        }
+        let heard = self.batch.answer(
+            &self.round.slots,
+            replies,
+            broken.as_deref(),
+            &master,
+            &mut self.depth,
+            &mut self.memory,
+        );
+        if heard.stale {
+            self.tell(Feedback::Stale);
+        }
+        if heard.memory {
+            let s = &self.shared.settings;
+            self.shared.memory.post(&self.name, self.memory.reading(), &s.metrics.pipeline);
+        }
+        if let Some(why) = broken {
+            self.fail(&why);
+        }
     }
 
-    /// The pipeline for the open batch: the `XADD`s (each refused job
-    /// left out), the `WAIT`, the `XLEN`s of the partitions touched (of all
-    /// of this master's while the queue is full, so the refusal ends as
-    /// soon as the workers have caught up) and, when due, `INFO memory`.
-    fn plan(&mut self) -> redis::Pipeline {
-        let mut pipe = redis::pipe();
-        self.slots.clear();
-        let full = self.depth.full();
-        let refused = self.memory.full();
-        let mut touched: Vec<u16> = Vec::new();
-        for job in 0..self.batch.jobs.len() {
-            if full {
-                self.batch.refuse(job, EnqueueError::QueueFull);
-                continue;
-            }
-            if refused {
-                self.batch.refuse(job, EnqueueError::MemoryFull);
-                continue;
-            }
-            let p = self.batch.partition[job];
-            let asking = self.batch.jobs[job].hop == Hop::Asked;
-            if asking {
-                pipe.cmd("ASKING");
-                self.slots.push(Slot::Asking);
-            }
-            pipe.add_command(xadd(&self.shared.streams[p as usize], &self.batch.jobs[job].job));
-            self.slots.push(Slot::Job(job));
-            if !asking && !touched.contains(&p) {
-                touched.push(p);
-            }
-        }
-        let s = &self.shared.settings;
-        if s.wait_replicas > 0 && self.slots.iter().any(|s| matches!(s, Slot::Job(_))) {
-            pipe.cmd("WAIT").arg(s.wait_replicas).arg(s.wait_timeout.as_millis() as u64);
-            self.slots.push(Slot::Wait);
-        }
-        if full {
-            touched = self.state.partitions();
-        }
-        // One clock read for the batch, not one per partition.
-        let now = Instant::now();
-        for p in touched {
-            if self.depth.due(p, now, full) {
-                pipe.cmd("XLEN").arg(&self.shared.streams[p as usize]);
-                self.slots.push(Slot::Depth(p));
-            }
-        }
-        if self.memory.due(now) {
-            pipe.cmd("INFO").arg("memory");
-            self.slots.push(Slot::Memory);
-        }
-        pipe
-    }
-
-    /// Reads the replies in the order of the slots.
-    fn read_replies(&mut self) {
-        let mut acks = Acks::default();
-        for k in 0..self.slots.len() {
-            let Conn::Up(con) = &mut self.conn else { unreachable!("up while reading") };
-            let reply = match con.recv_response() {
-                Ok(v) => v,
-                Err(e) => {
-                    let why = if e.is_timeout() {
-                        let t = self.shared.settings.enqueue_timeout;
-                        format!("no reply within ENQUEUE_TIMEOUT_MS ({} ms)", t.as_millis())
-                    } else {
-                        e.to_string()
-                    };
-                    let wait_unread = self.slots[k..].iter().any(|s| matches!(s, Slot::Wait));
-                    acks.finish(&mut self.batch, Some(&why), wait_unread);
-                    self.fail(k, &why);
-                    return;
-                }
-            };
-            match (self.slots[k], reply) {
-                (Slot::Asking, _) => {}
-                (Slot::Job(job), Value::ServerError(e)) => {
-                    let hop = match e.code() {
-                        "MOVED" => Some(Hop::Moved),
-                        "ASK" => Some(Hop::Asked),
-                        _ => None,
-                    };
-                    let target = e.details().and_then(|d| d.split_whitespace().nth(1)).and_then(parse_addr);
-                    match (hop, target) {
-                        (Some(hop), Some(addr)) => self.batch.redirect(job, addr, hop),
-                        _ => {
-                            if e.code() == "CLUSTERDOWN" || e.code() == "TRYAGAIN" {
-                                self.tell(Feedback::Stale);
-                            }
-                            acks.xadd(job, Value::ServerError(e), &mut self.depth, &mut self.batch);
-                        }
-                    }
-                }
-                (Slot::Job(job), v) => acks.xadd(job, v, &mut self.depth, &mut self.batch),
-                (Slot::Wait, v) => {
-                    let s = &self.shared.settings;
-                    acks.wait(v, s.wait_replicas, &s.metrics.pipeline, &mut self.batch);
-                }
-                (Slot::Depth(p), v) => self.depth.read(p, v),
-                (Slot::Memory, v) => {
-                    let s = &self.shared.settings;
-                    self.memory.note_reply(v, s.max_memory_percent, self.info.addr());
-                    self.shared.memory.post(&self.name, self.memory.reading(), &s.metrics.pipeline);
-                }
-            }
-        }
-        acks.finish(&mut self.batch, None, false);
-    }
-
-    /// The master failed at reply `from`: every job still unanswered gets
-    /// 503, the connection is dropped and the slot map re-read.
-    fn fail(&mut self, from: usize, error: &str) {
+    /// The master failed: the connection is dropped and the slot map re-read.
+    fn fail(&mut self, error: &str) {
         self.shared.settings.metrics.pipeline.record_redis_error();
         error!(error = %error, master = %self.name, "redis connection lost; reconnecting with backoff");
         let mut backoff = RECONNECT;
         self.conn = Conn::Down { retry_at: Instant::now() + backoff.step(), backoff, reason: error.into() };
         self.state.set(false, error);
         self.tell(Feedback::Stale);
-        let e = EnqueueError::Unavailable(Unavailable::Down {
-            master: self.name.clone(),
-            reason: error.to_string(),
-        });
-        for slot in &self.slots[from..] {
-            if let Slot::Job(job) = slot {
-                self.batch.answer[*job].get_or_insert_with(|| Err(e.clone()));
-            }
-        }
     }
 
     fn tell(&self, what: Feedback) {
@@ -435,12 +332,6 @@ impl Link {
         check_durability(&mut con);
         Ok(con)
     }
-}
-
-/// `host:port` of a redirect.
-fn parse_addr(s: &str) -> Option<ConnectionAddr> {
-    let (host, port) = s.rsplit_once(':')?;
-    Some(ConnectionAddr::Tcp(host.to_string(), port.parse().ok()?))
 }
 
 /// Warns when Redis is set up so that an acknowledged job could be lost

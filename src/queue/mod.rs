@@ -3,13 +3,16 @@
 //! # Structures
 //! * [`Enqueuer`]: a cheap clone per core. It puts `(WebhookJob, reply)` on a
 //!   bounded `crossbeam` channel (`ENQUEUE_CHANNEL_CAPACITY`) and awaits the
-//!   reply, a `futures` oneshot whose waker crosses threads (monoio's `sync`
-//!   feature makes that wake safe).
+//!   reply, a `futures` oneshot completed on the core by the core's
+//!   dispatcher ([`reply`]): a batch's answers wake each core once, not
+//!   once per job.
 //! * The pipeline thread ([`pipeline`]): a plain thread with one blocking
 //!   Redis connection ([`link`]). It takes the first waiting job, then
 //!   whatever else is queued (up to `BATCH_MAX`, waiting at most
 //!   `BATCH_LINGER_US` for more), sends **one** pipeline of `XADD`s and
-//!   answers every job with its stream id.
+//!   answers every job with its stream id. What a batch's pipeline holds
+//!   and what its replies mean is [`batch`], shared by every engine; the
+//!   commands are written straight into the bytes sent ([`resp`]).
 //! * On a Redis Cluster each master has a link thread of its own doing the
 //!   above for its partitions, and a core hands each job straight to its
 //!   master's link; the pipeline thread keeps those routes ([`router`]). A
@@ -49,6 +52,7 @@ pub mod keys;
 mod link;
 mod per_core;
 mod pipeline;
+mod reply;
 mod resp;
 mod routed;
 mod router;
@@ -72,6 +76,7 @@ const RECONNECT: Backoff = Backoff::new(Duration::from_millis(50), Duration::fro
 
 pub use group::prepare_stream;
 pub use pipeline::{spawn_pipeline, warn_about_durability, PipelineHandle};
+pub use reply::{Outcome, Reply};
 pub use settings::PipelineSettings;
 pub use target::{parse_cluster_nodes, Conn, Queue, Target, MAX_PARTITIONS};
 
@@ -161,14 +166,14 @@ pub struct Pending {
     /// The job.
     pub job: WebhookJob,
     /// Where the pipeline thread sends the outcome.
-    pub reply: oneshot::Sender<Result<StreamId, EnqueueError>>,
+    pub reply: Reply,
     /// How it reached the master it is sent to (a cluster's redirects).
     hop: Hop,
 }
 
 impl Pending {
     /// `job`, answered through `reply`.
-    pub fn new(job: WebhookJob, reply: oneshot::Sender<Result<StreamId, EnqueueError>>) -> Self {
+    pub fn new(job: WebhookJob, reply: Reply) -> Self {
         Self { job, reply, hop: Hop::Routed }
     }
 }
@@ -246,7 +251,7 @@ impl Enqueuer {
     /// # Errors
     /// [`EnqueueError`] whenever the job is not known to be in Redis.
     pub async fn enqueue(&self, job: WebhookJob) -> Result<StreamId, EnqueueError> {
-        let (reply, rx) = oneshot::channel();
+        let (reply, rx) = Reply::on_this_core();
         match &self.via {
             Via::Thread(tx) => tx.try_send(Pending::new(job, reply)).map_err(|e| match e {
                 crossbeam_channel::TrySendError::Full(_) => EnqueueError::Saturated,

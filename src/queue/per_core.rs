@@ -45,7 +45,7 @@ use redis::{ConnectionAddr, ConnectionInfo, Value};
 use tracing::{error, info, warn};
 
 use super::admission::{Depth, Memory};
-use super::batch::{xadd, Acks, Batch};
+use super::batch::{Batch, Master, Round};
 use super::resp::frame_len;
 use super::settings::PipelineSettings;
 use super::{EnqueueError, Pending, Target, Unavailable, RECONNECT};
@@ -178,15 +178,6 @@ enum Link {
     Down { retry_at: Instant, backoff: Backoff, reason: String },
 }
 
-/// What one reply of a batch's pipeline answers.
-#[derive(Clone, Copy)]
-enum Slot {
-    Job(usize),
-    Wait,
-    Depth(u16),
-    Memory,
-}
-
 /// A failed exchange: the replies read before the failure, and why.
 struct Broken {
     read: Vec<Value>,
@@ -199,6 +190,7 @@ struct Flusher {
     depth: Depth,
     memory: Memory,
     batch: Batch,
+    round: Round,
     /// Replies read and not yet framed; kept from batch to batch.
     rbuf: Vec<u8>,
 }
@@ -210,7 +202,8 @@ impl Flusher {
         let batch = Batch::with_capacity(s.batch_max);
         let link =
             Link::Down { retry_at: Instant::now(), backoff: RECONNECT, reason: "not yet connected".into() };
-        Self { local, link, depth, memory: Memory::default(), batch, rbuf: Vec::with_capacity(READ_CHUNK) }
+        let rbuf = Vec::with_capacity(READ_CHUNK);
+        Self { local, link, depth, memory: Memory::default(), batch, round: Round::default(), rbuf }
     }
 
     fn settings(&self) -> &PipelineSettings {
@@ -253,102 +246,45 @@ impl Flusher {
             let e = Unavailable::Down { master: self.local.shared.name.clone(), reason: reason.clone() };
             self.batch.refuse_the_rest(&EnqueueError::Unavailable(e));
         } else {
-            let (slots, pipe) = self.plan();
-            if !slots.is_empty() {
-                match self.exchange(pipe.get_packed_pipeline(), slots.len()).await {
-                    Ok(replies) => self.read_replies(&slots, replies, None),
-                    Err(Broken { read, reason }) => {
-                        self.local.shared.settings.metrics.pipeline.record_redis_error();
-                        self.read_replies(&slots, read, Some(&reason));
-                        self.mark_down(reason);
-                    }
+            let shared = self.local.shared.clone();
+            let master = Master { settings: &shared.settings, streams: &shared.streams, name: &shared.name };
+            let every = || (0..shared.settings.queue.partitions()).collect();
+            self.batch.plan(&mut self.round, &master, &mut self.depth, &self.memory, every);
+            let count = self.round.slots.len();
+            if count > 0 {
+                let (replies, broken) = match self.exchange(count).await {
+                    Ok(replies) => (replies, None),
+                    Err(Broken { read, reason }) => (read, Some(reason)),
+                };
+                let slots = &self.round.slots;
+                let heard = self.batch.answer(
+                    slots,
+                    replies,
+                    broken.as_deref(),
+                    &master,
+                    &mut self.depth,
+                    &mut self.memory,
+                );
+                if heard.memory {
+                    let (used, max) = self.memory.reading();
+                    shared.settings.metrics.pipeline.set_redis_memory(used, max);
+                }
+                if let Some(reason) = broken {
+                    shared.settings.metrics.pipeline.record_redis_error();
+                    self.mark_down(reason);
                 }
             }
         }
         self.batch.close(&mut self.depth, &self.local.shared.settings.metrics.pipeline);
+        // One node never redirects; if it did, nobody could follow.
+        self.batch.refuse_redirected();
     }
 
-    /// The batch's pipeline: its `XADD`s and `WAIT` unless refused, the
-    /// `XLEN`s due and, when due, `INFO memory`. Refused jobs are answered.
-    fn plan(&mut self) -> (Vec<Slot>, redis::Pipeline) {
-        let shared = &*self.local.shared;
-        let s = &shared.settings;
-        let mut pipe = redis::pipe();
-        let mut slots = Vec::new();
-        let full = self.depth.full();
-        let refusal = if full {
-            Some(EnqueueError::QueueFull)
-        } else if self.memory.full() {
-            Some(EnqueueError::MemoryFull)
-        } else {
-            None
-        };
-        let mut touched: Vec<u16> = Vec::new();
-        match refusal {
-            Some(e) => self.batch.refuse_the_rest(&e),
-            None => {
-                for (job, p) in self.batch.jobs.iter().enumerate() {
-                    let part = self.batch.partition[job];
-                    pipe.add_command(xadd(&shared.streams[part as usize], &p.job));
-                    slots.push(Slot::Job(job));
-                    if !touched.contains(&part) {
-                        touched.push(part);
-                    }
-                }
-                if s.wait_replicas > 0 {
-                    pipe.cmd("WAIT").arg(s.wait_replicas).arg(s.wait_timeout.as_millis() as u64);
-                    slots.push(Slot::Wait);
-                }
-            }
-        }
-        if full {
-            // While full only the lengths are read, all of them, so the
-            // refusal ends as soon as the workers have caught up.
-            touched = (0..s.queue.partitions()).collect();
-        }
-        let now = Instant::now();
-        for p in touched {
-            if self.depth.due(p, now, full) {
-                pipe.cmd("XLEN").arg(&shared.streams[p as usize]);
-                slots.push(Slot::Depth(p));
-            }
-        }
-        if self.memory.due(now) {
-            pipe.cmd("INFO").arg("memory");
-            slots.push(Slot::Memory);
-        }
-        (slots, pipe)
-    }
-
-    /// Answers the jobs from `replies` (in the order of `slots`); with
-    /// `broken`, the replies stopped there and the rest get 503.
-    fn read_replies(&mut self, slots: &[Slot], replies: Vec<Value>, broken: Option<&str>) {
-        let shared = &*self.local.shared;
-        let s = &shared.settings;
-        let wait_unread = slots[replies.len()..].iter().any(|s| matches!(s, Slot::Wait));
-        let mut acks = Acks::default();
-        for (slot, reply) in slots.iter().zip(replies) {
-            match (*slot, reply) {
-                (Slot::Job(job), v) => acks.xadd(job, v, &mut self.depth, &mut self.batch),
-                (Slot::Wait, v) => acks.wait(v, s.wait_replicas, &s.metrics.pipeline, &mut self.batch),
-                (Slot::Depth(p), v) => self.depth.read(p, v),
-                (Slot::Memory, v) => {
-                    self.memory.note_reply(v, s.max_memory_percent, &shared.name);
-                    let (used, max) = self.memory.reading();
-                    s.metrics.pipeline.set_redis_memory(used, max);
-                }
-            }
-        }
-        acks.finish(&mut self.batch, broken, wait_unread);
-        if let Some(why) = broken {
-            let e = Unavailable::Down { master: self.local.shared.name.clone(), reason: why.to_string() };
-            self.batch.refuse_the_rest(&EnqueueError::Unavailable(e));
-        }
-    }
-
-    /// Writes `packed` and reads `count` replies, each within `ENQUEUE_TIMEOUT_MS`.
-    async fn exchange(&mut self, packed: Vec<u8>, count: usize) -> Result<Vec<Value>, Broken> {
+    /// Writes the round's commands and reads `count` replies, each within
+    /// `ENQUEUE_TIMEOUT_MS`.
+    async fn exchange(&mut self, count: usize) -> Result<Vec<Value>, Broken> {
         let timeout = self.settings().enqueue_timeout;
+        let packed = self.round.commands.bytes_mut();
         let Link::Up(stream) = &mut self.link else { unreachable!("exchange on a live link") };
         match stream {
             Stream::Tcp(s) => exchange(s, &mut self.rbuf, packed, count, timeout).await,
@@ -436,7 +372,7 @@ async fn prepare(
         pipe.add_command(super::group::create(key));
     }
     let count = pipe.len();
-    let replies = exchange(stream, rbuf, pipe.get_packed_pipeline(), count, s.enqueue_timeout)
+    let replies = exchange(stream, rbuf, &mut pipe.get_packed_pipeline(), count, s.enqueue_timeout)
         .await
         .map_err(|b| b.reason)?;
     for reply in replies {
@@ -451,17 +387,18 @@ async fn prepare(
 }
 
 /// Writes `packed` on `stream` and reads `count` replies into values.
+/// `packed` keeps its allocation, unless the write timed out.
 async fn exchange(
     stream: &mut (impl AsyncReadRent + AsyncWriteRent),
     rbuf: &mut Vec<u8>,
-    packed: Vec<u8>,
+    packed: &mut Vec<u8>,
     count: usize,
     timeout: Duration,
 ) -> Result<Vec<Value>, Broken> {
     let mut read = Vec::with_capacity(count);
     let broken = |read, reason: String| Err(Broken { read, reason });
-    match monoio::time::timeout(timeout, stream.write_all(packed)).await {
-        Ok((Ok(_), _)) => {}
+    match monoio::time::timeout(timeout, stream.write_all(std::mem::take(packed))).await {
+        Ok((Ok(_), buf)) => *packed = buf,
         Ok((Err(e), _)) => return broken(read, e.to_string()),
         Err(_) => return broken(read, "redis write timed out".into()),
     }

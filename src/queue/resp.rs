@@ -1,5 +1,8 @@
-//! RESP2 framing for the per-core enqueue ([`super::per_core`]): where the
-//! first complete reply in a read buffer ends.
+//! RESP2 both ways for the enqueue: commands written straight into the
+//! bytes of a batch's pipeline ([`Commands`]), so a job's body is copied
+//! once, from the job to the bytes sent, with no `redis::Cmd` in between;
+//! and, for the per-core enqueue ([`super::per_core`]), where the first
+//! complete reply in a read buffer ends.
 //!
 //! Decoding a frame is redis-rs's (`redis::parse_redis_value`); only the
 //! framing is here, because redis-rs's incremental `Parser` reads from a
@@ -70,9 +73,107 @@ fn length(line: &[u8]) -> Result<Option<usize>, FrameError> {
         .ok_or(FrameError("bad length"))
 }
 
+/// The bytes of one pipeline, one command after another. Kept from batch
+/// to batch, so a batch allocates nothing once the buffer has grown.
+#[derive(Default)]
+pub(super) struct Commands {
+    bytes: Vec<u8>,
+}
+
+impl Commands {
+    pub(super) fn clear(&mut self) {
+        self.bytes.clear();
+    }
+
+    /// The commands written, as sent.
+    pub(super) fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The bytes, for a write that takes its buffer (monoio's), which puts
+    /// them back after it to keep the allocation.
+    pub(super) fn bytes_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.bytes
+    }
+
+    /// A command of `args`.
+    pub(super) fn command(&mut self, args: &[&[u8]]) {
+        self.array(args.len());
+        for a in args {
+            self.bulk(a);
+        }
+    }
+
+    /// `XADD <stream> * <the job's fields>`.
+    pub(super) fn xadd(&mut self, stream: &str, job: &crate::job::WebhookJob) {
+        let mut count = Count(0);
+        job.stream_fields(&mut count);
+        self.array(3 + 2 * count.0);
+        self.bulk(b"XADD");
+        self.bulk(stream.as_bytes());
+        self.bulk(b"*");
+        job.stream_fields(self);
+    }
+
+    fn array(&mut self, n: usize) {
+        self.bytes.push(b'*');
+        self.bytes.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+        self.bytes.extend_from_slice(b"\r\n");
+    }
+
+    fn bulk(&mut self, b: &[u8]) {
+        self.bytes.push(b'$');
+        self.bytes.extend_from_slice(itoa::Buffer::new().format(b.len()).as_bytes());
+        self.bytes.extend_from_slice(b"\r\n");
+        self.bytes.extend_from_slice(b);
+        self.bytes.extend_from_slice(b"\r\n");
+    }
+}
+
+impl crate::job::FieldSink for Commands {
+    fn field(&mut self, name: &str, value: &[u8]) {
+        self.bulk(name.as_bytes());
+        self.bulk(value);
+    }
+}
+
+/// Counts a job's fields (an array's length comes first).
+struct Count(usize);
+
+impl crate::job::FieldSink for Count {
+    fn field(&mut self, _: &str, _: &[u8]) {
+        self.0 += 1;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn commands_are_the_bytes_redis_rs_would_send() {
+        let job = crate::job::WebhookJob {
+            provider: "stripe".into(),
+            event_id: "evt_1".into(),
+            event_type: "charge.succeeded".into(),
+            event_timestamp_us: 1_700_000_000_000_000,
+            received_at_us: -5,
+            payload: b"{\"a\":1}".to_vec(),
+            raw_body: Some(b"raw \r\n bytes".to_vec()),
+            verified_by: Some("stripe".into()),
+            unsigned_fields: "x".into(),
+            replay_of: Some(42),
+        };
+        let mut ours = Commands::default();
+        ours.xadd("webhooks:{0}", &job);
+        ours.command(&[b"WAIT", b"1", b"100"]);
+        let mut pipe = redis::pipe();
+        pipe.add_command(super::super::batch::xadd("webhooks:{0}", &job));
+        pipe.cmd("WAIT").arg(1).arg(100);
+        assert_eq!(ours.bytes(), &pipe.get_packed_pipeline()[..]);
+        ours.clear();
+        assert!(ours.bytes().is_empty());
+    }
 
     #[test]
     fn complete_replies_are_framed_and_incomplete_ones_wait() {

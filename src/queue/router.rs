@@ -203,7 +203,7 @@ impl Router {
                     Err(TrySendError::Full(p)) => (p, EnqueueError::Saturated),
                     Err(TrySendError::Disconnected(p)) => (p, EnqueueError::Closed),
                 };
-                let _ = e.0.reply.send(Err(e.1));
+                e.0.reply.send(Err(e.1));
             }
         }
     }
