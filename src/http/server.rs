@@ -26,7 +26,7 @@ use super::request::Limits;
 use super::security::HELMET_HEADERS;
 use crate::backoff::Backoff;
 use crate::ingest::{Ingestor, JsonParser};
-use crate::queue::Enqueuer;
+use crate::queue::{CoreAnswers, Enqueuer};
 
 /// io_uring submission queue size per core.
 const URING_ENTRIES: u32 = 4096;
@@ -174,7 +174,7 @@ pub struct CoreSettings {
 ///
 /// # Errors
 /// The runtime could not be built or the listener not adopted.
-pub fn run_core(spec: CoreSpec, started: impl FnOnce(Driver)) -> std::io::Result<()> {
+pub fn run_core(mut spec: CoreSpec, started: impl FnOnce(Driver)) -> std::io::Result<()> {
     if let Some(cpu) = spec.cpu {
         if !core_affinity::set_for_current(cpu) {
             warn!(runtime = spec.index, cpu = cpu.id, "could not pin runtime thread to its core");
@@ -202,7 +202,18 @@ pub fn run_core(spec: CoreSpec, started: impl FnOnce(Driver)) -> std::io::Result
         FusionRuntime::Legacy(_) => Driver::Epoll,
     };
     started(driver);
-    rt.block_on(accept_loop(spec))
+    // The answers to this core's jobs come back through its own mailbox,
+    // closed once the runtime has stopped (see queue::CoreAnswers).
+    let answers = CoreAnswers::new();
+    spec.enqueuer = spec.enqueuer.answered_through(&answers);
+    let dispatch = answers.dispatch();
+    let served = rt.block_on(async move {
+        monoio::spawn(dispatch);
+        accept_loop(spec).await
+    });
+    drop(rt);
+    answers.close();
+    served
 }
 
 async fn accept_loop(spec: CoreSpec) -> std::io::Result<()> {

@@ -76,7 +76,7 @@ const RECONNECT: Backoff = Backoff::new(Duration::from_millis(50), Duration::fro
 
 pub use group::prepare_stream;
 pub use pipeline::{spawn_pipeline, warn_about_durability, PipelineHandle};
-pub use reply::{Outcome, Reply};
+pub use reply::{CoreAnswers, Outcome, Reply};
 pub use settings::PipelineSettings;
 pub use target::{parse_cluster_nodes, Conn, Queue, Target, MAX_PARTITIONS};
 
@@ -204,6 +204,8 @@ pub enum EnqueueMode {
 pub struct Enqueuer {
     via: Via,
     timeout: Duration,
+    /// The mailbox of the core this handle serves ([`Enqueuer::answered_through`]).
+    home: Option<std::sync::Arc<reply::Mailbox>>,
 }
 
 #[derive(Clone)]
@@ -224,7 +226,7 @@ impl Enqueuer {
     /// drain it themselves.
     pub fn bounded(capacity: usize, timeout: Duration) -> (Self, crossbeam_channel::Receiver<Pending>) {
         let (tx, rx) = crossbeam_channel::bounded(capacity);
-        (Self { via: Via::Thread(tx), timeout }, rx)
+        (Self { via: Via::Thread(tx), timeout, home: None }, rx)
     }
 
     /// A handle that routes each job to its master's link (a cluster).
@@ -233,7 +235,7 @@ impl Enqueuer {
         life: crossbeam_channel::Sender<()>,
         timeout: Duration,
     ) -> Self {
-        Self { via: Via::Routed { routes, _life: life }, timeout }
+        Self { via: Via::Routed { routes, _life: life }, timeout, home: None }
     }
 
     /// A handle whose jobs each core sends itself (`ENQUEUE_MODE=core`).
@@ -242,7 +244,19 @@ impl Enqueuer {
     /// The queue is a cluster, or reached neither over TCP nor a Unix socket.
     pub fn per_core(settings: PipelineSettings) -> Result<Self, String> {
         let timeout = settings.enqueue_timeout;
-        Ok(Self { via: Via::Core(std::sync::Arc::new(per_core::Shared::new(settings)?)), timeout })
+        let shared = std::sync::Arc::new(per_core::Shared::new(settings)?);
+        Ok(Self { via: Via::Core(shared), timeout, home: None })
+    }
+
+    /// This handle for one core, whose jobs' answers come back through
+    /// `answers`, one wake-up per batch ([`reply`]). The per-core enqueue
+    /// answers on the core already and keeps doing so.
+    pub fn answered_through(&self, answers: &CoreAnswers) -> Self {
+        let home = match self.via {
+            Via::Core(_) => None,
+            _ => Some(answers.mailbox()),
+        };
+        Self { home, ..self.clone() }
     }
 
     /// Hands `job` to the pipeline thread and waits (asynchronously, inside a
@@ -251,7 +265,7 @@ impl Enqueuer {
     /// # Errors
     /// [`EnqueueError`] whenever the job is not known to be in Redis.
     pub async fn enqueue(&self, job: WebhookJob) -> Result<StreamId, EnqueueError> {
-        let (reply, rx) = Reply::on_this_core();
+        let (reply, rx) = Reply::new(self.home.clone());
         match &self.via {
             Via::Thread(tx) => tx.try_send(Pending::new(job, reply)).map_err(|e| match e {
                 crossbeam_channel::TrySendError::Full(_) => EnqueueError::Saturated,

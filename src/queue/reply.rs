@@ -4,18 +4,25 @@
 //! complete that oneshot itself, each answer would wake the caller's task
 //! from another thread: monoio sends the waker over a channel and writes the
 //! core's eventfd, about one `write(2)` and one extra turn of the core's
-//! loop per request (`perf stat` on `bench-http`, tuning.md §28). Instead
-//! each core has one [`Mailbox`]: the pipeline thread appends the answers of
-//! a batch to it and wakes the core's dispatcher task only when that task
-//! was idle, so a batch costs each core one cross-thread wake-up however
-//! many of its jobs it holds. The dispatcher completes the oneshots on the
-//! core, where waking a task is a push onto the core's own run queue.
+//! loop per request (`perf stat` on `bench-http`, tuning.md §28.1). Instead
+//! each core has one mailbox ([`CoreAnswers`]): the pipeline thread appends
+//! the answers of a batch to it and wakes the core's dispatcher task only
+//! when that task was idle, so a batch costs each core one cross-thread
+//! wake-up however many of its jobs it holds. The dispatcher completes the
+//! oneshots on the core, where waking a task is a push onto the core's own
+//! run queue.
 //!
-//! Once a core's runtime is gone, answers still on their way complete their
-//! oneshots directly (their callers are gone too; nothing waits forever).
+//! # Lifecycle
+//! The core makes its [`CoreAnswers`], spawns [`CoreAnswers::dispatch`] on
+//! its runtime and [`CoreAnswers::close`]s it once the runtime has stopped:
+//! from then on answers complete their oneshots directly, and what the
+//! mailbox still held is handed over, so no answer waits on a dispatcher that
+//! will never run again. (A monoio runtime does not drop a task parked on a
+//! waker held elsewhere; close also drops the dispatcher's waker.)
+//! A job enqueued without a mailbox (benchmarks, embedders, the per-core
+//! enqueue, which answers on its own core) completes its oneshot directly.
 
-use std::cell::RefCell;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Poll, Waker};
 
@@ -33,11 +40,11 @@ pub struct Reply {
 }
 
 impl Reply {
-    /// A reply whose answer comes through this core's mailbox, and the
-    /// receiver its caller awaits. Only inside a monoio runtime (a core).
-    pub fn on_this_core() -> (Self, oneshot::Receiver<Outcome>) {
+    /// A reply answered through `home` (a core's mailbox) or, without one,
+    /// directly, and the receiver its caller awaits.
+    pub(super) fn new(home: Option<Arc<Mailbox>>) -> (Self, oneshot::Receiver<Outcome>) {
         let (tx, rx) = oneshot::channel();
-        (Self { tx, home: Some(home()) }, rx)
+        (Self { tx, home }, rx)
     }
 
     /// Whether the caller has stopped waiting (timed out, or its connection
@@ -50,8 +57,8 @@ impl Reply {
     /// first one wakes it.
     pub fn send(self, outcome: Outcome) {
         match self.home {
-            Some(home) if home.alive.load(Ordering::Acquire) => home.post(self.tx, outcome),
-            _ => {
+            Some(home) => home.post(self.tx, outcome),
+            None => {
                 let _ = self.tx.send(outcome);
             }
         }
@@ -61,87 +68,137 @@ impl Reply {
 /// One core's answers not yet handed to their callers.
 pub(super) struct Mailbox {
     inbox: Mutex<Inbox>,
-    /// False once the core's dispatcher is gone (its runtime dropped):
-    /// answers then complete their oneshots directly.
-    alive: AtomicBool,
 }
 
-#[derive(Default)]
 struct Inbox {
     answers: Vec<(oneshot::Sender<Outcome>, Outcome)>,
     /// The dispatcher's waker, there only while it waits on an empty inbox.
     waker: Option<Waker>,
+    /// False once the core has stopped: answers go straight to their oneshots.
+    open: bool,
 }
 
 impl Mailbox {
     fn post(&self, tx: oneshot::Sender<Outcome>, outcome: Outcome) {
-        let waker = {
-            let mut inbox = self.inbox.lock().unwrap_or_else(PoisonError::into_inner);
-            inbox.answers.push((tx, outcome));
-            inbox.waker.take()
-        };
+        let mut inbox = self.inbox.lock().unwrap_or_else(PoisonError::into_inner);
+        if !inbox.open {
+            drop(inbox);
+            let _ = tx.send(outcome);
+            return;
+        }
+        inbox.answers.push((tx, outcome));
+        let waker = inbox.waker.take();
+        drop(inbox);
         if let Some(w) = waker {
             w.wake();
         }
     }
 }
 
-thread_local! {
-    /// This core's mailbox, made (and its dispatcher spawned) by the first
-    /// job the core enqueues.
-    static HOME: RefCell<Option<Arc<Mailbox>>> = const { RefCell::new(None) };
-}
+/// A core's mailbox, as the core holds it: see the module's lifecycle.
+pub struct CoreAnswers(Arc<Mailbox>);
 
-/// This core's mailbox: the one its dispatcher serves, or a new one (and
-/// its dispatcher) when there is none yet or the runtime that served it is
-/// gone (a thread may run runtimes one after another).
-fn home() -> Arc<Mailbox> {
-    HOME.with(|h| {
-        let mut h = h.borrow_mut();
-        if let Some(m) = &*h {
-            if m.alive.load(Ordering::Acquire) {
-                return m.clone();
-            }
-        }
-        let m = Arc::new(Mailbox { inbox: Mutex::default(), alive: AtomicBool::new(true) });
-        monoio::spawn(dispatch(m.clone()));
-        *h = Some(m.clone());
-        m
-    })
-}
-
-/// Marks the mailbox dead when the dispatcher's task is dropped, and hands
-/// whatever it still holds to the oneshots.
-struct Gone(Arc<Mailbox>);
-
-impl Drop for Gone {
-    fn drop(&mut self) {
-        self.0.alive.store(false, Ordering::Release);
-        let left = std::mem::take(&mut self.0.inbox.lock().unwrap_or_else(PoisonError::into_inner).answers);
-        for (tx, outcome) in left {
-            let _ = tx.send(outcome);
-        }
+impl Default for CoreAnswers {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
-/// The core's dispatcher: hands each answer to its caller, on the core.
-async fn dispatch(mailbox: Arc<Mailbox>) {
-    let gone = Gone(mailbox);
-    let mut taken = Vec::new();
-    loop {
-        std::future::poll_fn(|cx| {
-            let mut inbox = gone.0.inbox.lock().unwrap_or_else(PoisonError::into_inner);
-            if inbox.answers.is_empty() {
-                inbox.waker = Some(cx.waker().clone());
-                Poll::Pending
-            } else {
-                std::mem::swap(&mut inbox.answers, &mut taken);
-                Poll::Ready(())
+impl CoreAnswers {
+    /// An open mailbox; nothing is dispatched until [`Self::dispatch`] runs.
+    pub fn new() -> Self {
+        let inbox = Inbox { answers: Vec::new(), waker: None, open: true };
+        Self(Arc::new(Mailbox { inbox: Mutex::new(inbox) }))
+    }
+
+    pub(super) fn mailbox(&self) -> Arc<Mailbox> {
+        self.0.clone()
+    }
+
+    /// The core's dispatcher, to spawn on its runtime: hands each answer to
+    /// its caller, on the core, until the mailbox is closed.
+    pub fn dispatch(&self) -> impl Future<Output = ()> + 'static {
+        let mailbox = self.0.clone();
+        async move {
+            let mut taken = Vec::new();
+            loop {
+                let open = std::future::poll_fn(|cx| {
+                    let mut inbox = mailbox.inbox.lock().unwrap_or_else(PoisonError::into_inner);
+                    if !inbox.answers.is_empty() {
+                        std::mem::swap(&mut inbox.answers, &mut taken);
+                        Poll::Ready(true)
+                    } else if !inbox.open {
+                        Poll::Ready(false)
+                    } else {
+                        inbox.waker = Some(cx.waker().clone());
+                        Poll::Pending
+                    }
+                })
+                .await;
+                for (tx, outcome) in taken.drain(..) {
+                    let _ = tx.send(outcome);
+                }
+                if !open {
+                    return;
+                }
             }
-        })
-        .await;
-        for (tx, outcome) in taken.drain(..) {
+        }
+    }
+
+    /// The core's runtime has stopped: answers from now on go straight to
+    /// their oneshots, and those still held are handed over now.
+    pub fn close(&self) {
+        let (left, waker) = {
+            let mut inbox = self.0.inbox.lock().unwrap_or_else(PoisonError::into_inner);
+            inbox.open = false;
+            (std::mem::take(&mut inbox.answers), inbox.waker.take())
+        };
+        for (tx, outcome) in left {
             let _ = tx.send(outcome);
         }
+        drop(waker);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_posted_from_another_thread_reach_their_callers_through_the_dispatcher_and_close_hands_over_the_rest(
+    ) {
+        let answers = CoreAnswers::new();
+        let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().build().unwrap();
+        let (ids, late) = rt.block_on(async {
+            monoio::spawn(answers.dispatch());
+            let mut rxs = Vec::new();
+            let mut replies = Vec::new();
+            for _ in 0..3 {
+                let (reply, rx) = Reply::new(Some(answers.mailbox()));
+                replies.push(reply);
+                rxs.push(rx);
+            }
+            // Let the dispatcher park on the empty inbox.
+            monoio::time::sleep(std::time::Duration::from_millis(1)).await;
+            let t = std::thread::spawn(move || {
+                for (i, r) in replies.into_iter().enumerate() {
+                    r.send(Ok(format!("{i}-0")));
+                }
+            });
+            t.join().unwrap();
+            let mut ids = Vec::new();
+            for rx in rxs {
+                ids.push(rx.await.unwrap().unwrap());
+            }
+            let (late, rx) = Reply::new(Some(answers.mailbox()));
+            (ids, (late, rx))
+        });
+        assert_eq!(ids, ["0-0", "1-0", "2-0"]);
+        drop(rt);
+        // The runtime is gone: an answer posted now must not wait on it.
+        let (late, mut rx) = late;
+        answers.close();
+        late.send(Ok("9-0".into()));
+        assert_eq!(rx.try_recv().unwrap(), Some(Ok("9-0".to_string())));
     }
 }
