@@ -75,6 +75,7 @@ use crate::job::WebhookJob;
 const RECONNECT: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
 
 pub use group::prepare_stream;
+pub use per_core::PerCoreError;
 pub use pipeline::{spawn_pipeline, warn_about_durability, PipelineHandle};
 pub use reply::{CoreAnswers, Outcome, Reply};
 pub use settings::PipelineSettings;
@@ -242,7 +243,7 @@ impl Enqueuer {
     ///
     /// # Errors
     /// The queue is a cluster, or reached neither over TCP nor a Unix socket.
-    pub fn per_core(settings: PipelineSettings) -> Result<Self, String> {
+    pub fn per_core(settings: PipelineSettings) -> Result<Self, PerCoreError> {
         let timeout = settings.enqueue_timeout;
         let shared = std::sync::Arc::new(per_core::Shared::new(settings)?);
         Ok(Self { via: Via::Core(shared), timeout, home: None })

@@ -78,25 +78,47 @@ impl Shared {
     /// The queue is not one node reached over plain TCP or a Unix socket
     /// (configuration refuses that first, naming `ENQUEUE_MODE`), or its
     /// host does not resolve.
-    pub(super) fn new(settings: PipelineSettings) -> Result<Self, String> {
+    pub(super) fn new(settings: PipelineSettings) -> Result<Self, PerCoreError> {
         let Target::Node(info) = settings.queue.target().clone() else {
-            return Err("ENQUEUE_MODE=core needs one Redis node (REDIS_URL), not a cluster".into());
+            return Err(PerCoreError::Cluster);
         };
         let endpoint = match info.addr() {
             ConnectionAddr::Tcp(host, port) => Endpoint::Tcp(
                 (host.as_str(), *port)
                     .to_socket_addrs()
-                    .map_err(|e| format!("REDIS_URL's host {host}: {e}"))?
+                    .map_err(|e| PerCoreError::Resolve { host: host.clone(), reason: e.to_string() })?
                     .next()
-                    .ok_or_else(|| format!("REDIS_URL's host {host} resolves to no address"))?,
+                    .ok_or_else(|| PerCoreError::Resolve {
+                        host: host.clone(),
+                        reason: "resolves to no address".into(),
+                    })?,
             ),
             ConnectionAddr::Unix(path) => Endpoint::Unix(path.clone()),
-            _ => return Err("ENQUEUE_MODE=core needs a redis:// (TCP) or unix:// REDIS_URL".into()),
+            _ => return Err(PerCoreError::Transport),
         };
         let streams = settings.queue.streams();
         let name = info.addr().to_string();
         Ok(Self { settings, info, endpoint, name, streams, waiting: Mutex::default() })
     }
+}
+
+/// Why the per-core enqueue cannot serve the configured queue.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum PerCoreError {
+    /// `REDIS_CLUSTER_NODES` is set.
+    #[error("ENQUEUE_MODE=core needs one Redis node (REDIS_URL), not a cluster")]
+    Cluster,
+    /// `REDIS_URL` is neither TCP nor a Unix socket (`rediss://`).
+    #[error("ENQUEUE_MODE=core needs a redis:// (TCP) or unix:// REDIS_URL")]
+    Transport,
+    /// `REDIS_URL`'s host does not resolve.
+    #[error("REDIS_URL's host {host}: {reason}")]
+    Resolve {
+        /// The host.
+        host: String,
+        /// What the lookup said.
+        reason: String,
+    },
 }
 
 /// One core's queue of jobs and its flusher's waker.
