@@ -195,11 +195,11 @@ fn request_and_job_encoding(c: &mut Criterion) {
     });
     let j = job();
     group.bench_function("job_to_xadd_command", |b| {
+        let mut commands = webhook_ingestor::queue::Commands::default();
         b.iter(|| {
-            let mut cmd = redis::cmd("XADD");
-            cmd.arg("webhooks").arg("*");
-            black_box(&j).write_stream_fields(&mut cmd);
-            black_box(cmd.get_packed_command())
+            commands.clear();
+            commands.xadd("webhooks", black_box(&j));
+            black_box(commands.bytes().len())
         })
     });
     group.bench_function("job_to_copy_row_binary", |b| {

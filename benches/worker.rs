@@ -73,7 +73,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for j in chunk {
             let mut cmd = redis::cmd("XADD");
             cmd.arg("webhooks").arg("*");
-            j.write_stream_fields(&mut cmd);
+            j.stream_fields(&mut cmd);
             pipe.add_command(cmd).ignore();
         }
         pipe.query::<()>(&mut con)?;

@@ -183,11 +183,6 @@ impl WebhookJob {
         out.field(fields::PAYLOAD, &self.payload);
     }
 
-    /// Appends this job's entry fields to an `XADD` command (after the id).
-    pub fn write_stream_fields(&self, cmd: &mut redis::Cmd) {
-        self.stream_fields(cmd);
-    }
-
     /// Reads a job back from a stream entry's field map, taking the payload
     /// out of it, so the body is held once, not twice.
     ///
@@ -301,7 +296,7 @@ mod tests {
 
     fn entry_of(job: &WebhookJob) -> HashMap<String, redis::Value> {
         let mut cmd = redis::cmd("XADD");
-        job.write_stream_fields(&mut cmd);
+        job.stream_fields(&mut cmd);
         let args: Vec<Vec<u8>> = cmd
             .args_iter()
             .skip(1) // the command name

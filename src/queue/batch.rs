@@ -39,6 +39,8 @@ pub(super) enum Slot {
 pub(super) struct Round {
     pub(super) commands: Commands,
     pub(super) slots: Vec<Slot>,
+    /// The replies read, emptied by [`Batch::answer`].
+    pub(super) replies: Vec<Value>,
 }
 
 /// Where a batch goes: what [`Batch::plan`] and [`Batch::answer`] read.
@@ -134,7 +136,7 @@ impl Batch {
         memory: &Memory,
         own: impl FnOnce() -> Vec<u16>,
     ) {
-        let Round { commands, slots } = round;
+        let Round { commands, slots, .. } = round;
         commands.clear();
         slots.clear();
         let full = depth.full();
@@ -198,7 +200,7 @@ impl Batch {
     pub(super) fn answer(
         &mut self,
         slots: &[Slot],
-        replies: Vec<Value>,
+        replies: &mut Vec<Value>,
         broken: Option<&str>,
         to: &Master<'_>,
         depth: &mut Depth,
@@ -208,7 +210,7 @@ impl Batch {
         let wait_unread = slots[replies.len()..].iter().any(|s| matches!(s, Slot::Wait));
         let mut acks = Acks::default();
         let mut heard = Heard::default();
-        for (slot, reply) in slots.iter().zip(replies) {
+        for (slot, reply) in slots.iter().zip(replies.drain(..)) {
             match (*slot, reply) {
                 (Slot::Asking, _) => {}
                 (Slot::Job(job), Value::ServerError(e)) => {
@@ -305,7 +307,7 @@ fn parse_addr(s: &str) -> Option<ConnectionAddr> {
 pub(super) fn xadd(stream: &str, job: &crate::job::WebhookJob) -> redis::Cmd {
     let mut cmd = redis::cmd("XADD");
     cmd.arg(stream).arg("*");
-    job.write_stream_fields(&mut cmd);
+    job.stream_fields(&mut cmd);
     cmd
 }
 

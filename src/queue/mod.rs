@@ -78,6 +78,7 @@ pub use group::prepare_stream;
 pub use per_core::PerCoreError;
 pub use pipeline::{spawn_pipeline, warn_about_durability, PipelineHandle};
 pub use reply::{CoreAnswers, Outcome, Reply};
+pub use resp::Commands;
 pub use settings::PipelineSettings;
 pub use target::{parse_cluster_nodes, Conn, Queue, Target, MAX_PARTITIONS};
 

@@ -76,17 +76,18 @@ fn length(line: &[u8]) -> Result<Option<usize>, FrameError> {
 /// The bytes of one pipeline, one command after another. Kept from batch
 /// to batch, so a batch allocates nothing once the buffer has grown.
 #[derive(Default)]
-pub(super) struct Commands {
+pub struct Commands {
     bytes: Vec<u8>,
 }
 
 impl Commands {
-    pub(super) fn clear(&mut self) {
+    /// Empties it, keeping the allocation.
+    pub fn clear(&mut self) {
         self.bytes.clear();
     }
 
     /// The commands written, as sent.
-    pub(super) fn bytes(&self) -> &[u8] {
+    pub fn bytes(&self) -> &[u8] {
         &self.bytes
     }
 
@@ -105,7 +106,7 @@ impl Commands {
     }
 
     /// `XADD <stream> * <the job's fields>`.
-    pub(super) fn xadd(&mut self, stream: &str, job: &crate::job::WebhookJob) {
+    pub fn xadd(&mut self, stream: &str, job: &crate::job::WebhookJob) {
         let mut count = Count(0);
         job.stream_fields(&mut count);
         self.array(3 + 2 * count.0);

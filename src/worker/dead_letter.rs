@@ -140,7 +140,7 @@ pub(super) fn xadd(dead_stream: &str, dead: &Dead) -> redis::Cmd {
     let mut cmd = redis::cmd("XADD");
     cmd.arg(dead_stream).arg("*");
     match &dead.entry.job {
-        Ok(job) => job.write_stream_fields(&mut cmd),
+        Ok(job) => job.stream_fields(&mut cmd),
         Err(undecodable) => {
             let mut names: Vec<&String> = undecodable.fields.keys().collect();
             names.sort();
@@ -218,7 +218,7 @@ fn replay_command(letter: &DeadLetter) -> Result<redis::Cmd, ReplayError> {
         unsigned_fields: letter.unsigned_fields.clone().unwrap_or_default(),
         replay_of: Some(letter.id),
     };
-    job.write_stream_fields(&mut cmd);
+    job.stream_fields(&mut cmd);
     Ok(cmd)
 }
 
