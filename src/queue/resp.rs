@@ -73,16 +73,25 @@ fn length(line: &[u8]) -> Result<Option<usize>, FrameError> {
         .ok_or(FrameError("bad length"))
 }
 
+/// What a pipeline's buffer keeps between batches. A batch of large bodies
+/// (`BATCH_MAX` × `MAX_BODY_BYTES` at most) would otherwise pin its size
+/// for as long as the process runs.
+const KEEP: usize = 1024 * 1024;
+
 /// The bytes of one pipeline, one command after another. Kept from batch
-/// to batch, so a batch allocates nothing once the buffer has grown.
+/// to batch (up to [`KEEP`]), so a batch allocates nothing once the buffer
+/// has grown.
 #[derive(Default)]
 pub struct Commands {
     bytes: Vec<u8>,
 }
 
 impl Commands {
-    /// Empties it, keeping the allocation.
+    /// Empties it, keeping the allocation unless it outgrew [`KEEP`].
     pub fn clear(&mut self) {
+        if self.bytes.capacity() > KEEP {
+            self.bytes = Vec::new();
+        }
         self.bytes.clear();
     }
 
@@ -174,6 +183,12 @@ mod tests {
         assert_eq!(ours.bytes(), &pipe.get_packed_pipeline()[..]);
         ours.clear();
         assert!(ours.bytes().is_empty());
+        // A batch of large bodies does not pin its buffer's size.
+        let big = crate::job::WebhookJob { payload: vec![b'x'; 2 * KEEP], ..job };
+        ours.xadd("webhooks:{0}", &big);
+        assert!(ours.bytes.capacity() > KEEP);
+        ours.clear();
+        assert!(ours.bytes.capacity() <= KEEP);
     }
 
     #[test]
