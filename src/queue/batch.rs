@@ -39,8 +39,6 @@ pub(super) enum Slot {
 pub(super) struct Round {
     pub(super) commands: Commands,
     pub(super) slots: Vec<Slot>,
-    /// The replies read, emptied by [`Batch::answer`].
-    pub(super) replies: Vec<Value>,
 }
 
 /// Where a batch goes: what [`Batch::plan`] and [`Batch::answer`] read.
@@ -136,7 +134,7 @@ impl Batch {
         memory: &Memory,
         own: impl FnOnce() -> Vec<u16>,
     ) {
-        let Round { commands, slots, .. } = round;
+        let Round { commands, slots } = round;
         commands.clear();
         slots.clear();
         let full = depth.full();
@@ -200,7 +198,7 @@ impl Batch {
     pub(super) fn answer(
         &mut self,
         slots: &[Slot],
-        replies: &mut Vec<Value>,
+        replies: Vec<Value>,
         broken: Option<&str>,
         to: &Master<'_>,
         depth: &mut Depth,
@@ -210,7 +208,7 @@ impl Batch {
         let wait_unread = slots[replies.len()..].iter().any(|s| matches!(s, Slot::Wait));
         let mut acks = Acks::default();
         let mut heard = Heard::default();
-        for (slot, reply) in slots.iter().zip(replies.drain(..)) {
+        for (slot, reply) in slots.iter().zip(replies) {
             match (*slot, reply) {
                 (Slot::Asking, _) => {}
                 (Slot::Job(job), Value::ServerError(e)) => {

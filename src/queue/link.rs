@@ -236,11 +236,11 @@ impl Link {
         let state = &self.state;
         self.batch.plan(&mut self.round, &master, &mut self.depth, &self.memory, || state.partitions());
         let Conn::Up(con) = &mut self.conn else { unreachable!("checked by flush") };
-        let Round { commands, slots, replies } = &mut self.round;
-        let count = slots.len();
+        let count = self.round.slots.len();
+        let mut replies = Vec::with_capacity(count);
         let mut broken = None;
         if count > 0 {
-            if let Err(e) = con.send_packed_command(commands.bytes()) {
+            if let Err(e) = con.send_packed_command(self.round.commands.bytes()) {
                 broken = Some(e.to_string());
             }
         }
@@ -254,8 +254,14 @@ impl Link {
                 Err(e) => broken = Some(e.to_string()),
             }
         }
-        let heard =
-            self.batch.answer(slots, replies, broken.as_deref(), &master, &mut self.depth, &mut self.memory);
+        let heard = self.batch.answer(
+            &self.round.slots,
+            replies,
+            broken.as_deref(),
+            &master,
+            &mut self.depth,
+            &mut self.memory,
+        );
         if heard.stale {
             self.tell(Feedback::Stale);
         }

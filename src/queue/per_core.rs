@@ -274,14 +274,14 @@ impl Flusher {
             self.batch.plan(&mut self.round, &master, &mut self.depth, &self.memory, every);
             let count = self.round.slots.len();
             if count > 0 {
-                let (mut replies, broken) = match self.exchange(count).await {
+                let (replies, broken) = match self.exchange(count).await {
                     Ok(replies) => (replies, None),
                     Err(Broken { read, reason }) => (read, Some(reason)),
                 };
                 let slots = &self.round.slots;
                 let heard = self.batch.answer(
                     slots,
-                    &mut replies,
+                    replies,
                     broken.as_deref(),
                     &master,
                     &mut self.depth,
