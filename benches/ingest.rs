@@ -7,6 +7,10 @@
 //!   difference is what the depth check costs.
 //! * `verify/*`: what checking a sender's signature (and reading its body)
 //!   costs on a 3.9 KiB Stripe event, one secret or a rotation's two.
+//! * `verify_kind/*`: the signature check of each mechanism of the catalog
+//!   on a ~300-byte body: HMAC kinds, a signed URL and form (Twilio), the
+//!   body-signed token (Mailgun), and the public-key ones (Ed25519 for
+//!   Discord, ECDSA P-256 for SendGrid).
 //! * `handoff/*`: the cross-thread hop a request makes to the Redis pipeline
 //!   thread and back (crossbeam channel → std thread → oneshot → waker), with
 //!   64 requests in flight on one monoio runtime, against the same work done
@@ -266,7 +270,14 @@ fn verify_one(
         let block = format!("Stripe-Signature: {header}\r\n\r\n");
         let mut spans = HeaderSpans::default();
         let headers = Headers::parse_block(block.as_bytes(), &mut spans);
-        let req = Request { route: "stripe", headers, body, now_secs: 1_795_383_325, received_at_us: 0 };
+        let req = Request {
+            route: "stripe",
+            target: "/webhooks/stripe",
+            headers,
+            body,
+            now_secs: 1_795_383_325,
+            received_at_us: 0,
+        };
         assert!(source.kind.verify(&req).is_ok(), "{name}");
         group.bench_function(BenchmarkId::new(format!("signature/{size}"), name), |b| {
             b.iter(|| source.kind.verify(black_box(&req)).unwrap())
@@ -281,5 +292,122 @@ fn verify_one(
     }
 }
 
-criterion_group!(benches, parse_validate, handoff, response_extras, request_and_job_encoding, verify);
+/// One request per mechanism, signed as its sender signs, and what checking
+/// it costs: the signature alone, then with the body read.
+fn verify_kinds(c: &mut Criterion) {
+    use ed25519_dalek::Signer as _;
+    use webhook_ingestor::http::request::{HeaderSpans, Headers};
+    use webhook_ingestor::ingest::sources::mac::{Algorithm, Encoding, Keys};
+    use webhook_ingestor::ingest::sources::{every_kind_sample, Request, Sources};
+
+    const T: i64 = 1_795_383_325;
+    let ts = T.to_string();
+    let secret = "sample-secret-0123456789";
+    let hmac = |parts: &[&[u8]], encoding| {
+        Keys::new(Algorithm::Sha256, &[secret.as_bytes().to_vec()]).sign(parts, encoding)
+    };
+    let body = br#"{"id":"evt_bench_1","type":"payment_intent.succeeded","created":1795383325,"event_ts":1795383325000,"data":{"object":{"amount":4200,"currency":"brl","customer":"cus_x1Y2z3W4","status":"succeeded","description":"Order 100234, three items"}}}"#;
+    let discord = ed25519_dalek::SigningKey::from_bytes(
+        &hex::decode("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
+            .unwrap()
+            .try_into()
+            .unwrap(),
+    );
+    let interaction = br#"{"type":2,"id":"1100000000000000001","application_id":"110000000000000000","token":"aW50ZXJhY3Rpb24tdG9rZW4","data":{"id":"1","name":"order","options":[{"name":"n","value":1}]}}"#;
+    let discord_sig = hex::encode(discord.sign(&[ts.as_bytes(), interaction].concat()).to_bytes());
+    let twilio_form = b"MessageSid=SM0001&MessageStatus=delivered&AccountSid=AC0001&From=%2B14158675310&To=%2B18005551212&Body=Order+100234%2C+three+items";
+    let twilio_sig = Keys::new(Algorithm::Sha1, &[secret.as_bytes().to_vec()]).sign(
+        &[b"https://hooks.example.com/webhooks/twilio", b"AccountSidAC0001BodyOrder 100234, three itemsFrom+14158675310MessageSidSM0001MessageStatusdeliveredTo+18005551212"],
+        Encoding::Base64,
+    );
+    let mailgun_body = format!(
+        r#"{{"signature":{{"timestamp":"{ts}","token":"bench-token","signature":"{}"}},"event-data":{{"id":"mg1","event":"delivered","timestamp":1795383325.5}}}}"#,
+        hmac(&[ts.as_bytes(), b"bench-token"], Encoding::Hex)
+    );
+    let mut cases: Vec<(&str, String, Vec<u8>)> = vec![
+        (
+            "stripe",
+            format!("Stripe-Signature: t={ts},v1={}", hmac(&[ts.as_bytes(), b".", body], Encoding::Hex)),
+            body.to_vec(),
+        ),
+        (
+            "github",
+            format!(
+                "X-Hub-Signature-256: sha256={}\r\nX-GitHub-Delivery: d1\r\nX-GitHub-Event: push",
+                hmac(&[body], Encoding::Hex)
+            ),
+            body.to_vec(),
+        ),
+        (
+            "zoom",
+            format!(
+                "x-zm-signature: v0={}\r\nx-zm-request-timestamp: {ts}",
+                hmac(&[b"v0:", ts.as_bytes(), b":", body], Encoding::Hex)
+            ),
+            body.to_vec(),
+        ),
+        ("gitlab", format!("X-Gitlab-Token: {secret}\r\nX-Gitlab-Event-UUID: u1"), body.to_vec()),
+        ("mailgun", String::new(), mailgun_body.into_bytes()),
+        (
+            "twilio",
+            format!("Content-Type: application/x-www-form-urlencoded\r\nX-Twilio-Signature: {twilio_sig}"),
+            twilio_form.to_vec(),
+        ),
+        (
+            "discord",
+            format!("X-Signature-Ed25519: {discord_sig}\r\nX-Signature-Timestamp: {ts}"),
+            interaction.to_vec(),
+        ),
+    ];
+    let sendgrid = p256::ecdsa::SigningKey::from_slice(&[7; 32]).unwrap();
+    let sg_body = br#"[{"email":"customer@example.com","timestamp":1795383325,"event":"delivered","sg_event_id":"sg1","sg_message_id":"14c5d75ce93.dfd.64b469.filter0001"}]"#;
+    let sg_sig: p256::ecdsa::Signature = sendgrid.sign(&[ts.as_bytes(), sg_body].concat());
+    let sg_sig =
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, sg_sig.to_der().as_bytes());
+    cases.push(("sendgrid", format!("X-Twilio-Email-Event-Webhook-Signature: {sg_sig}\r\nX-Twilio-Email-Event-Webhook-Timestamp: {ts}"), sg_body.to_vec()));
+    // The sample's SendGrid key is another: this bench's own route.
+    let sg_public = {
+        use p256::pkcs8::EncodePublicKey as _;
+        let der = sendgrid.verifying_key().to_public_key_der().unwrap();
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, der.as_bytes())
+    };
+    let file = every_kind_sample().replace(
+        "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEZd4V/st+w837Vw+oercc4fGOidWXawcFfNu/9f+Ft2Bn2FCYtpA7rYK+sMmI958fKV6cEoXFgLGZg2Eg7Ru/fg==",
+        &sg_public,
+    );
+    let sources = Sources::parse(&file, &|_| None).unwrap();
+    let mut group = c.benchmark_group("verify_kind");
+    group.throughput(Throughput::Elements(1));
+    for (kind, header_lines, body) in &cases {
+        let source = sources.iter().find(|s| s.kind_name == *kind).unwrap();
+        let block = format!("{header_lines}\r\n\r\n");
+        let mut spans = HeaderSpans::default();
+        let headers = Headers::parse_block(block.as_bytes(), &mut spans);
+        let target = format!("/webhooks/{}", source.route);
+        let req =
+            Request { route: &source.route, target: &target, headers, body, now_secs: T, received_at_us: 0 };
+        assert_eq!(source.kind.verify(&req), Ok(()), "{kind}");
+        group.bench_function(BenchmarkId::new("signature", kind), |b| {
+            b.iter(|| source.kind.verify(black_box(&req)))
+        });
+        let mut ingestor = Ingestor::default();
+        group.bench_function(BenchmarkId::new("signature_and_body", kind), |b| {
+            b.iter(|| {
+                source.kind.verify(black_box(&req)).unwrap();
+                source.kind.admit(&mut ingestor, black_box(&req)).unwrap()
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    parse_validate,
+    handoff,
+    response_extras,
+    request_and_job_encoding,
+    verify,
+    verify_kinds
+);
 criterion_main!(benches);

@@ -398,12 +398,15 @@ ensure_k6() {
 # The senders' own Python libraries, with which the sender tests sign their
 # requests (tests/senders/sign.py): stripe, standardwebhooks, slack-sdk.
 ensure_signers() {
-  python3 -c 'import stripe, standardwebhooks, slack_sdk' 2>/dev/null && return 0
-  say "installing stripe, standardwebhooks and slack-sdk with pip"
+  local check='import stripe, standardwebhooks, slack_sdk, nacl, sendgrid, twilio, square, hubspot'
+  python3 -c "$check" 2>/dev/null && return 0
+  local pkgs="stripe standardwebhooks slack-sdk pynacl sendgrid twilio squareup hubspot-api-client"
+  say "installing the senders' signing libraries with pip: $pkgs"
   python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
-  python3 -m pip install --quiet stripe standardwebhooks slack-sdk 2>/dev/null \
-    || python3 -m pip install --quiet --break-system-packages stripe standardwebhooks slack-sdk
-  python3 -c 'import stripe, standardwebhooks, slack_sdk' || die "the signing libraries are still missing after pip"
+  # shellcheck disable=SC2086
+  python3 -m pip install --quiet $pkgs 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages $pkgs
+  python3 -c "$check" || die "the signing libraries are still missing after pip"
 }
 
 # CPU ticks (user + system) of each thread of PID, summed by thread name with

@@ -198,7 +198,8 @@ impl Conn {
                         Body::Buffered(range) => &self.rbuf[range.clone()],
                         Body::Owned(v) => &v[..],
                     };
-                    ctx.handler.respond(route, headers, bytes).await
+                    let target = head.target_in(&self.rbuf[head_at..]);
+                    ctx.handler.respond(route, target, headers, bytes).await
                 }
             };
             if resp.reason().is_some() {

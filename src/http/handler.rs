@@ -172,9 +172,17 @@ impl Handler {
 
     /// Answers a request `precheck` let through. The webhook's provider
     /// string moves into the job.
-    pub(crate) async fn respond(&self, route: Route, headers: Headers<'_>, body: &[u8]) -> Response {
+    pub(crate) async fn respond(
+        &self,
+        route: Route,
+        target: &str,
+        headers: Headers<'_>,
+        body: &[u8],
+    ) -> Response {
         match route {
-            Route::Webhook { provider, source } => self.webhook(provider, source, headers, body).await,
+            Route::Webhook { provider, source } => {
+                self.webhook(provider, source, target, headers, body).await
+            }
             Route::Metrics => {
                 let gauges = self.health.queue_gauges().await;
                 Response::prometheus(self.all_metrics.render(self.enqueuer.backlog() as u64, gauges))
@@ -189,13 +197,21 @@ impl Handler {
         }
     }
 
-    async fn webhook(&self, provider: String, index: usize, headers: Headers<'_>, body: &[u8]) -> Response {
+    async fn webhook(
+        &self,
+        provider: String,
+        index: usize,
+        target: &str,
+        headers: Headers<'_>,
+        body: &[u8],
+    ) -> Response {
         let Some(source) = self.sources.get(index) else {
             return Response::error(Status::NotFound, Message::One("Cannot find the requested route".into()));
         };
         let received_at_us = now_us();
         let req = Request {
             route: &provider,
+            target,
             headers,
             body,
             now_secs: received_at_us.div_euclid(1_000_000),
@@ -216,6 +232,10 @@ impl Handler {
             Ok(Ok(Admitted::Reply(json))) => {
                 self.metrics.record_source(Some(index), SourceOutcome::Answered);
                 return Response::json(Status::Ok, json);
+            }
+            Ok(Ok(Admitted::Text(text))) => {
+                self.metrics.record_source(Some(index), SourceOutcome::Answered);
+                return Response::typed("text/plain; charset=utf-8", text);
             }
             Ok(Err(e)) => return invalid(&e).with_reason("invalid_body"),
             Err(_) => {

@@ -15,7 +15,7 @@ pub const UNROUTED: &str = "_unrouted";
 /// checks give (`missing_signature`… for 401, `invalid_body` for 400), the
 /// queue's for 503, and the status's own for the rest
 /// ([`crate::http::response::Response::reason`]).
-pub const REFUSALS: [(u16, &str); 25] = [
+pub const REFUSALS: [(u16, &str); 26] = [
     (400, "bad_request"),
     (400, "invalid_body"),
     (401, "unauthorized"),
@@ -23,6 +23,7 @@ pub const REFUSALS: [(u16, &str); 25] = [
     (401, "malformed_signature"),
     (401, "bad_signature"),
     (401, "stale_timestamp"),
+    (401, "replayed_token"),
     (404, "not_found"),
     (405, "method_not_allowed"),
     (408, "request_timeout"),

@@ -5,6 +5,7 @@
 mod abuse;
 mod accept;
 mod bounds;
+mod catalog;
 mod chaos;
 mod cluster;
 mod concurrency;

@@ -67,7 +67,7 @@ route = "open"
 kind = "envelope"
 "#;
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
 }
 
@@ -189,7 +189,7 @@ fn rows(app: &TestApp, route: &str) -> HashMap<String, (String, Option<String>, 
         .collect()
 }
 
-fn wait_rows(
+pub(crate) fn wait_rows(
     app: &TestApp,
     route: &str,
     n: usize,
@@ -209,7 +209,7 @@ fn flip_last(s: &str) -> String {
     String::from_utf8(b).unwrap()
 }
 
-fn h(name: &str, value: &str) -> (String, String) {
+pub(crate) fn h(name: &str, value: &str) -> (String, String) {
     (name.to_string(), value.to_string())
 }
 

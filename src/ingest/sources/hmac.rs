@@ -53,6 +53,23 @@ impl HeaderSignature {
         })
     }
 
+    /// A sender's fixed scheme by name (the presets): one header, its
+    /// algorithm, prefix and encoding; the secrets from the file.
+    pub(super) fn preset(
+        r: &mut Reading<'_>,
+        header: &str,
+        algorithm: Algorithm,
+        prefix: Option<&str>,
+        encoding: Encoding,
+    ) -> Result<Self, SourceError> {
+        Ok(Self {
+            headers: vec![header.to_string()],
+            prefix: prefix.map(str::to_string),
+            encoding,
+            keys: r.keys(algorithm)?,
+        })
+    }
+
     /// `header`, `algorithm`, `encoding`, `prefix` and the secrets from the
     /// file; `None` when no `header` is given.
     pub(super) fn configured(r: &mut Reading<'_>) -> Result<Option<Self>, SourceError> {

@@ -11,32 +11,59 @@
 //! | [`standard_webhooks`] | `webhook-signature` over `id.ts.body` | `webhook-id` | body `type` |
 //! | [`paddle`] | `Paddle-Signature` `ts=…;h1=…` over `ts:body` | body `event_id` | body `event_type` |
 //! | [`hmac`] | any header, HMAC-SHA256/512/1, hex or base64 | a header or JSON pointer | likewise |
+//! | [`discord`] | Ed25519 `X-Signature-Ed25519` over `ts + body` | body `id` | `interaction.<type>` |
+//! | [`sendgrid`] | ECDSA P-256 over `ts + body` | `sg_event_id` (a batch: body SHA-256) | `event` |
+//! | [`twilio`] | `X-Twilio-Signature` over URL + sorted form | idempotency token, else SID:status | status |
+//! | [`hubspot`] | v3: `POST` + URI + body + ts | `eventId` (a batch: body SHA-256) | `subscriptionType` |
+//! | [`square`] | URL + body | `event_id` | `type` |
+//! | [`zoom`] | `v0:ts:body` | body SHA-256 | `event` |
+//! | [`twitch`] | `id + ts + body` | message id | `subscription.type` |
+//! | [`mailgun`] | in the body: `timestamp + token` | `event-data.id` | `event-data.event` |
+//! | [`gitlab`] | `X-Gitlab-Token`, the secret itself | `Idempotency-Key` / `X-Gitlab-Event-UUID` | `X-Gitlab-Event` |
+//! | [`preset`] | ten senders by name on the schemes above | per preset | per preset |
+//!
+//! The Standard Webhooks senders by name ([`STANDARD_WEBHOOKS_SENDERS`])
+//! are that kind itself; [`kind_names`] lists all 33 names.
 //!
 //! The contract every kind follows ([`Kind`]): the signature is checked on the
 //! raw body bytes before anything is parsed, against every (signature ×
 //! secret) pair, each decoded and compared in constant time ([`mac`]); a
 //! missing, garbled or wrong signature or a timestamp outside the scheme's
-//! window is a 401 whose reason names no secret. Only then is the body
+//! window is a 401 whose reason names no secret (public-key kinds check a
+//! signature instead of a MAC; Mailgun's lives in the body, which is read
+//! for it first). Only then is the body
 //! parsed, held to what `jsonb` can store, and read for the sender's own id,
-//! type and time. A challenge (Slack's `url_verification`, GitHub's `ping`)
+//! type and time. A challenge (Slack's `url_verification`, GitHub's `ping`,
+//! Discord's `PING`, Zoom's URL validation, Twitch's callback verification)
 //! is answered there and then, and not stored.
 //!
 //! Without a `SOURCES_FILE`, [`Sources::default`] has one unsigned envelope
 //! source that takes every `/webhooks/:provider`: the seed's contract.
 
+pub mod catalog;
+pub mod discord;
 pub mod envelope;
 mod file_error;
 pub mod github;
+pub mod gitlab;
 pub mod headers;
 pub mod hmac;
+pub mod hubspot;
 pub mod mac;
+pub mod mailgun;
 pub mod paddle;
+pub mod preset;
+pub mod sendgrid;
 pub mod shopify;
 pub mod slack;
 mod spec;
+pub mod square;
 pub mod standard_webhooks;
 pub mod stripe;
+pub mod twilio;
+pub mod twitch;
 pub(crate) mod util;
+pub mod zoom;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -44,6 +71,7 @@ use std::fmt;
 use thiserror::Error;
 
 use super::{IngestError, Ingestor};
+pub use catalog::{every_kind_sample, kind_names, STANDARD_WEBHOOKS_SENDERS};
 pub use headers::Headers;
 use spec::{File, Reading};
 
@@ -52,6 +80,9 @@ use spec::{File, Reading};
 pub struct Request<'a> {
     /// The `:provider` path segment.
     pub route: &'a str,
+    /// The request target as received: path and query (the URL-signing
+    /// senders sign the public URL, which ends with it).
+    pub target: &'a str,
     /// Every header of the request.
     pub headers: Headers<'a>,
     /// The raw body, byte for byte.
@@ -74,6 +105,8 @@ pub enum Unauthorized {
     NoMatch,
     /// The signed timestamp is outside the scheme's window.
     Stale,
+    /// A one-time token already taken (Mailgun's `token`).
+    Replayed,
 }
 
 impl Unauthorized {
@@ -84,6 +117,7 @@ impl Unauthorized {
             Self::Malformed(_) => "malformed_signature",
             Self::NoMatch => "bad_signature",
             Self::Stale => "stale_timestamp",
+            Self::Replayed => "replayed_token",
         }
     }
 
@@ -94,13 +128,20 @@ impl Unauthorized {
             Self::Malformed(h) => format!("malformed {h} header"),
             Self::NoMatch => "no signature matches".into(),
             Self::Stale => "signature timestamp outside the allowed window".into(),
+            Self::Replayed => "this signature's token was already used".into(),
         }
     }
 }
 
 /// Every label of `webhook_source_rejected_total`, in a fixed order.
-pub const REJECTION_REASONS: [&str; 5] =
-    ["missing_signature", "malformed_signature", "bad_signature", "stale_timestamp", "invalid_body"];
+pub const REJECTION_REASONS: [&str; 6] = [
+    "missing_signature",
+    "malformed_signature",
+    "bad_signature",
+    "stale_timestamp",
+    "replayed_token",
+    "invalid_body",
+];
 
 /// What a verified request carries for the job.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,6 +164,9 @@ pub enum Admitted {
     Decoded(Identity, Vec<u8>),
     /// Answer 200 with this JSON document and store nothing.
     Reply(Vec<u8>),
+    /// Answer 200 with this plain text and store nothing (Twitch's
+    /// challenge is echoed as the raw text).
+    Text(Vec<u8>),
 }
 
 /// One sender kind's rules. Implementations live one per file.
@@ -250,24 +294,7 @@ impl Sources {
                 return Err(r.error("route", "another source already has this route"));
             }
             let kind_name = r.spec.kind.clone().ok_or_else(|| r.error("kind", "required"))?;
-            let (kind_name, kind): (&'static str, Box<dyn Kind>) = match kind_name.as_str() {
-                "envelope" => ("envelope", Box::new(envelope::Envelope::read(&mut r)?)),
-                "stripe" => ("stripe", Box::new(stripe::Stripe::read(&mut r)?)),
-                "github" => ("github", Box::new(github::GitHub::read(&mut r)?)),
-                "shopify" => ("shopify", Box::new(shopify::Shopify::read(&mut r)?)),
-                "slack" => ("slack", Box::new(slack::Slack::read(&mut r)?)),
-                "standard-webhooks" => ("standard-webhooks", Box::new(standard_webhooks::StandardWebhooks::read(&mut r)?)),
-                "paddle" => ("paddle", Box::new(paddle::Paddle::read(&mut r)?)),
-                "hmac" => ("hmac", Box::new(hmac::GenericHmac::read(&mut r)?)),
-                other => {
-                    return Err(r.error(
-                        "kind",
-                        format!(
-                            "unknown kind {other:?}: envelope, stripe, github, shopify, slack, standard-webhooks, paddle or hmac"
-                        ),
-                    ))
-                }
-            };
+            let (kind_name, kind) = catalog::read_kind(&kind_name, &mut r)?;
             let max_body = r.max_body((kind_name == "github").then_some(GITHUB_MAX_BODY))?;
             let silent_after = r.silent_after()?;
             r.finish(kind_name)?;
@@ -341,11 +368,23 @@ pub(crate) mod testing {
         body: &[u8],
         now_secs: i64,
     ) -> (Result<(), Unauthorized>, Result<Admitted, IngestError>) {
+        let source = sources.get(0).expect("one source");
+        request_to(sources, &format!("/webhooks/{}", source.route), headers, body, now_secs)
+    }
+
+    /// The same, with the request target (path and query) given.
+    pub(crate) fn request_to(
+        sources: &Sources,
+        target: &str,
+        headers: &str,
+        body: &[u8],
+        now_secs: i64,
+    ) -> (Result<(), Unauthorized>, Result<Admitted, IngestError>) {
         let block = format!("{headers}\r\n");
         let mut spans = HeaderSpans::default();
         let headers = Headers::parse_block(block.as_bytes(), &mut spans);
         let source = sources.get(0).expect("one source");
-        let req = Request { route: &source.route, headers, body, now_secs, received_at_us: 7 };
+        let req = Request { route: &source.route, target, headers, body, now_secs, received_at_us: 7 };
         let verdict = source.kind.verify(&req);
         let admitted = source.kind.admit(&mut Ingestor::default(), &req);
         (verdict, admitted)
@@ -390,8 +429,28 @@ mod tests {
         let kinds: Vec<&str> = s.iter().map(|x| x.kind_name).collect();
         assert_eq!(
             kinds,
-            ["stripe", "github", "shopify", "slack", "standard-webhooks", "paddle", "hmac", "envelope"]
+            [
+                "stripe",
+                "github",
+                "shopify",
+                "slack",
+                "standard-webhooks",
+                "paddle",
+                "hmac",
+                "discord",
+                "sendgrid",
+                "twilio",
+                "zoom",
+                "mailgun",
+                "gitlab",
+                "linear",
+                "envelope"
+            ]
         );
+        let every = Sources::parse(&every_kind_sample(), &|_| None).unwrap_or_else(|e| panic!("{e}"));
+        let names: Vec<&str> = every.iter().map(|s| s.kind_name).collect();
+        assert_eq!(names, kind_names());
+        assert!(kind_names().len() >= 33, "{}", kind_names().len());
     }
 
     #[test]

@@ -36,8 +36,8 @@ use serde::Deserialize;
 use super::mac::{Algorithm, Encoding, Keys};
 use super::spec::Reading;
 use super::util::{
-    event_id, event_type, fields_as_json, form_fields, fresh, is_form, payload_field, required, secs,
-    secs_to_us,
+    body_digest_id, event_id, event_type, fields_as_json, form_fields, fresh, is_form, payload_field,
+    required, secs, secs_to_us,
 };
 use super::{Admitted, Identity, Kind, Request, SourceError, Unauthorized};
 use crate::ingest::{IngestError, Ingestor};
@@ -156,17 +156,12 @@ impl Slack {
             (fields_as_json(fields)?, "slash_command")
         };
         let body: Body<'_> = ingestor.parse_storable(&json)?;
-        let digest;
         let id = match body.trigger_id.as_deref() {
-            Some(t) if !t.is_empty() => t,
-            _ => {
-                use sha2::Digest as _;
-                digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(req.body)));
-                &digest
-            }
+            Some(t) if !t.is_empty() => t.to_string(),
+            _ => body_digest_id(req.body),
         };
         let identity = Identity {
-            event_id: event_id(Some(id), "trigger_id")?,
+            event_id: event_id(Some(&id), "trigger_id")?,
             event_type: event_type(Some(body.kind.as_deref().unwrap_or(default_type)), "type")?,
             event_timestamp_us: req.received_at_us,
         };

@@ -35,6 +35,8 @@ pub(super) struct Spec {
     pub(super) dedupe_on: Option<String>,
     pub(super) max_body_bytes: Option<u64>,
     pub(super) silent_after_secs: Option<u64>,
+    pub(super) public_keys: Option<Vec<String>>,
+    pub(super) public_url: Option<String>,
 }
 
 /// A [`Spec`] being turned into a source: remembers which fields were used,
@@ -95,6 +97,46 @@ impl<'a> Reading<'a> {
         Ok(Keys::new(algorithm, &secrets))
     }
 
+    /// `public_keys`: the sender's verification keys (public, so shown by
+    /// `check-config`), each decoded by `decode` or refused with its message.
+    pub(super) fn public_keys<K>(
+        &mut self,
+        decode: impl Fn(&str) -> Result<K, String>,
+    ) -> Result<Vec<K>, SourceError> {
+        self.mark("public_keys");
+        let listed = self.spec.public_keys.take().unwrap_or_default();
+        if listed.is_empty() {
+            return Err(self.error("public_keys", "required: the sender's public verification key"));
+        }
+        let mut keys = Vec::with_capacity(listed.len());
+        for (i, text) in listed.iter().enumerate() {
+            match decode(text.trim()) {
+                Ok(k) => keys.push(k),
+                Err(why) => return Err(self.error("public_keys", format!("key #{}: {why}", i + 1))),
+            }
+        }
+        Ok(keys)
+    }
+
+    /// `public_url`: the origin the sender calls (`https://host[:port]`, and
+    /// any path prefix a proxy strips before the gateway sees the request),
+    /// required by the kinds that sign the URL.
+    pub(super) fn public_url(&mut self) -> Result<String, SourceError> {
+        let url = self.text("public_url").ok_or_else(|| {
+            self.error("public_url", "required: the public URL's origin, such as https://hooks.example.com")
+        })?;
+        let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"));
+        match rest {
+            Some(r) if !r.is_empty() && !r.starts_with('/') && !url.contains(['?', '#', ' ']) => {
+                Ok(url.trim_end_matches('/').to_string())
+            }
+            _ => Err(self.error(
+                "public_url",
+                "an origin such as https://hooks.example.com (optionally with a path prefix; no query)",
+            )),
+        }
+    }
+
     /// `max_body_bytes`, the route's own body limit (`None`: `MAX_BODY_BYTES`,
     /// unless the kind has a default of its own).
     pub(super) fn max_body(&mut self, default: Option<usize>) -> Result<Option<usize>, SourceError> {
@@ -142,6 +184,7 @@ impl<'a> Reading<'a> {
             "type_header" => self.spec.type_header.take(),
             "type_pointer" => self.spec.type_pointer.take(),
             "dedupe_on" => self.spec.dedupe_on.take(),
+            "public_url" => self.spec.public_url.take(),
             _ => None,
         };
         value.map(|v| v.trim().to_string())
@@ -184,7 +227,7 @@ impl<'a> Reading<'a> {
     /// Fails on a field the kind did not read.
     pub(super) fn finish(self, kind: &str) -> Result<(), SourceError> {
         let s = &self.spec;
-        let given: [(&'static str, bool); 14] = [
+        let given: [(&'static str, bool); 16] = [
             ("route", true),
             ("kind", true),
             ("secrets", s.secrets.is_some()),
@@ -199,6 +242,8 @@ impl<'a> Reading<'a> {
             ("type_header", s.type_header.is_some()),
             ("type_pointer", s.type_pointer.is_some()),
             ("dedupe_on", s.dedupe_on.is_some()),
+            ("public_keys", s.public_keys.is_some()),
+            ("public_url", s.public_url.is_some()),
         ];
         match given.iter().find(|(f, set)| *set && !self.used.contains(f)) {
             Some((field, _)) => Err(self.error(field, format!("not used by kind {kind:?}"))),

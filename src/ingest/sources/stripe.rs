@@ -63,32 +63,7 @@ impl Kind for Stripe {
     }
 
     fn verify(&self, req: &Request<'_>) -> Result<(), Unauthorized> {
-        let header = required(&req.headers, HEADER)?;
-        let malformed = || Unauthorized::Malformed(HEADER.into());
-        let mut t: Option<&[u8]> = None;
-        let mut candidates = Vec::new();
-        for item in header.split(|&b| b == b',') {
-            let item = item.trim_ascii();
-            // An item without `=` is skipped, as stripe-python and
-            // stripe-node skip it (a proxy's stray token must not cost a 401).
-            let Some(eq) = item.iter().position(|&b| b == b'=') else { continue };
-            let (key, value) = (&item[..eq], &item[eq + 1..]);
-            match key {
-                b"t" if t.is_none() => t = Some(value),
-                // A v1 that is not hex cannot match; skipping it lets another match (stripe-go).
-                b"v1" => candidates.extend(Encoding::Hex.decode(value)),
-                _ => {}
-            }
-        }
-        let t = t.ok_or_else(malformed)?;
-        let ts = secs(t).ok_or_else(malformed)?;
-        if candidates.is_empty() {
-            return Err(Unauthorized::NoMatch);
-        }
-        if !self.keys.any_matches(&[t, b".", req.body], &candidates) {
-            return Err(Unauthorized::NoMatch);
-        }
-        fresh(req.now_secs, ts, self.tolerance, false)
+        verify_t_v1(&self.keys, HEADER, req, self.tolerance)
     }
 
     fn admit(&self, ingestor: &mut Ingestor, req: &Request<'_>) -> Result<Admitted, IngestError> {
@@ -103,6 +78,44 @@ impl Kind for Stripe {
             event_timestamp_us: created.transpose()?.unwrap_or(req.received_at_us),
         }))
     }
+}
+
+/// Stripe's form of signature, which Calendly and Mux took too:
+/// `header: t=<unix>,v1=<hex>[,v1=…]`, an HMAC of `"{t}.{body}"`, read as
+/// stripe-python reads it (see the module docs); `t` older than
+/// `tolerance` seconds (0: unchecked) is refused, a future one is not.
+pub(super) fn verify_t_v1(
+    keys: &Keys,
+    header_name: &str,
+    req: &Request<'_>,
+    tolerance: u64,
+) -> Result<(), Unauthorized> {
+    let header = required(&req.headers, header_name)?;
+    let malformed = || Unauthorized::Malformed(header_name.into());
+    let mut t: Option<&[u8]> = None;
+    let mut candidates = Vec::new();
+    for item in header.split(|&b| b == b',') {
+        let item = item.trim_ascii();
+        // An item without `=` is skipped, as stripe-python and
+        // stripe-node skip it (a proxy's stray token must not cost a 401).
+        let Some(eq) = item.iter().position(|&b| b == b'=') else { continue };
+        let (key, value) = (&item[..eq], &item[eq + 1..]);
+        match key {
+            b"t" if t.is_none() => t = Some(value),
+            // A v1 that is not hex cannot match; skipping it lets another match (stripe-go).
+            b"v1" => candidates.extend(Encoding::Hex.decode(value)),
+            _ => {}
+        }
+    }
+    let t = t.ok_or_else(malformed)?;
+    let ts = secs(t).ok_or_else(malformed)?;
+    if candidates.is_empty() {
+        return Err(Unauthorized::NoMatch);
+    }
+    if !keys.any_matches(&[t, b".", req.body], &candidates) {
+        return Err(Unauthorized::NoMatch);
+    }
+    fresh(req.now_secs, ts, tolerance, false)
 }
 
 #[cfg(test)]

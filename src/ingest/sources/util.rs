@@ -67,6 +67,25 @@ pub(crate) fn secs_to_us(secs: i64) -> Option<i64> {
     secs.checked_mul(1_000_000).filter(|us| *us >= MIN_TIMESTAMP_US)
 }
 
+/// Milliseconds since the epoch as µs, when PostgreSQL can store the instant.
+pub(crate) fn millis_to_us(ms: i64) -> Option<i64> {
+    ms.checked_mul(1_000).filter(|us| *us >= MIN_TIMESTAMP_US)
+}
+
+/// The id of a delivery whose sender gives none that is stable across its
+/// retries: the SHA-256 of the raw body (a retry resends the same bytes,
+/// and the bodies of two events differ in their own ids and times).
+pub(crate) fn body_digest_id(body: &[u8]) -> String {
+    use sha2::Digest as _;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(body)))
+}
+
+/// The URL a URL-signing sender signed: the configured public origin and
+/// the request's own path and query.
+pub(crate) fn public_url_of(public_url: &str, req: &super::Request<'_>) -> String {
+    format!("{public_url}{}", req.target)
+}
+
 /// An ISO 8601 instant as µs, when PostgreSQL can store it.
 pub(crate) fn iso_to_us(text: &str) -> Option<i64> {
     crate::ingest::parse_iso8601_us(text).filter(|us| *us >= MIN_TIMESTAMP_US)
