@@ -7,15 +7,13 @@
 //! valid, a wrong key, one byte changed, its challenge where it has one, and
 //! its retry, which must be one row.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use serde_json::{json, Value};
 use webhook_ingestor::ingest::sources::Sources;
 
 use crate::harness::{Client, Response, TestApp};
-use crate::senders::{h, now, wait_rows};
+use crate::senders::{h, now, python, wait_rows};
 
 const PUBLIC_URL: &str = "https://hooks.example.com";
 const DISCORD_SEED: &str = "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60";
@@ -23,22 +21,7 @@ const SENDGRID_PRIVATE: u64 = 0x5eed_5eed_5eed;
 
 /// Runs `ops` through `catalog.py`, one result each.
 fn py(ops: Value) -> Vec<Value> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/senders/catalog.py");
-    let mut child = Command::new("python3")
-        .arg(script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 runs (scripts/test installs it)");
-    child.stdin.take().unwrap().write_all(&serde_json::to_vec(&ops).unwrap()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "catalog.py failed (scripts/install-deps installs pynacl, sendgrid, twilio, squareup, hubspot-api-client): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    python("catalog.py", &ops)
 }
 
 fn text(v: &Value) -> String {

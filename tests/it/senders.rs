@@ -81,24 +81,30 @@ struct ToSign<'a> {
     id: &'a str,
 }
 
-/// The signature header values the senders' libraries produce, in order.
-fn sign(requests: &[ToSign<'_>]) -> Vec<String> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/senders/sign.py");
+/// Runs `tests/senders/<script>` with `input` as JSON on stdin and reads
+/// its JSON answer; a script that fails fails the test with its stderr.
+pub(crate) fn python<T: serde::de::DeserializeOwned>(script: &str, input: &impl serde::Serialize) -> T {
+    let path = format!("{}/tests/senders/{script}", env!("CARGO_MANIFEST_DIR"));
     let mut child = Command::new("python3")
-        .arg(script)
+        .arg(&path)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("python3 runs (scripts/test installs it)");
-    child.stdin.take().unwrap().write_all(&serde_json::to_vec(requests).unwrap()).unwrap();
+    child.stdin.take().unwrap().write_all(&serde_json::to_vec(input).unwrap()).unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
-        "sign.py failed (scripts/install-deps installs stripe, standardwebhooks, slack-sdk): {}",
+        "{script} failed (scripts/install-deps installs the senders' libraries): {}",
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The signature header values the senders' libraries produce, in order.
+fn sign(requests: &[ToSign<'_>]) -> Vec<String> {
+    python("sign.py", &requests)
 }
 
 /// What the sender's own library (through `sign.py`) says of `body` with
@@ -107,11 +113,7 @@ fn library_verdict(scheme: &str, secret: &str, header: &str, body: &[u8]) -> Str
     let req = serde_json::json!([{
         "scheme": scheme, "secret": secret, "verify": header, "body_b64": base64_encode(body)
     }]);
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/senders/sign.py");
-    let mut child =
-        Command::new("python3").arg(script).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
-    child.stdin.take().unwrap().write_all(&serde_json::to_vec(&req).unwrap()).unwrap();
-    let out: Vec<String> = serde_json::from_slice(&child.wait_with_output().unwrap().stdout).unwrap();
+    let out: Vec<String> = python("sign.py", &req);
     out[0].clone()
 }
 

@@ -28,7 +28,9 @@ use serde::Deserialize;
 
 use super::mac::{Algorithm, Encoding, Keys};
 use super::spec::Reading;
-use super::util::{body_digest_id, event_id, event_type, fresh, millis_to_us, public_url_of, required, secs};
+use super::util::{
+    batch_identity, event_id, event_type, fresh, given_time, millis_to_us, public_url_of, required, secs,
+};
 use super::{Admitted, Identity, Kind, Request, SourceError, Unauthorized};
 use crate::ingest::{IngestError, Ingestor};
 
@@ -115,24 +117,18 @@ impl Kind for HubSpot {
 
     fn admit(&self, ingestor: &mut Ingestor, req: &Request<'_>) -> Result<Admitted, IngestError> {
         let events: Vec<Event<'_>> = ingestor.parse_storable(req.body)?;
-        let identity = match events.as_slice() {
-            [one] => Identity {
+        let identity = batch_identity(&events, req, |one| {
+            Ok(Identity {
                 event_id: event_id(one.event_id.as_ref().map(|n| n.to_string()).as_deref(), "eventId")?,
                 event_type: event_type(one.subscription_type.as_deref(), "subscriptionType")?,
-                event_timestamp_us: match one.occurred_at {
-                    Some(ms) => millis_to_us(ms).ok_or_else(|| {
-                        IngestError::Invalid(vec!["occurredAt must be a time PostgreSQL stores".into()])
-                    })?,
-                    None => req.received_at_us,
-                },
-            },
-            [] => return Err(IngestError::Invalid(vec!["the batch holds no event".into()])),
-            _ => Identity {
-                event_id: body_digest_id(req.body),
-                event_type: "batch".into(),
-                event_timestamp_us: req.received_at_us,
-            },
-        };
+                event_timestamp_us: given_time(
+                    one.occurred_at,
+                    millis_to_us,
+                    "occurredAt",
+                    req.received_at_us,
+                )?,
+            })
+        })?;
         Ok(Admitted::Event(identity))
     }
 }

@@ -34,7 +34,7 @@ use ring::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_ASN1};
 use serde::Deserialize;
 
 use super::spec::Reading;
-use super::util::{body_digest_id, event_id, event_type, fresh, required, secs, secs_to_us};
+use super::util::{batch_identity, event_id, event_type, fresh, given_time, required, secs, secs_to_us};
 use super::{Admitted, Identity, Kind, Request, SourceError, Unauthorized};
 use crate::ingest::{IngestError, Ingestor};
 
@@ -98,24 +98,13 @@ impl Kind for SendGrid {
 
     fn admit(&self, ingestor: &mut Ingestor, req: &Request<'_>) -> Result<Admitted, IngestError> {
         let events: Vec<Event<'_>> = ingestor.parse_storable(req.body)?;
-        let identity = match events.as_slice() {
-            [one] => Identity {
+        let identity = batch_identity(&events, req, |one| {
+            Ok(Identity {
                 event_id: event_id(one.sg_event_id.as_deref(), "sg_event_id")?,
                 event_type: event_type(one.event.as_deref(), "event")?,
-                event_timestamp_us: match one.timestamp {
-                    Some(t) => secs_to_us(t).ok_or_else(|| {
-                        IngestError::Invalid(vec!["timestamp must be a time PostgreSQL stores".into()])
-                    })?,
-                    None => req.received_at_us,
-                },
-            },
-            [] => return Err(IngestError::Invalid(vec!["the batch holds no event".into()])),
-            _ => Identity {
-                event_id: body_digest_id(req.body),
-                event_type: "batch".into(),
-                event_timestamp_us: req.received_at_us,
-            },
-        };
+                event_timestamp_us: given_time(one.timestamp, secs_to_us, "timestamp", req.received_at_us)?,
+            })
+        })?;
         Ok(Admitted::Event(identity))
     }
 }
@@ -180,7 +169,7 @@ mod tests {
         assert_eq!(id.event_timestamp_us, 1_700_000_000_000_000);
         let two = br#"[{"sg_event_id":"a","event":"open"},{"sg_event_id":"b","event":"click"}]"#;
         let Ok(Admitted::Event(id)) = request(&s, "", two, 0).1 else { panic!() };
-        assert_eq!((id.event_id, id.event_type.as_str()), (body_digest_id(two), "batch"));
+        assert_eq!((id.event_id, id.event_type.as_str()), (super::super::util::body_digest_id(two), "batch"));
         assert!(request(&s, "", b"[]", 0).1.is_err());
         assert!(request(&s, "", br#"{"event":"x"}"#, 0).1.is_err(), "an object is not a batch");
     }

@@ -80,6 +80,41 @@ pub(crate) fn body_digest_id(body: &[u8]) -> String {
     format!("sha256:{}", hex::encode(sha2::Sha256::digest(body)))
 }
 
+/// What a batch delivery (a JSON array of events: SendGrid, HubSpot) is
+/// stored as: one event by its own identity (`one`), a larger batch by the
+/// body's SHA-256 with the type `batch` and the arrival time (a retried
+/// batch is resent byte for byte). An empty batch is refused.
+pub(crate) fn batch_identity<T>(
+    events: &[T],
+    req: &super::Request<'_>,
+    one: impl FnOnce(&T) -> Result<super::Identity, IngestError>,
+) -> Result<super::Identity, IngestError> {
+    match events {
+        [event] => one(event),
+        [] => Err(IngestError::Invalid(vec!["the batch holds no event".into()])),
+        _ => Ok(super::Identity {
+            event_id: body_digest_id(req.body),
+            event_type: "batch".into(),
+            event_timestamp_us: req.received_at_us,
+        }),
+    }
+}
+
+/// A sender's time for the event from `what`, through `to_us`, when it
+/// gives one: one PostgreSQL cannot store is refused (400), never replaced.
+pub(crate) fn given_time(
+    value: Option<i64>,
+    to_us: fn(i64) -> Option<i64>,
+    what: &str,
+    arrival_us: i64,
+) -> Result<i64, IngestError> {
+    match value {
+        Some(v) => to_us(v)
+            .ok_or_else(|| IngestError::Invalid(vec![format!("{what} must be a time PostgreSQL stores")])),
+        None => Ok(arrival_us),
+    }
+}
+
 /// The URL a URL-signing sender signed: the configured public origin and
 /// the request's own path and query.
 pub(crate) fn public_url_of(public_url: &str, req: &super::Request<'_>) -> String {

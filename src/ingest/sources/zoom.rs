@@ -1,5 +1,6 @@
 //! `kind = "zoom"`: Zoom's `x-zm-signature: v0=<hex>`, an HMAC-SHA256 of
-//! `"v0:{x-zm-request-timestamp}:{body}"` keyed with the app's Secret Token,
+//! `"v0:{x-zm-request-timestamp}:{body}"` keyed with the app's Secret Token
+//! (Slack's scheme under other header names: [`super::slack::verify_v0`]),
 //! as Zoom's webhook documentation gives the recipe (Zoom publishes no
 //! verifying library; the tests sign with Python's `hmac` as the docs'
 //! sample does). A timestamp more than `tolerance_secs` (default 300) away
@@ -26,8 +27,9 @@ use std::borrow::Cow;
 use serde::Deserialize;
 
 use super::mac::{Algorithm, Encoding, Keys};
+use super::slack::verify_v0;
 use super::spec::Reading;
-use super::util::{body_digest_id, event_type, fresh, millis_to_us, required, secs};
+use super::util::{body_digest_id, event_type, given_time, millis_to_us};
 use super::{Admitted, Identity, Kind, Request, SourceError, Unauthorized};
 use crate::ingest::{IngestError, Ingestor};
 
@@ -75,17 +77,7 @@ impl Kind for Zoom {
     }
 
     fn verify(&self, req: &Request<'_>) -> Result<(), Unauthorized> {
-        let signature = required(&req.headers, SIGNATURE)?;
-        let ts_text = required(&req.headers, TIMESTAMP)?;
-        let ts = secs(ts_text).ok_or_else(|| Unauthorized::Malformed(TIMESTAMP.into()))?;
-        fresh(req.now_secs, ts, self.tolerance, true)?;
-        let hex = signature.strip_prefix(b"v0=").ok_or_else(|| Unauthorized::Malformed(SIGNATURE.into()))?;
-        let candidate = Encoding::Hex.decode(hex).ok_or_else(|| Unauthorized::Malformed(SIGNATURE.into()))?;
-        if self.keys.any_matches(&[b"v0:", ts_text, b":", req.body], &[candidate]) {
-            Ok(())
-        } else {
-            Err(Unauthorized::NoMatch)
-        }
+        verify_v0(&self.keys, [SIGNATURE, TIMESTAMP], req, self.tolerance)
     }
 
     fn admit(&self, ingestor: &mut Ingestor, req: &Request<'_>) -> Result<Admitted, IngestError> {
@@ -96,12 +88,7 @@ impl Kind for Zoom {
             let reply = serde_json::json!({ "plainToken": plain, "encryptedToken": encrypted });
             return Ok(Admitted::Reply(serde_json::to_vec(&reply).unwrap_or_default()));
         }
-        let at = match event.event_ts {
-            Some(ms) => millis_to_us(ms).ok_or_else(|| {
-                IngestError::Invalid(vec!["event_ts must be a time PostgreSQL stores".into()])
-            })?,
-            None => req.received_at_us,
-        };
+        let at = given_time(event.event_ts, millis_to_us, "event_ts", req.received_at_us)?;
         Ok(Admitted::Event(Identity {
             event_id: body_digest_id(req.body),
             event_type: event_type(event.event.as_deref(), "event")?,
