@@ -450,6 +450,9 @@ mod tests {
         let every = Sources::parse(&every_kind_sample(), &|_| None).unwrap_or_else(|e| panic!("{e}"));
         let names: Vec<&str> = every.iter().map(|s| s.kind_name).collect();
         assert_eq!(names, kind_names());
+        // What check-config and the start log show of every kind: no secret.
+        let shown = format!("{every:?}");
+        assert!(!shown.contains("sample-secret") && !shown.contains("c2FtcGxl"), "{shown}");
         assert!(kind_names().len() >= 33, "{}", kind_names().len());
     }
 
