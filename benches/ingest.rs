@@ -11,6 +11,9 @@
 //!   on a ~300-byte body: HMAC kinds, a signed URL and form (Twilio), the
 //!   body-signed token (Mailgun), and the public-key ones (Ed25519 for
 //!   Discord, ECDSA P-256 for SendGrid).
+//! * `public_key_verifier/*`: the verifiers those two could use (RustCrypto's
+//!   `p256` or `ring` for ECDSA; dalek's `verify`, `verify_strict` or `ring`
+//!   for Ed25519).
 //! * `handoff/*`: the cross-thread hop a request makes to the Redis pipeline
 //!   thread and back (crossbeam channel → std thread → oneshot → waker), with
 //!   64 requests in flight on one monoio runtime, against the same work done
@@ -401,6 +404,46 @@ fn verify_kinds(c: &mut Criterion) {
     group.finish();
 }
 
+/// The verifiers the public-key kinds could use, on one 300-byte message:
+/// why SendGrid's route verifies with `ring` and Discord's with dalek's
+/// `verify` (tuning.md §29).
+fn public_key_verifiers(c: &mut Criterion) {
+    use ed25519_dalek::Signer as _;
+    use p256::ecdsa::signature::Verifier as _;
+    let message = vec![b'a'; 300];
+    let mut group = c.benchmark_group("public_key_verifier");
+    let p256_key = p256::ecdsa::SigningKey::from_slice(&[7; 32]).unwrap();
+    let p256_sig: p256::ecdsa::Signature = p256_key.sign(&message);
+    let p256_public = *p256_key.verifying_key();
+    group.bench_function("ecdsa_p256/rustcrypto_p256", |b| {
+        b.iter(|| p256_public.verify(black_box(&message), &p256_sig).unwrap())
+    });
+    let ring_key = ring::signature::UnparsedPublicKey::new(
+        &ring::signature::ECDSA_P256_SHA256_ASN1,
+        p256_public.to_sec1_point(false).as_bytes().to_vec(),
+    );
+    let der = p256_sig.to_der();
+    group.bench_function("ecdsa_p256/ring", |b| {
+        b.iter(|| ring_key.verify(black_box(&message), der.as_bytes()).unwrap())
+    });
+    let ed_key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+    let ed_sig = ed_key.sign(&message);
+    let ed_public = ed_key.verifying_key();
+    group.bench_function("ed25519/dalek_verify", |b| {
+        b.iter(|| ed25519_dalek::Verifier::verify(&ed_public, black_box(&message), &ed_sig).unwrap())
+    });
+    group.bench_function("ed25519/dalek_verify_strict", |b| {
+        b.iter(|| ed_public.verify_strict(black_box(&message), &ed_sig).unwrap())
+    });
+    let ring_ed =
+        ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, ed_public.to_bytes().to_vec());
+    let ed_bytes = ed_sig.to_bytes();
+    group.bench_function("ed25519/ring", |b| {
+        b.iter(|| ring_ed.verify(black_box(&message), &ed_bytes).unwrap())
+    });
+    group.finish();
+}
+
 criterion_group!(
     benches,
     parse_validate,
@@ -408,6 +451,7 @@ criterion_group!(
     response_extras,
     request_and_job_encoding,
     verify,
-    verify_kinds
+    verify_kinds,
+    public_key_verifiers
 );
 criterion_main!(benches);
