@@ -510,10 +510,10 @@ cpu_report() {
 # What a wrk run with benches/wrk/post.lua answered, from its output file:
 # wrk_status FILE CODE -> how many answers had that status (0 if none).
 wrk_status() { awk -v c="$2" '$1 == "status" && $2 == c":" {n = $3} END {print n + 0}' "$1"; }
-# wrk_others FILE -> "429:12 503:4" for every status but 202 ("" if none),
-# followed by wrk's socket errors ("errors:connect 0, read 3, …") if any.
+# wrk_others FILE [OK] -> "429:12 503:4" for every status but OK (default
+# 202; "" if none), followed by wrk's socket errors ("errors:connect 0, read 3, …") if any.
 wrk_others() {
-  awk '$1 == "status" && $2 != "202:" {printf "%s%s:%s", sep, substr($2, 1, length($2) - 1), $3; sep = " "}
+  awk -v ok="${2:-202}:" '$1 == "status" && $2 != ok {printf "%s%s:%s", sep, substr($2, 1, length($2) - 1), $3; sep = " "}
        /Socket errors/ {sub(/^ *Socket errors: */, ""); gsub(/ /, ""); printf "%serrors:%s", sep, $0; sep = " "}' "$1"
 }
 # wrk_seconds FILE -> the run's measured duration in seconds.

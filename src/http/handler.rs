@@ -226,9 +226,10 @@ impl Handler {
         let admitted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             source.kind.admit(&mut self.ingestor.borrow_mut(), &req)
         }));
-        let (identity, payload, raw_body) = match admitted {
-            Ok(Ok(Admitted::Event(identity))) => (identity, body.to_vec(), None),
-            Ok(Ok(Admitted::Decoded(identity, json))) => (identity, json, Some(body.to_vec())),
+        let (identity, payload, raw_body, ack) = match admitted {
+            Ok(Ok(Admitted::Event(identity))) => (identity, body.to_vec(), None, None),
+            Ok(Ok(Admitted::Decoded(identity, json))) => (identity, json, Some(body.to_vec()), None),
+            Ok(Ok(Admitted::Acknowledged(identity, reply))) => (identity, body.to_vec(), None, Some(reply)),
             Ok(Ok(Admitted::Reply(json))) => {
                 self.metrics.record_source(Some(index), SourceOutcome::Answered);
                 return Response::json(Status::Ok, json);
@@ -259,7 +260,11 @@ impl Handler {
         match self.enqueuer.enqueue(job).await {
             Ok(id) => {
                 self.metrics.record_source(Some(index), SourceOutcome::Accepted(received_at_us));
-                Response::accepted(id)
+                match ack {
+                    // The same promise as a 202 (Redis has it), in the sender's words.
+                    Some(reply) => Response::json(Status::Ok, reply),
+                    None => Response::accepted(id),
+                }
             }
             Err(e) => {
                 let (message, reason) = unavailable_message(&e);

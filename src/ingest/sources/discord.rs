@@ -17,10 +17,17 @@
 //! interaction is stored: its `id` (a snowflake, unique per interaction) as
 //! the event id, `interaction.<type>` (with the command's name for an
 //! application command, `interaction.2.<name>`) as the type, the arrival
-//! time as the event time (an interaction carries none). The gateway answers
-//! it 202: Discord shows "interaction failed" to the user unless the
-//! application answers through the follow-up API, so route here only what an
-//! application consumes asynchronously.
+//! time as the event time (an interaction carries none).
+//!
+//! Discord must be answered within three seconds in its own words, or the
+//! user sees "interaction failed"; a 202 is not one. So once Redis has the
+//! interaction (the 202's promise), the answer is 200 with Discord's
+//! deferred response: `{"type":5}` for a command or a modal submission
+//! ("thinking…"), `{"type":6}` for a component (the message is left as it
+//! is), `{"type":8,"data":{"choices":[]}}` for an autocomplete (which cannot
+//! be deferred: no choices). The application that consumes the event
+//! finishes it through Discord's follow-up API (the interaction `token` is
+//! in the stored body, valid 15 minutes).
 //!
 //! Several keys may be listed while an application is replaced.
 //!
@@ -120,11 +127,18 @@ impl Kind for Discord {
             Some(n) => format!("interaction.{kind}.{n}"),
             None => format!("interaction.{kind}"),
         };
-        Ok(Admitted::Event(Identity {
+        let identity = Identity {
             event_id: event_id(body.id.as_deref(), "id")?,
             event_type: event_type(Some(&event_kind), "data.name")?,
             event_timestamp_us: req.received_at_us,
-        }))
+        };
+        let deferred: &'static [u8] = match kind {
+            2 | 5 => br#"{"type":5}"#,
+            3 => br#"{"type":6}"#,
+            4 => br#"{"type":8,"data":{"choices":[]}}"#,
+            _ => return Ok(Admitted::Event(identity)),
+        };
+        Ok(Admitted::Acknowledged(identity, deferred))
     }
 }
 
@@ -185,10 +199,19 @@ mod tests {
         let s = source(&file(), "discord");
         let (_, ping) = request(&s, "", br#"{"type":1,"id":"1"}"#, 0);
         assert_eq!(ping, Ok(Admitted::Reply(br#"{"type":1}"#.to_vec())));
-        let Ok(Admitted::Event(id)) = request(&s, "", BODY, 0).1 else { panic!() };
+        let Ok(Admitted::Acknowledged(id, reply)) = request(&s, "", BODY, 0).1 else { panic!() };
         assert_eq!((id.event_id.as_str(), id.event_type.as_str()), ("1234567890", "interaction.2.blep"));
-        let Ok(Admitted::Event(id)) = request(&s, "", br#"{"type":3,"id":"9"}"#, 0).1 else { panic!() };
-        assert_eq!(id.event_type, "interaction.3");
+        assert_eq!(reply, br#"{"type":5}"#, "a command: deferred, 'thinking'");
+        let Ok(Admitted::Acknowledged(id, reply)) = request(&s, "", br#"{"type":3,"id":"9"}"#, 0).1 else {
+            panic!()
+        };
+        assert_eq!((id.event_type.as_str(), reply), ("interaction.3", &br#"{"type":6}"#[..]));
+        let Ok(Admitted::Acknowledged(_, reply)) = request(&s, "", br#"{"type":4,"id":"8"}"#, 0).1 else {
+            panic!()
+        };
+        assert_eq!(reply, br#"{"type":8,"data":{"choices":[]}}"#);
+        let Ok(Admitted::Event(id)) = request(&s, "", br#"{"type":9,"id":"7"}"#, 0).1 else { panic!() };
+        assert_eq!(id.event_type, "interaction.9", "an unknown type: stored, answered 202");
     }
 
     #[test]

@@ -162,6 +162,10 @@ pub enum Admitted {
     /// Store it with this JSON as the payload instead of the raw body (a
     /// form delivery's `payload` field, decoded: `jsonb` takes no form).
     Decoded(Identity, Vec<u8>),
+    /// Store it and, once Redis has it, answer 200 with this JSON instead
+    /// of the 202: a sender that must be answered in its own words
+    /// (Discord's deferred interaction response).
+    Acknowledged(Identity, &'static [u8]),
     /// Answer 200 with this JSON document and store nothing.
     Reply(Vec<u8>),
     /// Answer 200 with this plain text and store nothing (Twitch's
