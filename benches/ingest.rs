@@ -300,6 +300,7 @@ fn verify_one(
 fn verify_kinds(c: &mut Criterion) {
     use ed25519_dalek::Signer as _;
     use webhook_ingestor::http::request::{HeaderSpans, Headers};
+    use webhook_ingestor::ingest::sources::catalog::SAMPLE_SENDGRID_KEY;
     use webhook_ingestor::ingest::sources::mac::{Algorithm, Encoding, Keys};
     use webhook_ingestor::ingest::sources::{every_kind_sample, Request, Sources};
 
@@ -374,10 +375,7 @@ fn verify_kinds(c: &mut Criterion) {
         let der = sendgrid.verifying_key().to_public_key_der().unwrap();
         base64::Engine::encode(&base64::engine::general_purpose::STANDARD, der.as_bytes())
     };
-    let file = every_kind_sample().replace(
-        "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEZd4V/st+w837Vw+oercc4fGOidWXawcFfNu/9f+Ft2Bn2FCYtpA7rYK+sMmI958fKV6cEoXFgLGZg2Eg7Ru/fg==",
-        &sg_public,
-    );
+    let file = every_kind_sample().replace(SAMPLE_SENDGRID_KEY, &sg_public);
     let sources = Sources::parse(&file, &|_| None).unwrap();
     let mut group = c.benchmark_group("verify_kind");
     group.throughput(Throughput::Elements(1));

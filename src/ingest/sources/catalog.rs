@@ -36,18 +36,21 @@ pub fn kind_names() -> Vec<&'static str> {
     names
 }
 
+/// The sample's Discord key: RFC 8032's first test key (its secret half is public too).
+pub const SAMPLE_DISCORD_KEY: &str = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
+/// The sample's SendGrid key: a P-256 point nobody's private key is known for here.
+pub const SAMPLE_SENDGRID_KEY: &str = "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEZd4V/st+w837Vw+oercc4fGOidWXawcFfNu/9f+Ft2Bn2FCYtpA7rYK+sMmI958fKV6cEoXFgLGZg2Eg7Ru/fg==";
+
 /// A sources file with one route per kind (the route is the kind's name
 /// without `-`), placeholder secrets and keys: what the fuzz target and the
 /// benchmarks run every kind through.
 pub fn every_kind_sample() -> String {
-    const DISCORD: &str = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
-    const SENDGRID: &str = "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEZd4V/st+w837Vw+oercc4fGOidWXawcFfNu/9f+Ft2Bn2FCYtpA7rYK+sMmI958fKV6cEoXFgLGZg2Eg7Ru/fg==";
     let mut file = String::new();
     for name in kind_names() {
         let settings = match name {
             "envelope" => String::new(),
-            "discord" => format!("public_keys = [\"{DISCORD}\"]"),
-            "sendgrid" => format!("public_keys = [\"{SENDGRID}\"]"),
+            "discord" => format!("public_keys = [\"{SAMPLE_DISCORD_KEY}\"]"),
+            "sendgrid" => format!("public_keys = [\"{SAMPLE_SENDGRID_KEY}\"]"),
             "hmac" => "secrets = [\"sample-secret-0123456789\"]\nheader = \"X-Acme-Signature\"\nid_pointer = \"/id\"".into(),
             "twilio" | "hubspot" | "square" => {
                 "secrets = [\"sample-secret-0123456789\"]\npublic_url = \"https://hooks.example.com\"".into()

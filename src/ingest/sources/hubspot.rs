@@ -28,9 +28,7 @@ use serde::Deserialize;
 
 use super::mac::{Algorithm, Encoding, Keys};
 use super::spec::Reading;
-use super::util::{
-    batch_identity, event_id, event_type, fresh, given_time, millis_to_us, public_url_of, required, secs,
-};
+use super::util::{batch_identity, event_id, event_type, fresh, given_time, millis_to_us, required, secs};
 use super::{Admitted, Identity, Kind, Request, SourceError, Unauthorized};
 use crate::ingest::{IngestError, Ingestor};
 
@@ -57,6 +55,7 @@ const DECODED: [(&str, &str); 12] = [
 pub struct HubSpot {
     keys: Keys,
     tolerance: u64,
+    /// `public_url` with HubSpot's escapes decoded, once.
     public_url: String,
 }
 
@@ -65,7 +64,7 @@ impl HubSpot {
         Ok(Self {
             keys: r.keys(Algorithm::Sha256)?,
             tolerance: r.tolerance(300)?,
-            public_url: r.public_url()?,
+            public_url: hubspot_uri(&r.public_url()?).into_owned(),
         })
     }
 }
@@ -81,7 +80,12 @@ struct Event<'a> {
 }
 
 /// `uri` with HubSpot's escapes decoded (either letter case).
-fn hubspot_uri(uri: &str) -> String {
+///
+/// Borrowed when it holds no escape (a request's target, most often).
+fn hubspot_uri(uri: &str) -> Cow<'_, str> {
+    if !uri.contains('%') {
+        return Cow::Borrowed(uri);
+    }
     let mut out = String::with_capacity(uri.len());
     let mut rest = uri;
     while let Some(i) = rest.find('%') {
@@ -94,7 +98,7 @@ fn hubspot_uri(uri: &str) -> String {
         rest = &rest[i + escape.len()..];
     }
     out.push_str(rest);
-    out
+    Cow::Owned(out)
 }
 
 impl Kind for HubSpot {
@@ -108,8 +112,11 @@ impl Kind for HubSpot {
         let ms = secs(ts_text).ok_or_else(|| Unauthorized::Malformed(TIMESTAMP.into()))?;
         let candidate =
             Encoding::Base64.decode(encoded).ok_or_else(|| Unauthorized::Malformed(SIGNATURE.into()))?;
-        let uri = hubspot_uri(&public_url_of(&self.public_url, req));
-        if !self.keys.any_matches(&[b"POST", uri.as_bytes(), req.body, ts_text], &[candidate]) {
+        // The URI is the (decoded) origin and the request's own target; an
+        // escape cannot straddle the two (the origin is a whole URL prefix).
+        let target = hubspot_uri(req.target);
+        let uri: [&[u8]; 2] = [self.public_url.as_bytes(), target.as_bytes()];
+        if !self.keys.any_matches(&[b"POST", uri[0], uri[1], req.body, ts_text], &[candidate]) {
             return Err(Unauthorized::NoMatch);
         }
         fresh(req.now_secs, ms.div_euclid(1000), self.tolerance, false)
@@ -144,7 +151,7 @@ mod tests {
 
     fn headers(target: &str, body: &[u8], ms: i64) -> String {
         let keys = Keys::new(Algorithm::Sha256, &[b"yyyyyyyy-yyyy-yyyy-yyyy-yyyyyyyyyyyy".to_vec()]);
-        let uri = hubspot_uri(&format!("https://www.example.com{target}"));
+        let uri = hubspot_uri(&format!("https://www.example.com{target}")).into_owned();
         let sig = keys.sign(&[b"POST", uri.as_bytes(), body, ms.to_string().as_bytes()], Encoding::Base64);
         format!("{SIGNATURE}: {sig}\r\n{TIMESTAMP}: {ms}\r\n")
     }

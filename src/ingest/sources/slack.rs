@@ -36,8 +36,8 @@ use serde::Deserialize;
 use super::mac::{Algorithm, Encoding, Keys};
 use super::spec::Reading;
 use super::util::{
-    body_digest_id, event_id, event_type, fields_as_json, form_fields, fresh, is_form, payload_field,
-    required, secs, secs_to_us,
+    body_digest_id, event_id, event_type, fields_as_json, form_fields, fresh, given_time, is_form,
+    payload_field, required, secs, secs_to_us,
 };
 use super::{Admitted, Identity, Kind, Request, SourceError, Unauthorized};
 use crate::ingest::{IngestError, Ingestor};
@@ -123,14 +123,19 @@ impl Kind for Slack {
             return Ok(Admitted::Event(Identity {
                 event_id: event_id(Some(&id), "api_app_id, team_id and minute_rate_limited")?,
                 event_type: "app_rate_limited".into(),
-                event_timestamp_us: at(Some(minute), "minute_rate_limited")?.unwrap_or(req.received_at_us),
+                event_timestamp_us: given_time(
+                    Some(minute),
+                    secs_to_us,
+                    "minute_rate_limited",
+                    req.received_at_us,
+                )?,
             }));
         }
         let kind = body.event.as_ref().and_then(|e| e.kind.as_deref()).or(body.kind.as_deref());
         Ok(Admitted::Event(Identity {
             event_id: event_id(body.event_id.as_deref(), "event_id")?,
             event_type: event_type(kind, "event.type")?,
-            event_timestamp_us: at(body.event_time, "event_time")?.unwrap_or(req.received_at_us),
+            event_timestamp_us: given_time(body.event_time, secs_to_us, "event_time", req.received_at_us)?,
         }))
     }
 }
@@ -179,15 +184,6 @@ pub(super) fn verify_v0(
     } else {
         Err(Unauthorized::NoMatch)
     }
-}
-
-/// Seconds since the epoch from `what`, as µs, when PostgreSQL stores them.
-fn at(secs: Option<i64>, what: &str) -> Result<Option<i64>, IngestError> {
-    secs.map(|t| {
-        secs_to_us(t)
-            .ok_or_else(|| IngestError::Invalid(vec![format!("{what} must be a time PostgreSQL stores")]))
-    })
-    .transpose()
 }
 
 #[cfg(test)]

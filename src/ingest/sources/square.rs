@@ -24,7 +24,7 @@ use serde::Deserialize;
 
 use super::mac::{Algorithm, Encoding, Keys};
 use super::spec::Reading;
-use super::util::{event_id, event_type, public_url_of, required, sender_time};
+use super::util::{event_id, event_type, required, sender_time};
 use super::{Admitted, Identity, Kind, Request, SourceError, Unauthorized};
 use crate::ingest::{IngestError, Ingestor};
 
@@ -62,8 +62,9 @@ impl Kind for Square {
         let encoded = required(&req.headers, SIGNATURE)?;
         let candidate =
             Encoding::Base64.decode(encoded).ok_or_else(|| Unauthorized::Malformed(SIGNATURE.into()))?;
-        let url = public_url_of(&self.public_url, req);
-        if self.keys.any_matches(&[url.as_bytes(), req.body], &[candidate]) {
+        // The notification URL is the configured origin and the request's own target.
+        if self.keys.any_matches(&[self.public_url.as_bytes(), req.target.as_bytes(), req.body], &[candidate])
+        {
             Ok(())
         } else {
             Err(Unauthorized::NoMatch)

@@ -28,7 +28,7 @@ use serde::Deserialize;
 
 use super::mac::{Algorithm, Encoding, Keys};
 use super::spec::Reading;
-use super::util::{event_id, event_type, fresh, required, secs, secs_to_us};
+use super::util::{event_id, event_type, fresh, given_time, required, secs, secs_to_us};
 use super::{Admitted, Identity, Kind, Request, SourceError, Unauthorized};
 use crate::ingest::{IngestError, Ingestor};
 
@@ -68,14 +68,10 @@ impl Kind for Stripe {
 
     fn admit(&self, ingestor: &mut Ingestor, req: &Request<'_>) -> Result<Admitted, IngestError> {
         let event: Event<'_> = ingestor.parse_storable(req.body)?;
-        let created = event.created.map(|c| {
-            secs_to_us(c)
-                .ok_or_else(|| IngestError::Invalid(vec!["created must be a time PostgreSQL stores".into()]))
-        });
         Ok(Admitted::Event(Identity {
             event_id: event_id(event.id.as_deref(), "id")?,
             event_type: event_type(event.kind.as_deref(), "type")?,
-            event_timestamp_us: created.transpose()?.unwrap_or(req.received_at_us),
+            event_timestamp_us: given_time(event.created, secs_to_us, "created", req.received_at_us)?,
         }))
     }
 }

@@ -37,8 +37,7 @@
 use super::mac::{Algorithm, Encoding, Keys};
 use super::spec::Reading;
 use super::util::{
-    body_digest_id, event_id, event_type, fields_as_json, form_fields, header_text, is_form, public_url_of,
-    required,
+    body_digest_id, event_id, event_type, fields_as_json, form_fields, header_text, is_form, required,
 };
 use super::{Admitted, Identity, Kind, Request, SourceError, Unauthorized};
 use crate::ingest::{IngestError, Ingestor};
@@ -54,7 +53,9 @@ const STATUSES: [&str; 5] = ["MessageStatus", "CallStatus", "SmsStatus", "Record
 pub struct Twilio {
     sha1: Keys,
     sha256: Keys,
-    public_url: String,
+    /// `public_url` as given and with its default port added or removed:
+    /// the port only ever lies in the origin, so both are made once.
+    origins: Vec<String>,
 }
 
 impl Twilio {
@@ -63,7 +64,7 @@ impl Twilio {
         Ok(Self {
             sha1: Keys::new(Algorithm::Sha1, &secrets),
             sha256: Keys::new(Algorithm::Sha256, &secrets),
-            public_url: r.public_url()?,
+            origins: port_variants(&r.public_url()?),
         })
     }
 }
@@ -91,7 +92,6 @@ impl Kind for Twilio {
             }
             _ => &self.sha1,
         };
-        let url = public_url_of(&self.public_url, req);
         let params = if is_form(req) {
             let mut fields = form_fields(req.body);
             fields.sort();
@@ -101,20 +101,28 @@ impl Kind for Twilio {
             // JSON: the URL names the body's digest and is all that is signed.
             use sha2::Digest as _;
             let digest = hex::encode(sha2::Sha256::digest(req.body));
-            let named = query_value(&url, "bodySHA256").ok_or(Unauthorized::NoMatch)?;
+            let named = query_value(req.target, "bodySHA256").ok_or(Unauthorized::NoMatch)?;
             if !bool::from(subtle::ConstantTimeEq::ct_eq(named.as_bytes(), digest.as_bytes())) {
                 return Err(Unauthorized::NoMatch);
             }
             Vec::new()
         };
-        let mut signed_params = Vec::new();
+        // Origin, target, then each name and value, MACed where they lie.
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(2 + 2 * params.len());
+        parts.extend([&b""[..], req.target.as_bytes()]);
         for (name, value) in &params {
-            signed_params.extend_from_slice(name);
-            signed_params.extend_from_slice(value);
+            parts.extend([&name[..], &value[..]]);
         }
-        let matches =
-            |u: &str| keys.any_matches(&[u.as_bytes(), &signed_params], std::slice::from_ref(&candidate));
-        if port_variants(&url).iter().any(|u| matches(u)) {
+        let candidates = std::slice::from_ref(&candidate);
+        let mut signed = false;
+        for origin in &self.origins {
+            parts[0] = origin.as_bytes();
+            signed = keys.any_matches(&parts, candidates);
+            if signed {
+                break;
+            }
+        }
+        if signed {
             Ok(())
         } else {
             Err(Unauthorized::NoMatch)

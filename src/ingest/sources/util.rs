@@ -115,12 +115,6 @@ pub(crate) fn given_time(
     }
 }
 
-/// The URL a URL-signing sender signed: the configured public origin and
-/// the request's own path and query.
-pub(crate) fn public_url_of(public_url: &str, req: &super::Request<'_>) -> String {
-    format!("{public_url}{}", req.target)
-}
-
 /// An ISO 8601 instant as µs, when PostgreSQL can store it.
 pub(crate) fn iso_to_us(text: &str) -> Option<i64> {
     crate::ingest::parse_iso8601_us(text).filter(|us| *us >= MIN_TIMESTAMP_US)
