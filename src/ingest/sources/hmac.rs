@@ -19,11 +19,13 @@
 //! in a known way. [`HeaderSignature`] is the check itself, shared with the
 //! envelope, GitHub and Shopify.
 
+use std::borrow::Cow;
+
 use serde_json::Value;
 
 use super::mac::{Algorithm, Encoding, Keys};
 use super::spec::Reading;
-use super::util::{event_id, event_type, header_text};
+use super::util::{body_digest_id, event_id, event_type, header_text};
 use super::{Admitted, Identity, Kind, Request, SourceError, Unauthorized};
 use crate::ingest::{IngestError, Ingestor};
 
@@ -124,11 +126,14 @@ fn signatures<'v>(value: &'v [u8], prefix: Option<&[u8]>) -> Option<Vec<&'v [u8]
     }
 }
 
-/// Where a value comes from: a header, or a JSON pointer into the body.
-#[derive(Debug)]
-enum Locator {
-    Header(String),
-    Pointer(String),
+/// Where a sender's id or type comes from: a header, a JSON pointer into
+/// the body, or (a sender with no id stable across retries) the body's
+/// SHA-256. Configured here (`id_header`…), fixed by the presets.
+#[derive(Debug, Clone)]
+pub(super) enum Locator {
+    Header(Cow<'static, str>),
+    Pointer(Cow<'static, str>),
+    BodyDigest,
 }
 
 impl Locator {
@@ -139,13 +144,14 @@ impl Locator {
     ) -> Result<Option<Self>, SourceError> {
         match (r.header_name(header)?, r.pointer(pointer)?) {
             (Some(_), Some(_)) => Err(r.error(header, format!("give `{header}` or `{pointer}`, not both"))),
-            (Some(h), None) => Ok(Some(Self::Header(h))),
-            (None, Some(p)) => Ok(Some(Self::Pointer(p))),
+            (Some(h), None) => Ok(Some(Self::Header(h.into()))),
+            (None, Some(p)) => Ok(Some(Self::Pointer(p.into()))),
             (None, None) => Ok(None),
         }
     }
 
-    fn find(&self, req: &Request<'_>, body: &Value) -> Option<String> {
+    /// The value in `req` (whose body parsed is `body`).
+    pub(super) fn find(&self, req: &Request<'_>, body: &Value) -> Option<String> {
         match self {
             Self::Header(h) => header_text(&req.headers, &[h]).map(str::to_string),
             Self::Pointer(p) => match body.pointer(p)? {
@@ -153,13 +159,27 @@ impl Locator {
                 Value::Number(n) => Some(n.to_string()),
                 _ => None,
             },
+            Self::BodyDigest => Some(body_digest_id(req.body)),
         }
     }
 
-    fn describe(&self) -> String {
+    /// How a 400 names it.
+    pub(super) fn describe(&self) -> String {
         match self {
             Self::Header(h) => format!("the {h} header"),
             Self::Pointer(p) => format!("the body's {p}"),
+            Self::BodyDigest => "the body".into(),
+        }
+    }
+
+    /// What of an id and a type read from these places is only the
+    /// headers' word: a body MAC covers no header.
+    pub(super) fn unsigned(id: &Self, kind: Option<&Self>) -> &'static str {
+        match (id, kind) {
+            (Self::Header(_), Some(Self::Header(_))) => "event_id,event_type",
+            (Self::Header(_), _) => "event_id",
+            (_, Some(Self::Header(_))) => "event_type",
+            _ => "",
         }
     }
 }
@@ -191,12 +211,7 @@ impl Kind for GenericHmac {
 
     // Only the body is under the MAC: an id or type read from a header is not.
     fn unsigned_fields(&self) -> &'static str {
-        match (&self.id, &self.kind) {
-            (Locator::Header(_), Some(Locator::Header(_))) => "event_id,event_type",
-            (Locator::Header(_), _) => "event_id",
-            (_, Some(Locator::Header(_))) => "event_type",
-            _ => "",
-        }
+        Locator::unsigned(&self.id, self.kind.as_ref())
     }
 
     fn verify(&self, req: &Request<'_>) -> Result<(), Unauthorized> {

@@ -30,13 +30,13 @@
 
 use serde_json::Value;
 
-use super::hmac::HeaderSignature;
+use std::borrow::Cow;
+
+use super::hmac::{HeaderSignature, Locator};
 use super::mac::{Algorithm, Encoding, Keys};
 use super::spec::Reading;
 use super::stripe::verify_t_v1;
-use super::util::{
-    body_digest_id, event_id, event_type, fresh, header_text, millis_to_us, secs_to_us, sender_time,
-};
+use super::util::{event_id, event_type, fresh, iso_to_us, millis_to_us, secs_to_us};
 use super::{Admitted, Identity, Kind, Request, SourceError, Unauthorized};
 use crate::ingest::{IngestError, Ingestor};
 
@@ -47,15 +47,6 @@ enum Sig {
     Body { header: &'static str, algorithm: Algorithm, prefix: Option<&'static str>, encoding: Encoding },
     /// Stripe's `t=<unix>,v1=<hex>` over `"{t}.{body}"`, with its default window.
     Timestamped { header: &'static str, tolerance: u64 },
-}
-
-/// Where a value is read.
-#[derive(Debug, Clone, Copy)]
-enum Field {
-    Header(&'static str),
-    Pointer(&'static str),
-    /// The SHA-256 of the raw body (no stable id from the sender).
-    BodyDigest,
 }
 
 /// How a time is written.
@@ -71,14 +62,22 @@ enum Unit {
 struct Row {
     name: &'static str,
     sig: Sig,
-    id: Field,
-    kind: Option<Field>,
+    id: Locator,
+    kind: Option<Locator>,
     time: Option<(&'static str, Unit)>,
     /// A signed time in the body that must be within this many seconds of
     /// now (Linear: `webhookTimestamp`, ms, one minute).
     clock: Option<(&'static str, Unit, u64)>,
     /// An unsigned form with only this field is a ping: 200, not stored.
     ping_form: Option<&'static str>,
+}
+
+const fn header(name: &'static str) -> Locator {
+    Locator::Header(Cow::Borrowed(name))
+}
+
+const fn pointer(path: &'static str) -> Locator {
+    Locator::Pointer(Cow::Borrowed(path))
 }
 
 const fn body(
@@ -91,14 +90,14 @@ const fn body(
 }
 
 /// The presets, by the sender's documentation.
-const PRESETS: [Row; 10] = [
+static PRESETS: [Row; 10] = [
     // linear.app/developers/webhooks: "Linear-Signature", HMAC-SHA256 hex of the raw body;
     // reject a webhookTimestamp more than a minute old; Linear-Delivery is the delivery's UUID.
     Row {
         name: "linear",
         sig: body("Linear-Signature", Algorithm::Sha256, None, Encoding::Hex),
-        id: Field::Header("Linear-Delivery"),
-        kind: Some(Field::Pointer("/type")),
+        id: header("Linear-Delivery"),
+        kind: Some(pointer("/type")),
         time: Some(("/createdAt", Unit::Iso)),
         clock: Some(("/webhookTimestamp", Unit::Millis, 60)),
         ping_form: None,
@@ -107,8 +106,8 @@ const PRESETS: [Row; 10] = [
     Row {
         name: "intercom",
         sig: body("X-Hub-Signature", Algorithm::Sha1, Some("sha1="), Encoding::Hex),
-        id: Field::Pointer("/id"),
-        kind: Some(Field::Pointer("/topic")),
+        id: pointer("/id"),
+        kind: Some(pointer("/topic")),
         time: Some(("/created_at", Unit::Secs)),
         clock: None,
         ping_form: None,
@@ -118,8 +117,8 @@ const PRESETS: [Row; 10] = [
     Row {
         name: "bitbucket",
         sig: body("X-Hub-Signature", Algorithm::Sha256, Some("sha256="), Encoding::Hex),
-        id: Field::Header("X-Request-UUID"),
-        kind: Some(Field::Header("X-Event-Key")),
+        id: header("X-Request-UUID"),
+        kind: Some(header("X-Event-Key")),
         time: None,
         clock: None,
         ping_form: None,
@@ -128,8 +127,8 @@ const PRESETS: [Row; 10] = [
     Row {
         name: "typeform",
         sig: body("Typeform-Signature", Algorithm::Sha256, Some("sha256="), Encoding::Base64),
-        id: Field::Pointer("/event_id"),
-        kind: Some(Field::Pointer("/event_type")),
+        id: pointer("/event_id"),
+        kind: Some(pointer("/event_type")),
         time: Some(("/form_response/submitted_at", Unit::Iso)),
         clock: None,
         ping_form: None,
@@ -139,8 +138,8 @@ const PRESETS: [Row; 10] = [
     Row {
         name: "calendly",
         sig: Sig::Timestamped { header: "Calendly-Webhook-Signature", tolerance: 180 },
-        id: Field::BodyDigest,
-        kind: Some(Field::Pointer("/event")),
+        id: Locator::BodyDigest,
+        kind: Some(pointer("/event")),
         time: Some(("/created_at", Unit::Iso)),
         clock: None,
         ping_form: None,
@@ -149,8 +148,8 @@ const PRESETS: [Row; 10] = [
     Row {
         name: "lemonsqueezy",
         sig: body("X-Signature", Algorithm::Sha256, None, Encoding::Hex),
-        id: Field::BodyDigest,
-        kind: Some(Field::Pointer("/meta/event_name")),
+        id: Locator::BodyDigest,
+        kind: Some(pointer("/meta/event_name")),
         time: None,
         clock: None,
         ping_form: None,
@@ -160,8 +159,8 @@ const PRESETS: [Row; 10] = [
     Row {
         name: "woocommerce",
         sig: body("X-WC-Webhook-Signature", Algorithm::Sha256, None, Encoding::Base64),
-        id: Field::Header("X-WC-Webhook-Delivery-ID"),
-        kind: Some(Field::Header("X-WC-Webhook-Topic")),
+        id: header("X-WC-Webhook-Delivery-ID"),
+        kind: Some(header("X-WC-Webhook-Topic")),
         time: None,
         clock: None,
         ping_form: Some("webhook_id"),
@@ -170,8 +169,8 @@ const PRESETS: [Row; 10] = [
     Row {
         name: "coinbase-commerce",
         sig: body("X-CC-Webhook-Signature", Algorithm::Sha256, None, Encoding::Hex),
-        id: Field::Pointer("/event/id"),
-        kind: Some(Field::Pointer("/event/type")),
+        id: pointer("/event/id"),
+        kind: Some(pointer("/event/type")),
         time: Some(("/event/created_at", Unit::Iso)),
         clock: None,
         ping_form: None,
@@ -180,8 +179,8 @@ const PRESETS: [Row; 10] = [
     Row {
         name: "mux",
         sig: Sig::Timestamped { header: "Mux-Signature", tolerance: 300 },
-        id: Field::Pointer("/id"),
-        kind: Some(Field::Pointer("/type")),
+        id: pointer("/id"),
+        kind: Some(pointer("/type")),
         time: Some(("/created_at", Unit::Iso)),
         clock: None,
         ping_form: None,
@@ -190,8 +189,8 @@ const PRESETS: [Row; 10] = [
     Row {
         name: "pagerduty",
         sig: body("X-PagerDuty-Signature", Algorithm::Sha256, Some("v1="), Encoding::Hex),
-        id: Field::Pointer("/event/id"),
-        kind: Some(Field::Pointer("/event/event_type")),
+        id: pointer("/event/id"),
+        kind: Some(pointer("/event/event_type")),
         time: Some(("/event/occurred_at", Unit::Iso)),
         clock: None,
         ping_form: None,
@@ -229,8 +228,10 @@ impl Preset {
     fn build(row: &'static Row, r: &mut Reading<'_>) -> Result<Self, SourceError> {
         let (check, clock_tolerance) = match row.sig {
             Sig::Body { header, algorithm, prefix, encoding } => {
-                let tolerance = row.clock.map(|(_, _, t)| t).unwrap_or(0);
-                let tolerance = if row.clock.is_some() { r.tolerance(tolerance)? } else { 0 };
+                let tolerance = match row.clock {
+                    Some((_, _, default)) => r.tolerance(default)?,
+                    None => 0,
+                };
                 (Check::Body(HeaderSignature::preset(r, header, algorithm, prefix, encoding)?), tolerance)
             }
             Sig::Timestamped { header, tolerance } => {
@@ -260,12 +261,7 @@ impl Kind for Preset {
     }
 
     fn unsigned_fields(&self) -> &'static str {
-        match (self.row.id, self.row.kind) {
-            (Field::Header(_), Some(Field::Header(_))) => "event_id,event_type",
-            (Field::Header(_), _) => "event_id",
-            (_, Some(Field::Header(_))) => "event_type",
-            _ => "",
-        }
+        Locator::unsigned(&self.row.id, self.row.kind.as_ref())
     }
 
     fn takes_form(&self) -> bool {
@@ -283,7 +279,7 @@ impl Kind for Preset {
         let Some((pointer, unit, _)) = self.row.clock else { return Ok(()) };
         // The clock is in the signed body: read only once the MAC matched.
         let doc: Value = serde_json::from_slice(req.body).map_err(|_| Unauthorized::Stale)?;
-        let at = time_at(&doc, pointer, unit).ok_or(Unauthorized::Stale)?;
+        let at = doc.pointer(pointer).and_then(|v| time_of(v, unit)).ok_or(Unauthorized::Stale)?;
         fresh(req.now_secs, at.div_euclid(1_000_000), self.clock_tolerance, true)
     }
 
@@ -292,29 +288,18 @@ impl Kind for Preset {
             return Ok(Admitted::Reply(b"{}".to_vec()));
         }
         let doc: Value = ingestor.parse_storable(req.body)?;
-        let read = |field: Field| -> Option<String> {
-            match field {
-                Field::Header(h) => header_text(&req.headers, &[h]).map(str::to_string),
-                Field::Pointer(p) => match doc.pointer(p)? {
-                    Value::String(s) => Some(s.clone()),
-                    Value::Number(n) => Some(n.to_string()),
-                    _ => None,
-                },
-                Field::BodyDigest => Some(body_digest_id(req.body)),
-            }
-        };
-        let at = match self.row.time {
-            Some((pointer, unit)) if doc.pointer(pointer).is_some_and(|v| !v.is_null()) => {
-                time_at(&doc, pointer, unit).ok_or_else(|| {
-                    IngestError::Invalid(vec![format!("{pointer} must be a time PostgreSQL stores")])
-                })?
-            }
-            _ => req.received_at_us,
+        let given =
+            self.row.time.and_then(|(p, unit)| Some((p, unit, doc.pointer(p).filter(|v| !v.is_null())?)));
+        let at = match given {
+            Some((pointer, unit, value)) => time_of(value, unit).ok_or_else(|| {
+                IngestError::Invalid(vec![format!("{pointer} must be a time PostgreSQL stores")])
+            })?,
+            None => req.received_at_us,
         };
         Ok(Admitted::Event(Identity {
-            event_id: event_id(read(self.row.id).as_deref(), &describe(self.row.id))?,
-            event_type: match self.row.kind {
-                Some(k) => event_type(read(k).as_deref(), &describe(k))?,
+            event_id: event_id(self.row.id.find(req, &doc).as_deref(), &self.row.id.describe())?,
+            event_type: match &self.row.kind {
+                Some(k) => event_type(k.find(req, &doc).as_deref(), &k.describe())?,
                 None => String::new(),
             },
             event_timestamp_us: at,
@@ -322,27 +307,19 @@ impl Kind for Preset {
     }
 }
 
-fn describe(field: Field) -> String {
-    match field {
-        Field::Header(h) => format!("the {h} header"),
-        Field::Pointer(p) => format!("the body's {p}"),
-        Field::BodyDigest => "the body".into(),
-    }
-}
-
-/// The time at `pointer` in `doc`, as µs, when it is one PostgreSQL stores.
-fn time_at(doc: &Value, pointer: &str, unit: Unit) -> Option<i64> {
-    let v = doc.pointer(pointer)?;
+/// `v` as a time in µs, when it is one PostgreSQL stores.
+fn time_of(v: &Value, unit: Unit) -> Option<i64> {
     match unit {
         Unit::Secs => secs_to_us(v.as_i64()?),
         Unit::Millis => millis_to_us(v.as_i64()?),
-        Unit::Iso => sender_time(v.as_str(), pointer).ok().flatten(),
+        Unit::Iso => iso_to_us(v.as_str()?),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::testing::{request, source};
+    use super::super::util::body_digest_id;
     use super::*;
 
     fn file(kind: &str) -> String {
